@@ -1,0 +1,576 @@
+//! Org and key management: the operator API (`/admin/v1/...`, operator token) and the org
+//! admin's own key routes (`/v1/api-keys`, scope `admin`). Both share one implementation per
+//! operation; they differ only in how the org is chosen.
+//!
+//! Every mutation writes an audit entry of the affected org in the same transaction.
+
+use apitrail_model::key::NewApiKeyInput;
+use apitrail_model::{
+    ApiKey, AuditEntry, NewApiKey, NewOrg, Org, OrgId, Scope, Secret, Tenant, Timestamp,
+    new_record_id,
+};
+use apitrail_store::Store;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::auth::{Authed, Operator, OrgCaller};
+use crate::context;
+use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::params::Params;
+use crate::state::AppState;
+use crate::wire::{NativeErrorBody, Pagination};
+
+type Result<T> = std::result::Result<T, Failure<Native>>;
+
+/// An org.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgBody {
+    /// The org's id.
+    id: String,
+    /// Display name.
+    name: String,
+    /// RFC 3339.
+    created_at: String,
+}
+
+impl From<Org> for OrgBody {
+    fn from(o: Org) -> Self {
+        Self {
+            id: o.id.to_string(),
+            name: o.name,
+            created_at: o.created_at.to_rfc3339(),
+        }
+    }
+}
+
+/// A list of orgs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgList {
+    data: Vec<OrgBody>,
+    pagination: Pagination,
+}
+
+/// Creates an org.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrg {
+    /// 1-64 characters of `[A-Za-z0-9_.:-]`; a UUIDv7 is generated when absent.
+    id: Option<String>,
+    /// Display name, 1-200 characters.
+    name: Option<String>,
+}
+
+/// An API key (never its secret, except once in [`CreatedKey`]).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyBody {
+    /// UUIDv7.
+    id: String,
+    /// The key's org.
+    org_id: String,
+    /// Label.
+    name: String,
+    /// Subset of read, write, admin.
+    scopes: Vec<&'static str>,
+    /// user or service_account.
+    principal_type: &'static str,
+    /// The principal's id.
+    principal_id: String,
+    /// The user the key acts for.
+    user_id: Option<String>,
+    /// The principal's email.
+    email: Option<String>,
+    /// The service account the key acts for.
+    service_account_id: Option<String>,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339; updated at most once a minute.
+    last_used_at: Option<String>,
+    /// RFC 3339; a revoked key authenticates nothing.
+    revoked_at: Option<String>,
+}
+
+impl From<ApiKey> for KeyBody {
+    fn from(k: ApiKey) -> Self {
+        Self {
+            id: k.id.to_string(),
+            org_id: k.org_id.to_string(),
+            name: k.name,
+            scopes: k.scopes.iter().map(Scope::as_str).collect(),
+            principal_type: k.principal_type.as_str(),
+            principal_id: k.principal_id,
+            user_id: k.user_id,
+            email: k.email,
+            service_account_id: k.service_account_id,
+            created_at: k.created_at.to_rfc3339(),
+            last_used_at: k.last_used_at.map(Timestamp::to_rfc3339),
+            revoked_at: k.revoked_at.map(Timestamp::to_rfc3339),
+        }
+    }
+}
+
+/// A new key, with its secret: shown this once and never again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    key: KeyBody,
+    /// `atk_` and 40 base62 characters. Store it now: apitrail keeps only its SHA-256.
+    secret: String,
+}
+
+/// A list of keys.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    data: Vec<KeyBody>,
+    pagination: Pagination,
+}
+
+/// Creates an API key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Label, 1-200 characters.
+    name: Option<String>,
+    /// Non-empty subset of read, write, admin.
+    scopes: Option<Vec<String>>,
+    /// user or service_account.
+    principal_type: Option<String>,
+    /// The principal's id.
+    principal_id: Option<String>,
+    /// The user the key acts for.
+    user_id: Option<String>,
+    /// The principal's email.
+    email: Option<String>,
+    /// The service account the key acts for.
+    service_account_id: Option<String>,
+}
+
+/// Query of `GET /admin/v1/orgs`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct OrgListQuery {
+    /// Orgs per page (1-1000, default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Parses a JSON body into `T`, naming the field at fault.
+fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let inner = e.inner().to_string();
+        let message = inner
+            .rsplit_once(" at line ")
+            .map_or(inner.as_str(), |(m, _)| m)
+            .to_owned();
+        let path = e.path().to_string();
+        let field = message
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(f, _)| f.to_owned())
+            .or_else(|| (path != "." && !path.is_empty()).then_some(path));
+        ApiError {
+            param: field,
+            ..ApiError::new(
+                ErrorKind::InvalidBody,
+                format!("the body must be a JSON object as documented: {message}"),
+            )
+        }
+    })
+}
+
+/// The audit entry for a change made by `actor` (`None`: the operator).
+fn audit(
+    actor: Option<&OrgCaller>,
+    action: &str,
+    resource_type: &str,
+    resource_id: String,
+    details: serde_json::Value,
+) -> AuditEntry {
+    AuditEntry {
+        id: new_record_id(),
+        user_id: actor.map(|a| a.key.principal_id.clone()),
+        action: action.into(),
+        resource_type: resource_type.into(),
+        resource_id: Some(resource_id),
+        details: Some(details.to_string()),
+        ip_address: context::client_ip().map(|ip| ip.to_string()),
+        request_id: Some(context::request_id()),
+        created_at: Timestamp::now(),
+    }
+}
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no such {what}"))
+}
+
+/// The org named in an operator path.
+async fn path_tenant(state: &AppState, org_id: &str) -> std::result::Result<Tenant, ApiError> {
+    let id = OrgId::parse(org_id).map_err(|_| not_found("org"))?;
+    state
+        .store()
+        .tenant(&id)
+        .await?
+        .ok_or_else(|| not_found("org"))
+}
+
+fn key_id(raw: &str) -> std::result::Result<Uuid, ApiError> {
+    Uuid::try_parse(raw).map_err(|_| not_found("API key"))
+}
+
+/// Create an org.
+#[utoipa::path(
+    post, path = "/admin/v1/orgs", tag = "operator",
+    request_body = CreateOrg,
+    responses(
+        (status = 201, body = OrgBody),
+        (status = 400, body = NativeErrorBody),
+        (status = 401, body = NativeErrorBody),
+        (status = 403, description = "Operator API disabled", body = NativeErrorBody),
+        (status = 409, description = "An org with this id exists", body = NativeErrorBody),
+    ),
+    security(("operator" = []))
+)]
+pub async fn create_org(
+    State(state): State<AppState>,
+    _: Operator,
+    body: Bytes,
+) -> Result<(StatusCode, Json<OrgBody>)> {
+    let req: CreateOrg = json_body(&body)?;
+    let new = NewOrg::parse(req.id, req.name).map_err(ApiError::fields)?;
+    let org = create_org_as(state.store(), new).await?;
+    Ok((StatusCode::CREATED, Json(org.into())))
+}
+
+/// Creates an org on behalf of the operator (HTTP or CLI), with its audit entry.
+pub async fn create_org_as(store: &dyn Store, new: NewOrg) -> std::result::Result<Org, ApiError> {
+    let org = Org {
+        id: new.id,
+        name: new.name,
+        created_at: Timestamp::now(),
+    };
+    let entry = audit(
+        None,
+        "create",
+        "org",
+        org.id.to_string(),
+        json!({ "name": org.name }),
+    );
+    store.create_org(&org, &entry).await?;
+    Ok(org)
+}
+
+/// List orgs.
+#[utoipa::path(
+    get, path = "/admin/v1/orgs", tag = "operator",
+    params(OrgListQuery),
+    responses((status = 200, body = OrgList), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody)),
+    security(("operator" = []))
+)]
+pub async fn list_orgs(
+    State(state): State<AppState>,
+    _: Operator,
+    RawQuery(query): RawQuery,
+) -> Result<Json<OrgList>> {
+    let p = Params::parse(query.as_deref());
+    let limit = p.int::<u32>("limit", 1..=1000)?.unwrap_or(100);
+    let after = match p.str("cursor")? {
+        None => None,
+        Some(c) => Some(
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| OrgId::parse(&s).ok())
+                .ok_or_else(|| {
+                    ApiError::param("cursor", "is not a cursor issued by this endpoint")
+                })?,
+        ),
+    };
+    let page = state.store().list_orgs(after.as_ref(), limit).await?;
+    let next_cursor = match page.items.last() {
+        Some(last) if page.has_more => Some(URL_SAFE_NO_PAD.encode(last.id.as_str())),
+        _ => None,
+    };
+    Ok(Json(OrgList {
+        data: page.items.into_iter().map(OrgBody::from).collect(),
+        pagination: Pagination {
+            has_more: page.has_more,
+            next_cursor,
+        },
+    }))
+}
+
+/// Get an org.
+#[utoipa::path(
+    get, path = "/admin/v1/orgs/{org_id}", tag = "operator",
+    params(("org_id" = String, Path, description = "The org's id")),
+    responses((status = 200, body = OrgBody), (status = 404, body = NativeErrorBody)),
+    security(("operator" = []))
+)]
+pub async fn get_org(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(org_id): Path<String>,
+) -> Result<Json<OrgBody>> {
+    let tenant = path_tenant(&state, &org_id).await?;
+    Ok(Json(state.store().org(&tenant).await?.into()))
+}
+
+async fn do_create_key(
+    state: &AppState,
+    tenant: &Tenant,
+    actor: Option<&OrgCaller>,
+    body: &[u8],
+) -> std::result::Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let req: CreateKey = json_body(body)?;
+    let new = NewApiKey::try_from(NewApiKeyInput {
+        name: req.name,
+        scopes: req.scopes,
+        principal_type: req.principal_type,
+        principal_id: req.principal_id,
+        user_id: req.user_id,
+        email: req.email,
+        service_account_id: req.service_account_id,
+    })
+    .map_err(ApiError::fields)?;
+    let (key, secret) = create_key_as(state.store(), tenant, new, actor).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: key.into(),
+            secret: secret.expose().to_owned(),
+        }),
+    ))
+}
+
+/// Creates a key in `tenant`'s org on behalf of `actor` (`None`: the operator, over HTTP or
+/// the CLI), with its audit entry. The secret is returned once and only its hash is stored.
+pub async fn create_key_as(
+    store: &dyn Store,
+    tenant: &Tenant,
+    new: NewApiKey,
+    actor: Option<&OrgCaller>,
+) -> std::result::Result<(ApiKey, Secret), ApiError> {
+    let secret = Secret::generate();
+    let key = ApiKey {
+        id: new_record_id(),
+        org_id: tenant.org_id().clone(),
+        name: new.name,
+        scopes: new.scopes,
+        principal_type: new.principal_type,
+        principal_id: new.principal_id,
+        user_id: new.user_id,
+        email: new.email,
+        service_account_id: new.service_account_id,
+        created_at: Timestamp::now(),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    let entry = audit(
+        actor,
+        "create",
+        "api_key",
+        key.id.to_string(),
+        json!({
+            "name": key.name,
+            "scopes": key.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
+            "principal_type": key.principal_type.as_str(),
+            "principal_id": key.principal_id,
+        }),
+    );
+    store
+        .create_api_key(tenant, &key, &secret.hash(), &entry)
+        .await?;
+    Ok((key, secret))
+}
+
+/// Revokes a key of `tenant`'s org on behalf of `actor`, with its audit entry (only when the
+/// key was live). `None` when the org has no such key.
+pub async fn revoke_key_as(
+    store: &dyn Store,
+    tenant: &Tenant,
+    id: Uuid,
+    actor: Option<&OrgCaller>,
+) -> std::result::Result<Option<ApiKey>, ApiError> {
+    let entry = audit(actor, "revoke", "api_key", id.to_string(), json!({}));
+    Ok(store
+        .revoke_api_key(tenant, id, Timestamp::now(), &entry)
+        .await?)
+}
+
+async fn do_list_keys(
+    state: &AppState,
+    tenant: &Tenant,
+) -> std::result::Result<Json<KeyList>, ApiError> {
+    let keys = state.store().list_api_keys(tenant).await?;
+    Ok(Json(KeyList {
+        data: keys.into_iter().map(KeyBody::from).collect(),
+        pagination: Pagination {
+            has_more: false,
+            next_cursor: None,
+        },
+    }))
+}
+
+async fn do_get_key(
+    state: &AppState,
+    tenant: &Tenant,
+    id: &str,
+) -> std::result::Result<Json<KeyBody>, ApiError> {
+    let id = key_id(id)?;
+    match state.store().get_api_key(tenant, id).await? {
+        Some(k) => Ok(Json(k.into())),
+        None => Err(not_found("API key")),
+    }
+}
+
+async fn do_revoke_key(
+    state: &AppState,
+    tenant: &Tenant,
+    actor: Option<&OrgCaller>,
+    id: &str,
+) -> std::result::Result<Json<KeyBody>, ApiError> {
+    match revoke_key_as(state.store(), tenant, key_id(id)?, actor).await? {
+        Some(k) => Ok(Json(k.into())),
+        None => Err(not_found("API key")),
+    }
+}
+
+/// Create an API key for an org.
+#[utoipa::path(
+    post, path = "/admin/v1/orgs/{org_id}/api-keys", tag = "operator",
+    params(("org_id" = String, Path, description = "The org's id")),
+    request_body = CreateKey,
+    responses((status = 201, body = CreatedKey), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody)),
+    security(("operator" = []))
+)]
+pub async fn admin_create_key(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(org_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CreatedKey>)> {
+    let tenant = path_tenant(&state, &org_id).await?;
+    Ok(do_create_key(&state, &tenant, None, &body).await?)
+}
+
+/// List an org's API keys.
+#[utoipa::path(
+    get, path = "/admin/v1/orgs/{org_id}/api-keys", tag = "operator",
+    params(("org_id" = String, Path, description = "The org's id")),
+    responses((status = 200, body = KeyList), (status = 404, body = NativeErrorBody)),
+    security(("operator" = []))
+)]
+pub async fn admin_list_keys(
+    State(state): State<AppState>,
+    _: Operator,
+    Path(org_id): Path<String>,
+) -> Result<Json<KeyList>> {
+    let tenant = path_tenant(&state, &org_id).await?;
+    Ok(do_list_keys(&state, &tenant).await?)
+}
+
+/// Get one of an org's API keys.
+#[utoipa::path(
+    get, path = "/admin/v1/orgs/{org_id}/api-keys/{id}", tag = "operator",
+    params(("org_id" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = KeyBody), (status = 404, body = NativeErrorBody)),
+    security(("operator" = []))
+)]
+pub async fn admin_get_key(
+    State(state): State<AppState>,
+    _: Operator,
+    Path((org_id, id)): Path<(String, String)>,
+) -> Result<Json<KeyBody>> {
+    let tenant = path_tenant(&state, &org_id).await?;
+    Ok(do_get_key(&state, &tenant, &id).await?)
+}
+
+/// Revoke one of an org's API keys (idempotent).
+#[utoipa::path(
+    delete, path = "/admin/v1/orgs/{org_id}/api-keys/{id}", tag = "operator",
+    params(("org_id" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key, with revoked_at set", body = KeyBody), (status = 404, body = NativeErrorBody)),
+    security(("operator" = []))
+)]
+pub async fn admin_revoke_key(
+    State(state): State<AppState>,
+    _: Operator,
+    Path((org_id, id)): Path<(String, String)>,
+) -> Result<Json<KeyBody>> {
+    let tenant = path_tenant(&state, &org_id).await?;
+    Ok(do_revoke_key(&state, &tenant, None, &id).await?)
+}
+
+/// Create an API key in the caller's org (scope admin).
+#[utoipa::path(
+    post, path = "/v1/api-keys", tag = "api-keys",
+    request_body = CreateKey,
+    responses((status = 201, body = CreatedKey), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn create_key(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CreatedKey>)> {
+    caller.require(Scope::Admin)?;
+    Ok(do_create_key(&state, &caller.tenant, Some(&caller), &body).await?)
+}
+
+/// List the caller's org's API keys (scope admin).
+#[utoipa::path(
+    get, path = "/v1/api-keys", tag = "api-keys",
+    responses((status = 200, body = KeyList), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+) -> Result<Json<KeyList>> {
+    caller.require(Scope::Admin)?;
+    Ok(do_list_keys(&state, &caller.tenant).await?)
+}
+
+/// Get one of the caller's org's API keys (scope admin).
+#[utoipa::path(
+    get, path = "/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, body = KeyBody), (status = 404, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn get_key(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyBody>> {
+    caller.require(Scope::Admin)?;
+    Ok(do_get_key(&state, &caller.tenant, &id).await?)
+}
+
+/// Revoke one of the caller's org's API keys (scope admin; idempotent).
+#[utoipa::path(
+    delete, path = "/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key, with revoked_at set", body = KeyBody), (status = 404, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+) -> Result<Json<KeyBody>> {
+    caller.require(Scope::Admin)?;
+    Ok(do_revoke_key(&state, &caller.tenant, Some(&caller), &id).await?)
+}

@@ -1,0 +1,291 @@
+//! Authentication and authorization.
+//!
+//! Every endpoint accepts an org API key in any of four carriers (`Authorization: Bearer`,
+//! `X-API-Key`, `x-arklow-auth`, cookie `better-auth.session_token`). The operator token is a
+//! separate credential that opens only the operator API and ingest; it is never an org key.
+//! Keys are looked up by the SHA-256 of the presented secret, so the secret itself is never
+//! stored, compared or logged.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use apitrail_model::{ApiKey, Scope, Secret, SecretHash, Tenant};
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::request::Parts;
+
+use crate::error::{ApiError, Envelope, ErrorKind, Failure};
+use crate::state::AppState;
+
+/// How a credential was presented, as recorded in self-logs (`auth_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    /// A header carrier.
+    ApiKey,
+    /// The session cookie.
+    Session,
+}
+
+impl AuthType {
+    /// The recorded name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::ApiKey => "api_key",
+            AuthType::Session => "session",
+        }
+    }
+}
+
+/// The operator token, kept only as its SHA-256.
+#[derive(Clone)]
+pub struct AdminToken(SecretHash);
+
+impl AdminToken {
+    /// Wraps a configured token; refuses tokens too short to be safe.
+    pub fn new(token: &str) -> Result<Self, &'static str> {
+        if token.len() < 16 {
+            return Err("the operator token must be at least 16 characters");
+        }
+        Ok(Self(Secret::from_presented(token).hash()))
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        self.0.ct_eq(&Secret::from_presented(presented).hash())
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken([redacted])")
+    }
+}
+
+/// An authenticated org caller.
+#[derive(Debug, Clone)]
+pub struct OrgCaller {
+    /// The caller's org.
+    pub tenant: Tenant,
+    /// The key used.
+    pub key: ApiKey,
+    /// How it was presented.
+    pub auth_type: AuthType,
+}
+
+impl OrgCaller {
+    /// Fails with 403 unless the key has `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.key.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("this API key lacks the {} scope", scope.as_str()),
+            ))
+        }
+    }
+}
+
+/// Who is calling an endpoint open to both kinds of credential (ingest).
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The operator token.
+    Operator,
+    /// An org key.
+    Org(Box<OrgCaller>),
+}
+
+/// Finds the presented credential, in carrier order.
+fn presented(headers: &HeaderMap) -> Option<(String, AuthType)> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(v) = header(AUTHORIZATION.as_str()) {
+        let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+            return Some((token.trim().to_owned(), AuthType::ApiKey));
+        }
+    }
+    for name in ["x-api-key", "x-arklow-auth"] {
+        if let Some(v) = header(name) {
+            return Some((v.to_owned(), AuthType::ApiKey));
+        }
+    }
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == "better-auth.session_token" && !value.is_empty())
+        .map(|(_, value)| (value.trim_matches('"').to_owned(), AuthType::Session))
+}
+
+const MISSING: &str = "missing credentials: send an API key as Authorization: Bearer <key>, \
+     X-API-Key, x-arklow-auth, or the better-auth.session_token cookie";
+
+impl AppState {
+    /// Authenticates an org key from any carrier.
+    pub async fn authenticate_org(&self, headers: &HeaderMap) -> Result<OrgCaller, ApiError> {
+        let Some((token, auth_type)) = presented(headers) else {
+            return Err(ApiError::new(ErrorKind::Unauthorized, MISSING));
+        };
+        if self.is_operator_token(&token) {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                "the operator token opens only the operator API and ingest; use an org API key",
+            ));
+        }
+        let secret = Secret::from_presented(&token);
+        if !secret.is_well_formed() {
+            return Err(ApiError::new(ErrorKind::Unauthorized, "invalid API key"));
+        }
+        match self.store().authenticate(&secret.hash()).await? {
+            Some((tenant, key)) => {
+                self.recorder().touch(&key);
+                Ok(OrgCaller {
+                    tenant,
+                    key,
+                    auth_type,
+                })
+            }
+            None => Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "invalid or revoked API key",
+            )),
+        }
+    }
+
+    /// Authenticates the operator token.
+    pub fn authenticate_operator(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(admin) = &self.config().admin_token else {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                "the operator API is disabled: start the server with --admin-token or APITRAIL_ADMIN_TOKEN",
+            ));
+        };
+        match presented(headers) {
+            None => Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "missing credentials: send the operator token as Authorization: Bearer <token>",
+            )),
+            Some((token, _)) if admin.matches(&token) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "invalid operator token",
+            )),
+        }
+    }
+
+    /// Authenticates either credential (ingest).
+    pub async fn authenticate_any(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        match presented(headers) {
+            Some((token, _)) if self.is_operator_token(&token) => Ok(Caller::Operator),
+            _ => self
+                .authenticate_org(headers)
+                .await
+                .map(|c| Caller::Org(Box::new(c))),
+        }
+    }
+
+    fn is_operator_token(&self, token: &str) -> bool {
+        self.config()
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.matches(token))
+    }
+}
+
+/// Extracts an authenticated org caller; failures are written in dialect `D`'s envelope.
+/// Authentication comes before anything else about the request (401 before 400).
+#[derive(Debug)]
+pub struct Authed<D>(pub OrgCaller, pub PhantomData<fn() -> D>);
+
+impl<D: Envelope> FromRequestParts<AppState> for Authed<D> {
+    type Rejection = Failure<D>;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = state.authenticate_org(&parts.headers).await?;
+        crate::selflog::note_caller(parts, &caller);
+        Ok(Self(caller, PhantomData))
+    }
+}
+
+/// Extracts the operator; failures are written in the native envelope.
+#[derive(Debug)]
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Failure<crate::error::Native>;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        state.authenticate_operator(&parts.headers)?;
+        Ok(Self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn every_carrier_is_recognised() {
+        let cases = [
+            (("authorization", "Bearer k1"), ("k1", AuthType::ApiKey)),
+            (("authorization", "bearer  k1 "), ("k1", AuthType::ApiKey)),
+            (("x-api-key", "k2"), ("k2", AuthType::ApiKey)),
+            (("x-arklow-auth", "k3"), ("k3", AuthType::ApiKey)),
+            (
+                ("cookie", "a=b; better-auth.session_token=k4; c=d"),
+                ("k4", AuthType::Session),
+            ),
+        ];
+        for ((name, value), (want, kind)) in cases {
+            assert_eq!(
+                presented(&headers(&[(name, value)])),
+                Some((want.to_owned(), kind)),
+                "{name}: {value}"
+            );
+        }
+        assert_eq!(presented(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(presented(&headers(&[("cookie", "other=1")])), None);
+        assert_eq!(presented(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn header_carriers_take_precedence_over_the_cookie() {
+        let h = headers(&[
+            ("cookie", "better-auth.session_token=stale"),
+            ("x-api-key", "fresh"),
+        ]);
+        assert_eq!(presented(&h), Some(("fresh".to_owned(), AuthType::ApiKey)));
+    }
+
+    #[test]
+    fn operator_tokens_are_compared_by_hash_and_never_printed() {
+        let t = AdminToken::new("a-long-operator-token").unwrap();
+        assert!(t.matches("a-long-operator-token"));
+        assert!(!t.matches("a-long-operator-tokeN"));
+        assert!(!format!("{t:?}").contains("operator-token"));
+        assert!(AdminToken::new("short").is_err());
+    }
+}

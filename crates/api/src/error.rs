@@ -1,0 +1,258 @@
+//! Errors of the HTTP layer: one [`ApiError`] type, one table from its kind to a status and a
+//! code, and one renderer per dialect envelope.
+//!
+//! Handlers return `Failure<D>`, where `D` is the dialect whose envelope the error is written
+//! in; the error itself never knows which dialect it ends up in.
+
+use std::marker::PhantomData;
+
+use apitrail_model::FieldError;
+use apitrail_store::StoreError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::context;
+
+/// What went wrong, independent of any dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No credentials, or credentials that match no live key.
+    Unauthorized,
+    /// Authenticated, but not allowed to do this.
+    Forbidden,
+    /// No such resource for this caller (also: another org's resource).
+    NotFound,
+    /// No such route.
+    RouteNotFound,
+    /// The route exists, but not with this method.
+    MethodNotAllowed,
+    /// A query or path parameter is malformed or out of range.
+    InvalidParameter,
+    /// The request body is malformed.
+    InvalidBody,
+    /// Some ingested records are invalid; nothing was stored.
+    InvalidRecords,
+    /// The resource already exists.
+    Conflict,
+    /// The body or batch is larger than allowed.
+    PayloadTooLarge,
+    /// The body's media type is not accepted.
+    UnsupportedMediaType,
+    /// The write queue is full; retry later.
+    Overloaded,
+    /// The store is unreachable or shutting down.
+    Unavailable,
+    /// A bug or an unexpected failure; details are logged, never sent.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The status and the machine-readable code of each kind: the one table of the API.
+    pub fn status_and_code(self) -> (StatusCode, &'static str) {
+        match self {
+            ErrorKind::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorKind::RouteNotFound => (StatusCode::NOT_FOUND, "route_not_found"),
+            ErrorKind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ErrorKind::InvalidParameter => (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            ErrorKind::InvalidBody => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ErrorKind::InvalidRecords => (StatusCode::BAD_REQUEST, "invalid_records"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ErrorKind::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+/// A problem with one record of an ingest batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// The record's position in the batch (0-based).
+    pub index: usize,
+    /// The field at fault; `None` when the record as a whole is (e.g. not a JSON object).
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An error on its way to becoming a response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// Its kind, which fixes status and code.
+    pub kind: ErrorKind,
+    /// A human-readable sentence for the caller.
+    pub message: String,
+    /// The offending parameter or field, when one is at fault.
+    pub param: Option<String>,
+    /// Per-record problems (ingest) or per-field problems (JSON bodies).
+    pub details: Vec<RecordError>,
+    /// Seconds to wait before retrying (`Retry-After`).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            param: None,
+            details: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// A 400 naming the parameter at fault.
+    pub fn param(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
+        let message = format!("{param} {}", message.into());
+        Self {
+            param: Some(param),
+            ..Self::new(ErrorKind::InvalidParameter, message)
+        }
+    }
+
+    /// A 400 for a JSON body whose fields failed validation.
+    pub fn fields(errors: Vec<FieldError>) -> Self {
+        let message = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            param: errors.first().map(|e| e.field.clone()),
+            details: errors
+                .into_iter()
+                .map(|e| RecordError {
+                    index: 0,
+                    field: Some(e.field),
+                    message: e.message,
+                })
+                .collect(),
+            ..Self::new(ErrorKind::InvalidBody, message)
+        }
+    }
+
+    /// A 500 whose cause is logged here and never sent.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, request_id = %context::request_id(), "internal error");
+        Self::new(
+            ErrorKind::Internal,
+            "an internal error occurred; the request id identifies it in the server's logs",
+        )
+    }
+
+    /// Status and code from the table.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        self.kind.status_and_code()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Overloaded { retry_after_secs } => Self {
+                retry_after: Some(retry_after_secs),
+                ..Self::new(
+                    ErrorKind::Overloaded,
+                    "the write queue is full; retry after the Retry-After delay",
+                )
+            },
+            StoreError::Closed => Self {
+                retry_after: Some(1),
+                ..Self::new(ErrorKind::Unavailable, "the server is shutting down")
+            },
+            StoreError::Conflict(what) => {
+                Self::new(ErrorKind::Conflict, format!("{what} already exists"))
+            }
+            StoreError::Backend(cause) => Self::internal(&cause),
+        }
+    }
+}
+
+/// An error envelope: how one dialect writes an error body.
+pub trait Envelope: Send + Sync + 'static {
+    /// The body for `err`, given the request id of the call.
+    fn body(err: &ApiError, request_id: &str) -> Value;
+}
+
+/// apitrail's native envelope, also the logs and audit dialects' own:
+/// `{"error": {"code", "message", "param"?, "details"?}, "request_id"}`.
+#[derive(Debug)]
+pub enum Native {}
+
+impl Envelope for Native {
+    fn body(err: &ApiError, request_id: &str) -> Value {
+        let (_, code) = err.status_and_code();
+        let mut error = json!({ "code": code, "message": err.message });
+        if let Some(param) = &err.param {
+            error["param"] = json!(param);
+        }
+        if err.kind == ErrorKind::InvalidRecords || !err.details.is_empty() {
+            error["details"] = err
+                .details
+                .iter()
+                .map(|d| {
+                    if err.kind == ErrorKind::InvalidRecords {
+                        json!({ "index": d.index, "field": d.field, "message": d.message })
+                    } else {
+                        json!({ "field": d.field, "message": d.message })
+                    }
+                })
+                .collect();
+        }
+        json!({ "error": error, "request_id": request_id })
+    }
+}
+
+/// The error code a response carried, kept for the self-log of the call.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+/// A handler's error, rendered in dialect `D`'s envelope.
+#[derive(Debug)]
+pub struct Failure<D>(pub ApiError, PhantomData<fn() -> D>);
+
+impl<D> From<ApiError> for Failure<D> {
+    fn from(e: ApiError) -> Self {
+        Self(e, PhantomData)
+    }
+}
+
+impl<D> From<StoreError> for Failure<D> {
+    fn from(e: StoreError) -> Self {
+        Self(e.into(), PhantomData)
+    }
+}
+
+impl<D: Envelope> IntoResponse for Failure<D> {
+    fn into_response(self) -> Response {
+        render::<D>(&self.0)
+    }
+}
+
+/// Renders `err` in envelope `D`, with the headers that go with it.
+pub fn render<D: Envelope>(err: &ApiError) -> Response {
+    let (status, code) = err.status_and_code();
+    let request_id = context::request_id();
+    let mut response = (status, axum::Json(D::body(err, &request_id))).into_response();
+    let headers = response.headers_mut();
+    if let Some(secs) = err.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if err.kind == ErrorKind::Unauthorized {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"apitrail\""),
+        );
+    }
+    response.extensions_mut().insert(ErrorCode(code));
+    response
+}

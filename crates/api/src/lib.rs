@@ -1,0 +1,138 @@
+//! apitrail's HTTP surface.
+//!
+//! A request goes: socket → [`selflog::track`] (request id, timing, metrics) → router →
+//! handler, whose extractors authenticate ([`auth`]) before the handler parses its parameters
+//! into model types ([`params`]), calls the [`Store`], and maps the result to its dialect's
+//! own wire types. Errors are [`error::ApiError`]s rendered in the route's dialect envelope.
+//! After the response, the middleware hands the call's own request log to the
+//! [`selflog::Recorder`].
+
+pub mod admin;
+pub mod auth;
+pub mod context;
+pub mod error;
+pub mod ingest;
+pub mod logs;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+pub mod params;
+pub mod selflog;
+pub mod state;
+pub mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use apitrail_store::{Store, StoreError};
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub use auth::AdminToken;
+pub use state::{ApiConfig, AppState};
+
+/// The router with every route and the tracking middleware.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route("/v1/logs", get(logs::list_logs))
+        .route("/v1/ingest/requests", post(ingest::ingest_requests))
+        .route(
+            "/admin/v1/orgs",
+            get(admin::list_orgs).post(admin::create_org),
+        )
+        .route("/admin/v1/orgs/{org_id}", get(admin::get_org))
+        .route(
+            "/admin/v1/orgs/{org_id}/api-keys",
+            get(admin::admin_list_keys).post(admin::admin_create_key),
+        )
+        .route(
+            "/admin/v1/orgs/{org_id}/api-keys/{id}",
+            get(admin::admin_get_key).delete(admin::admin_revoke_key),
+        )
+        .route(
+            "/v1/api-keys",
+            get(admin::list_keys).post(admin::create_key),
+        )
+        .route(
+            "/v1/api-keys/{id}",
+            get(admin::get_key).delete(admin::revoke_key),
+        )
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            selflog::track,
+        ))
+        .with_state(state)
+}
+
+/// A bound, ready-to-run server.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    store: Arc<dyn Store>,
+}
+
+impl App {
+    /// Binds `listen` (port 0 picks a free port) and assembles the app over `store`.
+    /// Must be called within a Tokio runtime (it starts the self-log recorder).
+    pub async fn build(
+        store: Arc<dyn Store>,
+        config: ApiConfig,
+        listen: SocketAddr,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        let (recorder, _task) = selflog::Recorder::spawn(Arc::clone(&store));
+        let state = AppState::new(Arc::clone(&store), config, recorder);
+        Ok(Self {
+            listener,
+            state,
+            store,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops gracefully: stops accepting, lets
+    /// in-flight requests finish (each ingest waits for its commit), writes the pending
+    /// self-logs, and drains the store's write queue.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let service =
+            router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServeError::Io)?;
+        self.state.recorder().flush().await;
+        self.store.shutdown().await.map_err(ServeError::Store)
+    }
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listener failed.
+    #[error("the HTTP server failed: {0}")]
+    Io(std::io::Error),
+    /// The store could not shut down cleanly.
+    #[error("the store could not shut down cleanly: {0}")]
+    Store(StoreError),
+}

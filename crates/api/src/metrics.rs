@@ -1,0 +1,217 @@
+//! Prometheus metrics, kept in-process and written in the text exposition format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apitrail_store::{Histogram, HistogramSnapshot, StoreStats};
+
+/// The registry.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    latency: Mutex<BTreeMap<String, Arc<Histogram>>>,
+    /// Ingested records newly stored.
+    pub ingest_accepted: AtomicU64,
+    /// Ingested records skipped as already stored.
+    pub ingest_duplicates: AtomicU64,
+    /// Ingest calls refused because of invalid records.
+    pub ingest_invalid_batches: AtomicU64,
+    /// Ingest calls refused because the write queue was full.
+    pub ingest_overloaded: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one HTTP exchange. `route` is the matched route template, so label cardinality
+    /// stays bounded whatever paths clients send.
+    pub fn observe_http(&self, route: Option<&str>, method: &str, status: u16, took: Duration) {
+        let route = route.unwrap_or("unmatched").to_owned();
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route.clone(), method.to_owned(), status))
+            .or_default() += 1;
+        let hist = Arc::clone(
+            self.latency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(route)
+                .or_insert_with(|| Arc::new(Histogram::new(Histogram::SECONDS))),
+        );
+        hist.observe(took.as_secs_f64());
+    }
+
+    /// The exposition text, including the store's figures and the recorder's drops.
+    pub fn render(&self, store: &StoreStats, self_logs_dropped: u64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP apitrail_http_requests_total HTTP requests by route template, method and status."
+        );
+        let _ = writeln!(out, "# TYPE apitrail_http_requests_total counter");
+        for ((route, method, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "apitrail_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                escape(route),
+                escape(method)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP apitrail_http_request_duration_seconds Time from request to response, by route template."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE apitrail_http_request_duration_seconds histogram"
+        );
+        for (route, hist) in self
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            write_histogram(
+                &mut out,
+                "apitrail_http_request_duration_seconds",
+                &format!("route=\"{}\"", escape(route)),
+                &hist.snapshot(),
+            );
+        }
+        let counters = [
+            (
+                "apitrail_ingest_records_accepted_total",
+                "Ingested records newly stored.",
+                self.ingest_accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_ingest_records_duplicate_total",
+                "Ingested records skipped because their id was already stored.",
+                self.ingest_duplicates.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_ingest_invalid_batches_total",
+                "Ingest calls refused for invalid records.",
+                self.ingest_invalid_batches.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_ingest_overloaded_total",
+                "Ingest calls refused with 503 because the write queue was full.",
+                self.ingest_overloaded.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_self_logs_dropped_total",
+                "Self-logs dropped because their queue was full.",
+                self_logs_dropped,
+            ),
+            (
+                "apitrail_store_commits_total",
+                "Transactions committed by the store's writer.",
+                store.commits,
+            ),
+            (
+                "apitrail_store_committed_records_total",
+                "Request logs committed by the store's writer.",
+                store.committed_records,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let gauges = [
+            (
+                "apitrail_write_queue_records",
+                "Records waiting in the write queue.",
+                store.queued_records,
+            ),
+            (
+                "apitrail_write_queue_capacity_records",
+                "Records the write queue holds before ingest answers 503.",
+                store.queue_capacity,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP apitrail_store_commit_duration_seconds Time each group commit took, fsync included.\n# TYPE apitrail_store_commit_duration_seconds histogram"
+        );
+        write_histogram(
+            &mut out,
+            "apitrail_store_commit_duration_seconds",
+            "",
+            &store.commit_seconds,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP apitrail_store_group_records Records per group commit.\n# TYPE apitrail_store_group_records histogram"
+        );
+        write_histogram(
+            &mut out,
+            "apitrail_store_group_records",
+            "",
+            &store.group_records,
+        );
+        out
+    }
+}
+
+fn write_histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    for (bound, count) in &h.buckets {
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{braces} {}", h.count);
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_counts_requests_by_route_template() {
+        let m = Metrics::default();
+        m.observe_http(Some("/v1/logs"), "GET", 200, Duration::from_millis(3));
+        m.observe_http(Some("/v1/logs"), "GET", 200, Duration::from_millis(4));
+        m.observe_http(None, "GET", 404, Duration::from_millis(1));
+        let text = m.render(&StoreStats::default(), 0);
+        assert!(text.contains(
+            "apitrail_http_requests_total{route=\"/v1/logs\",method=\"GET\",status=\"200\"} 2"
+        ));
+        assert!(text.contains("route=\"unmatched\",method=\"GET\",status=\"404\"} 1"));
+        assert!(text.contains(
+            "apitrail_http_request_duration_seconds_bucket{route=\"/v1/logs\",le=\"0.005\"} 2"
+        ));
+        assert!(
+            text.contains("apitrail_http_request_duration_seconds_count{route=\"/v1/logs\"} 2")
+        );
+    }
+}

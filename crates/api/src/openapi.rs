@@ -1,0 +1,108 @@
+//! The OpenAPI description, generated from the handlers and wire types. The committed copy
+//! (`docs/openapi.json`) is checked against this by a test, so it never drifts.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::{admin, ingest, logs, ops, wire};
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "apitrail",
+        description = "Self-hosted, multi-tenant API activity log service: request logs, audit log entries and action records, served through the dialects of five public APIs and apitrail's native API."
+    ),
+    paths(
+        logs::list_logs,
+        ingest::ingest_requests,
+        admin::create_org,
+        admin::list_orgs,
+        admin::get_org,
+        admin::admin_create_key,
+        admin::admin_list_keys,
+        admin::admin_get_key,
+        admin::admin_revoke_key,
+        admin::create_key,
+        admin::list_keys,
+        admin::get_key,
+        admin::revoke_key,
+        ops::healthz,
+        ops::readyz,
+        ops::metrics,
+        ops::openapi,
+    ),
+    components(schemas(wire::NativeErrorBody, wire::NativeErrorDetail, wire::NativeErrorItem)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "logs", description = "The logs dialect: GET /v1/logs."),
+        (name = "ingest", description = "Writing records into apitrail."),
+        (name = "api-keys", description = "An org admin's own API keys."),
+        (name = "operator", description = "Org and key management with the operator token."),
+        (name = "operations", description = "Health, readiness, metrics, this document."),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "An org API key.",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An org API key as a bearer token."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "arklow",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "x-arklow-auth",
+                "An org API key.",
+            ))),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "better-auth.session_token",
+                "An org API key in the session cookie (recorded as auth_type session).",
+            ))),
+        );
+        components.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The operator token (APITRAIL_ADMIN_TOKEN) as a bearer token.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document as pretty-printed JSON, built once.
+pub fn document() -> String {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    })
+    .clone()
+}

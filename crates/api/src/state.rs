@@ -1,0 +1,81 @@
+//! Shared state of the HTTP layer.
+
+use std::sync::Arc;
+
+use apitrail_model::request_log::rules::DEFAULT_BODY_CAP;
+use apitrail_store::Store;
+
+use crate::auth::AdminToken;
+use crate::metrics::Metrics;
+use crate::selflog::Recorder;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The operator token; without one the operator API is refused.
+    pub admin_token: Option<AdminToken>,
+    /// Whether authenticated calls are logged into the caller's org.
+    pub self_log: bool,
+    /// Cap of stored request and response bodies, in bytes.
+    pub body_cap_bytes: usize,
+    /// Largest accepted ingest body, in bytes.
+    pub max_ingest_bytes: usize,
+    /// Most records accepted in one ingest call.
+    pub max_ingest_records: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            self_log: true,
+            body_cap_bytes: DEFAULT_BODY_CAP,
+            max_ingest_bytes: 16 * 1024 * 1024,
+            max_ingest_records: 10_000,
+        }
+    }
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    config: ApiConfig,
+    metrics: Metrics,
+    recorder: Recorder,
+}
+
+impl AppState {
+    /// Assembles the state; `recorder` must write to the same `store`.
+    pub fn new(store: Arc<dyn Store>, config: ApiConfig, recorder: Recorder) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            config,
+            metrics: Metrics::default(),
+            recorder,
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.0.store.as_ref()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ApiConfig {
+        &self.0.config
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The self-log and key-usage recorder.
+    pub fn recorder(&self) -> &Recorder {
+        &self.0.recorder
+    }
+}

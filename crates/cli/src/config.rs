@@ -1,0 +1,287 @@
+//! Command-line and environment configuration. Every flag also reads `APITRAIL_<NAME>`;
+//! flags win over the environment, the environment over defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apitrail_store::Store;
+use apitrail_store_sqlite::{DB_FILE, SqliteOptions, SqliteStore};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// apitrail: a self-hosted, multi-tenant API activity log service.
+#[derive(Debug, Parser)]
+#[command(name = "apitrail", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Where the data lives; shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory of the embedded SQLite store.
+    #[arg(
+        long,
+        env = "APITRAIL_DATA_DIR",
+        default_value = "./apitrail-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// Store URL instead of --data-dir: `sqlite://PATH/TO/FILE.db` (postgres:// arrives with
+    /// the PostgreSQL backend).
+    #[arg(
+        long,
+        env = "APITRAIL_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    /// A human description of where data is stored.
+    pub fn describe(&self) -> String {
+        match self.sqlite_file() {
+            Ok(path) => format!("SQLite at {}", path.display()),
+            Err(e) => e,
+        }
+    }
+
+    fn sqlite_file(&self) -> Result<PathBuf, String> {
+        match self.database_url.as_deref() {
+            None | Some("") => Ok(self.data_dir.join(DB_FILE)),
+            Some(url) => {
+                if let Some(path) = url
+                    .strip_prefix("sqlite://")
+                    .or_else(|| url.strip_prefix("sqlite:"))
+                {
+                    if path.is_empty() {
+                        return Err("--database-url sqlite:// needs a file path".into());
+                    }
+                    Ok(PathBuf::from(path))
+                } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                    Err("the PostgreSQL backend is not available in this build yet; use the embedded SQLite store (omit --database-url)".into())
+                } else {
+                    Err(
+                        "--database-url must start with sqlite:// (or postgres:// once supported)"
+                            .into(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Opens the store.
+    pub fn open(&self, options: SqliteOptions) -> Result<Arc<dyn Store>, String> {
+        let path = self.sqlite_file()?;
+        let store = SqliteStore::open_file(&path, options)
+            .map_err(|e| format!("cannot open the store at {}: {e}", path.display()))?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Manage orgs directly on the store (for bootstrapping).
+    Orgs {
+        #[command(subcommand)]
+        command: OrgsCommand,
+    },
+    /// Manage API keys directly on the store (for bootstrapping).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `apitrail serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "APITRAIL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Operator token (at least 16 characters) opening /admin/v1 and ingest for any org.
+    /// Without one the operator API is refused.
+    #[arg(long, env = "APITRAIL_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Do not log apitrail's own API calls into the caller's org.
+    #[arg(long, env = "APITRAIL_NO_SELF_LOG")]
+    pub no_self_log: bool,
+    /// Allow webhook destinations on loopback and private addresses (action dispatch).
+    #[arg(long, env = "APITRAIL_ALLOW_PRIVATE_DESTINATIONS")]
+    pub allow_private_destinations: bool,
+    /// Delays between delivery attempts of actions, e.g. `5s,30s,2m`.
+    #[arg(
+        long,
+        env = "APITRAIL_RETRY_SCHEDULE",
+        default_value = "5s,30s,2m,10m,30m,1h,2h,5h",
+        value_parser = parse_schedule
+    )]
+    pub retry_schedule: Schedule,
+    /// Create a demo org and key, load a month of demo traffic, and print a curl line.
+    #[arg(long, env = "APITRAIL_DEMO")]
+    pub demo: bool,
+    /// Delete request logs older than this many days (default: keep forever).
+    #[arg(long, env = "APITRAIL_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..=36500))]
+    pub retention_days: Option<u32>,
+    /// Cap of stored request and response bodies, in bytes.
+    #[arg(long, env = "APITRAIL_BODY_CAP_BYTES", default_value_t = 64 * 1024)]
+    pub body_cap_bytes: usize,
+    /// Records the write queue holds before ingest answers 503 + Retry-After.
+    #[arg(long, env = "APITRAIL_WRITE_QUEUE_RECORDS", default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(10_000..))]
+    pub write_queue_records: u64,
+    /// Log format on stderr.
+    #[arg(long, env = "APITRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+/// A list of delays.
+#[derive(Debug, Clone)]
+pub struct Schedule(pub Vec<Duration>);
+
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    s.split(',')
+        .map(|part| {
+            let part = part.trim();
+            let split = part
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(|| format!("{part:?} lacks a unit (s, m or h)"))?;
+            let (n, unit) = part.split_at(split);
+            let n: u64 = n
+                .parse()
+                .map_err(|_| format!("{part:?} must start with a number"))?;
+            let secs = match unit {
+                "s" => n,
+                "m" => n * 60,
+                "h" => n * 3600,
+                _ => return Err(format!("{part:?}: the unit must be s, m or h")),
+            };
+            Ok(Duration::from_secs(secs))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|v| {
+            if v.is_empty() {
+                Err("the schedule needs at least one delay".into())
+            } else {
+                Ok(Schedule(v))
+            }
+        })
+}
+
+/// `apitrail orgs ...`.
+#[derive(Debug, Subcommand)]
+pub enum OrgsCommand {
+    /// Create an org.
+    Create {
+        /// The org id (1-64 of A-Za-z0-9_.:-); a UUIDv7 when omitted.
+        #[arg(long)]
+        id: Option<String>,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// List orgs.
+    List,
+}
+
+/// `apitrail keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print its secret (shown only this once).
+    Create {
+        /// The org id.
+        #[arg(long)]
+        org: String,
+        /// A label for the key.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes: read, write, admin.
+        #[arg(long, value_delimiter = ',', default_value = "read")]
+        scopes: Vec<String>,
+        /// user or service_account.
+        #[arg(long, default_value = "service_account")]
+        principal_type: String,
+        /// The principal's id (defaults to the key name).
+        #[arg(long)]
+        principal_id: Option<String>,
+        /// The user the key acts for.
+        #[arg(long)]
+        user_id: Option<String>,
+        /// The principal's email.
+        #[arg(long)]
+        email: Option<String>,
+        /// The service account the key acts for.
+        #[arg(long)]
+        service_account_id: Option<String>,
+    },
+    /// List an org's keys.
+    List {
+        /// The org id.
+        #[arg(long)]
+        org: String,
+    },
+    /// Revoke a key; it stops authenticating at once.
+    Revoke {
+        /// The org id.
+        #[arg(long)]
+        org: String,
+        /// The key id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_parse_units() {
+        let s = parse_schedule("5s,2m,1h").unwrap();
+        assert_eq!(
+            s.0,
+            vec![
+                Duration::from_secs(5),
+                Duration::from_secs(120),
+                Duration::from_secs(3600)
+            ]
+        );
+        assert!(parse_schedule("5").is_err());
+        assert!(parse_schedule("5d").is_err());
+        assert!(parse_schedule("").is_err());
+    }
+
+    #[test]
+    fn database_urls_choose_the_backend() {
+        let args = |url: Option<&str>| StoreArgs {
+            data_dir: PathBuf::from("/d"),
+            database_url: url.map(str::to_owned),
+        };
+        assert_eq!(
+            args(None).sqlite_file().unwrap(),
+            PathBuf::from("/d/apitrail.db")
+        );
+        assert_eq!(
+            args(Some("sqlite:///x/y.db")).sqlite_file().unwrap(),
+            PathBuf::from("/x/y.db")
+        );
+        assert!(args(Some("postgres://h/db")).sqlite_file().is_err());
+        assert!(args(Some("mysql://h/db")).sqlite_file().is_err());
+    }
+}

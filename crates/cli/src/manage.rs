@@ -1,0 +1,140 @@
+//! `apitrail orgs ...` and `apitrail keys ...`: the same operations as the operator API,
+//! performed directly on the store (for bootstrapping before any token exists). They print
+//! the API's own JSON shapes.
+
+use apitrail_api::admin::{self, KeyBody, OrgBody};
+use apitrail_model::key::NewApiKeyInput;
+use apitrail_model::{NewApiKey, NewOrg, OrgId, Tenant};
+use apitrail_store::Store;
+use apitrail_store_sqlite::SqliteOptions;
+use uuid::Uuid;
+
+use crate::config::{KeysCommand, OrgsCommand, StoreArgs};
+
+fn print(value: &impl serde::Serialize) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+fn field_errors(errors: Vec<apitrail_model::FieldError>) -> String {
+    errors
+        .iter()
+        .map(|e| format!("--{} {}", e.field.replace('_', "-"), e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn small() -> SqliteOptions {
+    SqliteOptions {
+        readers: 1,
+        writer_cache_mib: 16,
+        reader_cache_mib: 16,
+        ..SqliteOptions::default()
+    }
+}
+
+async fn tenant(store: &dyn Store, org: &str) -> Result<Tenant, String> {
+    let id = OrgId::parse(org).map_err(|e| format!("--org: {e}"))?;
+    store
+        .tenant(&id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no org has the id {org:?} (see `apitrail orgs list`)"))
+}
+
+/// Runs an `orgs` command.
+pub async fn orgs(store_args: StoreArgs, command: OrgsCommand) -> Result<(), String> {
+    let store = store_args.open(small())?;
+    let result = match command {
+        OrgsCommand::Create { id, name } => {
+            let new = NewOrg::parse(id, Some(name)).map_err(field_errors)?;
+            let org = admin::create_org_as(store.as_ref(), new)
+                .await
+                .map_err(|e| e.message)?;
+            print(&OrgBody::from(org))
+        }
+        OrgsCommand::List => {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store
+                    .list_orgs(after.as_ref(), 1000)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                after = page.items.last().map(|o| o.id.clone());
+                all.extend(page.items.into_iter().map(OrgBody::from));
+                if !page.has_more {
+                    break;
+                }
+            }
+            print(&all)
+        }
+    };
+    store.shutdown().await.map_err(|e| e.to_string())?;
+    result
+}
+
+/// Runs a `keys` command.
+pub async fn keys(store_args: StoreArgs, command: KeysCommand) -> Result<(), String> {
+    let store = store_args.open(small())?;
+    let result = run_keys(store.as_ref(), command).await;
+    store.shutdown().await.map_err(|e| e.to_string())?;
+    result
+}
+
+async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String> {
+    match command {
+        KeysCommand::Create {
+            org,
+            name,
+            scopes,
+            principal_type,
+            principal_id,
+            user_id,
+            email,
+            service_account_id,
+        } => {
+            let tenant = tenant(store, &org).await?;
+            let new = NewApiKey::try_from(NewApiKeyInput {
+                principal_id: Some(principal_id.unwrap_or_else(|| name.clone())),
+                name: Some(name),
+                scopes: Some(scopes),
+                principal_type: Some(principal_type),
+                user_id,
+                email,
+                service_account_id,
+            })
+            .map_err(field_errors)?;
+            let (key, secret) = admin::create_key_as(store, &tenant, new, None)
+                .await
+                .map_err(|e| e.message)?;
+            let mut body = serde_json::to_value(KeyBody::from(key)).map_err(|e| e.to_string())?;
+            body["secret"] = serde_json::Value::String(secret.expose().to_owned());
+            print(&body)?;
+            eprintln!(
+                "Store the secret now: apitrail keeps only its SHA-256 and cannot show it again."
+            );
+            Ok(())
+        }
+        KeysCommand::List { org } => {
+            let tenant = tenant(store, &org).await?;
+            let keys = store
+                .list_api_keys(&tenant)
+                .await
+                .map_err(|e| e.to_string())?;
+            print(&keys.into_iter().map(KeyBody::from).collect::<Vec<_>>())
+        }
+        KeysCommand::Revoke { org, id } => {
+            let tenant = tenant(store, &org).await?;
+            let id = Uuid::try_parse(&id).map_err(|_| format!("--id {id:?} is not a key id"))?;
+            match admin::revoke_key_as(store, &tenant, id, None)
+                .await
+                .map_err(|e| e.message)?
+            {
+                Some(key) => print(&KeyBody::from(key)),
+                None => Err(format!("org {org:?} has no key {id}")),
+            }
+        }
+    }
+}

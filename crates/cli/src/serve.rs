@@ -1,0 +1,156 @@
+//! `apitrail serve`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apitrail_api::{AdminToken, ApiConfig, App};
+use apitrail_model::{OrgId, Timestamp};
+use apitrail_store::Store;
+use apitrail_store_sqlite::SqliteOptions;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, ServeArgs, StoreArgs};
+use crate::demo;
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
+pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
+    init_tracing(args.log_format);
+    let admin_token = args
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(AdminToken::new)
+        .transpose()
+        .map_err(|e| format!("--admin-token: {e}"))?;
+    let has_admin = admin_token.is_some();
+    let store = store_args.open(SqliteOptions {
+        queue_capacity: usize::try_from(args.write_queue_records).unwrap_or(usize::MAX),
+        ..SqliteOptions::default()
+    })?;
+    let config = ApiConfig {
+        admin_token,
+        self_log: !args.no_self_log,
+        body_cap_bytes: args.body_cap_bytes,
+        ..ApiConfig::default()
+    };
+    let app = App::build(Arc::clone(&store), config, args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = app
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let base = format!("http://{addr}");
+    tracing::info!(%addr, store = %store_args.describe(), self_log = !args.no_self_log,
+        operator_api = has_admin, retry_schedule = ?args.retry_schedule.0,
+        allow_private_destinations = args.allow_private_destinations, "apitrail listening");
+
+    println!(
+        "apitrail is listening on {base} ({})",
+        store_args.describe()
+    );
+    if args.demo {
+        let demo = demo::prepare(store.as_ref())
+            .await
+            .map_err(|e| format!("--demo: {e}"))?;
+        println!(
+            "Demo org {:?} holds {} request logs. Try your first authenticated call:\n\n  curl -H 'X-API-Key: {}' '{base}/v1/logs?limit=5'\n",
+            demo.org_id, demo.logs, demo.secret
+        );
+    } else {
+        println!(
+            "To make a first authenticated call, create an org and a key, then list its logs:\n\n  apitrail orgs create --id acme --name Acme\n  apitrail keys create --org acme --name first --scopes read,write\n  curl -H 'X-API-Key: <secret printed above>' '{base}/v1/logs'\n\n(or restart with --demo for an org full of sample traffic)\n"
+        );
+    }
+    if let Some(days) = args.retention_days {
+        tokio::spawn(retention(Arc::clone(&store), days));
+    }
+    app.run_until(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("apitrail stopped; every acknowledged write is committed");
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("APITRAIL_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested: draining in-flight requests and the write queue");
+}
+
+/// Deletes request logs older than `days`, every minute, in bounded batches so ingest keeps
+/// its share of the single writer.
+async fn retention(store: Arc<dyn Store>, days: u32) {
+    const BATCH: u32 = 10_000;
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let cutoff = Timestamp::now().add_millis(-i64::from(days) * 86_400_000);
+        let mut after: Option<OrgId> = None;
+        loop {
+            let page = match store.list_orgs(after.as_ref(), 500).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: cannot list orgs");
+                    break;
+                }
+            };
+            for org in &page.items {
+                let Ok(Some(tenant)) = store.tenant(&org.id).await else {
+                    continue;
+                };
+                loop {
+                    match store.purge_request_logs(&tenant, cutoff, BATCH).await {
+                        Ok(n) if n == u64::from(BATCH) => {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::info!(org = %org.id, deleted = n, "retention: expired request logs removed");
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(org = %org.id, error = %e, "retention: purge failed");
+                            break;
+                        }
+                    }
+                }
+            }
+            match page.items.last() {
+                Some(last) if page.has_more => after = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+    }
+}

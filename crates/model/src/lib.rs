@@ -1,0 +1,25 @@
+//! The domain of apitrail: what a request log, an org or an API key *is*, independent of how
+//! it is stored (see `apitrail-store`) or spoken on the wire (see `apitrail-api`).
+//!
+//! Everything here is pure: no I/O, no HTTP, no SQL. Values that come from outside are parsed
+//! into these types once, at the boundary, so code further in never sees unchecked input.
+
+pub mod audit;
+pub mod cursor;
+pub mod id;
+pub mod key;
+pub mod org;
+pub mod query;
+pub mod request_log;
+pub mod time;
+pub mod validate;
+
+pub use audit::{AuditEntry, NewAuditEntry};
+pub use cursor::{Cursor, CursorError, CursorKind};
+pub use id::{OrgId, RequestId, new_record_id};
+pub use key::{ApiKey, NewApiKey, PrincipalType, Scope, Scopes, Secret, SecretHash};
+pub use org::{NewOrg, Org, Tenant};
+pub use query::{LogFilter, PageRequest, PageStart, Position, Sort, SortDir, SortKey};
+pub use request_log::RequestLog;
+pub use time::Timestamp;
+pub use validate::FieldError;

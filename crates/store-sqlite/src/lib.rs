@@ -1,0 +1,444 @@
+//! The embedded SQLite backend.
+//!
+//! One database file in WAL mode. A single writer thread ([`writer`]) owns the only writing
+//! connection and group-commits everything queued; a pool of read connections ([`reader`])
+//! serves queries concurrently; a checkpointer thread copies the WAL back into the database so
+//! the writer never stalls on it. See `ARCHITECTURE.md` for why.
+
+mod orgs;
+mod reader;
+mod request_logs;
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use apitrail_model::{
+    ApiKey, AuditEntry, LogFilter, Org, OrgId, PageRequest, RequestLog, SecretHash, Sort, Tenant,
+    Timestamp,
+};
+use apitrail_store::{InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats};
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use uuid::Uuid;
+
+use crate::reader::Readers;
+use crate::writer::{Writer, WriterConfig};
+
+/// Tuning of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Records that may wait in the write queue before ingest is refused with `Overloaded`.
+    pub queue_capacity: usize,
+    /// Records after which a commit group stops growing.
+    pub max_group_records: usize,
+    /// Read connections.
+    pub readers: usize,
+    /// Page cache of the writing connection, in MiB (it holds the hot index pages).
+    pub writer_cache_mib: u32,
+    /// Page cache of each reading connection, in MiB.
+    pub reader_cache_mib: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 200_000,
+            max_group_records: 50_000,
+            readers: 4,
+            writer_cache_mib: 512,
+            reader_cache_mib: 64,
+        }
+    }
+}
+
+/// The SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Writer>,
+    readers: Arc<Readers>,
+    checkpointer: Arc<Checkpointer>,
+    tenants: RwLock<HashMap<OrgId, Tenant>>,
+}
+
+/// The database file inside a data directory.
+pub const DB_FILE: &str = "apitrail.db";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` (file [`DB_FILE`]), migrating its
+    /// schema.
+    pub fn open(data_dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_file(&data_dir.join(DB_FILE), options)
+    }
+
+    /// Opens (creating if needed) the store in the database file `path`, migrating its schema.
+    pub fn open_file(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(StoreError::backend)?;
+        }
+        let path = path.to_path_buf();
+        let mut conn = open_connection(&path, false, options.writer_cache_mib)?;
+        schema::migrate(&mut conn).map_err(StoreError::backend)?;
+        // The writer never checkpoints by itself; the checkpointer thread does.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(StoreError::backend)?;
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_connection(&path, true, options.reader_cache_mib))
+            .collect::<Result<Vec<_>, _>>()?;
+        let checkpointer = Checkpointer::start(open_connection(&path, false, 16)?)?;
+        let wake = checkpointer.waker();
+        let writer = Writer::start(
+            conn,
+            WriterConfig {
+                queue_capacity: options.queue_capacity,
+                max_group_records: options.max_group_records,
+            },
+            move || wake.wake(),
+        )
+        .map_err(StoreError::backend)?;
+        Ok(Self {
+            path,
+            writer: Arc::new(writer),
+            readers: Readers::new(readers),
+            checkpointer: Arc::new(checkpointer),
+            tenants: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cache_tenant(&self, tenant: &Tenant) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.org_id().clone(), tenant.clone());
+    }
+}
+
+/// Opens a connection with the pragmas every connection needs.
+fn open_connection(path: &Path, read_only: bool, cache_mib: u32) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(StoreError::backend)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(StoreError::backend)?;
+    if !read_only {
+        // Only takes effect on a new, empty database: larger pages make the wide indexes
+        // shallower and cost fewer page writes per record (see BENCHMARKS.md).
+        conn.pragma_update(None, "page_size", 16384)
+            .map_err(StoreError::backend)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(StoreError::backend)?;
+    }
+    // FULL: a commit returns only after the WAL is fsynced, so an acknowledged write is
+    // durable. Group commit amortizes the fsync over every batch in the group.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(StoreError::backend)?;
+    conn.pragma_update(None, "cache_size", -(i64::from(cache_mib) * 1024))
+        .map_err(StoreError::backend)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(StoreError::backend)?;
+    conn.pragma_update(None, "mmap_size", 1i64 << 34)
+        .map_err(StoreError::backend)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
+}
+
+/// Copies committed WAL frames into the database file in the background (PASSIVE: never
+/// blocks the writer or readers), woken after commits.
+#[derive(Debug)]
+struct Checkpointer {
+    signal: Arc<(Mutex<CheckpointState>, Condvar)>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct CheckpointState {
+    pending: bool,
+    stop: bool,
+}
+
+#[derive(Debug, Clone)]
+struct CheckpointWaker(Arc<(Mutex<CheckpointState>, Condvar)>);
+
+impl CheckpointWaker {
+    fn wake(&self) {
+        let (lock, cvar) = &*self.0;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).pending = true;
+        cvar.notify_one();
+    }
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Self, StoreError> {
+        let signal = Arc::new((Mutex::new(CheckpointState::default()), Condvar::new()));
+        let thread_signal = Arc::clone(&signal);
+        let thread = std::thread::Builder::new()
+            .name("apitrail-sqlite-checkpoint".into())
+            .spawn(move || {
+                let (lock, cvar) = &*thread_signal;
+                loop {
+                    {
+                        let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        while !state.pending && !state.stop {
+                            state = cvar.wait(state).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if state.stop {
+                            break;
+                        }
+                        state.pending = false;
+                    }
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                    // At most a few checkpoints a second: each one walks the WAL index.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(StoreError::backend)?;
+        Ok(Self {
+            signal,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn waker(&self) -> CheckpointWaker {
+        CheckpointWaker(Arc::clone(&self.signal))
+    }
+
+    fn stop(&self) {
+        {
+            let (lock, cvar) = &*self.signal;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            cvar.notify_one();
+        }
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.readers
+            .run(|conn| {
+                conn.query_row("SELECT 1", [], |_| Ok(()))
+                    .map_err(StoreError::backend)
+            })
+            .await
+    }
+
+    async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError> {
+        let (org, audit) = (org.clone(), audit.clone());
+        let tenant = self
+            .writer
+            .submit(0, move |conn| orgs::insert_org(conn, &org, &audit))
+            .await?;
+        self.cache_tenant(&tenant);
+        Ok(tenant)
+    }
+
+    async fn list_orgs(&self, after: Option<&OrgId>, limit: u32) -> Result<Page<Org>, StoreError> {
+        let after = after.cloned();
+        self.readers
+            .run(move |conn| orgs::list_orgs(conn, after.as_ref(), limit))
+            .await
+    }
+
+    async fn tenant(&self, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
+        if let Some(t) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(Some(t.clone()));
+        }
+        let lookup = id.clone();
+        let found = self
+            .readers
+            .run(move |conn| orgs::find_tenant(conn, &lookup))
+            .await?;
+        // Orgs are never deleted, so a found tenant can be cached for good; a miss is not
+        // cached because another process (the CLI) may create the org at any time.
+        if let Some(t) = &found {
+            self.cache_tenant(t);
+        }
+        Ok(found)
+    }
+
+    async fn org(&self, tenant: &Tenant) -> Result<Org, StoreError> {
+        let key = tenant.key();
+        self.readers.run(move |conn| orgs::get_org(conn, key)).await
+    }
+
+    async fn create_api_key(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKey,
+        hash: &SecretHash,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let (org, key, hash, audit) = (tenant.key(), key.clone(), *hash, audit.clone());
+        self.writer
+            .submit(0, move |conn| {
+                orgs::insert_key(conn, org, &key, &hash, &audit)
+            })
+            .await
+    }
+
+    async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
+        let tenant = tenant.clone();
+        self.readers
+            .run(move |conn| orgs::list_keys(conn, &tenant))
+            .await
+    }
+
+    async fn get_api_key(&self, tenant: &Tenant, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        let tenant = tenant.clone();
+        self.readers
+            .run(move |conn| orgs::get_key(conn, &tenant, id))
+            .await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        at: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        let (tenant, audit) = (tenant.clone(), audit.clone());
+        self.writer
+            .submit(0, move |conn| {
+                orgs::revoke_key(conn, &tenant, id, at, &audit)
+            })
+            .await
+    }
+
+    async fn authenticate(
+        &self,
+        hash: &SecretHash,
+    ) -> Result<Option<(Tenant, ApiKey)>, StoreError> {
+        let hash = *hash;
+        self.readers
+            .run(move |conn| orgs::authenticate(conn, &hash))
+            .await
+    }
+
+    async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError> {
+        self.writer
+            .submit(0, move |conn| orgs::touch_keys(conn, &used))
+            .await
+    }
+
+    async fn insert_request_logs(
+        &self,
+        batches: Vec<LogBatch>,
+    ) -> Result<InsertOutcome, StoreError> {
+        let records = batches.iter().map(|b| b.logs.len()).sum();
+        self.writer
+            .submit(records, move |conn| request_logs::insert(conn, &batches))
+            .await
+    }
+
+    async fn list_request_logs(
+        &self,
+        tenant: &Tenant,
+        filter: &LogFilter,
+        sort: Sort,
+        page: PageRequest,
+    ) -> Result<Page<RequestLog>, StoreError> {
+        let (org, filter) = (tenant.key(), filter.clone());
+        self.readers
+            .run(move |conn| request_logs::list(conn, org, &filter, sort, page))
+            .await
+    }
+
+    async fn get_request_log(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<RequestLog>, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| request_logs::get(conn, org, id))
+            .await
+    }
+
+    async fn list_audit_entries(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| orgs::list_audit(conn, org, limit))
+            .await
+    }
+
+    async fn purge_request_logs(
+        &self,
+        tenant: &Tenant,
+        before: Timestamp,
+        max: u32,
+    ) -> Result<u64, StoreError> {
+        let org = tenant.key();
+        self.writer
+            .submit(0, move |conn| request_logs::purge(conn, org, before, max))
+            .await
+    }
+
+    async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| request_logs::count(conn, org))
+            .await
+    }
+
+    fn stats(&self) -> StoreStats {
+        let s = &self.writer.stats;
+        StoreStats {
+            queued_records: s.queued_records.load(Ordering::Relaxed) as u64,
+            queue_capacity: self.writer.capacity() as u64,
+            commits: s.commits.load(Ordering::Relaxed),
+            committed_records: s.committed_records.load(Ordering::Relaxed),
+            commit_seconds: s.commit_seconds.snapshot(),
+            group_records: s.group_records.snapshot(),
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), StoreError> {
+        // Joining threads blocks, so it happens off the async runtime's workers.
+        let (writer, checkpointer) = (Arc::clone(&self.writer), Arc::clone(&self.checkpointer));
+        tokio::task::spawn_blocking(move || {
+            writer.shutdown();
+            checkpointer.stop();
+        })
+        .await
+        .map_err(StoreError::backend)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.writer.shutdown();
+        self.checkpointer.stop();
+    }
+}

@@ -1,0 +1,44 @@
+//! Schema migrations, tracked in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// Migrations in order; the schema version is the number applied.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+
+/// Errors while migrating.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// SQLite refused a statement.
+    #[error("migration failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The file was written by a newer apitrail.
+    #[error(
+        "the database has schema version {found}, newer than this apitrail supports ({supported}); upgrade apitrail"
+    )]
+    TooNew {
+        /// Version in the file.
+        found: usize,
+        /// Newest version known here.
+        supported: usize,
+    },
+}
+
+/// Brings the database to the newest schema, each migration in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let current = usize::try_from(current).unwrap_or(usize::MAX);
+    if current > MIGRATIONS.len() {
+        return Err(MigrateError::TooNew {
+            found: current,
+            supported: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "applied SQLite migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The single writer: one thread owns the only writing connection and commits queued jobs in
+//! groups, so that concurrent ingest calls share one transaction and one fsync.
+//!
+//! A job is acknowledged only after the transaction holding it has committed with
+//! `synchronous = FULL`, so an acknowledged write survives `kill -9` and power loss alike.
+//! Each job runs inside its own savepoint: one failing job is rolled back alone and the rest of
+//! its group still commits.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use apitrail_store::{Histogram, StoreError};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+/// A unit of work for the writer.
+trait Job: Send {
+    /// Request logs in the job, for admission control and statistics.
+    fn records(&self) -> usize;
+    /// Runs the job inside the group's transaction; `false` when it failed.
+    fn apply(&mut self, conn: &Connection) -> bool;
+    /// Reports the outcome once the group's fate is known.
+    fn finish(self: Box<Self>, committed: Result<(), String>);
+}
+
+struct TypedJob<T, F> {
+    records: usize,
+    work: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> Job for TypedJob<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn records(&self) -> usize {
+        self.records
+    }
+
+    fn apply(&mut self, conn: &Connection) -> bool {
+        let result = match self.work.take() {
+            Some(work) => work(conn),
+            None => Err(StoreError::backend(WriterError("job applied twice".into()))),
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), String>) {
+        let outcome = match (committed, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(StoreError::backend(WriterError("job never ran".into()))),
+            // A job that failed on its own keeps its own error; the others learn the commit
+            // failed.
+            (Err(_), Some(Err(e))) => Err(e),
+            (Err(msg), _) => Err(StoreError::backend(WriterError(msg))),
+        };
+        // The caller may have given up waiting; the write happened regardless.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// A failure inside the writer, reported to every job it affected.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct WriterError(pub String);
+
+/// Write-path counters shared with [`crate::SqliteStore::stats`].
+#[derive(Debug)]
+pub(crate) struct WriterStats {
+    pub queued_records: AtomicUsize,
+    pub commits: AtomicU64,
+    pub committed_records: AtomicU64,
+    pub commit_seconds: Histogram,
+    pub group_records: Histogram,
+}
+
+/// The handle through which the rest of the store submits writes.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    sender: RwLock<Option<Sender<Box<dyn Job>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    capacity: usize,
+    pub stats: Arc<WriterStats>,
+}
+
+/// How the writer groups work.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterConfig {
+    /// Records allowed in the queue (waiting or being written) before writes are refused.
+    pub queue_capacity: usize,
+    /// Records after which a group stops taking more jobs.
+    pub max_group_records: usize,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`. `on_commit` runs after every commit (it wakes the
+    /// checkpointer).
+    pub fn start(
+        conn: Connection,
+        config: WriterConfig,
+        on_commit: impl Fn() + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
+        let stats = Arc::new(WriterStats {
+            queued_records: AtomicUsize::new(0),
+            commits: AtomicU64::new(0),
+            committed_records: AtomicU64::new(0),
+            commit_seconds: Histogram::new(Histogram::SECONDS),
+            group_records: Histogram::new(Histogram::RECORDS),
+        });
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("apitrail-sqlite-writer".into())
+            .spawn(move || run(conn, rx, config, &thread_stats, on_commit))?;
+        Ok(Self {
+            sender: RwLock::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            capacity: config.queue_capacity,
+            stats,
+        })
+    }
+
+    /// The queue's capacity in records.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queues `work` and waits for its group to commit. Jobs carrying records are refused
+    /// with `Overloaded` when the queue is full; control jobs (`records == 0`) always queue.
+    pub async fn submit<T, F>(&self, records: usize, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, wait) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            records,
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        {
+            let sender = self.sender.read().unwrap_or_else(|e| e.into_inner());
+            let Some(sender) = sender.as_ref() else {
+                return Err(StoreError::Closed);
+            };
+            if records > 0 {
+                let queued = &self.stats.queued_records;
+                let mut current = queued.load(Ordering::Relaxed);
+                loop {
+                    if current + records > self.capacity {
+                        return Err(StoreError::Overloaded {
+                            retry_after_secs: 1,
+                        });
+                    }
+                    match queued.compare_exchange_weak(
+                        current,
+                        current + records,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => break,
+                        Err(now) => current = now,
+                    }
+                }
+            }
+            if sender.send(job).is_err() {
+                self.stats
+                    .queued_records
+                    .fetch_sub(records, Ordering::AcqRel);
+                return Err(StoreError::Closed);
+            }
+        }
+        wait.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Stops accepting jobs, lets the thread commit everything queued, and waits for it.
+    pub fn shutdown(&self) {
+        drop(
+            self.sender
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the SQLite writer thread panicked");
+        }
+    }
+}
+
+fn run(
+    conn: Connection,
+    rx: Receiver<Box<dyn Job>>,
+    config: WriterConfig,
+    stats: &WriterStats,
+    on_commit: impl Fn(),
+) {
+    let mut group: Vec<Box<dyn Job>> = Vec::new();
+    // Blocks for the first job of each group, then takes whatever else is already waiting:
+    // under load groups grow by themselves, and an idle writer adds no latency.
+    while let Ok(first) = rx.recv() {
+        let mut records = first.records();
+        group.push(first);
+        while records < config.max_group_records {
+            match rx.try_recv() {
+                Ok(job) => {
+                    records += job.records();
+                    group.push(job);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let started = Instant::now();
+        let committed = commit_group(&conn, &mut group);
+        let elapsed = started.elapsed().as_secs_f64();
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = group.len(), "group commit failed");
+        } else {
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats
+                .committed_records
+                .fetch_add(records as u64, Ordering::Relaxed);
+            stats.commit_seconds.observe(elapsed);
+            stats.group_records.observe(records as f64);
+        }
+        for job in group.drain(..) {
+            let n = job.records();
+            job.finish(committed.clone());
+            stats.queued_records.fetch_sub(n, Ordering::AcqRel);
+        }
+        on_commit();
+    }
+    tracing::debug!("SQLite writer drained and stopped");
+}
+
+fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> Result<(), String> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| format!("begin: {e}"))?;
+    for job in group.iter_mut() {
+        let step = conn.execute_batch("SAVEPOINT job").and_then(|()| {
+            if job.apply(conn) {
+                conn.execute_batch("RELEASE job")
+            } else {
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            }
+        });
+        if let Err(e) = step {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(format!("savepoint: {e}"));
+        }
+    }
+    conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        format!("commit: {e}")
+    })
+}

@@ -1,0 +1,177 @@
+//! The storage interface of apitrail.
+//!
+//! [`Store`] speaks the domain's language (orgs, keys, request logs), never SQL: each backend
+//! (`apitrail-store-sqlite`, later PostgreSQL) implements it with its own schema and
+//! migrations, and `apitrail-store-tests` holds the conformance suite every backend passes.
+//!
+//! Tenant scoping lives in the signatures: every method that touches org data takes a
+//! [`Tenant`], which only a store can mint, so no caller can forget the org.
+
+pub mod stats;
+
+use std::fmt;
+
+use apitrail_model::{
+    ApiKey, AuditEntry, LogFilter, Org, OrgId, PageRequest, RequestLog, SecretHash, Sort, Tenant,
+    Timestamp,
+};
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use stats::{Histogram, HistogramSnapshot, StoreStats};
+
+/// Errors every backend maps its failures into.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique thing (org id, key id) already exists.
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    /// The write queue is full; the caller should retry later.
+    #[error("the write queue is full")]
+    Overloaded {
+        /// A suggested delay before retrying.
+        retry_after_secs: u32,
+    },
+    /// The store is shutting down and accepts no more writes.
+    #[error("the store is shutting down")]
+    Closed,
+    /// The backend failed; details are for the logs, never for clients.
+    #[error("storage backend failure: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(e))
+    }
+}
+
+/// A page of results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in the requested order.
+    pub items: Vec<T>,
+    /// Whether more items follow the last one.
+    pub has_more: bool,
+}
+
+/// Request logs of one org, written as part of one atomic batch.
+#[derive(Debug, Clone)]
+pub struct LogBatch {
+    /// The org the logs belong to.
+    pub tenant: Tenant,
+    /// The logs, already validated and with ids assigned.
+    pub logs: Vec<RequestLog>,
+}
+
+/// What an ingest call stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InsertOutcome {
+    /// Records newly stored.
+    pub accepted: u64,
+    /// Records skipped because their id was already stored for their org.
+    pub duplicates: u64,
+}
+
+/// The storage interface. All methods are cancel-safe in the sense that a write, once
+/// submitted, completes (or fails) as a whole whether or not the caller still waits.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates an org and records `audit` for it in the same transaction.
+    async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError>;
+
+    /// Lists orgs by id, after `after`, at most `limit` (plus whether more follow).
+    async fn list_orgs(&self, after: Option<&OrgId>, limit: u32) -> Result<Page<Org>, StoreError>;
+
+    /// Resolves an org id to a tenant handle, if the org exists.
+    async fn tenant(&self, id: &OrgId) -> Result<Option<Tenant>, StoreError>;
+
+    /// The org behind a tenant.
+    async fn org(&self, tenant: &Tenant) -> Result<Org, StoreError>;
+
+    /// Stores a new key (by its hash only) and records `audit`, atomically.
+    async fn create_api_key(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKey,
+        hash: &SecretHash,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
+
+    /// The org's keys, oldest first.
+    async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// One of the org's keys.
+    async fn get_api_key(&self, tenant: &Tenant, id: Uuid) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Revokes one of the org's keys at `at` and records `audit`, atomically. Revoking a
+    /// revoked key changes nothing and records nothing. `None` when the org has no such key.
+    async fn revoke_api_key(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        at: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Finds the live (unrevoked) key with this secret hash, and its org.
+    async fn authenticate(&self, hash: &SecretHash)
+    -> Result<Option<(Tenant, ApiKey)>, StoreError>;
+
+    /// Records when keys were last used (best effort, batched by the caller).
+    async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError>;
+
+    /// Stores request logs atomically: every record of every batch, or none. A record whose
+    /// id is already stored for its org is skipped and counted as a duplicate. Returns only
+    /// once the records are durably committed.
+    async fn insert_request_logs(
+        &self,
+        batches: Vec<LogBatch>,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// One page of the org's request logs that match `filter`, in `sort` order.
+    async fn list_request_logs(
+        &self,
+        tenant: &Tenant,
+        filter: &LogFilter,
+        sort: Sort,
+        page: PageRequest,
+    ) -> Result<Page<RequestLog>, StoreError>;
+
+    /// One of the org's request logs.
+    async fn get_request_log(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<RequestLog>, StoreError>;
+
+    /// The org's audit entries, newest first (self-audit inspection; the audit dialect's
+    /// filters come with it).
+    async fn list_audit_entries(
+        &self,
+        tenant: &Tenant,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Deletes up to `max` of the org's request logs created before `before`, oldest first;
+    /// returns how many were deleted (retention runs it until it returns less than `max`).
+    async fn purge_request_logs(
+        &self,
+        tenant: &Tenant,
+        before: Timestamp,
+        max: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Counts the org's request logs (for diagnostics and tests).
+    async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError>;
+
+    /// Current figures for `/metrics`.
+    fn stats(&self) -> StoreStats;
+
+    /// Flushes queued writes and stops accepting new ones; returns once all are committed.
+    async fn shutdown(&self) -> Result<(), StoreError>;
+}
