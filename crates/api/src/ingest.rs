@@ -314,6 +314,10 @@ struct Parsed {
 
 /// Parses one record's JSON and checks every field, collecting all problems.
 fn parse_record(raw: &str, body_cap: usize, now: Timestamp) -> Result<Parsed, Problems> {
+    // serde would also read a struct from a JSON array; a record must be an object.
+    if !raw.trim_start().starts_with('{') {
+        return Err(vec![(None, "must be a JSON object".to_owned())]);
+    }
     let mut de = serde_json::Deserializer::from_str(raw);
     let rec: IngestLog = match serde_path_to_error::deserialize(&mut de) {
         Ok(r) => r,
@@ -524,8 +528,8 @@ fn describe_json_error(
         (None, message)
     } else {
         // `metadata.key` and the like: report the top-level field.
-        let field = path.split(['.', '[']).next().unwrap_or(&path).to_owned();
-        (Some(field), message)
+        let field = path.split(['.', '[']).next().unwrap_or(&path);
+        ((!field.is_empty()).then(|| field.to_owned()), message)
     }
 }
 

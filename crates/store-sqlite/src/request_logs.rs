@@ -151,7 +151,7 @@ fn filter_sql(filter: &LogFilter, sql: &mut String, args: &mut Vec<Value>) {
         args.push(Value::Text(b));
         let _ = write!(
             sql,
-            " AND request_id IN (?{}, ?{})",
+            " AND request_id IN (?{}, ?{}) AND 1",
             args.len() - 1,
             args.len()
         );
@@ -189,7 +189,7 @@ pub(crate) fn list(
     let key = sort_column(sort.key);
     let (cmp, dir) = match sort.dir {
         SortDir::Asc => (">", "ASC"),
-        SortDir::Desc => ("<=", "DESC"),
+        SortDir::Desc => ("<", "DESC"),
     };
     let mut sql = format!("SELECT {COLUMNS} FROM request_logs WHERE org = ?1");
     let mut args = vec![Value::Integer(org)];
