@@ -517,7 +517,7 @@ fn describe_json_error(
         );
     }
     let path = e.path().to_string();
-    if path == "." || path.is_empty() {
+    if path == "." || path == "?" || path.is_empty() {
         let message = if e.inner().is_syntax() || e.inner().is_eof() {
             format!("is not valid JSON: {message}")
         } else if message.starts_with("invalid type") {

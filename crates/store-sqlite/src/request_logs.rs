@@ -151,7 +151,7 @@ fn filter_sql(filter: &LogFilter, sql: &mut String, args: &mut Vec<Value>) {
         args.push(Value::Text(b));
         let _ = write!(
             sql,
-            " AND request_id IN (?{}, ?{}) AND 1",
+            " AND request_id IN (?{}, ?{})",
             args.len() - 1,
             args.len()
         );
@@ -175,7 +175,7 @@ fn filter_sql(filter: &LogFilter, sql: &mut String, args: &mut Vec<Value>) {
         args,
     );
     int("created_at >=", filter.from.map(|t| t.millis()), sql, args);
-    int("created_at <", filter.to.map(|t| t.millis()), sql, args);
+    int("created_at <=", filter.to.map(|t| t.millis()), sql, args);
 }
 
 /// One page of an org's logs. Fetches `limit + 1` rows to learn whether more follow.
