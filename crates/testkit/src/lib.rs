@@ -1,1 +1,272 @@
+//! Test harness: starts the real apitrail app (router, store, recorder) on `127.0.0.1:0` over
+//! a fresh store, and talks HTTP to it. Every helper states the status it expects, so a test
+//! fails at the call that went wrong, with the body in the message.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use apitrail_api::{AdminToken, ApiConfig, App};
+use apitrail_store::Store;
+use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The operator token every test server is started with (unless disabled).
+pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789";
+
+/// How to start a test server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Log authenticated calls into the caller's org.
+    pub self_log: bool,
+    /// Configure the operator token.
+    pub admin_token: bool,
+    /// Write queue capacity in records.
+    pub queue_capacity: usize,
+    /// Body cap in bytes.
+    pub body_cap_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            self_log: false,
+            admin_token: true,
+            queue_capacity: 200_000,
+            body_cap_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A running server over its own temporary store.
+#[derive(Debug)]
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// A client with keep-alive.
+    pub client: reqwest::Client,
+    /// The store, for assertions that need to look behind the API.
+    pub store: Arc<dyn Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: TempDir,
+}
+
+/// An API key created through the operator API.
+#[derive(Debug, Clone)]
+pub struct TestKey {
+    /// The key's id.
+    pub id: String,
+    /// The secret.
+    pub secret: String,
+    /// The key's org.
+    pub org_id: String,
+}
+
+impl TestServer {
+    /// Starts a server with default options (self-logging off, so lists hold only what the
+    /// test ingested).
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    /// Starts a server with `options`.
+    pub async fn start_with(options: Options) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(
+                dir.path(),
+                SqliteOptions {
+                    queue_capacity: options.queue_capacity,
+                    writer_cache_mib: 64,
+                    reader_cache_mib: 16,
+                    ..SqliteOptions::default()
+                },
+            )
+            .expect("open store"),
+        );
+        let config = ApiConfig {
+            admin_token: options
+                .admin_token
+                .then(|| AdminToken::new(ADMIN_TOKEN).expect("token")),
+            self_log: options.self_log,
+            body_cap_bytes: options.body_cap_bytes,
+            ..ApiConfig::default()
+        };
+        let app = App::build(Arc::clone(&store), config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("bind");
+        let addr = app.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server stopped with an error");
+        });
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            client: reqwest::Client::new(),
+            store,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+
+    /// A request to `path` (which may carry a query string).
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    /// A GET authenticated with `secret` as `X-API-Key`.
+    pub fn get(&self, path: &str, secret: &str) -> RequestBuilder {
+        self.request(Method::GET, path).header("x-api-key", secret)
+    }
+
+    /// A request authenticated with the operator token.
+    pub fn operator(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Creates an org through the operator API.
+    pub async fn create_org(&self, id: &str) -> Value {
+        let resp = self
+            .operator(Method::POST, "/admin/v1/orgs")
+            .json(&json!({ "id": id, "name": format!("Org {id}") }))
+            .send()
+            .await
+            .unwrap();
+        expect(resp, StatusCode::CREATED).await
+    }
+
+    /// Creates a key in `org` with `scopes`, acting for a user.
+    pub async fn create_key(&self, org: &str, scopes: &[&str]) -> TestKey {
+        self.create_key_with(
+            org,
+            json!({
+                "name": format!("test key {}", scopes.join("+")),
+                "scopes": scopes,
+                "principal_type": "user",
+                "principal_id": "usr_test",
+                "user_id": "usr_test",
+                "email": "test@example.com",
+            }),
+        )
+        .await
+    }
+
+    /// Creates a key in `org` from a full creation body.
+    pub async fn create_key_with(&self, org: &str, body: Value) -> TestKey {
+        let resp = self
+            .operator(Method::POST, &format!("/admin/v1/orgs/{org}/api-keys"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let v = expect(resp, StatusCode::CREATED).await;
+        TestKey {
+            id: v["id"].as_str().unwrap().to_owned(),
+            secret: v["secret"].as_str().unwrap().to_owned(),
+            org_id: org.to_owned(),
+        }
+    }
+
+    /// Creates an org and a key with every scope.
+    pub async fn org_with_key(&self, org: &str) -> TestKey {
+        self.create_org(org).await;
+        self.create_key(org, &["read", "write", "admin"]).await
+    }
+
+    /// Ingests `records` (a JSON array) with `secret`, expecting `status`; returns the body.
+    pub async fn ingest(&self, secret: &str, records: &Value, status: StatusCode) -> Value {
+        let resp = self
+            .request(Method::POST, "/v1/ingest/requests")
+            .header("x-api-key", secret)
+            .json(records)
+            .send()
+            .await
+            .unwrap();
+        expect(resp, status).await
+    }
+
+    /// Lists `/v1/logs?query` with `secret`, expecting 200.
+    pub async fn logs(&self, secret: &str, query: &str) -> Value {
+        let resp = self
+            .get(&format!("/v1/logs?{query}"), secret)
+            .send()
+            .await
+            .unwrap();
+        expect(resp, StatusCode::OK).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts the status and returns the JSON body (`Value::Null` for an empty body).
+pub async fn expect(resp: Response, status: StatusCode) -> Value {
+    let got = resp.status();
+    let url = resp.url().to_string();
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "{url} answered {got}: {text}");
+    if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{url}: body is not JSON ({e}): {text}"))
+    }
+}
+
+/// Asserts a native error envelope: status, code, and (when given) the offending param; the
+/// body's request id equals the `X-Request-Id` header.
+pub async fn expect_native_error(
+    resp: Response,
+    status: StatusCode,
+    code: &str,
+    param: Option<&str>,
+) -> Value {
+    let header_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = expect(resp, status).await;
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    match param {
+        Some(p) => assert_eq!(body["error"]["param"], p, "{body}"),
+        None => assert!(body["error"].get("param").is_none(), "{body}"),
+    }
+    assert_eq!(body["request_id"].as_str(), header_id.as_deref(), "{body}");
+    body
+}
