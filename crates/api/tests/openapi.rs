@@ -1,0 +1,95 @@
+//! The OpenAPI document is generated from the code, committed as `docs/openapi.json`, and
+//! must stay current: this test fails when the two differ. Regenerate with
+//! `UPDATE_OPENAPI=1 cargo test -p apitrail-api --test openapi`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use apitrail_testkit::{TestServer, expect};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+fn committed_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")
+}
+
+#[test]
+fn committed_openapi_is_current() {
+    let generated = apitrail_api::openapi::document();
+    let path = committed_path();
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, format!("{generated}\n")).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed.trim_end() == generated.trim_end(),
+        "docs/openapi.json is stale; run UPDATE_OPENAPI=1 cargo test -p apitrail-api --test openapi"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_document_describes_every_route() {
+    let server = TestServer::start().await;
+    let resp = server
+        .request(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap();
+    let doc: Value = expect(resp, StatusCode::OK).await;
+    assert_eq!(
+        doc["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/logs", "get"),
+        ("/v1/ingest/requests", "post"),
+        ("/admin/v1/orgs", "post"),
+        ("/admin/v1/orgs", "get"),
+        ("/admin/v1/orgs/{org_id}", "get"),
+        ("/admin/v1/orgs/{org_id}/api-keys", "post"),
+        ("/admin/v1/orgs/{org_id}/api-keys", "get"),
+        ("/admin/v1/orgs/{org_id}/api-keys/{id}", "get"),
+        ("/admin/v1/orgs/{org_id}/api-keys/{id}", "delete"),
+        ("/v1/api-keys", "post"),
+        ("/v1/api-keys", "get"),
+        ("/v1/api-keys/{id}", "get"),
+        ("/v1/api-keys/{id}", "delete"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} undocumented"
+        );
+    }
+    let logs_params: Vec<&str> = doc["paths"]["/v1/logs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "limit",
+        "cursor",
+        "method",
+        "route_pattern",
+        "request_id",
+        "auth_type",
+        "status_min",
+        "status_max",
+        "from",
+        "to",
+        "sort_by",
+        "sort_dir",
+    ] {
+        assert!(
+            logs_params.contains(&p),
+            "/v1/logs parameter {p} undocumented"
+        );
+    }
+    server.stop().await;
+}
