@@ -149,13 +149,23 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP apitrail_store_commit_duration_seconds Time each group commit took, fsync included.\n# TYPE apitrail_store_commit_duration_seconds histogram"
+            "# HELP apitrail_store_commit_duration_seconds Time each group's transaction took to run and commit.\n# TYPE apitrail_store_commit_duration_seconds histogram"
         );
         write_histogram(
             &mut out,
             "apitrail_store_commit_duration_seconds",
             "",
             &store.commit_seconds,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP apitrail_store_fsync_duration_seconds Time each fsync of committed groups took; acknowledgements wait for it.\n# TYPE apitrail_store_fsync_duration_seconds histogram"
+        );
+        write_histogram(
+            &mut out,
+            "apitrail_store_fsync_duration_seconds",
+            "",
+            &store.fsync_seconds,
         );
         let _ = writeln!(
             out,

@@ -1,11 +1,16 @@
 //! The single writer: one thread owns the only writing connection and commits queued jobs in
 //! groups, so that concurrent ingest calls share one transaction and one fsync.
 //!
-//! A job is acknowledged only after the transaction holding it has committed with
-//! `synchronous = FULL`, so an acknowledged write survives `kill -9` and power loss alike.
+//! Durability is pipelined. The writer commits with `synchronous = NORMAL` (the WAL is written
+//! but not fsynced) and hands the committed group to the syncer thread, which fsyncs the WAL
+//! file once for every group committed meanwhile and only then acknowledges their jobs. So an
+//! acknowledged write has been fsynced (it survives `kill -9` and power loss alike), while the
+//! writer goes on building the next group instead of waiting for the disk.
+//!
 //! Each job runs inside its own savepoint: one failing job is rolled back alone and the rest of
 //! its group still commits.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, RwLock};
@@ -78,6 +83,7 @@ pub(crate) struct WriterStats {
     pub commits: AtomicU64,
     pub committed_records: AtomicU64,
     pub commit_seconds: Histogram,
+    pub fsync_seconds: Histogram,
     pub group_records: Histogram,
 }
 
@@ -85,7 +91,7 @@ pub(crate) struct WriterStats {
 #[derive(Debug)]
 pub(crate) struct Writer {
     sender: RwLock<Option<Sender<Box<dyn Job>>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
     capacity: usize,
     pub stats: Arc<WriterStats>,
 }
@@ -100,28 +106,36 @@ pub(crate) struct WriterConfig {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`. `on_commit` runs after every commit (it wakes the
-    /// checkpointer).
+    /// Starts the writer thread on `conn` (whose database's WAL is `wal`) and the syncer
+    /// thread. `on_commit` runs after every commit (it wakes the checkpointer).
     pub fn start(
         conn: Connection,
+        wal: PathBuf,
         config: WriterConfig,
         on_commit: impl Fn() + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
+        let (synced_tx, synced_rx) = std::sync::mpsc::channel::<Committed>();
         let stats = Arc::new(WriterStats {
             queued_records: AtomicUsize::new(0),
             commits: AtomicU64::new(0),
             committed_records: AtomicU64::new(0),
             commit_seconds: Histogram::new(Histogram::SECONDS),
+            fsync_seconds: Histogram::new(Histogram::SECONDS),
             group_records: Histogram::new(Histogram::RECORDS),
         });
-        let thread_stats = Arc::clone(&stats);
-        let thread = std::thread::Builder::new()
+        let syncer_stats = Arc::clone(&stats);
+        let syncer = std::thread::Builder::new()
+            .name("apitrail-sqlite-syncer".into())
+            .spawn(move || sync_loop(&wal, synced_rx, &syncer_stats))?;
+        let writer_stats = Arc::clone(&stats);
+        let writer = std::thread::Builder::new()
             .name("apitrail-sqlite-writer".into())
-            .spawn(move || run(conn, rx, config, &thread_stats, on_commit))?;
+            .spawn(move || run(conn, rx, synced_tx, config, &writer_stats, on_commit))?;
         Ok(Self {
             sender: RwLock::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            // The writer first: it drains the queue, then its exit closes the syncer's channel.
+            threads: Mutex::new(vec![writer, syncer]),
             capacity: config.queue_capacity,
             stats,
         })
@@ -189,18 +203,29 @@ impl Writer {
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
-        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle
-            && handle.join().is_err()
-        {
-            tracing::error!("the SQLite writer thread panicked");
+        let handles: Vec<_> = self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for handle in handles {
+            if handle.join().is_err() {
+                tracing::error!("a SQLite writer thread panicked");
+            }
         }
     }
+}
+
+/// A committed group on its way to the syncer.
+struct Committed {
+    jobs: Vec<Box<dyn Job>>,
 }
 
 fn run(
     conn: Connection,
     rx: Receiver<Box<dyn Job>>,
+    synced: Sender<Committed>,
     config: WriterConfig,
     stats: &WriterStats,
     on_commit: impl Fn(),
@@ -223,24 +248,79 @@ fn run(
         let started = Instant::now();
         let committed = commit_group(&conn, &mut group);
         let elapsed = started.elapsed().as_secs_f64();
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, jobs = group.len(), "group commit failed");
-        } else {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .committed_records
-                .fetch_add(records as u64, Ordering::Relaxed);
-            stats.commit_seconds.observe(elapsed);
-            stats.group_records.observe(records as f64);
-        }
-        for job in group.drain(..) {
-            let n = job.records();
-            job.finish(committed.clone());
-            stats.queued_records.fetch_sub(n, Ordering::AcqRel);
+        match committed {
+            Ok(()) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .committed_records
+                    .fetch_add(records as u64, Ordering::Relaxed);
+                stats.commit_seconds.observe(elapsed);
+                stats.group_records.observe(records as f64);
+                let jobs = std::mem::take(&mut group);
+                if let Err(lost) = synced.send(Committed { jobs }) {
+                    // The syncer is gone (it only stops after the writer): answer here.
+                    finish_all(lost.0.jobs, &Err("the syncer stopped".into()), stats);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = group.len(), "group commit failed");
+                finish_all(std::mem::take(&mut group), &Err(e), stats);
+            }
         }
         on_commit();
     }
     tracing::debug!("SQLite writer drained and stopped");
+}
+
+/// Answers every job, releasing its queue space first so that a caller who has its answer can
+/// submit again at once without being refused for its own records.
+fn finish_all(jobs: Vec<Box<dyn Job>>, outcome: &Result<(), String>, stats: &WriterStats) {
+    for job in jobs {
+        stats
+            .queued_records
+            .fetch_sub(job.records(), Ordering::AcqRel);
+        job.finish(outcome.clone());
+    }
+}
+
+/// Fsyncs the WAL for every batch of committed groups, then acknowledges them.
+fn sync_loop(wal: &Path, rx: Receiver<Committed>, stats: &WriterStats) {
+    let mut file: Option<(std::fs::File, u64)> = None;
+    while let Ok(first) = rx.recv() {
+        let mut pending = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+        }
+        let started = Instant::now();
+        let outcome = sync_wal(wal, &mut file);
+        stats.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "fsync of the WAL failed; the affected writes are reported as failed");
+        }
+        for group in pending {
+            finish_all(group.jobs, &outcome, stats);
+        }
+    }
+}
+
+/// Flushes the WAL file to disk. The file is reopened if it was replaced, so the fsync always
+/// reaches the file SQLite wrote to; any descriptor of a file flushes all of its dirty pages.
+fn sync_wal(path: &Path, file: &mut Option<(std::fs::File, u64)>) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let current = std::fs::metadata(path)
+        .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+        .ino();
+    if file.as_ref().is_none_or(|(_, ino)| *ino != current) {
+        let f = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        *file = Some((f, current));
+    }
+    match file {
+        Some((f, _)) => f
+            .sync_data()
+            .map_err(|e| format!("fsync of {} failed: {e}", path.display())),
+        None => Err("no WAL file".into()),
+    }
 }
 
 fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> Result<(), String> {

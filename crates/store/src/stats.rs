@@ -85,8 +85,10 @@ pub struct StoreStats {
     pub commits: u64,
     /// Request logs committed.
     pub committed_records: u64,
-    /// Time each commit took, in seconds (transaction and fsync).
+    /// Time each group's transaction took to run and commit, in seconds.
     pub commit_seconds: HistogramSnapshot,
+    /// Time each fsync of committed groups took, in seconds (acknowledgements wait for it).
+    pub fsync_seconds: HistogramSnapshot,
     /// Records per committed group.
     pub group_records: HistogramSnapshot,
 }
