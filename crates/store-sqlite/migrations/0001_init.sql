@@ -76,6 +76,9 @@ CREATE UNIQUE INDEX request_logs_by_id ON request_logs (org, id);
 CREATE INDEX request_logs_by_created ON request_logs (org, created_at, id);
 CREATE INDEX request_logs_by_duration ON request_logs (org, duration_ms, id);
 CREATE INDEX request_logs_by_status ON request_logs (org, status_code, id);
+-- Status ranges in the default order: one run per status code, merged at query time (a
+-- skip-scan), since a B-tree cannot give created_at order across a range of status codes.
+CREATE INDEX request_logs_by_status_created ON request_logs (org, status_code, created_at, id);
 -- Equality filters, each followed by the default order, so a rare value is found without
 -- scanning the org's whole history.
 CREATE INDEX request_logs_by_method ON request_logs (org, method, created_at, id);

@@ -186,6 +186,18 @@ pub(crate) fn list(
     sort: Sort,
     page: PageRequest,
 ) -> Result<Page<RequestLog>, StoreError> {
+    let status_range = filter.status_min.is_some() || filter.status_max.is_some();
+    let other_index = filter.method.is_some()
+        || filter.route_pattern.is_some()
+        || filter.auth_type.is_some()
+        || filter.request_id.is_some();
+    if sort.key == SortKey::CreatedAt
+        && status_range
+        && !other_index
+        && !matches!(page.start, PageStart::Offset(_))
+    {
+        return list_by_status_runs(conn, org, filter, sort, page);
+    }
     let key = sort_column(sort.key);
     let (cmp, dir) = match sort.dir {
         SortDir::Asc => (">", "ASC"),
@@ -224,6 +236,101 @@ pub(crate) fn list(
         args.push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
         let _ = write!(sql, " OFFSET ?{}", args.len());
     }
+    let mut st = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut items = st
+        .query_map(params_from_iter(args), from_row)
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+        .map_err(backend)?;
+    let has_more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    Ok(Page { items, has_more })
+}
+
+/// The status codes present in the org within `[lo, hi]`, found by one index seek each.
+fn status_values(conn: &Connection, org: i64, lo: u16, hi: u16) -> Result<Vec<i64>, StoreError> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT status_code FROM request_logs INDEXED BY request_logs_by_status_created \
+             WHERE org = ?1 AND status_code > ?2 AND status_code <= ?3 ORDER BY status_code LIMIT 1",
+        )
+        .map_err(backend)?;
+    let mut values = Vec::new();
+    let mut prev = i64::from(lo) - 1;
+    while let Some(v) = st
+        .query_row(params![org, prev, hi], |r| r.get::<_, i64>(0))
+        .optional()
+        .map_err(backend)?
+    {
+        values.push(v);
+        prev = v;
+    }
+    Ok(values)
+}
+
+/// A page in created_at order under a status range: the best `limit + 1` keys of each
+/// status code's run of `request_logs_by_status_created` are merged, then only the winning
+/// rows are read. Cost grows with the number of distinct codes in the range (a handful),
+/// not with how rare the matching logs are.
+fn list_by_status_runs(
+    conn: &Connection,
+    org: i64,
+    filter: &LogFilter,
+    sort: Sort,
+    page: PageRequest,
+) -> Result<Page<RequestLog>, StoreError> {
+    let values = status_values(
+        conn,
+        org,
+        filter.status_min.unwrap_or(100),
+        filter.status_max.unwrap_or(599),
+    )?;
+    if values.is_empty() {
+        return Ok(Page {
+            items: Vec::new(),
+            has_more: false,
+        });
+    }
+    let (cmp, dir) = match sort.dir {
+        SortDir::Asc => (">", "ASC"),
+        SortDir::Desc => ("<", "DESC"),
+    };
+    let rest = LogFilter {
+        status_min: None,
+        status_max: None,
+        ..filter.clone()
+    };
+    let mut clause = String::new();
+    let mut args = vec![Value::Integer(org)];
+    filter_sql(&rest, &mut clause, &mut args);
+    if let PageStart::After(pos) = page.start {
+        args.push(Value::Integer(pos.key));
+        args.push(Value::Blob(pos.id.as_bytes().to_vec()));
+        let _ = write!(
+            clause,
+            " AND (created_at, id) {cmp} (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        );
+    }
+    args.push(Value::Integer(i64::from(page.limit) + 1));
+    let limit = args.len();
+    let arms: Vec<String> = values
+        .iter()
+        .map(|v| {
+            args.push(Value::Integer(*v));
+            format!(
+                "SELECT * FROM (SELECT seq, created_at, id FROM request_logs \
+                 INDEXED BY request_logs_by_status_created WHERE org = ?1 AND status_code = ?{}{clause} \
+                 ORDER BY created_at {dir}, id {dir} LIMIT ?{limit})",
+                args.len()
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM request_logs WHERE seq IN (SELECT seq FROM ({}) \
+         ORDER BY created_at {dir}, id {dir} LIMIT ?{limit}) ORDER BY created_at {dir}, id {dir}",
+        arms.join(" UNION ALL ")
+    );
     let mut st = conn.prepare_cached(&sql).map_err(backend)?;
     let mut items = st
         .query_map(params_from_iter(args), from_row)

@@ -122,6 +122,18 @@ fn filters(logs: &[RequestLog], own_user_of_other_org: &str) -> Vec<LogFilter> {
             status_max: Some(400),
             ..none()
         },
+        // A status range with filters that every per-status run must apply too.
+        LogFilter {
+            status_min: Some(400),
+            from: Some(q(2)),
+            to: Some(q(6)),
+            ..none()
+        },
+        LogFilter {
+            status_max: Some(404),
+            api_key_id: text(API_KEY_IDS[0]),
+            ..none()
+        },
         LogFilter {
             from: Some(q(4)),
             ..none()

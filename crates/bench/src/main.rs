@@ -1,0 +1,661 @@
+//! `apitrail-bench`: what BENCHMARKS.md reports, measured in one run on one machine.
+//!
+//! 1. The raw ceiling: plain batched inserts of the same rows into SQLite with apitrail's own
+//!    schema and pragmas (and once more without secondary indexes), no HTTP, no validation.
+//! 2. End-to-end ingest: NDJSON batches of `--batch` records POSTed by `--clients` concurrent
+//!    keep-alive clients to the real app (router, auth, validation, group-committing writer)
+//!    until the store holds `--rows` records; the rate is sampled as the store grows.
+//! 3. `/v1/logs` latency end to end (client-side, keep-alive), p50 and p99, for the first page
+//!    and a deep page (a cursor half-way through the org) of each filter and sort.
+//!
+//! Run: `cargo run --release -p apitrail-bench -- --rows 5000000`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use apitrail_api::{AdminToken, ApiConfig, App};
+use apitrail_model::{Cursor, CursorKind, Position, RequestLog, Sort, SortDir, SortKey, Timestamp};
+use apitrail_store::Store;
+use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
+use apitrail_traffic::Traffic;
+use clap::Parser;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "bench-operator-token-0123456789";
+const SCHEMA: &str = include_str!("../../store-sqlite/migrations/0001_init.sql");
+const DAY_MS: i64 = 86_400_000;
+
+/// Benchmark options.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Records to ingest (the store grows to this size).
+    #[arg(long, default_value_t = 5_000_000)]
+    rows: usize,
+    /// Concurrent keep-alive ingest clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Records per NDJSON batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Requests per latency figure.
+    #[arg(long, default_value_t = 300)]
+    samples: usize,
+    /// Turn self-logging off (by default every benchmark call is self-logged, as in production).
+    #[arg(long)]
+    no_self_log: bool,
+    /// Seconds to wait between ingest and the latency runs (lets the WAL checkpoint settle).
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
+    /// Skip the raw SQLite ceiling.
+    #[arg(long)]
+    skip_raw: bool,
+    /// Where to put the databases (default: a temporary directory under target/).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Also write the report to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let base_dir = args.dir.clone().unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-data")
+    });
+    std::fs::create_dir_all(&base_dir).unwrap();
+    let work = tempfile::tempdir_in(&base_dir).unwrap();
+    let mut report = String::new();
+    let _ = writeln!(report, "{}", machine());
+    let _ = writeln!(
+        report,
+        "Command: `cargo run --release -p apitrail-bench -- --rows {} --clients {} --batch {} --samples {}`\n",
+        args.rows, args.clients, args.batch, args.samples
+    );
+
+    eprintln!("generating {} records of synthetic traffic...", args.rows);
+    let started = Instant::now();
+    let bodies = generate_ndjson(args.rows, args.batch);
+    let bytes: usize = bodies.iter().map(Vec::len).sum();
+    eprintln!(
+        "generated {} batches, {:.0} MiB, in {:.1}s",
+        bodies.len(),
+        bytes as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    );
+
+    if !args.skip_raw {
+        let _ = writeln!(report, "## Raw SQLite ceiling (same rows, no HTTP)\n");
+        let _ = writeln!(
+            report,
+            "| variant | rows | seconds | rows/s |\n|---|---:|---:|---:|"
+        );
+        for (name, indexes) in [
+            ("apitrail schema, all indexes", true),
+            ("table only, no secondary indexes", false),
+        ] {
+            let path = work.path().join(format!("raw-{indexes}.db"));
+            let (rows, secs) = raw_ceiling(&path, args.rows, args.batch, indexes);
+            let _ = writeln!(
+                report,
+                "| {name}; {}-row transactions, synchronous=FULL | {rows} | {secs:.1} | {:.0} |",
+                args.batch,
+                rows as f64 / secs
+            );
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(path.with_extension("db-wal"));
+            eprintln!("raw ({name}): {:.0} rows/s", rows as f64 / secs);
+        }
+        let _ = writeln!(report);
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let server_dir = work.path().join("server");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&server_dir, SqliteOptions::default()).unwrap());
+        let config = ApiConfig {
+            admin_token: Some(AdminToken::new(TOKEN).unwrap()),
+            self_log: !args.no_self_log,
+            ..ApiConfig::default()
+        };
+        let app = App::build(Arc::clone(&store), config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let base = format!("http://{}", app.local_addr().unwrap());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = stop_rx.await;
+        }));
+        let secret = setup(&base).await;
+
+        let _ = writeln!(report, "## End-to-end HTTP ingest\n");
+        let (total, secs, samples) = ingest(&base, &secret, bodies, args.clients, &server_dir).await;
+        let _ = writeln!(
+            report,
+            "{} clients, NDJSON batches of {}, {total} records in {secs:.1}s: **{:.0} records/s** overall (202 only after commit, synchronous=FULL).\n",
+            args.clients,
+            args.batch,
+            total as f64 / secs
+        );
+        let _ = writeln!(report, "| records stored | records/s in the last interval | database size |\n|---:|---:|---:|");
+        for (n, rate, size) in samples {
+            let _ = writeln!(report, "| {n} | {rate:.0} | {:.2} GiB |", size as f64 / 1073741824.0);
+        }
+        let stats = store.stats();
+        let _ = writeln!(
+            report,
+            "\nGroup commits: {} transactions for {} records ({:.0} records per commit on average).\n",
+            stats.commits,
+            stats.committed_records,
+            stats.committed_records as f64 / stats.commits.max(1) as f64
+        );
+
+        tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+        let _ = writeln!(report, "## `GET /v1/logs` latency ({} rows in the org, {} requests per row, keep-alive, client-side)\n", total, args.samples);
+        let _ = writeln!(report, "| query | first page p50 | first page p99 | deep page p50 | deep page p99 |\n|---|---:|---:|---:|---:|");
+        for line in queries(&base, &secret, args.samples).await {
+            let _ = writeln!(report, "{line}");
+        }
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
+    });
+
+    println!("{report}");
+    if let Some(out) = args.out {
+        std::fs::write(out, &report).unwrap();
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |kb| format!("{:.0} GiB", kb / 1048576.0));
+    format!("Machine: {cores} cores ({cpu}), {mem} RAM, Linux; release build.\n")
+}
+
+/// The deterministic rows of the run: a month of traffic, oldest first.
+fn rows(count: usize, mut each: impl FnMut(Vec<RequestLog>), chunk: usize) {
+    let now = Timestamp::now();
+    let mut traffic = Traffic::new(2024);
+    // Spread in slices so that memory stays bounded while the order stays chronological.
+    let slices = count.div_ceil(100_000).max(1);
+    let span = 30 * DAY_MS / slices as i64;
+    let start = now.add_millis(-30 * DAY_MS);
+    let mut left = count;
+    for s in 0..slices {
+        let n = left.min(count.div_ceil(slices));
+        left -= n;
+        let from = start.add_millis(span * s as i64);
+        let logs = traffic.spread(n, from, from.add_millis(span));
+        for c in logs.chunks(chunk) {
+            each(c.to_vec());
+        }
+    }
+}
+
+fn ingest_json(l: &RequestLog) -> Value {
+    json!({
+        "request_id": l.request_id, "method": l.method, "path": l.path, "query": l.query,
+        "route_pattern": l.route_pattern, "status_code": l.status_code, "error_code": l.error_code,
+        "duration_ms": l.duration_ms,
+        "started_at": l.started_at.map(Timestamp::to_rfc3339),
+        "completed_at": l.completed_at.map(Timestamp::to_rfc3339),
+        "created_at": l.created_at.to_rfc3339(),
+        "client_ip": l.client_ip.map(|ip| ip.to_string()), "user_agent": l.user_agent,
+        "origin": l.origin, "auth_type": l.auth_type, "principal_type": l.principal_type,
+        "principal_id": l.principal_id, "user_id": l.user_id, "email": l.email,
+        "api_key_id": l.api_key_id, "service_account_id": l.service_account_id, "price": l.price,
+    })
+}
+
+fn generate_ndjson(count: usize, batch: usize) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(count / batch + 1);
+    rows(
+        count,
+        |logs| {
+            let mut body = Vec::with_capacity(logs.len() * 600);
+            for l in &logs {
+                serde_json::to_writer(&mut body, &ingest_json(l)).unwrap();
+                body.push(b'\n');
+            }
+            out.push(body);
+        },
+        batch,
+    );
+    out
+}
+
+/// Plain batched inserts of the same rows, timing only the inserts.
+fn raw_ceiling(path: &Path, count: usize, batch: usize, indexes: bool) -> (usize, f64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+         PRAGMA cache_size=-524288; PRAGMA temp_store=MEMORY;",
+    )
+    .unwrap();
+    let schema: String = if indexes {
+        SCHEMA.to_owned()
+    } else {
+        SCHEMA
+            .split(';')
+            .filter(|s| !s.contains("CREATE INDEX") && !s.contains("CREATE UNIQUE INDEX"))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    conn.execute_batch(&schema).unwrap();
+    conn.execute(
+        "INSERT INTO orgs (id, name, created_at) VALUES ('1', 'raw', 0)",
+        [],
+    )
+    .unwrap();
+    let mut busy = Duration::ZERO;
+    let mut n = 0;
+    rows(
+        count,
+        |logs| {
+            let t = Instant::now();
+            let tx = conn.unchecked_transaction().unwrap();
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO request_logs (org, id, created_at, duration_ms, status_code, method, path, \
+                         route_pattern, request_id, auth_type, error_code, query, started_at, completed_at, \
+                         client_ip, user_agent, origin, principal_type, principal_id, user_id, email, api_key_id, \
+                         service_account_id, price) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
+                         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                    )
+                    .unwrap();
+                for l in &logs {
+                    st.execute(rusqlite::params![
+                        apitrail_model::new_record_id().as_bytes(),
+                        l.created_at.millis(),
+                        l.duration_ms.unwrap_or(-1),
+                        l.status_code,
+                        l.method,
+                        l.path,
+                        l.route_pattern,
+                        l.request_id,
+                        l.auth_type,
+                        l.error_code,
+                        l.query,
+                        l.started_at.map(|t| t.millis()),
+                        l.completed_at.map(|t| t.millis()),
+                        l.client_ip.map(|ip| ip.to_string()),
+                        l.user_agent,
+                        l.origin,
+                        l.principal_type,
+                        l.principal_id,
+                        l.user_id,
+                        l.email,
+                        l.api_key_id,
+                        l.service_account_id,
+                        l.price,
+                    ])
+                    .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+            busy += t.elapsed();
+            n += logs.len();
+        },
+        batch,
+    );
+    (n, busy.as_secs_f64())
+}
+
+async fn setup(base: &str) -> String {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/admin/v1/orgs"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"id": "bench", "name": "Bench"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = client
+        .post(format!("{base}/admin/v1/orgs/bench/api-keys"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"name": "bench", "scopes": ["read", "write"], "principal_type": "service_account", "principal_id": "bench"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn db_size(dir: &Path) -> u64 {
+    ["apitrail.db", "apitrail.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+async fn ingest(
+    base: &str,
+    secret: &str,
+    bodies: Vec<Vec<u8>>,
+    clients: usize,
+    dir: &Path,
+) -> (usize, f64, Vec<(usize, f64, u64)>) {
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicUsize::new(0));
+    let stored = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (bodies, next, stored) = (Arc::clone(&bodies), Arc::clone(&next), Arc::clone(&stored));
+        let (base, secret) = (base.to_owned(), secret.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = bodies.get(i) else { return };
+                loop {
+                    let r = client
+                        .post(format!("{base}/v1/ingest/requests"))
+                        .header("x-api-key", &secret)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    match r.status().as_u16() {
+                        202 => {
+                            let v: Value = r.json().await.unwrap();
+                            stored.fetch_add(
+                                v["accepted"].as_u64().unwrap() as usize,
+                                Ordering::Relaxed,
+                            );
+                            break;
+                        }
+                        503 => tokio::time::sleep(Duration::from_millis(100)).await,
+                        s => panic!(
+                            "ingest answered {s}: {}",
+                            r.text().await.unwrap_or_default()
+                        ),
+                    }
+                }
+            }
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut last = (Instant::now(), 0usize);
+    let sampler = {
+        let stored = Arc::clone(&stored);
+        let dir = dir.to_path_buf();
+        let total: usize = bodies
+            .iter()
+            .map(|b| b.iter().filter(|c| **c == b'\n').count())
+            .sum();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let n = stored.load(Ordering::Relaxed);
+                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), n);
+                samples.push((n, rate, db_size(&dir)));
+                eprintln!("  {n} stored, {rate:.0}/s");
+                if n >= total {
+                    return samples;
+                }
+            }
+        }
+    };
+    let sampler = tokio::spawn(sampler);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    sampler.abort();
+    let samples = sampler.await.unwrap_or_default();
+    let total = stored.load(Ordering::Relaxed);
+    (total, secs, samples)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn measure(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    samples: usize,
+) -> (f64, f64, usize) {
+    let mut times = Vec::with_capacity(samples);
+    let mut items = 0;
+    for i in 0..samples + 10 {
+        let t = Instant::now();
+        let r = client
+            .get(url)
+            .header("x-api-key", secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let v: Value = r.json().await.unwrap();
+        let took = t.elapsed().as_secs_f64() * 1000.0;
+        if i >= 10 {
+            // The first requests warm connection and caches; they are not counted.
+            times.push(took);
+        }
+        items = v["data"].as_array().map_or(0, Vec::len);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    (percentile(&times, 0.5), percentile(&times, 0.99), items)
+}
+
+/// A cursor positioned at the median created_at/duration/status of the org: a page from the
+/// middle of the data, reached without walking there.
+async fn deep_cursor(
+    client: &reqwest::Client,
+    base: &str,
+    secret: &str,
+    query: &str,
+    sort: Sort,
+) -> Option<String> {
+    // Find the extremes of the sort key under the filter, then aim half-way.
+    let asc = format!(
+        "{base}/v1/logs?limit=1&{query}&sort_by={}&sort_dir=asc",
+        sort.key.as_str()
+    );
+    let desc = format!(
+        "{base}/v1/logs?limit=1&{query}&sort_by={}&sort_dir=desc",
+        sort.key.as_str()
+    );
+    let key_of = |v: &Value| -> Option<i64> {
+        let item = v["data"].get(0)?;
+        match sort.key {
+            SortKey::CreatedAt => Timestamp::parse(item["created_at"].as_str()?)
+                .ok()
+                .map(Timestamp::millis),
+            SortKey::DurationMs => item["duration_ms"].as_i64(),
+            SortKey::StatusCode => item["status_code"].as_i64(),
+        }
+    };
+    let lo: Value = client
+        .get(asc)
+        .header("x-api-key", secret)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let hi: Value = client
+        .get(desc)
+        .header("x-api-key", secret)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let mid = (key_of(&lo)? + key_of(&hi)?) / 2;
+    let id = match sort.dir {
+        SortDir::Desc => uuid_max(),
+        SortDir::Asc => uuid_min(),
+    };
+    Some(
+        Cursor {
+            kind: CursorKind::Logs,
+            sort,
+            position: Position { key: mid, id },
+        }
+        .encode(),
+    )
+}
+
+fn uuid_max() -> uuid::Uuid {
+    uuid::Uuid::max()
+}
+
+fn uuid_min() -> uuid::Uuid {
+    uuid::Uuid::nil()
+}
+
+async fn queries(base: &str, secret: &str, samples: usize) -> Vec<String> {
+    let client = reqwest::Client::new();
+    // A request id that exists, for the exact-match filter.
+    let first: Value = client
+        .get(format!("{base}/v1/logs?limit=1"))
+        .header("x-api-key", secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rid = first["data"][0]["request_id"]
+        .as_str()
+        .unwrap_or("req_x")
+        .to_owned();
+    let now = Timestamp::now();
+    let window = format!(
+        "from={}&to={}",
+        now.add_millis(-15 * DAY_MS).to_rfc3339(),
+        now.add_millis(-15 * DAY_MS + 3_600_000).to_rfc3339()
+    );
+    let created = |dir| Sort {
+        key: SortKey::CreatedAt,
+        dir,
+    };
+    let duration = |dir| Sort {
+        key: SortKey::DurationMs,
+        dir,
+    };
+    let status = |dir| Sort {
+        key: SortKey::StatusCode,
+        dir,
+    };
+    let cases: Vec<(&str, String, Sort)> = vec![
+        ("no filter", String::new(), created(SortDir::Desc)),
+        ("no filter", String::new(), created(SortDir::Asc)),
+        ("no filter", String::new(), duration(SortDir::Desc)),
+        ("no filter", String::new(), duration(SortDir::Asc)),
+        ("no filter", String::new(), status(SortDir::Desc)),
+        ("no filter", String::new(), status(SortDir::Asc)),
+        ("method=POST", "method=POST".into(), created(SortDir::Desc)),
+        (
+            "method=DELETE (1%)",
+            "method=DELETE".into(),
+            created(SortDir::Desc),
+        ),
+        (
+            "route_pattern=/v1/search",
+            "route_pattern=/v1/search".into(),
+            created(SortDir::Desc),
+        ),
+        (
+            "route_pattern=/v1/orders/{id}/refunds (1%)",
+            "route_pattern=/v1/orders/%7Bid%7D/refunds".into(),
+            created(SortDir::Desc),
+        ),
+        (
+            "auth_type=jwt",
+            "auth_type=jwt".into(),
+            created(SortDir::Desc),
+        ),
+        (
+            "status_min=500 (0.9%)",
+            "status_min=500".into(),
+            created(SortDir::Desc),
+        ),
+        (
+            "status_min=400&status_max=499",
+            "status_min=400&status_max=499".into(),
+            created(SortDir::Desc),
+        ),
+        ("from/to: a one-hour window", window, created(SortDir::Desc)),
+        ("method=POST", "method=POST".into(), duration(SortDir::Desc)),
+        (
+            "status_min=500",
+            "status_min=500".into(),
+            duration(SortDir::Desc),
+        ),
+        (
+            "request_id (exact)",
+            format!("request_id={rid}"),
+            created(SortDir::Desc),
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (name, query, sort) in cases {
+        let name = format!("{name}; {} {}", sort.key.as_str(), sort.dir.as_str());
+        let url = format!(
+            "{base}/v1/logs?limit=50&{query}&sort_by={}&sort_dir={}",
+            sort.key.as_str(),
+            sort.dir.as_str()
+        );
+        let (p50, p99, items) = measure(&client, &url, secret, samples).await;
+        let deep = if query.starts_with("request_id") {
+            None
+        } else {
+            deep_cursor(&client, base, secret, &query, sort).await
+        };
+        let deep_cell = match deep {
+            Some(c) => {
+                let (d50, d99, _) =
+                    measure(&client, &format!("{url}&cursor={c}"), secret, samples).await;
+                format!("{d50:.2} ms | {d99:.2} ms")
+            }
+            None => "n/a | n/a".into(),
+        };
+        eprintln!("  {name}: {p50:.2}/{p99:.2} ms ({items} items)");
+        lines.push(format!(
+            "| {name} | {p50:.2} ms | {p99:.2} ms | {deep_cell} |"
+        ));
+    }
+    lines
+}
