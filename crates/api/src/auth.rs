@@ -95,8 +95,28 @@ pub enum Caller {
     Org(Box<OrgCaller>),
 }
 
+/// Which carrier a credential came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// `Authorization: Bearer`: the only carrier of the operator token.
+    Bearer,
+    /// `X-API-Key` or `x-arklow-auth`.
+    Header,
+    /// The `better-auth.session_token` cookie.
+    Cookie,
+}
+
+impl Carrier {
+    fn auth_type(self) -> AuthType {
+        match self {
+            Carrier::Cookie => AuthType::Session,
+            Carrier::Bearer | Carrier::Header => AuthType::ApiKey,
+        }
+    }
+}
+
 /// Finds the presented credential, in carrier order.
-fn presented(headers: &HeaderMap) -> Option<(String, AuthType)> {
+fn presented(headers: &HeaderMap) -> Option<(String, Carrier)> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -107,12 +127,12 @@ fn presented(headers: &HeaderMap) -> Option<(String, AuthType)> {
     if let Some(v) = header(AUTHORIZATION.as_str()) {
         let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
         if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-            return Some((token.trim().to_owned(), AuthType::ApiKey));
+            return Some((token.trim().to_owned(), Carrier::Bearer));
         }
     }
     for name in ["x-api-key", "x-arklow-auth"] {
         if let Some(v) = header(name) {
-            return Some((v.to_owned(), AuthType::ApiKey));
+            return Some((v.to_owned(), Carrier::Header));
         }
     }
     headers
@@ -122,7 +142,7 @@ fn presented(headers: &HeaderMap) -> Option<(String, AuthType)> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, value)| *name == "better-auth.session_token" && !value.is_empty())
-        .map(|(_, value)| (value.trim_matches('"').to_owned(), AuthType::Session))
+        .map(|(_, value)| (value.trim_matches('"').to_owned(), Carrier::Cookie))
 }
 
 const MISSING: &str = "missing credentials: send an API key as Authorization: Bearer <key>, \
@@ -131,10 +151,11 @@ const MISSING: &str = "missing credentials: send an API key as Authorization: Be
 impl AppState {
     /// Authenticates an org key from any carrier.
     pub async fn authenticate_org(&self, headers: &HeaderMap) -> Result<OrgCaller, ApiError> {
-        let Some((token, auth_type)) = presented(headers) else {
+        let Some((token, carrier)) = presented(headers) else {
             return Err(ApiError::new(ErrorKind::Unauthorized, MISSING));
         };
-        if self.is_operator_token(&token) {
+        let auth_type = carrier.auth_type();
+        if carrier == Carrier::Bearer && self.is_operator_token(&token) {
             return Err(ApiError::new(
                 ErrorKind::Forbidden,
                 "the operator token opens only the operator API and ingest; use an org API key",
@@ -168,15 +189,16 @@ impl AppState {
                 "the operator API is disabled: start the server with --admin-token or APITRAIL_ADMIN_TOKEN",
             ));
         };
+        // The operator token travels only as `Authorization: Bearer` (SPEC §11).
         match presented(headers) {
-            None => Err(ApiError::new(
-                ErrorKind::Unauthorized,
-                "missing credentials: send the operator token as Authorization: Bearer <token>",
-            )),
-            Some((token, _)) if admin.matches(&token) => Ok(()),
-            Some(_) => Err(ApiError::new(
+            Some((token, Carrier::Bearer)) if admin.matches(&token) => Ok(()),
+            Some((_, Carrier::Bearer)) => Err(ApiError::new(
                 ErrorKind::Unauthorized,
                 "invalid operator token",
+            )),
+            _ => Err(ApiError::new(
+                ErrorKind::Unauthorized,
+                "missing credentials: send the operator token as Authorization: Bearer <token>",
             )),
         }
     }
@@ -184,7 +206,9 @@ impl AppState {
     /// Authenticates either credential (ingest).
     pub async fn authenticate_any(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         match presented(headers) {
-            Some((token, _)) if self.is_operator_token(&token) => Ok(Caller::Operator),
+            Some((token, Carrier::Bearer)) if self.is_operator_token(&token) => {
+                Ok(Caller::Operator)
+            }
             _ => self
                 .authenticate_org(headers)
                 .await
@@ -261,7 +285,7 @@ mod tests {
         ];
         for ((name, value), (want, kind)) in cases {
             assert_eq!(
-                presented(&headers(&[(name, value)])),
+                presented(&headers(&[(name, value)])).map(|(t, c)| (t, c.auth_type())),
                 Some((want.to_owned(), kind)),
                 "{name}: {value}"
             );
@@ -277,7 +301,7 @@ mod tests {
             ("cookie", "better-auth.session_token=stale"),
             ("x-api-key", "fresh"),
         ]);
-        assert_eq!(presented(&h), Some(("fresh".to_owned(), AuthType::ApiKey)));
+        assert_eq!(presented(&h), Some(("fresh".to_owned(), Carrier::Header)));
     }
 
     #[test]

@@ -84,9 +84,9 @@ pub struct IngestLog {
     /// A string, or any JSON (stored as its text); capped (64 KiB by default).
     #[schema(value_type = Option<Object>)]
     response_body: Option<Value>,
-    /// A decimal, as a string ("16.74") or a number.
+    /// A decimal, as a string ("16.74") or a number; stored exactly as written.
     #[schema(value_type = Option<String>)]
-    price: Option<Value>,
+    price: Option<Box<RawValue>>,
     /// Billable minutes.
     minutes: Option<i64>,
     /// Billable seconds.
@@ -161,16 +161,15 @@ pub async fn ingest_requests(
     let mut errors = Vec::new();
     let mut parsed = Vec::with_capacity(records.len());
     for (index, raw) in records.iter().enumerate() {
-        match parse_record(raw, config.body_cap_bytes, now) {
-            Ok(rec) => parsed.push((index, rec)),
-            Err(problems) => {
-                errors.extend(problems.into_iter().map(|(field, message)| RecordError {
-                    index,
-                    field,
-                    message,
-                }))
-            }
+        let rec = parse_record(raw, config.body_cap_bytes, now);
+        if let Err(problems) = &rec.log {
+            errors.extend(problems.iter().map(|(field, message)| RecordError {
+                index,
+                field: field.clone(),
+                message: message.clone(),
+            }));
         }
+        parsed.push((index, rec));
     }
     let batches = assign_orgs(&state, &caller, parsed, &mut errors).await?;
     if !errors.is_empty() {
@@ -305,24 +304,87 @@ fn split_records<'a>(
 
 type Problems = Vec<(Option<String>, String)>;
 
-/// A record that passed validation, with the org it names (if any).
+/// One record after parsing: the org it names (if that could be read) and either the valid
+/// log or every problem found.
 #[derive(Debug)]
 struct Parsed {
     org_id: Option<String>,
-    log: RequestLog,
+    log: Result<RequestLog, Problems>,
 }
 
 /// Parses one record's JSON and checks every field, collecting all problems.
-fn parse_record(raw: &str, body_cap: usize, now: Timestamp) -> Result<Parsed, Problems> {
+fn parse_record(raw: &str, body_cap: usize, now: Timestamp) -> Parsed {
     // serde would also read a struct from a JSON array; a record must be an object.
     if !raw.trim_start().starts_with('{') {
-        return Err(vec![(None, "must be a JSON object".to_owned())]);
+        return Parsed {
+            org_id: None,
+            log: Err(vec![(None, "must be a JSON object".to_owned())]),
+        };
     }
-    let mut de = serde_json::Deserializer::from_str(raw);
-    let rec: IngestLog = match serde_path_to_error::deserialize(&mut de) {
-        Ok(r) => r,
-        Err(e) => return Err(vec![describe_json_error(&e)]),
+    // The fast path, taken by every valid record: one typed parse.
+    match serde_json::from_str::<IngestLog>(raw) {
+        Ok(rec) => validate(rec, body_cap, now),
+        Err(_) => diagnose(raw, body_cap, now),
+    }
+}
+
+/// The slow path for a record the typed parse refused: finds every unknown field and every
+/// field of the wrong type (each checked on its own, from its raw text), then runs the field
+/// rules on the rest, so that one problem never hides another.
+fn diagnose(raw: &str, body_cap: usize, now: Timestamp) -> Parsed {
+    let invalid_json = |e: &serde_json::Error| Parsed {
+        org_id: None,
+        log: Err(vec![(
+            None,
+            format!("is not valid JSON: {}", strip_position(e)),
+        )]),
     };
+    let fields: BTreeMap<String, Box<RawValue>> = match serde_json::from_str(raw) {
+        Ok(f) => f,
+        Err(e) => return invalid_json(&e),
+    };
+    let mut problems: Problems = Vec::new();
+    let mut clean = String::from("{");
+    for (name, value) in &fields {
+        let name_json = serde_json::to_string(name).unwrap_or_default();
+        let alone = format!("{{{name_json}:{}}}", value.get());
+        let mut de = serde_json::Deserializer::from_str(&alone);
+        match serde_path_to_error::deserialize::<_, IngestLog>(&mut de) {
+            Ok(_) => {
+                if clean.len() > 1 {
+                    clean.push(',');
+                }
+                clean.push_str(&alone[1..alone.len() - 1]);
+            }
+            Err(e) => problems.push(describe_json_error(&e)),
+        }
+    }
+    clean.push('}');
+    let mistyped: Vec<Option<String>> = problems.iter().map(|(f, _)| f.clone()).collect();
+    match serde_json::from_str::<IngestLog>(&clean) {
+        Ok(rec) => {
+            let checked = validate(rec, body_cap, now);
+            if let Err(more) = checked.log {
+                // A field already reported as mistyped is not also "required".
+                problems.extend(more.into_iter().filter(|(f, _)| !mistyped.contains(f)));
+            }
+            Parsed {
+                org_id: checked.org_id,
+                log: Err(problems),
+            }
+        }
+        Err(e) => {
+            problems.push((None, strip_position(&e)));
+            Parsed {
+                org_id: None,
+                log: Err(problems),
+            }
+        }
+    }
+}
+
+/// Checks the fields of a record that parsed, collecting all problems.
+fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed {
     let mut problems: Problems = Vec::new();
     let mut bad = |field: &str, msg: &str| problems.push((Some(field.to_owned()), msg.to_owned()));
 
@@ -383,16 +445,17 @@ fn parse_record(raw: &str, body_cap: usize, now: Timestamp) -> Result<Parsed, Pr
         None | Some("") => None,
         Some(s) => rules::ip(s).map_err(|e| bad("client_ip", e)).ok(),
     };
-    let price = match rec.price {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => rules::price(&s).map_err(|e| bad("price", e)).ok(),
-        Some(Value::Number(n)) => rules::price(&n.to_string())
-            .map_err(|e| bad("price", e))
-            .ok(),
-        Some(_) => {
-            bad("price", "must be a decimal string such as \"16.74\"");
-            None
-        }
+    // The raw text, so a numeric price is kept digit for digit instead of passing through f64.
+    let price = match rec.price.as_deref().map(RawValue::get) {
+        None | Some("null") => None,
+        Some(raw) if raw.starts_with('"') => match serde_json::from_str::<String>(raw) {
+            Ok(s) => rules::price(&s).map_err(|e| bad("price", e)).ok(),
+            Err(_) => {
+                bad("price", "must be a decimal string such as \"16.74\"");
+                None
+            }
+        },
+        Some(raw) => rules::price(raw).map_err(|e| bad("price", e)).ok(),
     };
     let mut count = |field: &str, v: Option<i64>| match v {
         Some(n) if n < 0 => {
@@ -491,11 +554,23 @@ fn parse_record(raw: &str, body_cap: usize, now: Timestamp) -> Result<Parsed, Pr
         metadata,
     };
     let org_id = rec.org_id.filter(|s| !s.is_empty());
-    if problems.is_empty() {
-        Ok(Parsed { org_id, log })
-    } else {
-        Err(problems)
+    Parsed {
+        org_id,
+        log: if problems.is_empty() {
+            Ok(log)
+        } else {
+            Err(problems)
+        },
     }
+}
+
+/// serde_json's message without the position it appends (within one record, only noise).
+fn strip_position(e: &serde_json::Error) -> String {
+    let inner = e.to_string();
+    inner
+        .rsplit_once(" at line ")
+        .map_or(inner.as_str(), |(m, _)| m)
+        .to_owned()
 }
 
 /// Turns a serde error into `(field, message)`, naming the field wherever serde can.
@@ -544,7 +619,16 @@ async fn assign_orgs(
     let mut tenants: HashMap<String, Option<Tenant>> = HashMap::new();
     let mut groups: HashMap<Tenant, Vec<RequestLog>> = HashMap::new();
     let mut seen: HashMap<(i64, Uuid), usize> = HashMap::new();
+    // Every record's org is checked, also for records with other problems, so that the
+    // caller learns everything at once; only valid records are grouped.
     for (index, Parsed { org_id, log }) in parsed {
+        let org_reported = log
+            .as_ref()
+            .err()
+            .is_some_and(|p| p.iter().any(|(f, _)| f.as_deref() == Some("org_id")));
+        if org_reported {
+            continue;
+        }
         let tenant = match (caller, org_id) {
             (Caller::Org(org), None) => org.tenant.clone(),
             (Caller::Org(org), Some(id)) if id == org.tenant.org_id().as_str() => {
@@ -594,6 +678,9 @@ async fn assign_orgs(
                 }
             }
         };
+        let Ok(log) = log else {
+            continue;
+        };
         if let Some(first) = seen.insert((tenant.key(), log.id), index) {
             errors.push(RecordError {
                 index,
@@ -614,8 +701,9 @@ async fn assign_orgs(
 mod tests {
     use super::*;
 
-    fn parse(raw: &str) -> Result<Parsed, Problems> {
-        parse_record(raw, 8, Timestamp::from_millis(1_000).unwrap())
+    fn parse(raw: &str) -> Result<(Option<String>, RequestLog), Problems> {
+        let p = parse_record(raw, 8, Timestamp::from_millis(1_000).unwrap());
+        p.log.map(|log| (p.org_id, log))
     }
 
     fn fields(raw: &str) -> Vec<Option<String>> {
@@ -629,10 +717,10 @@ mod tests {
     #[test]
     fn minimal_record_gets_defaults() {
         let p = parse(r#"{"method":"get","path":"/a","status_code":200}"#).unwrap();
-        assert_eq!(p.log.method, "GET");
-        assert_eq!(p.log.created_at.millis(), 1_000);
-        assert_eq!(p.log.id.get_version_num(), 7);
-        assert_eq!(p.org_id, None);
+        assert_eq!(p.1.method, "GET");
+        assert_eq!(p.1.created_at.millis(), 1_000);
+        assert_eq!(p.1.id.get_version_num(), 7);
+        assert_eq!(p.0, None);
     }
 
     #[test]
@@ -655,6 +743,19 @@ mod tests {
             fields(r#"{"method":"GET","path":"/","status_code":"200"}"#),
             vec![Some("status_code".into())]
         );
+        // One problem never hides another: unknown fields, wrong types and rule violations
+        // of the same record are all listed.
+        let mut all = fields(r#"{"colour":"red","status_code":"x","client_ip":"nope","path":"/"}"#);
+        all.sort();
+        assert_eq!(
+            all,
+            vec![
+                Some("client_ip".into()),
+                Some("colour".into()),
+                Some("method".into()),
+                Some("status_code".into())
+            ]
+        );
         assert_eq!(fields("[1,2]"), vec![None]);
         assert_eq!(fields("{"), vec![None]);
     }
@@ -665,10 +766,39 @@ mod tests {
             r#"{"method":"GET","path":"/","status_code":200,"request_body":"0123456789","response_body":{"a":1}}"#,
         )
         .unwrap();
-        assert_eq!(p.log.request_body.as_deref(), Some("01234567"));
-        assert!(p.log.request_body_truncated);
-        assert_eq!(p.log.response_body.as_deref(), Some("{\"a\":1}"));
-        assert!(!p.log.response_body_truncated);
+        assert_eq!(p.1.request_body.as_deref(), Some("01234567"));
+        assert!(p.1.request_body_truncated);
+        assert_eq!(p.1.response_body.as_deref(), Some("{\"a\":1}"));
+        assert!(!p.1.response_body_truncated);
+    }
+
+    #[test]
+    fn numeric_prices_keep_their_digits() {
+        let p =
+            parse(r#"{"method":"GET","path":"/","status_code":200,"price":12345678.123456789}"#)
+                .unwrap();
+        assert_eq!(p.1.price.as_deref(), Some("12345678.123456789"));
+        let p = parse(r#"{"method":"GET","path":"/","status_code":200,"price":"0.10"}"#).unwrap();
+        assert_eq!(p.1.price.as_deref(), Some("0.10"));
+        assert_eq!(
+            fields(r#"{"method":"GET","path":"/","status_code":200,"price":1e3}"#),
+            vec![Some("price".into())]
+        );
+        assert_eq!(
+            fields(r#"{"method":"GET","path":"/","status_code":200,"price":true}"#),
+            vec![Some("price".into())]
+        );
+    }
+
+    #[test]
+    fn the_org_is_read_even_from_an_invalid_record() {
+        let p = parse_record(
+            r#"{"org_id":"acme","path":"/","status_code":"bad"}"#,
+            8,
+            Timestamp::from_millis(1_000).unwrap(),
+        );
+        assert_eq!(p.org_id.as_deref(), Some("acme"));
+        assert!(p.log.is_err());
     }
 
     #[test]
@@ -677,6 +807,6 @@ mod tests {
             r#"{"method":"GET","path":"/","status_code":200,"started_at":"2024-01-01T00:00:00Z","completed_at":"2024-01-01T00:00:00.250Z"}"#,
         )
         .unwrap();
-        assert_eq!(p.log.duration_ms, Some(250));
+        assert_eq!(p.1.duration_ms, Some(250));
     }
 }

@@ -55,7 +55,7 @@ pub struct TestServer {
     /// The store, for assertions that need to look behind the API.
     pub store: Arc<dyn Store>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), apitrail_api::ServeError>>>,
     _dir: TempDir,
 }
 
@@ -105,13 +105,11 @@ impl TestServer {
             .expect("bind");
         let addr = app.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run_until(async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("server stopped with an error");
-        });
+        // The result is checked by `stop`; a test that fails before stopping leaves the task
+        // to die with its runtime without adding a second panic to the report.
+        let task = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
         Self {
             base: format!("http://{addr}"),
             addr,
@@ -129,7 +127,9 @@ impl TestServer {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("server task");
+            task.await
+                .expect("server task")
+                .expect("server stopped with an error");
         }
     }
 
