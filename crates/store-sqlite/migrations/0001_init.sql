@@ -71,10 +71,9 @@ CREATE TABLE request_logs (
 
 -- Idempotent ingest and lookups by id.
 CREATE UNIQUE INDEX request_logs_by_id ON request_logs (org, id);
--- One index per sort key, each ending in the id tie-break, so every (key, id) keyset seek
--- is a range scan.
+-- One order per sort key, each ending in the id tie-break, so every (key, id) keyset seek
+-- is a range scan. The duration order lives in the leveled tables below.
 CREATE INDEX request_logs_by_created ON request_logs (org, created_at, id);
-CREATE INDEX request_logs_by_duration ON request_logs (org, duration_ms, id);
 CREATE INDEX request_logs_by_status ON request_logs (org, status_code, id);
 -- Status ranges in the default order: one run per status code, merged at query time (a
 -- skip-scan), since a B-tree cannot give created_at order across a range of status codes.
@@ -84,7 +83,34 @@ CREATE INDEX request_logs_by_status_created ON request_logs (org, status_code, c
 CREATE INDEX request_logs_by_method ON request_logs (org, method, created_at, id);
 CREATE INDEX request_logs_by_route ON request_logs (org, route_pattern, created_at, id);
 CREATE INDEX request_logs_by_auth_type ON request_logs (org, auth_type, created_at, id);
-CREATE INDEX request_logs_by_request_id ON request_logs (org, request_id);
+
+-- Orders on random keys (duration_ms, request_id), kept in three levels each instead of one
+-- index: inserts go to the small l0, which moves into l1 (and l1 into l2) in sorted sweeps.
+-- See src/levels.rs for why. `k` is the key; `seq` points at the request_logs row.
+CREATE TABLE request_logs_duration_l0 (
+    org INTEGER NOT NULL, k INTEGER NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (org, k, id)
+) WITHOUT ROWID;
+CREATE TABLE request_logs_duration_l1 (
+    org INTEGER NOT NULL, k INTEGER NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (org, k, id)
+) WITHOUT ROWID;
+CREATE TABLE request_logs_duration_l2 (
+    org INTEGER NOT NULL, k INTEGER NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (org, k, id)
+) WITHOUT ROWID;
+CREATE TABLE request_logs_request_id_l0 (
+    org INTEGER NOT NULL, k TEXT NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (org, k, id)
+) WITHOUT ROWID;
+CREATE TABLE request_logs_request_id_l1 (
+    org INTEGER NOT NULL, k TEXT NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (org, k, id)
+) WITHOUT ROWID;
+CREATE TABLE request_logs_request_id_l2 (
+    org INTEGER NOT NULL, k TEXT NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (org, k, id)
+) WITHOUT ROWID;
 
 CREATE TABLE audit_entries (
     seq           INTEGER PRIMARY KEY,

@@ -5,6 +5,7 @@
 //! serves queries concurrently; a checkpointer thread copies the WAL back into the database so
 //! the writer never stalls on it. See `ARCHITECTURE.md` for why.
 
+mod levels;
 mod orgs;
 mod reader;
 mod request_logs;
@@ -13,7 +14,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -26,7 +27,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use uuid::Uuid;
 
+pub use crate::levels::Caps as LevelCaps;
+use crate::levels::Levels;
 use crate::reader::Readers;
+pub use crate::request_logs::SMALL_WINDOW_ROWS;
 use crate::writer::{Writer, WriterConfig};
 
 /// Tuning of the SQLite backend.
@@ -42,6 +46,8 @@ pub struct SqliteOptions {
     pub writer_cache_mib: u32,
     /// Page cache of each reading connection, in MiB.
     pub reader_cache_mib: u32,
+    /// When the leveled side keys (duration, request id) move between levels.
+    pub level_caps: LevelCaps,
 }
 
 impl Default for SqliteOptions {
@@ -52,6 +58,7 @@ impl Default for SqliteOptions {
             readers: 4,
             writer_cache_mib: 512,
             reader_cache_mib: 64,
+            level_caps: LevelCaps::default(),
         }
     }
 }
@@ -60,6 +67,7 @@ impl Default for SqliteOptions {
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
+    levels: Arc<Levels>,
     writer: Arc<Writer>,
     readers: Arc<Readers>,
     checkpointer: Arc<Checkpointer>,
@@ -98,6 +106,11 @@ impl SqliteStore {
             .map_err(StoreError::backend)?;
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
+        let levels = Arc::new(Levels::load(&conn, options.level_caps)?);
+        let maintained = Arc::clone(&levels);
+        // When the WAL is reset, SQLite truncates the file to this size.
+        conn.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * 16384)
+            .map_err(StoreError::backend)?;
         let writer = Writer::start(
             conn,
             PathBuf::from(wal),
@@ -105,11 +118,18 @@ impl SqliteStore {
                 queue_capacity: options.queue_capacity,
                 max_group_records: options.max_group_records,
             },
-            move || wake.wake(),
+            move |conn: &Connection| {
+                wake.wake();
+                if wake.take_long_wal() {
+                    writer::restart_wal(conn);
+                }
+                maintained.maintain(conn);
+            },
         )
         .map_err(StoreError::backend)?;
         Ok(Self {
             path,
+            levels,
             writer: Arc::new(writer),
             readers: Readers::new(readers),
             checkpointer: Arc::new(checkpointer),
@@ -120,6 +140,22 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// SQLite's query plan for the statement a list query runs (one line per step), so that
+    /// tests can check which indexes answer it. Not part of the `Store` interface.
+    #[doc(hidden)]
+    pub async fn explain_list(
+        &self,
+        tenant: &Tenant,
+        filter: &LogFilter,
+        sort: Sort,
+        page: PageRequest,
+    ) -> Result<Vec<String>, StoreError> {
+        let (org, filter) = (tenant.key(), filter.clone());
+        self.readers
+            .run(move |conn| request_logs::explain(conn, org, &filter, sort, page))
+            .await
     }
 
     fn cache_tenant(&self, tenant: &Tenant) {
@@ -164,11 +200,16 @@ fn open_connection(path: &Path, read_only: bool, cache_mib: u32) -> Result<Conne
     Ok(conn)
 }
 
+/// WAL length (in frames, 16 KiB each) beyond which the writer restarts the WAL.
+const WAL_RESTART_FRAMES: i64 = 8192;
+
 /// Copies committed WAL frames into the database file in the background (PASSIVE: never
-/// blocks the writer or readers), woken after commits.
+/// blocks the writer or readers), woken after commits. It also measures the WAL, so that the
+/// writer knows when to restart it (see `writer::restart_wal`).
 #[derive(Debug)]
 struct Checkpointer {
     signal: Arc<(Mutex<CheckpointState>, Condvar)>,
+    wal_frames: Arc<AtomicI64>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -179,20 +220,35 @@ struct CheckpointState {
 }
 
 #[derive(Debug, Clone)]
-struct CheckpointWaker(Arc<(Mutex<CheckpointState>, Condvar)>);
+struct CheckpointWaker {
+    signal: Arc<(Mutex<CheckpointState>, Condvar)>,
+    wal_frames: Arc<AtomicI64>,
+}
 
 impl CheckpointWaker {
     fn wake(&self) {
-        let (lock, cvar) = &*self.0;
+        let (lock, cvar) = &*self.signal;
         lock.lock().unwrap_or_else(|e| e.into_inner()).pending = true;
         cvar.notify_one();
+    }
+
+    /// Whether the WAL, as last measured, is long enough to restart; claims the restart so
+    /// that it is not asked for again before the next measurement.
+    fn take_long_wal(&self) -> bool {
+        self.wal_frames
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > WAL_RESTART_FRAMES).then_some(0)
+            })
+            .is_ok()
     }
 }
 
 impl Checkpointer {
     fn start(conn: Connection) -> Result<Self, StoreError> {
         let signal = Arc::new((Mutex::new(CheckpointState::default()), Condvar::new()));
+        let wal_frames = Arc::new(AtomicI64::new(0));
         let thread_signal = Arc::clone(&signal);
+        let thread_frames = Arc::clone(&wal_frames);
         let thread = std::thread::Builder::new()
             .name("apitrail-sqlite-checkpoint".into())
             .spawn(move || {
@@ -208,9 +264,11 @@ impl Checkpointer {
                         }
                         state.pending = false;
                     }
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    match conn
+                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
                     {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                        Ok(frames) => thread_frames.store(frames, Ordering::Release),
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                     }
                     // At most a few checkpoints a second: each one walks the WAL index.
                     std::thread::sleep(Duration::from_millis(200));
@@ -220,12 +278,16 @@ impl Checkpointer {
             .map_err(StoreError::backend)?;
         Ok(Self {
             signal,
+            wal_frames,
             thread: Mutex::new(Some(thread)),
         })
     }
 
     fn waker(&self) -> CheckpointWaker {
-        CheckpointWaker(Arc::clone(&self.signal))
+        CheckpointWaker {
+            signal: Arc::clone(&self.signal),
+            wal_frames: Arc::clone(&self.wal_frames),
+        }
     }
 
     fn stop(&self) {
@@ -360,8 +422,11 @@ impl Store for SqliteStore {
         batches: Vec<LogBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.logs.len()).sum();
+        let levels = Arc::clone(&self.levels);
         self.writer
-            .submit(records, move |conn| request_logs::insert(conn, &batches))
+            .submit(records, move |conn| {
+                request_logs::insert(conn, &batches, &levels)
+            })
             .await
     }
 

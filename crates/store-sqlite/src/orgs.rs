@@ -13,13 +13,23 @@ fn backend(e: rusqlite::Error) -> StoreError {
     StoreError::backend(e)
 }
 
+/// The error for a stored value the model refuses: the file was damaged or written by
+/// something else.
+fn corrupt(
+    idx: usize,
+    ty: rusqlite::types::Type,
+    cause: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, ty, Box::new(cause))
+}
+
 /// Reads a stored timestamp; values outside the model's range mean a damaged file.
 pub(crate) fn ts(ms: i64) -> rusqlite::Result<Timestamp> {
     Timestamp::from_millis(ms).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
+        corrupt(
             0,
             rusqlite::types::Type::Integer,
-            Box::new(WriterError(format!("timestamp {ms} out of range"))),
+            WriterError(format!("timestamp {ms} out of range")),
         )
     })
 }
@@ -31,9 +41,7 @@ pub(crate) fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
 
 fn org_id_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<OrgId> {
     let s: String = row.get(idx)?;
-    OrgId::parse(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
+    OrgId::parse(&s).map_err(|e| corrupt(idx, rusqlite::types::Type::Text, e))
 }
 
 pub(crate) fn insert_audit(conn: &Connection, org: i64, e: &AuditEntry) -> Result<(), StoreError> {
@@ -128,10 +136,10 @@ const KEY_COLUMNS: &str = "k.id, k.name, k.scopes, k.principal_type, k.principal
 fn key_from_row(row: &Row<'_>, org_id: OrgId) -> rusqlite::Result<ApiKey> {
     let principal: String = row.get(3)?;
     let principal_type = PrincipalType::parse(&principal).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
+        corrupt(
             3,
             rusqlite::types::Type::Text,
-            Box::new(WriterError(format!("unknown principal type {principal:?}"))),
+            WriterError(format!("unknown principal type {principal:?}")),
         )
     })?;
     Ok(ApiKey {

@@ -3,12 +3,15 @@
 use std::fmt::Write as _;
 
 use apitrail_model::query::request_id_variants;
-use apitrail_model::{LogFilter, PageRequest, PageStart, RequestLog, Sort, SortDir, SortKey};
+use apitrail_model::{
+    LogFilter, PageRequest, PageStart, Position, RequestLog, Sort, SortDir, SortKey,
+};
 use apitrail_store::{InsertOutcome, LogBatch, Page, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use uuid::Uuid;
 
+use crate::levels::{Levels, SideKey};
 use crate::orgs::{ts, uuid_col};
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -24,9 +27,24 @@ const INSERT: &str = "INSERT INTO request_logs (org, id, created_at, duration_ms
      ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32) \
      ON CONFLICT (org, id) DO NOTHING";
 
-/// Inserts every log of every batch; an id already stored for the org is a duplicate.
-pub(crate) fn insert(conn: &Connection, batches: &[LogBatch]) -> Result<InsertOutcome, StoreError> {
+/// Inserts every log of every batch, and its side keys into the first level; an id already
+/// stored for the org is a duplicate.
+pub(crate) fn insert(
+    conn: &Connection,
+    batches: &[LogBatch],
+    levels: &Levels,
+) -> Result<InsertOutcome, StoreError> {
     let mut st = conn.prepare_cached(INSERT).map_err(backend)?;
+    let side = |key: SideKey| {
+        conn.prepare_cached(&format!(
+            "INSERT INTO {} (org, k, id, seq) VALUES (?1, ?2, ?3, ?4)",
+            key.tables()[0]
+        ))
+        .map_err(backend)
+    };
+    let mut by_duration = side(SideKey::Duration)?;
+    let mut by_request_id = side(SideKey::RequestId)?;
+    let mut with_request_id = 0;
     let mut outcome = InsertOutcome::default();
     for batch in batches {
         let org = batch.tenant.key();
@@ -70,11 +88,24 @@ pub(crate) fn insert(conn: &Connection, batches: &[LogBatch]) -> Result<InsertOu
                 .map_err(backend)?;
             if n == 1 {
                 outcome.accepted += 1;
+                let seq = conn.last_insert_rowid();
+                let id = log.id.as_bytes();
+                by_duration
+                    .execute(params![org, log.duration_ms.unwrap_or(-1), id, seq])
+                    .map_err(backend)?;
+                if let Some(rid) = &log.request_id {
+                    by_request_id
+                        .execute(params![org, rid, id, seq])
+                        .map_err(backend)?;
+                    with_request_id += 1;
+                }
             } else {
                 outcome.duplicates += 1;
             }
         }
     }
+    levels.added(SideKey::Duration, outcome.accepted);
+    levels.added(SideKey::RequestId, with_request_id);
     Ok(outcome)
 }
 
@@ -131,12 +162,13 @@ fn sort_column(key: SortKey) -> &'static str {
     }
 }
 
-/// Builds the WHERE clause (after `org = ?1`) and its parameters for `filter`.
-fn filter_sql(filter: &LogFilter, sql: &mut String, args: &mut Vec<Value>) {
+/// Builds the WHERE clause (after `org = ?1`) and its parameters for `filter`, on columns of
+/// `request_logs` qualified by `table` (`""` or `"r."`).
+fn filter_sql(filter: &LogFilter, table: &str, sql: &mut String, args: &mut Vec<Value>) {
     let eq = |column: &str, value: &Option<String>, sql: &mut String, args: &mut Vec<Value>| {
         if let Some(v) = value {
             args.push(Value::Text(v.clone()));
-            let _ = write!(sql, " AND {column} = ?{}", args.len());
+            let _ = write!(sql, " AND {table}{column} = ?{}", args.len());
         }
     };
     eq("method", &filter.method, sql, args);
@@ -149,17 +181,19 @@ fn filter_sql(filter: &LogFilter, sql: &mut String, args: &mut Vec<Value>) {
         let [a, b] = request_id_variants(rid);
         args.push(Value::Text(a));
         args.push(Value::Text(b));
+        let (a, b) = (args.len() - 1, args.len());
+        // The leveled request-id key finds the few candidate rows (see `request_id_rows`);
+        // the column test keeps the clause exact whatever plan runs it.
         let _ = write!(
             sql,
-            " AND request_id IN (?{}, ?{})",
-            args.len() - 1,
-            args.len()
+            " AND {table}seq IN ({}) AND {table}request_id IN (?{a}, ?{b})",
+            request_id_rows(a, b)
         );
     }
     let int = |cond: &str, value: Option<i64>, sql: &mut String, args: &mut Vec<Value>| {
         if let Some(v) = value {
             args.push(Value::Integer(v));
-            let _ = write!(sql, " AND {cond} ?{}", args.len());
+            let _ = write!(sql, " AND {table}{cond} ?{}", args.len());
         }
     };
     int(
@@ -178,6 +212,113 @@ fn filter_sql(filter: &LogFilter, sql: &mut String, args: &mut Vec<Value>) {
     int("created_at <", filter.to.map(|t| t.millis()), sql, args);
 }
 
+/// The rows whose request id is one of parameters `?a`, `?b`, from every level of the
+/// request-id key.
+fn request_id_rows(a: usize, b: usize) -> String {
+    SideKey::RequestId
+        .tables()
+        .iter()
+        .map(|t| format!("SELECT seq FROM {t} WHERE org = ?1 AND k IN (?{a}, ?{b})"))
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// The comparison that continues after a position, and the ORDER BY direction, of `dir`.
+fn direction(dir: SortDir) -> (&'static str, &'static str) {
+    match dir {
+        SortDir::Asc => (">", "ASC"),
+        SortDir::Desc => ("<", "DESC"),
+    }
+}
+
+/// Appends the keyset condition `(key, id) cmp (pos)`. A row-value comparison is what lets
+/// SQLite turn the keyset into an index range.
+fn push_keyset(
+    sql: &mut String,
+    args: &mut Vec<Value>,
+    (key, id): (&str, &str),
+    cmp: &str,
+    pos: Position,
+) {
+    args.push(Value::Integer(pos.key));
+    args.push(Value::Blob(pos.id.as_bytes().to_vec()));
+    let _ = write!(
+        sql,
+        " AND ({key}, {id}) {cmp} (?{}, ?{})",
+        args.len() - 1,
+        args.len()
+    );
+}
+
+/// The parameter numbers of a merged page's limits: how many candidates each run yields
+/// (`offset + limit + 1`), how many the merge keeps (`limit + 1`), and how many it skips.
+struct MergeLimits {
+    per_run: usize,
+    keep: usize,
+    skip: usize,
+}
+
+/// Pushes the limits of a merged page (an `After` page is bounded by its keyset instead of an
+/// offset).
+fn merge_limits(args: &mut Vec<Value>, page: PageRequest) -> MergeLimits {
+    let offset = match page.start {
+        PageStart::Offset(n) => i64::try_from(n).unwrap_or(i64::MAX),
+        PageStart::First | PageStart::After(_) => 0,
+    };
+    let wanted = i64::from(page.limit) + 1;
+    args.push(Value::Integer(offset.saturating_add(wanted)));
+    args.push(Value::Integer(wanted));
+    args.push(Value::Integer(offset));
+    let n = args.len();
+    MergeLimits {
+        per_run: n - 2,
+        keep: n - 1,
+        skip: n,
+    }
+}
+
+/// The statement that merges sorted runs: each arm selects `(seq, <key>, id)` in `dir`
+/// order, limited to `per_run` rows; the merge keeps the best `keep` after `skip`, and only
+/// those rows of `request_logs` are read (by rowid), in the order of `row_key`.
+fn merged_statement(
+    arms: &[String],
+    key: &str,
+    row_key: &str,
+    dir: &str,
+    l: &MergeLimits,
+) -> String {
+    format!(
+        "SELECT {COLUMNS} FROM request_logs NOT INDEXED WHERE seq IN (SELECT seq FROM ({}) \
+         ORDER BY {key} {dir}, id {dir} LIMIT ?{} OFFSET ?{}) ORDER BY {row_key} {dir}, id {dir}",
+        arms.join(" UNION ALL "),
+        l.keep,
+        l.skip
+    )
+}
+
+/// Runs a query that asked for `limit + 1` rows and turns the extra row into `has_more`.
+fn fetch_page(
+    conn: &Connection,
+    sql: &str,
+    args: Vec<Value>,
+    limit: u32,
+) -> Result<Page<RequestLog>, StoreError> {
+    let mut st = conn.prepare_cached(sql).map_err(backend)?;
+    let mut items = st
+        .query_map(params_from_iter(args), from_row)
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+        .map_err(backend)?;
+    let has_more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page { items, has_more })
+}
+
+/// The statement that answers a list query, asking for `limit + 1` rows.
+pub(crate) struct ListStatement {
+    sql: String,
+    args: Vec<Value>,
+}
+
 /// One page of an org's logs. Fetches `limit + 1` rows to learn whether more follow.
 pub(crate) fn list(
     conn: &Connection,
@@ -186,48 +327,80 @@ pub(crate) fn list(
     sort: Sort,
     page: PageRequest,
 ) -> Result<Page<RequestLog>, StoreError> {
+    match plan(conn, org, filter, sort, page)? {
+        Some(q) => fetch_page(conn, &q.sql, q.args, page.limit),
+        None => Ok(Page {
+            items: Vec::new(),
+            has_more: false,
+        }),
+    }
+}
+
+/// SQLite's plan for the statement `list` would run (for tests of index use).
+pub(crate) fn explain(
+    conn: &Connection,
+    org: i64,
+    filter: &LogFilter,
+    sort: Sort,
+    page: PageRequest,
+) -> Result<Vec<String>, StoreError> {
+    let Some(q) = plan(conn, org, filter, sort, page)? else {
+        return Ok(Vec::new());
+    };
+    let mut st = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", q.sql))
+        .map_err(backend)?;
+    st.query_map(params_from_iter(q.args), |r| r.get::<_, String>(3))
+        .and_then(Iterator::collect)
+        .map_err(backend)
+}
+
+/// Chooses how to answer a list query; `None` when it is known to be empty.
+fn plan(
+    conn: &Connection,
+    org: i64,
+    filter: &LogFilter,
+    sort: Sort,
+    page: PageRequest,
+) -> Result<Option<ListStatement>, StoreError> {
+    // A small time window is cheapest read in created_at order and sorted; a large one is
+    // cheapest walked in the sort key's own order. Which one it is gets counted, not guessed.
+    let small_window = sort.key != SortKey::CreatedAt
+        && filter.request_id.is_none()
+        && (filter.from.is_some() || filter.to.is_some())
+        && window_is_small(conn, org, filter)?;
+    if sort.key == SortKey::DurationMs && filter.request_id.is_none() && !small_window {
+        return Ok(Some(by_duration_levels(org, filter, sort, page)));
+    }
     let status_range = filter.status_min.is_some() || filter.status_max.is_some();
     let other_index = filter.method.is_some()
         || filter.route_pattern.is_some()
         || filter.auth_type.is_some()
         || filter.request_id.is_some();
-    if sort.key == SortKey::CreatedAt
-        && status_range
-        && !other_index
-        && !matches!(page.start, PageStart::Offset(_))
-    {
-        return list_by_status_runs(conn, org, filter, sort, page);
+    if sort.key == SortKey::CreatedAt && status_range && !other_index {
+        return by_status_runs(conn, org, filter, sort, page);
     }
     let key = sort_column(sort.key);
-    let (cmp, dir) = match sort.dir {
-        SortDir::Asc => (">", "ASC"),
-        SortDir::Desc => ("<", "DESC"),
-    };
-    // Without statistics the planner prefers the index that yields the requested order and
-    // tests `request_id` row by row over the org's whole history; a request id matches a
-    // handful of logs at most, so seeking them and sorting those few is always cheaper.
+    let (cmp, dir) = direction(sort.dir);
+    // A request id matches a handful of logs at most: they are found through the leveled
+    // request-id key and read by rowid (`NOT INDEXED` leaves the planner no index that would
+    // rather walk the org's history in sort order), then sorted.
     let table = if filter.request_id.is_some() {
-        "request_logs INDEXED BY request_logs_by_request_id"
+        "request_logs NOT INDEXED"
+    } else if small_window {
+        "request_logs INDEXED BY request_logs_by_created"
+    } else if sort.key == SortKey::StatusCode {
+        "request_logs INDEXED BY request_logs_by_status"
     } else {
         "request_logs"
     };
     let mut sql = format!("SELECT {COLUMNS} FROM {table} WHERE org = ?1");
     let mut args = vec![Value::Integer(org)];
-    filter_sql(filter, &mut sql, &mut args);
+    filter_sql(filter, "", &mut sql, &mut args);
     let mut offset = 0u64;
     match page.start {
         PageStart::First => {}
-        PageStart::After(pos) => {
-            args.push(Value::Integer(pos.key));
-            args.push(Value::Blob(pos.id.as_bytes().to_vec()));
-            // A row-value comparison is what lets SQLite turn the keyset into an index range.
-            let _ = write!(
-                sql,
-                " AND ({key}, id) {cmp} (?{}, ?{})",
-                args.len() - 1,
-                args.len()
-            );
-        }
+        PageStart::After(pos) => push_keyset(&mut sql, &mut args, (key, "id"), cmp, pos),
         PageStart::Offset(n) => offset = n,
     }
     args.push(Value::Integer(i64::from(page.limit) + 1));
@@ -236,14 +409,75 @@ pub(crate) fn list(
         args.push(Value::Integer(i64::try_from(offset).unwrap_or(i64::MAX)));
         let _ = write!(sql, " OFFSET ?{}", args.len());
     }
-    let mut st = conn.prepare_cached(&sql).map_err(backend)?;
-    let mut items = st
-        .query_map(params_from_iter(args), from_row)
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+    Ok(Some(ListStatement { sql, args }))
+}
+
+/// How many rows of a time window are read and sorted rather than found in sort-key order.
+pub const SMALL_WINDOW_ROWS: i64 = 4096;
+
+/// Whether the org has fewer than [`SMALL_WINDOW_ROWS`] logs in the filter's time window,
+/// counted on the created_at index alone (no row is read).
+fn window_is_small(conn: &Connection, org: i64, filter: &LogFilter) -> Result<bool, StoreError> {
+    let from = filter.from.map_or(i64::MIN, |t| t.millis());
+    let to = filter.to.map_or(i64::MAX, |t| t.millis());
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM request_logs INDEXED BY request_logs_by_created \
+             WHERE org = ?1 AND created_at >= ?2 AND created_at < ?3 LIMIT ?4)",
+        )
+        .and_then(|mut st| st.query_row(params![org, from, to, SMALL_WINDOW_ROWS], |r| r.get(0)))
         .map_err(backend)?;
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    Ok(n < SMALL_WINDOW_ROWS)
+}
+
+/// A page in duration order: each level of the duration key yields its best candidates (in
+/// key order, joined to the rows only when filters need their columns), the candidates are
+/// merged, and only the winning rows are read.
+fn by_duration_levels(
+    org: i64,
+    filter: &LogFilter,
+    sort: Sort,
+    page: PageRequest,
+) -> ListStatement {
+    let (cmp, dir) = direction(sort.dir);
+    let joined = *filter != LogFilter::default();
+    let mut clause = String::new();
+    let mut args = vec![Value::Integer(org)];
+    if joined {
+        filter_sql(filter, "r.", &mut clause, &mut args);
+    }
+    // Each level is named by its table (not an alias), so that query plans say which
+    // level they search.
+    let keyset = match page.start {
+        PageStart::After(pos) => {
+            args.push(Value::Integer(pos.key));
+            args.push(Value::Blob(pos.id.as_bytes().to_vec()));
+            Some((args.len() - 1, args.len()))
+        }
+        PageStart::First | PageStart::Offset(_) => None,
+    };
+    let limits = merge_limits(&mut args, page);
+    let arms: Vec<String> = SideKey::Duration
+        .tables()
+        .iter()
+        .map(|t| {
+            let from = if joined {
+                format!("{t} JOIN request_logs r ON r.seq = {t}.seq")
+            } else {
+                (*t).to_owned()
+            };
+            let after = keyset.map_or(String::new(), |(k, id)| {
+                format!(" AND ({t}.k, {t}.id) {cmp} (?{k}, ?{id})")
+            });
+            format!(
+                "SELECT * FROM (SELECT {t}.seq, {t}.k, {t}.id FROM {from} WHERE {t}.org = ?1\
+                 {clause}{after} ORDER BY {t}.k {dir}, {t}.id {dir} LIMIT ?{})",
+                limits.per_run
+            )
+        })
+        .collect();
+    let sql = merged_statement(&arms, "k", "duration_ms", dir, &limits);
+    ListStatement { sql, args }
 }
 
 /// The status codes present in the org within `[lo, hi]`, found by one index seek each.
@@ -271,13 +505,13 @@ fn status_values(conn: &Connection, org: i64, lo: u16, hi: u16) -> Result<Vec<i6
 /// status code's run of `request_logs_by_status_created` are merged, then only the winning
 /// rows are read. Cost grows with the number of distinct codes in the range (a handful),
 /// not with how rare the matching logs are.
-fn list_by_status_runs(
+fn by_status_runs(
     conn: &Connection,
     org: i64,
     filter: &LogFilter,
     sort: Sort,
     page: PageRequest,
-) -> Result<Page<RequestLog>, StoreError> {
+) -> Result<Option<ListStatement>, StoreError> {
     let values = status_values(
         conn,
         org,
@@ -285,15 +519,9 @@ fn list_by_status_runs(
         filter.status_max.unwrap_or(599),
     )?;
     if values.is_empty() {
-        return Ok(Page {
-            items: Vec::new(),
-            has_more: false,
-        });
+        return Ok(None);
     }
-    let (cmp, dir) = match sort.dir {
-        SortDir::Asc => (">", "ASC"),
-        SortDir::Desc => ("<", "DESC"),
-    };
+    let (cmp, dir) = direction(sort.dir);
     let rest = LogFilter {
         status_min: None,
         status_max: None,
@@ -301,19 +529,11 @@ fn list_by_status_runs(
     };
     let mut clause = String::new();
     let mut args = vec![Value::Integer(org)];
-    filter_sql(&rest, &mut clause, &mut args);
+    filter_sql(&rest, "", &mut clause, &mut args);
     if let PageStart::After(pos) = page.start {
-        args.push(Value::Integer(pos.key));
-        args.push(Value::Blob(pos.id.as_bytes().to_vec()));
-        let _ = write!(
-            clause,
-            " AND (created_at, id) {cmp} (?{}, ?{})",
-            args.len() - 1,
-            args.len()
-        );
+        push_keyset(&mut clause, &mut args, ("created_at", "id"), cmp, pos);
     }
-    args.push(Value::Integer(i64::from(page.limit) + 1));
-    let limit = args.len();
+    let limits = merge_limits(&mut args, page);
     let arms: Vec<String> = values
         .iter()
         .map(|v| {
@@ -321,24 +541,14 @@ fn list_by_status_runs(
             format!(
                 "SELECT * FROM (SELECT seq, created_at, id FROM request_logs \
                  INDEXED BY request_logs_by_status_created WHERE org = ?1 AND status_code = ?{}{clause} \
-                 ORDER BY created_at {dir}, id {dir} LIMIT ?{limit})",
-                args.len()
+                 ORDER BY created_at {dir}, id {dir} LIMIT ?{})",
+                args.len(),
+                limits.per_run
             )
         })
         .collect();
-    let sql = format!(
-        "SELECT {COLUMNS} FROM request_logs WHERE seq IN (SELECT seq FROM ({}) \
-         ORDER BY created_at {dir}, id {dir} LIMIT ?{limit}) ORDER BY created_at {dir}, id {dir}",
-        arms.join(" UNION ALL ")
-    );
-    let mut st = conn.prepare_cached(&sql).map_err(backend)?;
-    let mut items = st
-        .query_map(params_from_iter(args), from_row)
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-        .map_err(backend)?;
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    let sql = merged_statement(&arms, "created_at", "created_at", dir, &limits);
+    Ok(Some(ListStatement { sql, args }))
 }
 
 /// One log by id, within the org.
@@ -353,20 +563,63 @@ pub(crate) fn get(conn: &Connection, org: i64, id: Uuid) -> Result<Option<Reques
     .map_err(backend)
 }
 
-/// Deletes the org's oldest logs created before `before`, at most `max` of them.
+/// Deletes the org's oldest logs created before `before`, at most `max` of them, with their
+/// side keys.
 pub(crate) fn purge(
     conn: &Connection,
     org: i64,
     before: apitrail_model::Timestamp,
     max: u32,
 ) -> Result<u64, StoreError> {
-    conn.prepare_cached(
-        "DELETE FROM request_logs WHERE seq IN (SELECT seq FROM request_logs \
-         WHERE org = ?1 AND created_at < ?2 ORDER BY created_at LIMIT ?3)",
-    )
-    .and_then(|mut st| st.execute(params![org, before.millis(), max]))
-    .map(|n| n as u64)
-    .map_err(backend)
+    let mut st = conn
+        .prepare_cached(
+            "SELECT seq, duration_ms, request_id, id FROM request_logs \
+             WHERE org = ?1 AND created_at < ?2 ORDER BY created_at LIMIT ?3",
+        )
+        .map_err(backend)?;
+    let doomed = st
+        .query_map(params![org, before.millis(), max], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+        .map_err(backend)?;
+    let delete = |table: &str| {
+        conn.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE org = ?1 AND k = ?2 AND id = ?3"
+        ))
+        .map_err(backend)
+    };
+    let mut by_duration = SideKey::Duration
+        .tables()
+        .map(delete)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut by_request_id = SideKey::RequestId
+        .tables()
+        .map(delete)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rows = conn
+        .prepare_cached("DELETE FROM request_logs WHERE seq = ?1")
+        .map_err(backend)?;
+    for (seq, duration, request_id, id) in &doomed {
+        // A key is in exactly one level; deleting from all three is three index probes.
+        for st in &mut by_duration {
+            st.execute(params![org, duration, id]).map_err(backend)?;
+        }
+        if let Some(rid) = request_id {
+            for st in &mut by_request_id {
+                st.execute(params![org, rid, id]).map_err(backend)?;
+            }
+        }
+        rows.execute([seq]).map_err(backend)?;
+    }
+    Ok(doomed.len() as u64)
 }
 
 /// How many logs the org has.

@@ -107,12 +107,13 @@ pub(crate) struct WriterConfig {
 
 impl Writer {
     /// Starts the writer thread on `conn` (whose database's WAL is `wal`) and the syncer
-    /// thread. `on_commit` runs after every commit (it wakes the checkpointer).
+    /// thread. `after_commit` runs on the writer's connection after every group, between
+    /// transactions: the place for housekeeping that must not race the writer.
     pub fn start(
         conn: Connection,
         wal: PathBuf,
         config: WriterConfig,
-        on_commit: impl Fn() + Send + 'static,
+        after_commit: impl Fn(&Connection) + Send + 'static,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<Box<dyn Job>>();
         let (synced_tx, synced_rx) = std::sync::mpsc::channel::<Committed>();
@@ -131,7 +132,7 @@ impl Writer {
         let writer_stats = Arc::clone(&stats);
         let writer = std::thread::Builder::new()
             .name("apitrail-sqlite-writer".into())
-            .spawn(move || run(conn, rx, synced_tx, config, &writer_stats, on_commit))?;
+            .spawn(move || run(conn, rx, synced_tx, config, &writer_stats, after_commit))?;
         Ok(Self {
             sender: RwLock::new(Some(tx)),
             // The writer first: it drains the queue, then its exit closes the syncer's channel.
@@ -228,7 +229,7 @@ fn run(
     synced: Sender<Committed>,
     config: WriterConfig,
     stats: &WriterStats,
-    on_commit: impl Fn(),
+    after_commit: impl Fn(&Connection),
 ) {
     let mut group: Vec<Box<dyn Job>> = Vec::new();
     // Blocks for the first job of each group, then takes whatever else is already waiting:
@@ -267,9 +268,35 @@ fn run(
                 finish_all(std::mem::take(&mut group), &Err(e), stats);
             }
         }
-        on_commit();
+        after_commit(&conn);
     }
     tracing::debug!("SQLite writer drained and stopped");
+}
+
+/// Copies what is left of the WAL into the database and makes the next transaction start the
+/// WAL from its beginning. A background checkpointer alone cannot do this under a writer that
+/// never pauses: it keeps copying, but the WAL only restarts once every frame is copied at the
+/// moment a transaction begins, so the file would grow without bound (and slow every read).
+/// The checkpointer has copied most frames already, so this pause is short; the database
+/// file is fsynced before the WAL is reused, so nothing committed is put at risk.
+pub(crate) fn restart_wal(conn: &Connection) {
+    let started = Instant::now();
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    }) {
+        Ok((busy, log, copied)) => tracing::debug!(
+            busy,
+            log,
+            copied,
+            ms = started.elapsed().as_millis() as u64,
+            "WAL restarted"
+        ),
+        Err(e) => tracing::warn!(error = %e, "WAL restart checkpoint failed"),
+    }
 }
 
 /// Answers every job, releasing its queue space first so that a caller who has its answer can

@@ -24,10 +24,36 @@ impl Deref for TempStore {
     }
 }
 
-async fn fresh_store() -> TempStore {
+async fn fresh_store_with(options: SqliteOptions) -> TempStore {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+    let store = SqliteStore::open(dir.path(), options).unwrap();
     TempStore { store, _dir: dir }
 }
 
+async fn fresh_store() -> TempStore {
+    fresh_store_with(SqliteOptions::default()).await
+}
+
 apitrail_store_tests::store_conformance!(fresh_store());
+
+/// The whole suite again with tiny level caps, so that the leveled side keys (duration,
+/// request id) move between levels after almost every write: every story then runs while
+/// rows are spread over all three levels and moving.
+mod moving_levels {
+    use super::*;
+    use apitrail_store_sqlite::LevelCaps;
+
+    async fn fresh_store() -> TempStore {
+        fresh_store_with(SqliteOptions {
+            level_caps: LevelCaps {
+                l0: 7,
+                l1: 40,
+                chunk: 13,
+            },
+            ..SqliteOptions::default()
+        })
+        .await
+    }
+
+    apitrail_store_tests::store_conformance!(fresh_store());
+}

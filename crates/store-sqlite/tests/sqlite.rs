@@ -13,7 +13,6 @@ use apitrail_store_tests::support::{
     LogGen, assert_same_logs, at, insert, insert_all_new, join_all, new_key, new_org, reference,
     store_key, walk,
 };
-use rusqlite::types::Value;
 
 fn open(dir: &Path, options: SqliteOptions) -> SqliteStore {
     SqliteStore::open(dir, options).unwrap()
@@ -369,50 +368,12 @@ async fn a_database_from_a_newer_version_is_refused() {
     }
 }
 
-/// The SQL shape `request_logs::list` builds for a query (kept in step with it by hand, as the
-/// builder is private): the request-id index forced when that filter is present, the filters'
-/// conditions after `org = ?`, the keyset as a row-value comparison, the order with the id
-/// tie-break, a limit, and an offset.
-fn list_sql(conditions: &[&str], key: SortKey, dir: SortDir, start: PageStart) -> String {
-    let column = key.as_str();
-    let (cmp, order) = match dir {
-        SortDir::Asc => (">", "ASC"),
-        SortDir::Desc => ("<", "DESC"),
-    };
-    let table = if conditions.iter().any(|c| c.starts_with("request_id")) {
-        "request_logs INDEXED BY request_logs_by_request_id"
-    } else {
-        "request_logs"
-    };
-    let mut sql = format!("SELECT * FROM {table} WHERE org = ?");
-    for c in conditions {
-        sql.push_str(" AND ");
-        sql.push_str(c);
-    }
-    if matches!(start, PageStart::After(_)) {
-        sql.push_str(&format!(" AND ({column}, id) {cmp} (?, ?)"));
-    }
-    sql.push_str(&format!(" ORDER BY {column} {order}, id {order} LIMIT ?"));
-    if matches!(start, PageStart::Offset(_)) {
-        sql.push_str(" OFFSET ?");
-    }
-    sql
-}
-
-fn plan(conn: &rusqlite::Connection, sql: &str) -> Vec<String> {
-    let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-    let params = vec![Value::Null; st.parameter_count()];
-    st.query_map(rusqlite::params_from_iter(params), |r| {
-        r.get::<_, String>(3)
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
-}
-
-/// Every list query seeks an index by org (never a scan of the table or of a whole index);
-/// each sort key has its own index that yields the order without sorting, with keyset pages
-/// as a range of it; the method, route, auth type and request id filters seek their own index.
+/// Every list query is answered by index seeks keyed by org, never by scanning a table or a
+/// whole index; each sort has its order without a sort of the org's rows (only the merge of a
+/// few candidates per level or status code); the equality filters seek their own index; a
+/// request id is found through the leveled request-id key; a time window too small to be
+/// worth a walk in another order is read through the created index. The plans checked are
+/// those of the statements the store really runs (`explain_list`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_queries_seek_an_index() {
     let dir = tempfile::tempdir().unwrap();
@@ -420,71 +381,129 @@ async fn list_queries_seek_an_index() {
     // Some data, so that the plans are those of a live database.
     let a = new_org(&store, "plans").await;
     insert_all_new(&store, &a, &LogGen::new(1, "a").logs(500), 500).await;
-    let conn = rusqlite::Connection::open_with_flags(
-        store.path(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
     let after = PageStart::After(apitrail_model::Position {
         key: 0,
         id: new_record_id(),
     });
-    let index_of = |key: SortKey| match key {
-        SortKey::CreatedAt => "request_logs_by_created",
-        SortKey::DurationMs => "request_logs_by_duration",
-        SortKey::StatusCode => "request_logs_by_status",
-    };
-    let conditions: [&[&str]; 12] = [
-        &[],
-        &["method = ?"],
-        &["route_pattern = ?"],
-        &["auth_type = ?"],
-        &["request_id IN (?, ?)"],
-        &["api_key_id = ?"],
-        &["service_account_id = ?"],
-        &["user_id = ?"],
-        &["status_code >= ?", "status_code <= ?"],
-        &["created_at >= ?", "created_at < ?"],
-        &[
-            "method = ?",
-            "status_code >= ?",
-            "created_at >= ?",
-            "created_at < ?",
-        ],
-        &["auth_type = ?", "user_id = ?", "request_id IN (?, ?)"],
+    let text = |v: &str| Some(v.to_owned());
+    let filters = [
+        LogFilter::default(),
+        LogFilter {
+            method: text("GET"),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            route_pattern: text("/v1/x"),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            auth_type: text("api_key"),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            request_id: text("req_1"),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            api_key_id: text("k"),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            status_min: Some(400),
+            status_max: Some(499),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            from: Some(apitrail_model::Timestamp::from_millis(0).unwrap()),
+            to: Some(apitrail_model::Timestamp::from_millis(1).unwrap()),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            method: text("GET"),
+            status_min: Some(200),
+            request_id: text("r"),
+            ..LogFilter::default()
+        },
     ];
     for sort in apitrail_store_tests::support::ALL_SORTS {
         for start in [PageStart::First, after, PageStart::Offset(10)] {
-            for conds in conditions {
-                let sql = list_sql(conds, sort.key, sort.dir, start);
-                let steps = plan(&conn, &sql);
-                let ctx = format!("{sql}\n  plan: {steps:?}");
-                let on_table: Vec<&String> = steps
-                    .iter()
-                    .filter(|s| s.contains("request_logs"))
-                    .collect();
-                assert_eq!(on_table.len(), 1, "{ctx}");
-                assert!(
-                    on_table[0].starts_with("SEARCH request_logs USING INDEX request_logs_by_")
-                        && on_table[0].contains("(org=?"),
-                    "the query must seek an index by org: {ctx}"
-                );
-                // A lone equality filter with an index of its own.
-                let filter_index = ["method", "route_pattern", "auth_type"]
-                    .into_iter()
-                    .find(|c| conds.len() == 1 && conds[0].starts_with(&format!("{c} ")));
-                if conds.iter().any(|c| c.starts_with("request_id")) {
+            for filter in &filters {
+                let page = apitrail_model::PageRequest { limit: 50, start };
+                let steps = store.explain_list(&a, filter, sort, page).await.unwrap();
+                let ctx = format!("{sort:?} {start:?} {filter:?}\n  plan: {steps:#?}");
+                assert!(!steps.is_empty(), "{ctx}");
+                // No full scans of a table or of a whole index.
+                for step in &steps {
+                    let scans_table = step.starts_with("SCAN ")
+                        && !step.starts_with("SCAN (subquery")
+                        && !step.starts_with("SCAN CONSTANT");
+                    assert!(!scans_table, "a full scan: {step}\n{ctx}");
+                }
+                let by_org = |step: &&String| step.contains("(org=?");
+                let side = |prefix: &str| {
+                    (0..3).all(|l| {
+                        steps.iter().any(|s| {
+                            s.contains(&format!("{prefix}_l{l}"))
+                                && s.contains("PRIMARY KEY (org=?")
+                        })
+                    })
+                };
+                if filter.request_id.is_some() {
                     assert!(
-                        on_table[0].contains("request_logs_by_request_id (org=? AND request_id=?)"),
-                        "a request id is sought by its index: {ctx}"
+                        side("request_logs_request_id"),
+                        "request id via its levels: {ctx}"
                     );
-                } else if conds.is_empty() {
-                    assert!(on_table[0].contains(index_of(sort.key)), "{ctx}");
                     assert!(
-                        !ctx.contains("TEMP B-TREE"),
+                        steps.iter().any(|s| s.contains("(org=? AND k=?)")),
+                        "the request id is sought, not scanned: {ctx}"
+                    );
+                } else if filter.from.is_some() && sort.key != SortKey::CreatedAt {
+                    // This window holds no row: it is read in created_at order and sorted.
+                    assert!(
+                        steps
+                            .iter()
+                            .filter(by_org)
+                            .all(|s| s.contains("request_logs_by_created")),
+                        "a small window is read through the created index: {ctx}"
+                    );
+                } else if sort.key == SortKey::DurationMs {
+                    assert!(
+                        side("request_logs_duration"),
+                        "duration via its levels: {ctx}"
+                    );
+                } else if filter.status_min.is_some() && sort.key == SortKey::CreatedAt {
+                    assert!(
+                        steps
+                            .iter()
+                            .filter(by_org)
+                            .all(|s| s.contains("request_logs_by_status_created")),
+                        "status runs: {ctx}"
+                    );
+                } else {
+                    let own = match (&filter.method, &filter.route_pattern, &filter.auth_type) {
+                        (Some(_), _, _) if sort.key == SortKey::CreatedAt => {
+                            "request_logs_by_method"
+                        }
+                        (_, Some(_), _) if sort.key == SortKey::CreatedAt => {
+                            "request_logs_by_route"
+                        }
+                        (_, _, Some(_)) if sort.key == SortKey::CreatedAt => {
+                            "request_logs_by_auth_type"
+                        }
+                        _ => match sort.key {
+                            SortKey::CreatedAt => "request_logs_by_created",
+                            SortKey::StatusCode => "request_logs_by_status",
+                            SortKey::DurationMs => unreachable!(),
+                        },
+                    };
+                    let on_table: Vec<&String> = steps.iter().filter(by_org).collect();
+                    assert_eq!(on_table.len(), 1, "{ctx}");
+                    assert!(on_table[0].contains(own), "expected {own}: {ctx}");
+                    assert!(
+                        !steps.iter().any(|s| s.contains("TEMP B-TREE")),
                         "the index yields the order: {ctx}"
                     );
-                    if matches!(start, PageStart::After(_)) {
+                    if matches!(start, PageStart::After(_)) && *filter == LogFilter::default() {
                         let (column, cmp) = (
                             sort.key.as_str(),
                             if sort.dir == SortDir::Asc { ">" } else { "<" },
@@ -494,18 +513,56 @@ async fn list_queries_seek_an_index() {
                             "a keyset page is a range of the index: {ctx}"
                         );
                     }
-                } else if let (Some(column), SortKey::CreatedAt) = (filter_index, sort.key) {
-                    assert!(
-                        on_table[0].contains(&format!("(org=? AND {column}=?")),
-                        "an equality filter seeks its own index: {ctx}"
-                    );
-                    assert!(
-                        !ctx.contains("TEMP B-TREE"),
-                        "the filter index yields the order: {ctx}"
-                    );
                 }
             }
         }
+    }
+    store.shutdown().await.unwrap();
+}
+
+/// A time window holding many rows is walked in the order of the sort key (the status index,
+/// the duration levels) rather than read whole and sorted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_time_windows_walk_the_sort_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SqliteOptions::default());
+    let a = new_org(&store, "windows").await;
+    let n = usize::try_from(apitrail_store_sqlite::SMALL_WINDOW_ROWS).unwrap() + 100;
+    insert_all_new(&store, &a, &LogGen::new(2, "w").logs(n), 1000).await;
+    let filter = LogFilter {
+        from: Some(apitrail_model::Timestamp::from_millis(0).unwrap()),
+        ..LogFilter::default()
+    };
+    let page = apitrail_model::PageRequest {
+        limit: 50,
+        start: PageStart::First,
+    };
+    for dir_ in [SortDir::Asc, SortDir::Desc] {
+        let status = Sort {
+            key: SortKey::StatusCode,
+            dir: dir_,
+        };
+        let steps = store.explain_list(&a, &filter, status, page).await.unwrap();
+        assert!(
+            steps.iter().any(|s| s.contains("request_logs_by_status ")),
+            "{steps:#?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.contains("TEMP B-TREE")),
+            "{steps:#?}"
+        );
+        let duration = Sort {
+            key: SortKey::DurationMs,
+            dir: dir_,
+        };
+        let steps = store
+            .explain_list(&a, &filter, duration, page)
+            .await
+            .unwrap();
+        assert!(
+            steps.iter().any(|s| s.contains("request_logs_duration_l0")),
+            "{steps:#?}"
+        );
     }
     store.shutdown().await.unwrap();
 }

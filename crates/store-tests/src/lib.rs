@@ -34,6 +34,7 @@ mod lifecycle;
 mod live;
 mod orgs;
 mod paging;
+mod retention;
 pub mod support;
 
 pub use audit::audit_entries_list_newest_first;
@@ -52,6 +53,7 @@ pub use paging::{
     keyset_resumes_after_any_position, keyset_walks_match_the_reference_model,
     offset_pages_match_the_reference_model,
 };
+pub use retention::purge_removes_only_expired_logs_of_one_org;
 
 /// Expands to one `#[tokio::test]` per story of the suite, each running against a fresh store
 /// made by `$factory` (an expression whose `.await` yields something that dereferences to a
@@ -74,6 +76,7 @@ macro_rules! store_conformance {
             racing_retries_store_each_record_once,
             audit_entries_list_newest_first,
             shutdown_refuses_new_writes,
+            purge_removes_only_expired_logs_of_one_org,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {
