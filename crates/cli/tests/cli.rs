@@ -1,0 +1,349 @@
+//! The `apitrail` binary's commands: `orgs` and `keys` working directly on the store (also
+//! while a server runs on it), `serve --demo`, and retention.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use apitrail_testkit::expect;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn apitrail(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_apitrail"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("APITRAIL_LOG", "warn")
+        .env_remove("APITRAIL_ADMIN_TOKEN")
+        .output()
+        .expect("run apitrail")
+}
+
+fn json_out(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "apitrail failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// `apitrail serve` on a free port; returns the child and its stdout lines so far (banner).
+fn serve(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apitrail"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("APITRAIL_LOG", "warn")
+        .env_remove("APITRAIL_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    // The banner ends with an empty line after the call to paste.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.is_empty() && banner.iter().any(|l: &String| l.contains("curl"));
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let base = banner[0]
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    (child, base, banner)
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: plain kill(2) on our own child process.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn orgs_and_keys_are_managed_on_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let org = json_out(&apitrail(
+        dir.path(),
+        &["orgs", "create", "--id", "acme", "--name", "Acme"],
+    ));
+    assert_eq!(org["id"], "acme");
+    assert_eq!(org["name"], "Acme");
+    let generated = json_out(&apitrail(
+        dir.path(),
+        &["orgs", "create", "--name", "No id"],
+    ));
+    assert!(uuid::Uuid::try_parse(generated["id"].as_str().unwrap()).is_ok());
+    let dup = apitrail(
+        dir.path(),
+        &["orgs", "create", "--id", "acme", "--name", "Again"],
+    );
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let bad = apitrail(
+        dir.path(),
+        &["orgs", "create", "--id", "a b", "--name", "Bad"],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--id"));
+
+    let orgs = json_out(&apitrail(dir.path(), &["orgs", "list"]));
+    let ids: Vec<&str> = orgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"acme") && ids.len() == 2, "{orgs}");
+
+    let key = json_out(&apitrail(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--name",
+            "ci",
+            "--scopes",
+            "read,write",
+        ],
+    ));
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("atk_") && secret.len() == 44);
+    assert_eq!(key["scopes"], json!(["read", "write"]));
+    assert_eq!(key["principal_type"], "service_account");
+    let listed = json_out(&apitrail(dir.path(), &["keys", "list", "--org", "acme"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert!(listed[0].get("secret").is_none(), "{listed}");
+    assert!(!listed.to_string().contains(&secret[4..]));
+    let unknown = apitrail(dir.path(), &["keys", "list", "--org", "ghost"]);
+    assert!(!unknown.status.success());
+
+    // The CLI's key works against a server on the same store, and a revocation made by the
+    // CLI while the server runs takes effect at once.
+    let (child, base, _) = serve(dir.path(), &["--no-self-log"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let ok = client
+            .get(format!("{base}/v1/logs"))
+            .header("x-api-key", &secret)
+            .send()
+            .await
+            .unwrap();
+        expect(ok, StatusCode::OK).await;
+    });
+    let revoked = json_out(&apitrail(
+        dir.path(),
+        &[
+            "keys",
+            "revoke",
+            "--org",
+            "acme",
+            "--id",
+            key["id"].as_str().unwrap(),
+        ],
+    ));
+    assert!(revoked["revoked_at"].is_string());
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let denied = client
+            .get(format!("{base}/v1/logs"))
+            .header("x-api-key", &secret)
+            .send()
+            .await
+            .unwrap();
+        expect(denied, StatusCode::UNAUTHORIZED).await;
+    });
+    stop(child);
+}
+
+#[test]
+fn serve_demo_prints_a_call_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, base, banner) = serve(dir.path(), &["--demo"]);
+    let text = banner.join("\n");
+    let curl = banner.iter().find(|l| l.contains("curl")).unwrap();
+    let secret = curl
+        .split(['\'', ' '])
+        .find(|w| w.starts_with("atk_"))
+        .unwrap()
+        .to_owned();
+    assert!(curl.contains(&format!("{base}/v1/logs")), "{text}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (first_page, total) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let resp = client
+            .get(format!("{base}/v1/logs?limit=100&sort_by=duration_ms"))
+            .header("x-api-key", &secret)
+            .send()
+            .await
+            .unwrap();
+        let page = expect(resp, StatusCode::OK).await;
+        let items = page["data"].as_array().unwrap();
+        assert_eq!(items.len(), 100);
+        assert!(page["pagination"]["has_more"].as_bool().unwrap());
+        // Realistic traffic: several routes, methods and statuses, a month wide.
+        let mut created = Vec::new();
+        let mut walked = 0;
+        let mut cursor: Option<String> = None;
+        let mut routes = std::collections::HashSet::new();
+        let mut methods = std::collections::HashSet::new();
+        let mut errors = 0;
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("{base}/v1/logs?limit=100&cursor={c}"),
+                None => format!("{base}/v1/logs?limit=100"),
+            };
+            let resp = client
+                .get(url)
+                .header("x-api-key", &secret)
+                .send()
+                .await
+                .unwrap();
+            let page = expect(resp, StatusCode::OK).await;
+            for item in page["data"].as_array().unwrap() {
+                walked += 1;
+                routes.insert(item["route_pattern"].to_string());
+                methods.insert(item["method"].to_string());
+                errors += usize::from(item["status_code"].as_u64().unwrap() >= 400);
+                created.push(item["created_at"].as_str().unwrap().to_owned());
+            }
+            match page["pagination"]["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
+        }
+        assert!(routes.len() >= 10, "{routes:?}");
+        assert!(methods.len() >= 5, "{methods:?}");
+        assert!(errors > 100, "{errors} errors");
+        let newest = apitrail_model::Timestamp::parse(&created[0]).unwrap();
+        let oldest = apitrail_model::Timestamp::parse(created.last().unwrap()).unwrap();
+        assert!(
+            newest.millis() - oldest.millis() > 25 * 86_400_000,
+            "{oldest:?}..{newest:?}"
+        );
+        (items.len(), walked)
+    });
+    assert_eq!(first_page, 100);
+    assert!(total >= 10_000, "{total} demo logs");
+    stop(child);
+
+    // Restarting with --demo keeps the data and does not load it again (the count grows only
+    // by the self-logs of the calls above), prints a fresh key, and revokes the previous one.
+    let (child, base, banner) = serve(dir.path(), &["--demo"]);
+    let again = banner.join("\n");
+    let held: usize = again
+        .split("holds ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {again}"));
+    assert!(
+        (total..total + 1_000).contains(&held),
+        "{held} logs after a restart; walked {total}"
+    );
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let old = client
+            .get(format!("{base}/v1/logs"))
+            .header("x-api-key", &secret)
+            .send()
+            .await
+            .unwrap();
+        expect(old, StatusCode::UNAUTHORIZED).await;
+    });
+    stop(child);
+}
+
+#[test]
+fn retention_removes_expired_request_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    json_out(&apitrail(
+        dir.path(),
+        &["orgs", "create", "--id", "r", "--name", "R"],
+    ));
+    let key = json_out(&apitrail(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--org",
+            "r",
+            "--name",
+            "w",
+            "--scopes",
+            "read,write",
+        ],
+    ));
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    let now = apitrail_model::Timestamp::now();
+    let record = |days: i64, path: &str| {
+        json!({"method": "GET", "path": path, "status_code": 200,
+               "created_at": now.add_millis(-days * 86_400_000).to_rfc3339()})
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (child, base, _) = serve(dir.path(), &["--no-self-log"]);
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let resp = client
+            .post(format!("{base}/v1/ingest/requests"))
+            .header("x-api-key", &secret)
+            .json(&json!([
+                record(100, "/old"),
+                record(40, "/older-than-30"),
+                record(1, "/fresh")
+            ]))
+            .send()
+            .await
+            .unwrap();
+        expect(resp, StatusCode::ACCEPTED).await;
+    });
+    stop(child);
+
+    // Retention runs at start-up and then every minute.
+    let (child, base, _) = serve(dir.path(), &["--no-self-log", "--retention-days", "30"]);
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = client
+                .get(format!("{base}/v1/logs"))
+                .header("x-api-key", &secret)
+                .send()
+                .await
+                .unwrap();
+            let page = expect(resp, StatusCode::OK).await;
+            let paths: Vec<&str> = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["path"].as_str().unwrap())
+                .collect();
+            if paths == ["/fresh"] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expired logs still listed: {paths:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    stop(child);
+}
