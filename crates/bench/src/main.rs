@@ -51,6 +51,9 @@ struct Args {
     /// Seconds to wait between ingest and the latency runs (lets the WAL checkpoint settle).
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
+    /// Give records random (UUIDv4-like) request ids instead of time-ordered ones.
+    #[arg(long)]
+    random_request_ids: bool,
     /// Skip the raw SQLite ceiling.
     #[arg(long)]
     skip_raw: bool,
@@ -73,13 +76,21 @@ fn main() {
     let _ = writeln!(report, "{}", machine());
     let _ = writeln!(
         report,
-        "Command: `cargo run --release -p apitrail-bench -- --rows {} --clients {} --batch {} --samples {}`\n",
-        args.rows, args.clients, args.batch, args.samples
+        "Command: `cargo run --release -p apitrail-bench -- --rows {} --clients {} --batch {} --samples {}{}`\n",
+        args.rows,
+        args.clients,
+        args.batch,
+        args.samples,
+        if args.random_request_ids {
+            " --random-request-ids"
+        } else {
+            ""
+        }
     );
 
     eprintln!("generating {} records of synthetic traffic...", args.rows);
     let started = Instant::now();
-    let bodies = generate_ndjson(args.rows, args.batch);
+    let bodies = generate_ndjson(args.rows, args.batch, args.random_request_ids);
     let bytes: usize = bodies.iter().map(Vec::len).sum();
     eprintln!(
         "generated {} batches, {:.0} MiB, in {:.1}s",
@@ -94,16 +105,22 @@ fn main() {
             report,
             "| variant | rows | seconds | rows/s |\n|---|---:|---:|---:|"
         );
-        for (name, indexes) in [
-            ("apitrail schema, all indexes", true),
-            ("table only, no secondary indexes", false),
-        ] {
-            let path = work.path().join(format!("raw-{indexes}.db"));
-            let (rows, secs) = raw_ceiling(&path, args.rows, args.batch, indexes);
+        let variants = [
+            ("apitrail schema, all indexes", true, args.batch, "FULL"),
+            ("apitrail schema, all indexes", true, 50_000, "OFF"),
+            (
+                "table only, no secondary indexes",
+                false,
+                args.batch,
+                "FULL",
+            ),
+        ];
+        for (i, (name, indexes, batch, sync)) in variants.into_iter().enumerate() {
+            let path = work.path().join(format!("raw-{i}.db"));
+            let (rows, secs) = raw_ceiling(&path, args.rows, batch, indexes, sync);
             let _ = writeln!(
                 report,
-                "| {name}; {}-row transactions, synchronous=FULL | {rows} | {secs:.1} | {:.0} |",
-                args.batch,
+                "| {name}; {batch}-row transactions, synchronous={sync} | {rows} | {secs:.1} | {:.0} |",
                 rows as f64 / secs
             );
             let _ = std::fs::remove_file(&path);
@@ -141,7 +158,7 @@ fn main() {
         let (total, secs, samples) = ingest(&base, &secret, bodies, args.clients, &server_dir).await;
         let _ = writeln!(
             report,
-            "{} clients, NDJSON batches of {}, {total} records in {secs:.1}s: **{:.0} records/s** overall (202 only after commit, synchronous=FULL).\n",
+            "{} clients, NDJSON batches of {}, {total} records in {secs:.1}s: **{:.0} records/s** overall (each 202 sent only after its group was committed and the WAL fsynced).\n",
             args.clients,
             args.batch,
             total as f64 / secs
@@ -233,14 +250,19 @@ fn ingest_json(l: &RequestLog) -> Value {
     })
 }
 
-fn generate_ndjson(count: usize, batch: usize) -> Vec<Vec<u8>> {
+fn generate_ndjson(count: usize, batch: usize, random_request_ids: bool) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(count / batch + 1);
+    let mut rng = fastrand::Rng::with_seed(99);
     rows(
         count,
         |logs| {
             let mut body = Vec::with_capacity(logs.len() * 600);
             for l in &logs {
-                serde_json::to_writer(&mut body, &ingest_json(l)).unwrap();
+                let mut record = ingest_json(l);
+                if random_request_ids {
+                    record["request_id"] = json!(format!("{:032x}", rng.u128(..)));
+                }
+                serde_json::to_writer(&mut body, &record).unwrap();
                 body.push(b'\n');
             }
             out.push(body);
@@ -251,12 +273,12 @@ fn generate_ndjson(count: usize, batch: usize) -> Vec<Vec<u8>> {
 }
 
 /// Plain batched inserts of the same rows, timing only the inserts.
-fn raw_ceiling(path: &Path, count: usize, batch: usize, indexes: bool) -> (usize, f64) {
+fn raw_ceiling(path: &Path, count: usize, batch: usize, indexes: bool, sync: &str) -> (usize, f64) {
     let conn = rusqlite::Connection::open(path).unwrap();
-    conn.execute_batch(
-        "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-         PRAGMA cache_size=-524288; PRAGMA temp_store=MEMORY;",
-    )
+    conn.execute_batch(&format!(
+        "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; \
+         PRAGMA cache_size=-524288; PRAGMA temp_store=MEMORY;"
+    ))
     .unwrap();
     let schema: String = if indexes {
         SCHEMA.to_owned()
@@ -408,37 +430,31 @@ async fn ingest(
             }
         }));
     }
-    let mut samples = Vec::new();
-    let mut last = (Instant::now(), 0usize);
+    // Sampled every 10 s into a shared list, so the figures survive the sampler being
+    // stopped when the last client finishes.
+    let samples: Arc<std::sync::Mutex<Vec<(usize, f64, u64)>>> = Arc::default();
     let sampler = {
-        let stored = Arc::clone(&stored);
+        let (stored, samples) = (Arc::clone(&stored), Arc::clone(&samples));
         let dir = dir.to_path_buf();
-        let total: usize = bodies
-            .iter()
-            .map(|b| b.iter().filter(|c| **c == b'\n').count())
-            .sum();
-        async move {
+        tokio::spawn(async move {
+            let mut last = (Instant::now(), 0usize);
             loop {
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let n = stored.load(Ordering::Relaxed);
                 let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
                 last = (Instant::now(), n);
-                samples.push((n, rate, db_size(&dir)));
+                samples.lock().unwrap().push((n, rate, db_size(&dir)));
                 eprintln!("  {n} stored, {rate:.0}/s");
-                if n >= total {
-                    return samples;
-                }
             }
-        }
+        })
     };
-    let sampler = tokio::spawn(sampler);
     for t in tasks {
         t.await.unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
     sampler.abort();
-    let samples = sampler.await.unwrap_or_default();
     let total = stored.load(Ordering::Relaxed);
+    let samples = samples.lock().unwrap().clone();
     (total, secs, samples)
 }
 
