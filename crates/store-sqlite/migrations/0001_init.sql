@@ -86,17 +86,21 @@ CREATE INDEX request_logs_by_auth_type ON request_logs (org, auth_type, created_
 
 -- Orders on random keys (duration_ms, request_id), kept in three levels each instead of one
 -- index: inserts go to the small l0, which moves into l1 (and l1 into l2) in sorted sweeps.
--- See src/levels.rs for why. `k` is the key; `seq` points at the request_logs row.
+-- See src/levels.rs for why. `k` is the key; `seq` points at the request_logs row. The
+-- duration levels carry the status code, so a status range is tested without reading rows.
 CREATE TABLE request_logs_duration_l0 (
     org INTEGER NOT NULL, k INTEGER NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    status_code INTEGER NOT NULL,
     PRIMARY KEY (org, k, id)
 ) WITHOUT ROWID;
 CREATE TABLE request_logs_duration_l1 (
     org INTEGER NOT NULL, k INTEGER NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    status_code INTEGER NOT NULL,
     PRIMARY KEY (org, k, id)
 ) WITHOUT ROWID;
 CREATE TABLE request_logs_duration_l2 (
     org INTEGER NOT NULL, k INTEGER NOT NULL, id BLOB NOT NULL, seq INTEGER NOT NULL,
+    status_code INTEGER NOT NULL,
     PRIMARY KEY (org, k, id)
 ) WITHOUT ROWID;
 CREATE TABLE request_logs_request_id_l0 (

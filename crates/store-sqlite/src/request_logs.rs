@@ -35,15 +35,19 @@ pub(crate) fn insert(
     levels: &Levels,
 ) -> Result<InsertOutcome, StoreError> {
     let mut st = conn.prepare_cached(INSERT).map_err(backend)?;
-    let side = |key: SideKey| {
+    let side = |key: SideKey, columns: &str, values: &str| {
         conn.prepare_cached(&format!(
-            "INSERT INTO {} (org, k, id, seq) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO {} ({columns}) VALUES ({values})",
             key.tables()[0]
         ))
         .map_err(backend)
     };
-    let mut by_duration = side(SideKey::Duration)?;
-    let mut by_request_id = side(SideKey::RequestId)?;
+    let mut by_duration = side(
+        SideKey::Duration,
+        "org, k, id, seq, status_code",
+        "?1, ?2, ?3, ?4, ?5",
+    )?;
+    let mut by_request_id = side(SideKey::RequestId, "org, k, id, seq", "?1, ?2, ?3, ?4")?;
     let mut with_request_id = 0;
     let mut outcome = InsertOutcome::default();
     for batch in batches {
@@ -91,7 +95,13 @@ pub(crate) fn insert(
                 let seq = conn.last_insert_rowid();
                 let id = log.id.as_bytes();
                 by_duration
-                    .execute(params![org, log.duration_ms.unwrap_or(-1), id, seq])
+                    .execute(params![
+                        org,
+                        log.duration_ms.unwrap_or(-1),
+                        id,
+                        seq,
+                        log.status_code
+                    ])
                     .map_err(backend)?;
                 if let Some(rid) = &log.request_id {
                     by_request_id
@@ -431,8 +441,9 @@ fn window_is_small(conn: &Connection, org: i64, filter: &LogFilter) -> Result<bo
 }
 
 /// A page in duration order: each level of the duration key yields its best candidates (in
-/// key order, joined to the rows only when filters need their columns), the candidates are
-/// merged, and only the winning rows are read.
+/// key order, tested against a status range on the level itself, joined to the rows only when
+/// other filters need their columns), the candidates are merged, and only the winning rows
+/// are read.
 fn by_duration_levels(
     org: i64,
     filter: &LogFilter,
@@ -440,12 +451,30 @@ fn by_duration_levels(
     page: PageRequest,
 ) -> ListStatement {
     let (cmp, dir) = direction(sort.dir);
-    let joined = *filter != LogFilter::default();
+    let rest = LogFilter {
+        status_min: None,
+        status_max: None,
+        ..filter.clone()
+    };
+    let joined = rest != LogFilter::default();
     let mut clause = String::new();
     let mut args = vec![Value::Integer(org)];
     if joined {
-        filter_sql(filter, "r.", &mut clause, &mut args);
+        filter_sql(&rest, "r.", &mut clause, &mut args);
     }
+    let mut status = |bound: Option<u16>, cmp: &'static str| {
+        bound.map(|b| {
+            args.push(Value::Integer(i64::from(b)));
+            (cmp, args.len())
+        })
+    };
+    let status: Vec<(&str, usize)> = [
+        status(filter.status_min, ">="),
+        status(filter.status_max, "<="),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     // Each level is named by its table (not an alias), so that query plans say which
     // level they search.
     let keyset = match page.start {
@@ -466,7 +495,11 @@ fn by_duration_levels(
             } else {
                 (*t).to_owned()
             };
-            let after = keyset.map_or(String::new(), |(k, id)| {
+            let mut after = String::new();
+            for (op, n) in &status {
+                let _ = write!(after, " AND {t}.status_code {op} ?{n}");
+            }
+            after += &keyset.map_or(String::new(), |(k, id)| {
                 format!(" AND ({t}.k, {t}.id) {cmp} (?{k}, ?{id})")
             });
             format!(
