@@ -1,7 +1,10 @@
 //! `apitrail-bench`: what BENCHMARKS.md reports, measured in one run on one machine.
 //!
 //! 1. The raw ceiling: plain batched inserts of the same rows into SQLite with apitrail's own
-//!    schema and pragmas (and once more without secondary indexes), no HTTP, no validation.
+//!    schema and pragmas, no HTTP, no validation: with apitrail's B-tree indexes (small
+//!    durable transactions, then large unsynced ones), with ordinary indexes added for the
+//!    two random-order keys (the design the leveled side keys replace), and with no
+//!    secondary index at all.
 //! 2. End-to-end ingest: NDJSON batches of `--batch` records POSTed by `--clients` concurrent
 //!    keep-alive clients to the real app (router, auth, validation, group-committing writer)
 //!    until the store holds `--rows` records; the rate is sampled as the store grows.
