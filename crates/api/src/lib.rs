@@ -12,6 +12,7 @@ pub mod auth;
 pub mod context;
 pub mod error;
 pub mod ingest;
+pub mod keys;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/logs", get(logs::list_logs))
+        .route("/v1/api-keys/requests", get(keys::list_key_requests))
         .route("/v1/ingest/requests", post(ingest::ingest_requests))
         .route(
             "/admin/v1/orgs",

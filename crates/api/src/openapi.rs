@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, ingest, logs, ops, wire};
+use crate::{admin, ingest, keys, logs, ops, wire};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -17,6 +17,7 @@ use crate::{admin, ingest, logs, ops, wire};
     ),
     paths(
         logs::list_logs,
+        keys::list_key_requests,
         ingest::ingest_requests,
         admin::create_org,
         admin::list_orgs,
@@ -38,6 +39,7 @@ use crate::{admin, ingest, logs, ops, wire};
     modifiers(&SecuritySchemes),
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
+        (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
         (name = "ingest", description = "Writing records into apitrail."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),

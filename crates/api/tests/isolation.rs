@@ -514,6 +514,19 @@ async fn no_route_answers_one_org_with_anothers_data() {
                 .json(&json!([{"method": "GET", "path": "/alpha/sweep", "status_code": 200}])),
             StatusCode::ACCEPTED,
         ),
+        (
+            "keys dialect",
+            key("/v1/api-keys/requests?limit=100", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "keys dialect by B's key id",
+            key(
+                &format!("/v1/api-keys/requests?apiKeyId={}", b.admin.id),
+                Method::GET,
+            ),
+            StatusCode::OK,
+        ),
         ("keys", key("/v1/api-keys", Method::GET), StatusCode::OK),
         (
             "key",
