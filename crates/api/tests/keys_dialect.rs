@@ -368,3 +368,85 @@ async fn each_org_sees_only_its_own_requests() {
     }
     server.stop().await;
 }
+
+/// Self-logging seen through the keys dialect: each call made with a key is listed under that
+/// key's id with the caller's details; with self-logging off, nothing is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_listed_under_the_key_that_made_them() {
+    for self_log in [true, false] {
+        let server = TestServer::start_with(apitrail_testkit::Options {
+            self_log,
+            ..Default::default()
+        })
+        .await;
+        let key = server.org_with_key("self").await;
+        let n = 4;
+        for i in 0..n {
+            let resp = server
+                .get(&format!("{ROUTE}?limit={}", i + 1), &key.secret)
+                .header("user-agent", "keys-suite/1.0")
+                .header("x-request-id", format!("keys-call-{i}"))
+                .send()
+                .await
+                .unwrap();
+            expect(resp, StatusCode::OK).await;
+        }
+        let mine = |body: &Value| -> Vec<Value> {
+            body["data"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| {
+                    i["requestId"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("keys-call-"))
+                })
+                .cloned()
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let items = loop {
+            let body = page(
+                &server,
+                &key.secret,
+                &format!("limit=100&apiKeyId={}", key.id),
+            )
+            .await;
+            let items = mine(&body);
+            if items.len() >= n || std::time::Instant::now() > deadline {
+                break items;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        };
+        if !self_log {
+            assert!(items.is_empty(), "self-logging is off: {items:?}");
+            let all = page(&server, &key.secret, "limit=100").await;
+            assert_eq!(all["data"]["items"], json!([]), "{all}");
+            server.stop().await;
+            continue;
+        }
+        assert_eq!(items.len(), n, "{items:?}");
+        for (k, item) in items.iter().enumerate() {
+            // Newest first: the last call comes first.
+            assert_eq!(
+                item["requestId"],
+                format!("keys-call-{}", n - 1 - k),
+                "{item}"
+            );
+            assert_eq!(item["apiKeyId"], key.id.as_str(), "{item}");
+            assert_eq!(item["organizationId"], "self", "{item}");
+            assert_eq!(item["method"], "GET", "{item}");
+            assert_eq!(item["path"], ROUTE, "{item}");
+            assert_eq!(item["routePattern"], ROUTE, "{item}");
+            assert_eq!(item["statusCode"], 200, "{item}");
+            assert_eq!(item["clientIp"], "127.0.0.1", "{item}");
+            assert_eq!(item["userAgent"], "keys-suite/1.0", "{item}");
+            assert!(item["principalType"].is_string(), "{item}");
+            assert!(
+                item["durationMs"].as_i64().is_some_and(|d| d >= 0),
+                "{item}"
+            );
+        }
+        server.stop().await;
+    }
+}
