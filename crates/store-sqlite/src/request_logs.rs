@@ -241,23 +241,29 @@ fn direction(dir: SortDir) -> (&'static str, &'static str) {
     }
 }
 
-/// Appends the keyset condition `(key, id) cmp (pos)`. A row-value comparison is what lets
-/// SQLite turn the keyset into an index range.
+/// Pushes a keyset position's parameters; returns their numbers.
+fn keyset_params(args: &mut Vec<Value>, pos: Position) -> (usize, usize) {
+    args.push(Value::Integer(pos.key));
+    args.push(Value::Blob(pos.id.as_bytes().to_vec()));
+    (args.len() - 1, args.len())
+}
+
+/// The keyset condition `(key, id) cmp (?a, ?b)`. A row-value comparison is what lets SQLite
+/// turn the keyset into an index range.
+fn keyset_clause((key, id): (&str, &str), cmp: &str, (a, b): (usize, usize)) -> String {
+    format!(" AND ({key}, {id}) {cmp} (?{a}, ?{b})")
+}
+
+/// Appends the keyset condition `(key, id) cmp (pos)` and its parameters.
 fn push_keyset(
     sql: &mut String,
     args: &mut Vec<Value>,
-    (key, id): (&str, &str),
+    columns: (&str, &str),
     cmp: &str,
     pos: Position,
 ) {
-    args.push(Value::Integer(pos.key));
-    args.push(Value::Blob(pos.id.as_bytes().to_vec()));
-    let _ = write!(
-        sql,
-        " AND ({key}, {id}) {cmp} (?{}, ?{})",
-        args.len() - 1,
-        args.len()
-    );
+    let params = keyset_params(args, pos);
+    sql.push_str(&keyset_clause(columns, cmp, params));
 }
 
 /// The parameter numbers of a merged page's limits: how many candidates each run yields
@@ -478,11 +484,7 @@ fn by_duration_levels(
     // Each level is named by its table (not an alias), so that query plans say which
     // level they search.
     let keyset = match page.start {
-        PageStart::After(pos) => {
-            args.push(Value::Integer(pos.key));
-            args.push(Value::Blob(pos.id.as_bytes().to_vec()));
-            Some((args.len() - 1, args.len()))
-        }
+        PageStart::After(pos) => Some(keyset_params(&mut args, pos)),
         PageStart::First | PageStart::Offset(_) => None,
     };
     let limits = merge_limits(&mut args, page);
@@ -499,9 +501,9 @@ fn by_duration_levels(
             for (op, n) in &status {
                 let _ = write!(after, " AND {t}.status_code {op} ?{n}");
             }
-            after += &keyset.map_or(String::new(), |(k, id)| {
-                format!(" AND ({t}.k, {t}.id) {cmp} (?{k}, ?{id})")
-            });
+            if let Some(params) = keyset {
+                after += &keyset_clause((&format!("{t}.k"), &format!("{t}.id")), cmp, params);
+            }
             format!(
                 "SELECT * FROM (SELECT {t}.seq, {t}.k, {t}.id FROM {from} WHERE {t}.org = ?1\
                  {clause}{after} ORDER BY {t}.k {dir}, {t}.id {dir} LIMIT ?{})",
