@@ -21,6 +21,7 @@ pub mod params;
 pub mod selflog;
 pub mod state;
 pub mod wire;
+pub mod zoo;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +44,11 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/logs", get(logs::list_logs))
         .route("/v1/api-keys/requests", get(keys::list_key_requests))
+        .route("/org/api-calls", get(zoo::org_list_api_calls))
+        .route("/org/api-calls/{id}", get(zoo::get_api_call_for_org))
+        .route("/user/api-calls", get(zoo::user_list_api_calls))
+        .route("/user/api-calls/{id}", get(zoo::get_api_call_for_user))
+        .route("/users/{id}/api-calls", get(zoo::list_api_calls_for_user))
         .route("/v1/ingest/requests", post(ingest::ingest_requests))
         .route(
             "/admin/v1/orgs",

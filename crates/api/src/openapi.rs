@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, ingest, keys, logs, ops, wire};
+use crate::{admin, ingest, keys, logs, ops, wire, zoo};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -18,6 +18,11 @@ use crate::{admin, ingest, keys, logs, ops, wire};
     paths(
         logs::list_logs,
         keys::list_key_requests,
+        zoo::org_list_api_calls,
+        zoo::get_api_call_for_org,
+        zoo::user_list_api_calls,
+        zoo::get_api_call_for_user,
+        zoo::list_api_calls_for_user,
         ingest::ingest_requests,
         admin::create_org,
         admin::list_orgs,
@@ -40,6 +45,7 @@ use crate::{admin, ingest, keys, logs, ops, wire};
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
+        (name = "zoo", description = "The zoo dialect: GET /org/api-calls and its siblings."),
         (name = "ingest", description = "Writing records into apitrail."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),

@@ -123,7 +123,8 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         auth_type: Some(caller.auth_type.as_str().to_owned()),
         principal_type: Some(key.principal_type.as_str().to_owned()),
         principal_id: Some(key.principal_id.clone()),
-        user_id: key.user_id.clone(),
+        // The same user the zoo dialect's `/user/api-calls` lists the caller's calls under.
+        user_id: Some(key.acting_user().to_owned()),
         email: key.email.clone(),
         api_key_id: Some(key.id.to_string()),
         service_account_id: key.service_account_id.clone(),

@@ -527,6 +527,41 @@ async fn no_route_answers_one_org_with_anothers_data() {
             ),
             StatusCode::OK,
         ),
+        (
+            "zoo org calls",
+            key("/org/api-calls?limit=1000", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "zoo B's call",
+            key(&format!("/org/api-calls/{b_log}"), Method::GET),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "zoo shared id",
+            key(&format!("/org/api-calls/{SHARED_ID}"), Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "zoo user calls",
+            key("/user/api-calls?limit=1000", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "zoo B's call as user",
+            key(&format!("/user/api-calls/{b_log}"), Method::GET),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "zoo B's user",
+            key("/users/usr_bravo/api-calls", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "zoo B's email",
+            key("/users/bravo@example.com/api-calls", Method::GET),
+            StatusCode::OK,
+        ),
         ("keys", key("/v1/api-keys", Method::GET), StatusCode::OK),
         (
             "key",

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use apitrail_testkit::{TestServer, expect};
+use apitrail_testkit::{TestServer, assert_snapshot, expect};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -56,11 +56,7 @@ async fn page(server: &TestServer, secret: &str, query: &str) -> Value {
 /// Asserts the keys error envelope `{code, data: null, message, requestId}` and returns the
 /// message.
 async fn expect_keys_error(resp: Response, status: StatusCode) -> String {
-    let header_id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header_id = apitrail_testkit::header(&resp, "x-request-id");
     let body = expect(resp, status).await;
     assert_eq!(
         keys_of(&body),
@@ -183,6 +179,12 @@ async fn envelope_and_items_have_the_seed_shape() {
     assert_eq!(data["limit"], 20, "the default limit");
     assert_eq!(data["offset"], 0, "the default offset");
     assert_eq!(data["hasMore"], false);
+    assert_snapshot(
+        env!("CARGO_MANIFEST_DIR"),
+        "keys_page",
+        &body,
+        &["requestId"],
+    );
     let items = data["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     for item in items {
@@ -311,6 +313,17 @@ async fn bad_parameters_answer_400_in_the_keys_envelope() {
         .await;
         assert!(message.starts_with(param), "{query}: {message}");
     }
+    let body = expect(
+        get(&server, &key.secret, "limit=0").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_snapshot(
+        env!("CARGO_MANIFEST_DIR"),
+        "keys_error_limit_0",
+        &body,
+        &["requestId"],
+    );
     let long = "k".repeat(10_000);
     let message = expect_keys_error(
         get(&server, &key.secret, &format!("apiKeyId={long}")).await,

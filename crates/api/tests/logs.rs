@@ -696,6 +696,12 @@ async fn defaults_are_50_newest_first_with_the_seed_item_shape() {
         assert_item_shape(item);
     }
     assert_listing("page 1", &data, &want[..50]);
+    apitrail_testkit::assert_snapshot(
+        env!("CARGO_MANIFEST_DIR"),
+        "logs_page",
+        &server.logs(&key.secret, "limit=2").await,
+        &["id", "created_at", "next_cursor"],
+    );
 
     let (data2, has_more2, next2) = page_parts(
         &server

@@ -173,6 +173,8 @@ pub struct LogFilter {
     pub service_account_id: Option<String>,
     /// Exact user id.
     pub user_id: Option<String>,
+    /// Exact email.
+    pub email: Option<String>,
 }
 
 /// The two spellings a request id filter matches: as given, and with the `req_` prefix added
@@ -206,6 +208,7 @@ impl LogFilter {
             && eq(&self.api_key_id, &log.api_key_id)
             && eq(&self.service_account_id, &log.service_account_id)
             && eq(&self.user_id, &log.user_id)
+            && eq(&self.email, &log.email)
     }
 }
 

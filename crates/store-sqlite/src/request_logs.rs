@@ -187,6 +187,7 @@ fn filter_sql(filter: &LogFilter, table: &str, sql: &mut String, args: &mut Vec<
     eq("api_key_id", &filter.api_key_id, sql, args);
     eq("service_account_id", &filter.service_account_id, sql, args);
     eq("user_id", &filter.user_id, sql, args);
+    eq("email", &filter.email, sql, args);
     if let Some(rid) = &filter.request_id {
         let [a, b] = request_id_variants(rid);
         args.push(Value::Text(a));

@@ -183,6 +183,10 @@ fn filters(logs: &[RequestLog], own_user_of_other_org: &str) -> Vec<LogFilter> {
             ..none()
         },
         LogFilter {
+            email: text("someone@example.com"),
+            ..none()
+        },
+        LogFilter {
             method: text("POST"),
             status_min: Some(400),
             status_max: Some(599),

@@ -228,6 +228,14 @@ impl Drop for TestServer {
     }
 }
 
+/// The value of response header `name`, when present and text.
+pub fn header(resp: &Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Asserts the status and returns the JSON body (`Value::Null` for an empty body).
 pub async fn expect(resp: Response, status: StatusCode) -> Value {
     let got = resp.status();
@@ -250,11 +258,7 @@ pub async fn expect_native_error(
     code: &str,
     param: Option<&str>,
 ) -> Value {
-    let header_id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header_id = header(&resp, "x-request-id");
     let body = expect(resp, status).await;
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
@@ -269,4 +273,50 @@ pub async fn expect_native_error(
     }
     assert_eq!(body["request_id"].as_str(), header_id.as_deref(), "{body}");
     body
+}
+
+/// Compares `value` with the committed snapshot `<crate_dir>/tests/snapshots/<name>.json`,
+/// after replacing every non-null value of a key in `redact` (at any depth) with
+/// `"[redacted]"`, so that random ids and times do not make the snapshot flaky while their
+/// presence and nullness still count. With `UPDATE_SNAPSHOTS=1` the snapshot is (re)written
+/// instead; a missing snapshot fails the test.
+pub fn assert_snapshot(crate_dir: &str, name: &str, value: &Value, redact: &[&str]) {
+    fn scrub(v: &mut Value, redact: &[&str]) {
+        match v {
+            Value::Object(map) => {
+                for (k, item) in map.iter_mut() {
+                    if redact.contains(&k.as_str()) && !item.is_null() {
+                        *item = Value::String("[redacted]".into());
+                    } else {
+                        scrub(item, redact);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| scrub(i, redact)),
+            _ => {}
+        }
+    }
+    let mut got = value.clone();
+    scrub(&mut got, redact);
+    let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+    let path = std::path::Path::new(crate_dir)
+        .join("tests/snapshots")
+        .join(format!("{name}.json"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "snapshot {} is missing ({e}); run with UPDATE_SNAPSHOTS=1 to write it",
+            path.display()
+        )
+    });
+    assert_eq!(
+        text,
+        want,
+        "snapshot {} differs; if the change is intended, run with UPDATE_SNAPSHOTS=1",
+        path.display()
+    );
 }
