@@ -43,12 +43,30 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/logs", get(logs::list_logs))
-        .route("/v1/api-keys/requests", get(keys::list_key_requests))
-        .route("/org/api-calls", get(zoo::org_list_api_calls))
-        .route("/org/api-calls/{id}", get(zoo::get_api_call_for_org))
-        .route("/user/api-calls", get(zoo::user_list_api_calls))
-        .route("/user/api-calls/{id}", get(zoo::get_api_call_for_user))
-        .route("/users/{id}/api-calls", get(zoo::list_api_calls_for_user))
+        .route(
+            "/v1/api-keys/requests",
+            get(keys::list_key_requests).fallback(ops::method_not_allowed_in::<keys::Keys>),
+        )
+        .route(
+            "/org/api-calls",
+            get(zoo::org_list_api_calls).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
+            "/org/api-calls/{id}",
+            get(zoo::get_api_call_for_org).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
+            "/user/api-calls",
+            get(zoo::user_list_api_calls).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
+            "/user/api-calls/{id}",
+            get(zoo::get_api_call_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
+            "/users/{id}/api-calls",
+            get(zoo::list_api_calls_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
         .route("/v1/ingest/requests", post(ingest::ingest_requests))
         .route(
             "/admin/v1/orgs",

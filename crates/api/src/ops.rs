@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
 use crate::state::AppState;
 
 /// Liveness or readiness.
@@ -80,6 +80,11 @@ pub async fn not_found(method: Method, uri: Uri) -> Failure<Native> {
 
 /// Known routes with an unsupported method answer in the native envelope.
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Failure<Native> {
+    method_not_allowed_in::<Native>(method, uri).await
+}
+
+/// A dialect route's answer to an unsupported method, in that dialect's envelope.
+pub async fn method_not_allowed_in<D: Envelope>(method: Method, uri: Uri) -> Failure<D> {
     ApiError::new(
         ErrorKind::MethodNotAllowed,
         format!("{} does not support {method}", uri.path()),

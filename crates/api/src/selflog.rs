@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use apitrail_model::{ApiKey, RequestId, RequestLog, Tenant, Timestamp, new_record_id};
+use apitrail_model::{
+    ApiKey, PrincipalType, RequestId, RequestLog, Tenant, Timestamp, new_record_id,
+};
 use apitrail_store::{LogBatch, Store, StoreError};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::HeaderValue;
@@ -90,15 +92,17 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
-    if !state.config().self_log {
-        return response;
-    }
     let Some(caller) = slot.0.get() else {
         return response;
     };
+    // Every authenticated call has an id, as on the zoo platform; it names the call's own
+    // request log when self-logging is on.
     let id = new_record_id();
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         response.headers_mut().insert(API_CALL_ID, v);
+    }
+    if !state.config().self_log {
+        return response;
     }
     let key = &caller.key;
     let log = RequestLog {
@@ -123,8 +127,12 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         auth_type: Some(caller.auth_type.as_str().to_owned()),
         principal_type: Some(key.principal_type.as_str().to_owned()),
         principal_id: Some(key.principal_id.clone()),
-        // The same user the zoo dialect's `/user/api-calls` lists the caller's calls under.
-        user_id: Some(key.acting_user().to_owned()),
+        // A user principal is a user even when the key names no user id (and then it is the
+        // user the zoo dialect's `/user/api-calls` lists the caller's calls under); a service
+        // account is not.
+        user_id: key.user_id.clone().or_else(|| {
+            (key.principal_type == PrincipalType::User).then(|| key.principal_id.clone())
+        }),
         email: key.email.clone(),
         api_key_id: Some(key.id.to_string()),
         service_account_id: key.service_account_id.clone(),

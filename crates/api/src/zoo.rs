@@ -8,8 +8,8 @@
 
 use apitrail_model::request_log::rules;
 use apitrail_model::{
-    Cursor, CursorKind, LogFilter, PageRequest, PageStart, RequestLog, Scope, Sort, SortDir,
-    SortKey, Timestamp,
+    Cursor, CursorError, CursorKind, LogFilter, PageRequest, PageStart, RequestLog, Scope, Sort,
+    SortDir, SortKey, Timestamp,
 };
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -223,23 +223,31 @@ pub fn parse_query(p: &Params) -> Result<ApiCallsRequest, ApiError> {
     let limit = p
         .int::<u32>("limit", 1..=MAX_LIMIT)?
         .unwrap_or(DEFAULT_LIMIT);
-    let dir = p
-        .choice(
-            "sort_by",
-            parse_sort,
-            "created_at_ascending, created_at_descending",
-        )?
-        .unwrap_or(SortDir::Desc);
+    let dir = p.choice(
+        "sort_by",
+        parse_sort,
+        "created_at_ascending, created_at_descending",
+    )?;
+    let token = p.str("page_token")?;
+    let bad_token = |e: CursorError| ApiError::param("page_token", e.to_string());
+    // A page token carries its order, so a client that sends only `page_token` for the next
+    // page (Dropshot's convention) continues in that order; one that repeats `sort_by` must
+    // repeat the same one.
+    let dir = match (dir, token) {
+        (Some(dir), _) => dir,
+        (None, Some(t)) => match Cursor::decode(t).map_err(bad_token)? {
+            c if c.kind == CursorKind::Zoo => c.sort.dir,
+            _ => return Err(bad_token(CursorError::WrongList)),
+        },
+        (None, None) => SortDir::Desc,
+    };
     let sort = Sort {
         key: SortKey::CreatedAt,
         dir,
     };
-    let start = match p.str("page_token")? {
+    let start = match token {
         None => PageStart::First,
-        Some(t) => PageStart::After(
-            Cursor::resume(t, CursorKind::Zoo, sort)
-                .map_err(|e| ApiError::param("page_token", e.to_string()))?,
-        ),
+        Some(t) => PageStart::After(Cursor::resume(t, CursorKind::Zoo, sort).map_err(bad_token)?),
     };
     Ok(ApiCallsRequest {
         sort,
@@ -510,6 +518,31 @@ mod tests {
             let err = parse(q).unwrap_err();
             assert_eq!(err.param.as_deref(), Some(param), "{q}");
         }
+    }
+
+    #[test]
+    fn a_page_token_alone_continues_in_its_own_order() {
+        let asc = Sort {
+            key: SortKey::CreatedAt,
+            dir: SortDir::Asc,
+        };
+        let token = Cursor {
+            kind: CursorKind::Zoo,
+            sort: asc,
+            position: apitrail_model::Position {
+                key: 1,
+                id: Uuid::nil(),
+            },
+        }
+        .encode();
+        assert_eq!(parse(&format!("page_token={token}")).unwrap().sort, asc);
+        let same = format!("page_token={token}&sort_by=created_at_ascending");
+        assert_eq!(parse(&same).unwrap().sort, asc);
+        let other = format!("page_token={token}&sort_by=created_at_descending");
+        assert_eq!(
+            parse(&other).unwrap_err().param.as_deref(),
+            Some("page_token")
+        );
     }
 
     #[test]

@@ -101,6 +101,7 @@ async fn populate(server: &TestServer, org: &'static str, name: &str) -> Tenant 
             "error_code": format!("{name}_error"),
             "created_at": format!("{day}T10:00:0{i}.000Z"),
             "user_id": format!("usr_{name}"),
+            "email": format!("{name}@example.com"),
             "client_ip": "192.0.2.7",
         }));
     }

@@ -349,6 +349,13 @@ async fn auth_failures_answer_in_the_keys_envelope() {
     expect_keys_error(resp, StatusCode::UNAUTHORIZED).await;
     let resp = get(&server, &writer.secret, "").await;
     expect_keys_error(resp, StatusCode::FORBIDDEN).await;
+    let resp = server
+        .request(reqwest::Method::DELETE, ROUTE)
+        .header("x-api-key", &writer.secret)
+        .send()
+        .await
+        .unwrap();
+    expect_keys_error(resp, StatusCode::METHOD_NOT_ALLOWED).await;
     server.stop().await;
 }
 

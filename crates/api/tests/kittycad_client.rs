@@ -34,6 +34,8 @@ struct Rec {
     id: String,
     created_ms: i64,
     user: &'static str,
+    /// Whether it carries every optional field.
+    full: bool,
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -67,6 +69,7 @@ async fn the_official_python_client_lists_pages_and_fetches() {
             id: format!("0190f5a2-0000-7000-8000-{i:012x}"),
             created_ms: 1_756_860_000_000 + (i * 37 % 123 / 2) * 1000,
             user: if i % 3 == 0 { USER_2 } else { USER_1 },
+            full: i % 2 == 0,
         })
         .collect();
     let records: Vec<Value> = recs
@@ -81,7 +84,7 @@ async fn the_official_python_client_lists_pages_and_fetches() {
                 "created_at": apitrail_model::Timestamp::from_millis(r.created_ms).unwrap().to_rfc3339(),
                 "user_id": r.user,
             });
-            if i % 2 == 0 {
+            if r.full {
                 for (k, v) in [
                     ("route_pattern", json!("/things/{id}")),
                     ("query", json!("a=1")),
@@ -121,6 +124,11 @@ async fn the_official_python_client_lists_pages_and_fetches() {
         v.into_iter().map(|r| r.id.clone()).collect::<Vec<_>>()
     };
 
+    // The newest call with every optional field, for the fetch.
+    let mut full: Vec<&Rec> = recs.iter().filter(|r| r.full).collect();
+    full.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
+    let fetch_id = full[0].id.clone();
+
     let output = Command::new(&python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -129,6 +137,7 @@ async fn the_official_python_client_lists_pages_and_fetches() {
         .env("APITRAIL_BASE_URL", &server.base)
         .env("APITRAIL_TOKEN", &key.secret)
         .env("APITRAIL_OTHER_USER", USER_2)
+        .env("APITRAIL_FETCH_ID", &fetch_id)
         .env_remove("ZOO_HOST")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
@@ -150,10 +159,9 @@ async fn the_official_python_client_lists_pages_and_fetches() {
     assert_eq!(ids(&seen["user_by_id"]), ordered(Some(USER_2), false));
     // The client's model of the fetched call equals what apitrail serves (fields the
     // client does not model aside).
-    let newest = &ordered(None, false)[0];
     let served = expect(
         server
-            .get(&format!("/org/api-calls/{newest}"), &key.secret)
+            .get(&format!("/org/api-calls/{fetch_id}"), &key.secret)
             .send()
             .await
             .unwrap(),
@@ -161,7 +169,18 @@ async fn the_official_python_client_lists_pages_and_fetches() {
     )
     .await;
     let fetched = seen["fetched"].as_object().unwrap();
-    assert_eq!(fetched["id"], newest.as_str());
+    assert_eq!(fetched["id"], fetch_id.as_str());
+    for field in [
+        "price",
+        "duration",
+        "ip_address",
+        "started_at",
+        "token",
+        "minutes",
+    ] {
+        assert!(!fetched[field].is_null(), "{field} is set: {served}");
+    }
+    assert_eq!(fetched["token"], key.id.as_str());
     for (field, value) in fetched {
         match field.as_str() {
             "created_at" | "updated_at" | "started_at" | "completed_at" if !value.is_null() => {

@@ -184,8 +184,12 @@ async fn walk(server: &TestServer, secret: &str, path: &str, query: &str) -> Vec
     let mut ids = Vec::new();
     let mut tokens = BTreeSet::new();
     let mut url = format!("{path}?{query}");
-    for _ in 0..10_000 {
+    for n in 0..10_000 {
         let page = ok(server, secret, &url).await;
+        assert!(
+            n == 0 || !page["items"].as_array().unwrap().is_empty(),
+            "{url}: the previous page had a next_page, but this one is empty"
+        );
         assert_eq!(
             keys_of(&page),
             BTreeSet::from(["items", "next_page"]),
@@ -255,7 +259,11 @@ async fn items_and_envelopes_have_exactly_the_platforms_shape() {
         .ingest(&key.secret, &json!([full, minimal]), StatusCode::ACCEPTED)
         .await;
 
-    let page = ok(&server, &key.secret, "/org/api-calls").await;
+    let resp = get(&server, &key.secret, "/org/api-calls").await;
+    // Every authenticated call has an id, even with self-logging off (as here).
+    let call_id = header(&resp, "x-api-call-id").expect("X-Api-Call-Id");
+    assert!(uuid::Uuid::parse_str(&call_id).is_ok(), "{call_id}");
+    let page = expect(resp, StatusCode::OK).await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 2, "{page}");
     for item in items {
@@ -343,6 +351,11 @@ async fn every_parameter_has_its_default_and_bounds() {
         .await;
         assert_eq!(page3["items"], page["items"]);
     }
+    // A page that holds exactly the rest has no next_page.
+    let mine = walk(&server, &key.secret, "/users/me/api-calls", "limit=334").await;
+    assert_eq!(mine.len(), 334, "1001 records, every third one is user 1's");
+    let page = ok(&server, &key.secret, "/users/me/api-calls?limit=334").await;
+    assert_eq!(page["next_page"], Value::Null, "{}", page["next_page"]);
     // The bounds: 1 and 1000 are accepted.
     let page = ok(&server, &key.secret, "/org/api-calls?limit=1").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
@@ -401,11 +414,27 @@ async fn every_parameter_has_its_default_and_bounds() {
     )
     .await;
     let token = asc["next_page"].as_str().unwrap();
+    // Sent alone (Dropshot's convention), the token continues in its own order.
+    let next = ok(
+        &server,
+        &key.secret,
+        &format!("/org/api-calls?limit=5&page_token={token}"),
+    )
+    .await;
+    let ascending = expected(&recs, |_| true, true);
+    let next_ids: Vec<&str> = next["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(next_ids, ascending[5..10]);
+    // Sent with another order, it is refused.
     let body = expect_zoo_error(
         get(
             &server,
             &key.secret,
-            &format!("/org/api-calls?page_token={token}"),
+            &format!("/org/api-calls?page_token={token}&sort_by=created_at_descending"),
         )
         .await,
         StatusCode::BAD_REQUEST,
@@ -695,6 +724,16 @@ async fn auth_errors_use_the_zoo_envelope() {
             "{body}"
         );
     }
+    // An unsupported method on a zoo route answers in the zoo envelope.
+    for route in &routes {
+        let resp = server
+            .request(reqwest::Method::POST, route)
+            .header("x-api-key", &reader.secret)
+            .send()
+            .await
+            .unwrap();
+        expect_zoo_error(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    }
     // An incoming request id is echoed in the header and the body.
     let resp = server
         .get("/org/api-calls?limit=0", &reader.secret)
@@ -759,6 +798,47 @@ async fn self_logged_calls_carry_their_call_id_and_are_listed() {
             "duration",
         ],
     );
+    // A service account's calls have no user: the nil UUID here, null in the keys dialect.
+    let robot = server
+        .create_key_with(
+            ORG,
+            json!({"name": "robot", "scopes": ["read"], "principal_type": "service_account",
+                   "principal_id": "sa_robot", "service_account_id": "sa_robot"}),
+        )
+        .await;
+    let resp = get(&server, &robot.secret, "/org/api-calls?limit=1").await;
+    let robot_call = header(&resp, "x-api-call-id").unwrap();
+    expect(resp, StatusCode::OK).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let robot_item = loop {
+        let resp = get(
+            &server,
+            &key.secret,
+            &format!("/org/api-calls/{robot_call}"),
+        )
+        .await;
+        if resp.status() == StatusCode::OK {
+            break expect(resp, StatusCode::OK).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "call {robot_call} was never listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(robot_item["user_id"], NIL, "{robot_item}");
+    assert_eq!(robot_item["token"], robot.id.as_str());
+    let keys_page = ok(
+        &server,
+        &key.secret,
+        &format!("/v1/api-keys/requests?apiKeyId={}", robot.id),
+    )
+    .await;
+    let logged = &keys_page["data"]["items"][0];
+    assert_eq!(logged["id"], robot_call.as_str(), "{keys_page}");
+    assert_eq!(logged["userId"], Value::Null, "{logged}");
+    assert_eq!(logged["principalType"], "service_account");
+    assert_eq!(logged["serviceAccountId"], "sa_robot");
     // The caller's own list has it, as do `/users/me` and the user's id.
     for route in [
         "/user/api-calls".to_owned(),

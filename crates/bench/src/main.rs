@@ -11,6 +11,12 @@
 //! 3. `/v1/logs` latency end to end (client-side, keep-alive), p50 and p99, for the first page
 //!    and a deep page (a cursor half-way through the org) of each filter and sort.
 //!
+//! 4. First-page latency of the zoo and keys dialects by user, API key and service account,
+//!    for values with many calls and values with none.
+//! 5. Self-logging overhead: read throughput of `GET /v1/logs?limit=20` by concurrent
+//!    keep-alive clients against the same store through two apps, one that self-logs every
+//!    call and one that does not, in alternating rounds.
+//!
 //! Run: `cargo run --release -p apitrail-bench -- --rows 5000000`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -30,7 +36,10 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "bench-operator-token-0123456789";
-const SCHEMA: &str = include_str!("../../store-sqlite/migrations/0001_init.sql");
+const SCHEMA: &str = concat!(
+    include_str!("../../store-sqlite/migrations/0001_init.sql"),
+    include_str!("../../store-sqlite/migrations/0002_principal_indexes.sql"),
+);
 const DAY_MS: i64 = 86_400_000;
 
 /// Benchmark options.
@@ -57,6 +66,9 @@ struct Args {
     /// Give records random (UUIDv4-like) request ids instead of time-ordered ones.
     #[arg(long)]
     random_request_ids: bool,
+    /// Seconds per round of the self-logging overhead measurement (five rounds each way).
+    #[arg(long, default_value_t = 8.0)]
+    overhead_secs: f64,
     /// Skip the raw SQLite ceiling.
     #[arg(long)]
     skip_raw: bool,
@@ -199,6 +211,16 @@ fn main() {
         let _ = writeln!(report, "## `GET /v1/logs` latency ({} rows in the org, {} requests per row, keep-alive, client-side)\n", total, args.samples);
         let _ = writeln!(report, "| query | first page p50 | first page p99 | deep page p50 | deep page p99 |\n|---|---:|---:|---:|---:|");
         for line in queries(&base, &secret, args.samples).await {
+            let _ = writeln!(report, "{line}");
+        }
+        let _ = writeln!(report, "\n## zoo and keys dialects: principal filters ({} requests per row, first page)\n", args.samples);
+        let _ = writeln!(report, "| query | items | p50 | p99 |\n|---|---:|---:|---:|");
+        for line in principal_queries(&base, &secret, args.samples).await {
+            let _ = writeln!(report, "{line}");
+        }
+
+        let _ = writeln!(report, "\n## Self-logging overhead on a read endpoint\n");
+        for line in selflog_overhead(&store, &base, &secret, !args.no_self_log, args.overhead_secs).await {
             let _ = writeln!(report, "{line}");
         }
         let _ = stop_tx.send(());
@@ -405,7 +427,7 @@ async fn setup(base: &str) -> String {
     let r = client
         .post(format!("{base}/admin/v1/orgs/bench/api-keys"))
         .bearer_auth(TOKEN)
-        .json(&json!({"name": "bench", "scopes": ["read", "write"], "principal_type": "service_account", "principal_id": "bench"}))
+        .json(&json!({"name": "bench", "scopes": ["read", "write", "admin"], "principal_type": "service_account", "principal_id": "bench"}))
         .send()
         .await
         .unwrap();
@@ -528,7 +550,10 @@ async fn measure(
             // The first requests warm connection and caches; they are not counted.
             times.push(took);
         }
-        items = v["data"].as_array().map_or(0, Vec::len);
+        items = [&v["data"], &v["items"], &v["data"]["items"]]
+            .into_iter()
+            .find_map(|list| list.as_array().map(Vec::len))
+            .unwrap_or(0);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     (percentile(&times, 0.5), percentile(&times, 0.99), items)
@@ -603,18 +628,23 @@ fn uuid_min() -> uuid::Uuid {
     uuid::Uuid::nil()
 }
 
-async fn queries(base: &str, secret: &str, samples: usize) -> Vec<String> {
-    let client = reqwest::Client::new();
-    // A request id that exists, for the exact-match filter.
-    let first: Value = client
-        .get(format!("{base}/v1/logs?limit=1"))
+/// The JSON body of `GET url` with the bench key.
+async fn get_json(client: &reqwest::Client, url: &str, secret: &str) -> Value {
+    client
+        .get(url)
         .header("x-api-key", secret)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn queries(base: &str, secret: &str, samples: usize) -> Vec<String> {
+    let client = reqwest::Client::new();
+    // A request id that exists, for the exact-match filter.
+    let first = get_json(&client, &format!("{base}/v1/logs?limit=1"), secret).await;
     let rid = first["data"][0]["request_id"]
         .as_str()
         .unwrap_or("req_x")
@@ -713,6 +743,171 @@ async fn queries(base: &str, secret: &str, samples: usize) -> Vec<String> {
         eprintln!("  {name}: {p50:.2}/{p99:.2} ms ({items} items)");
         lines.push(format!(
             "| {name} | {p50:.2} ms | {p99:.2} ms | {deep_cell} |"
+        ));
+    }
+    lines
+}
+
+/// Requests answered per second by `GET url`, sent by `clients` keep-alive clients for `secs`.
+async fn throughput(url: &str, secret: &str, clients: usize, secs: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, secret, done) = (url.to_owned(), secret.to_owned(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                while Instant::now() < deadline {
+                    let r = client
+                        .get(&url)
+                        .header("x-api-key", &secret)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "{url}");
+                    r.bytes().await.unwrap();
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Read throughput with and without self-logging, through two apps over the same store
+/// (`base` is the main app; a second one is started with the other setting), in alternating
+/// rounds so that both see the same data and machine state.
+async fn selflog_overhead(
+    store: &Arc<dyn Store>,
+    base: &str,
+    secret: &str,
+    base_self_logs: bool,
+    secs: f64,
+) -> Vec<String> {
+    const CLIENTS: usize = 4;
+    const ROUNDS: usize = 5;
+    let config = ApiConfig {
+        admin_token: Some(AdminToken::new(TOKEN).unwrap()),
+        self_log: !base_self_logs,
+        ..ApiConfig::default()
+    };
+    let other = App::build(Arc::clone(store), config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let other_base = format!("http://{}", other.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Stopped by the caller's store shutdown at the end of the run; its own shutdown is a no-op
+    // then, so it is not awaited.
+    tokio::spawn(other.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    let (on, off) = if base_self_logs {
+        (base.to_owned(), other_base)
+    } else {
+        (other_base, base.to_owned())
+    };
+    let path = "/v1/logs?limit=20";
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        with.push(throughput(&format!("{on}{path}"), secret, CLIENTS, secs).await);
+        without.push(throughput(&format!("{off}{path}"), secret, CLIENTS, secs).await);
+    }
+    let _ = stop_tx.send(());
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (w, wo) = (median(&mut with.clone()), median(&mut without.clone()));
+    vec![
+        format!(
+            "`GET {path}` by {CLIENTS} keep-alive clients, {ROUNDS} alternating rounds of {secs:.0} s each way, against the same store.\n"
+        ),
+        "| self-logging | requests/s per round | median |\n|---|---|---:|".to_owned(),
+        format!("| on | {} | {w:.0} |", rounds(&with)),
+        format!("| off | {} | {wo:.0} |", rounds(&without)),
+        format!(
+            "\nOverhead of self-logging: {:.1}% fewer requests/s (median against median).",
+            (1.0 - w / wo) * 100.0
+        ),
+    ]
+}
+
+/// First-page latency of the zoo and keys dialects' lists, by user, key and service account:
+/// values with many calls, and values with none (the worst case without an index: the whole
+/// org is walked to find out).
+async fn principal_queries(base: &str, secret: &str, samples: usize) -> Vec<String> {
+    let client = reqwest::Client::new();
+    // Values seen in the traffic, from a few pages spread over the org's recent history.
+    let mut items = Vec::new();
+    for offset in [0, 2_000, 10_000, 50_000, 100_000] {
+        let url = format!("{base}/v1/api-keys/requests?limit=100&offset={offset}");
+        let page = get_json(&client, &url, secret).await;
+        items.extend(
+            page["data"]["items"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    // The bench key's own self-logged calls are not traffic.
+    items.retain(|i| i["principalId"] != "bench");
+    let pick = |field: &str| {
+        items
+            .iter()
+            .find_map(|i| i[field].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "none".to_owned())
+    };
+    let (user, key, sa) = (pick("userId"), pick("apiKeyId"), pick("serviceAccountId"));
+    let cases = [
+        (
+            "/org/api-calls?limit=100".to_owned(),
+            "zoo: the org's calls",
+        ),
+        (
+            "/user/api-calls?limit=100".to_owned(),
+            "zoo: the caller's own calls",
+        ),
+        (
+            format!("/users/{user}/api-calls?limit=100"),
+            "zoo: a traffic user's calls",
+        ),
+        (
+            "/users/nobody/api-calls?limit=100".to_owned(),
+            "zoo: a user with no calls",
+        ),
+        (
+            format!("/v1/api-keys/requests?limit=100&apiKeyId={key}"),
+            "keys: one API key",
+        ),
+        (
+            "/v1/api-keys/requests?limit=100&apiKeyId=none".to_owned(),
+            "keys: an API key with no calls",
+        ),
+        (
+            format!("/v1/api-keys/requests?limit=100&serviceAccountId={sa}"),
+            "keys: one service account",
+        ),
+        (
+            "/v1/api-keys/requests?limit=100&serviceAccountId=none".to_owned(),
+            "keys: a service account with no calls",
+        ),
+    ];
+    let mut lines = Vec::new();
+    for (path, name) in cases {
+        let (p50, p99, n) = measure(&client, &format!("{base}{path}"), secret, samples).await;
+        eprintln!("  {name}: {p50:.2}/{p99:.2} ms ({n} items)");
+        lines.push(format!(
+            "| {name} (`{path}`) | {n} | {p50:.2} ms | {p99:.2} ms |"
         ));
     }
     lines

@@ -347,3 +347,89 @@ fn retention_removes_expired_request_logs() {
     });
     stop(child);
 }
+
+/// The real binary logs every authenticated call into the caller's org (SPEC §1), within a
+/// second, under the id its `X-Api-Call-Id` announced; with `--no-self-log` it logs none.
+#[test]
+fn the_server_self_logs_its_calls_unless_told_not_to() {
+    const CALLS: usize = 5;
+    for self_log in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        json_out(&apitrail(
+            dir.path(),
+            &["orgs", "create", "--id", "acme", "--name", "Acme"],
+        ));
+        let key = json_out(&apitrail(
+            dir.path(),
+            &[
+                "keys", "create", "--org", "acme", "--name", "ci", "--scopes", "read",
+            ],
+        ));
+        let secret = key["secret"].as_str().unwrap().to_owned();
+        let flags: &[&str] = if self_log { &[] } else { &["--no-self-log"] };
+        let (child, base, _) = serve(dir.path(), flags);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            let mut call_ids = Vec::new();
+            for i in 0..CALLS {
+                let resp = client
+                    .get(format!("{base}/org/api-calls?limit={}", i + 1))
+                    .header("x-api-key", &secret)
+                    .header("user-agent", "cli-test/1")
+                    .send()
+                    .await
+                    .unwrap();
+                call_ids.push(apitrail_testkit::header(&resp, "x-api-call-id").unwrap());
+                expect(resp, StatusCode::OK).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let page = expect(
+                client
+                    .get(format!(
+                        "{base}/v1/api-keys/requests?limit=100&apiKeyId={}",
+                        key["id"].as_str().unwrap()
+                    ))
+                    .header("x-api-key", &secret)
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::OK,
+            )
+            .await;
+            let logged: Vec<&Value> = page["data"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|i| i["routePattern"] == "/org/api-calls")
+                .collect();
+            if !self_log {
+                assert!(logged.is_empty(), "--no-self-log, yet: {page}");
+                return;
+            }
+            assert_eq!(logged.len(), CALLS, "{page}");
+            let mut logged_ids: Vec<&str> =
+                logged.iter().map(|i| i["id"].as_str().unwrap()).collect();
+            logged_ids.sort_unstable();
+            call_ids.sort_unstable();
+            assert_eq!(
+                logged_ids, call_ids,
+                "each call is logged under its X-Api-Call-Id"
+            );
+            for item in logged {
+                assert_eq!(item["path"], "/org/api-calls");
+                assert_eq!(item["method"], "GET");
+                assert_eq!(item["statusCode"], 200);
+                assert_eq!(item["userAgent"], "cli-test/1");
+                assert_eq!(item["clientIp"], "127.0.0.1");
+                assert_eq!(item["organizationId"], "acme");
+                assert!(item["durationMs"].is_i64(), "{item}");
+                assert!(
+                    item["requestId"].as_str().unwrap().starts_with("req_"),
+                    "{item}"
+                );
+            }
+        });
+        stop(child);
+    }
+}

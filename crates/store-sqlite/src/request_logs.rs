@@ -393,7 +393,9 @@ fn plan(
     let other_index = filter.method.is_some()
         || filter.route_pattern.is_some()
         || filter.auth_type.is_some()
-        || filter.request_id.is_some();
+        || filter.request_id.is_some()
+        || filter.user_id.is_some()
+        || filter.api_key_id.is_some();
     if sort.key == SortKey::CreatedAt && status_range && !other_index {
         return by_status_runs(conn, org, filter, sort, page);
     }

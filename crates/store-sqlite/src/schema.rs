@@ -3,7 +3,10 @@
 use rusqlite::Connection;
 
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_principal_indexes.sql"),
+];
 
 /// Errors while migrating.
 #[derive(Debug, thiserror::Error)]

@@ -38,7 +38,7 @@ def main():
         api.list_api_calls_for_user(id=os.environ["APITRAIL_OTHER_USER"], limit=6)
     )
 
-    fetched = api.get_api_call_for_org(id=out["org_desc"][0])
+    fetched = api.get_api_call_for_org(id=os.environ["APITRAIL_FETCH_ID"])
     out["fetched"] = json.loads(fetched.model_dump_json())
     own = api.get_api_call_for_user(id=out["user"][0])
     out["fetched_own"] = str(own.id)
