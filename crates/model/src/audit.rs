@@ -29,3 +29,38 @@ pub struct AuditEntry {
 
 /// An audit entry about to be written beside the change it records.
 pub type NewAuditEntry = AuditEntry;
+
+/// The audit dialect's filters: exact matches, all optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Exact `resource_type`.
+    pub resource_type: Option<String>,
+    /// Exact `resource_id`.
+    pub resource_id: Option<String>,
+    /// Exact `action`.
+    pub action: Option<String>,
+}
+
+impl AuditFilter {
+    /// The reference semantics of the filter, which every store must agree with.
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        self.resource_type
+            .as_ref()
+            .is_none_or(|t| *t == e.resource_type)
+            && self
+                .resource_id
+                .as_ref()
+                .is_none_or(|r| e.resource_id.as_ref() == Some(r))
+            && self.action.as_ref().is_none_or(|a| *a == e.action)
+    }
+}
+
+/// Where an audit page starts: after the entry with this `created_at` and id (the seed's
+/// `created_at|id` cursor), in newest-first order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditAfter {
+    /// The last served entry's creation time.
+    pub created_at: Timestamp,
+    /// The last served entry's id.
+    pub id: Uuid,
+}

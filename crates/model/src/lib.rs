@@ -14,7 +14,7 @@ pub mod request_log;
 pub mod time;
 pub mod validate;
 
-pub use audit::{AuditEntry, NewAuditEntry};
+pub use audit::{AuditAfter, AuditEntry, AuditFilter, NewAuditEntry};
 pub use cursor::{Cursor, CursorError, CursorKind};
 pub use id::{OrgId, RequestId, new_record_id};
 pub use key::{ApiKey, NewApiKey, PrincipalType, Scope, Scopes, Secret, SecretHash};

@@ -19,8 +19,8 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use apitrail_model::{
-    ApiKey, AuditEntry, LogFilter, Org, OrgId, PageRequest, RequestLog, SecretHash, Sort, Tenant,
-    Timestamp,
+    ApiKey, AuditAfter, AuditEntry, AuditFilter, LogFilter, Org, OrgId, PageRequest, RequestLog,
+    SecretHash, Sort, Tenant, Timestamp,
 };
 use apitrail_store::{InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats};
 use async_trait::async_trait;
@@ -457,11 +457,13 @@ impl Store for SqliteStore {
     async fn list_audit_entries(
         &self,
         tenant: &Tenant,
+        filter: &AuditFilter,
+        after: Option<AuditAfter>,
         limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError> {
-        let org = tenant.key();
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        let (org, filter) = (tenant.key(), filter.clone());
         self.readers
-            .run(move |conn| orgs::list_audit(conn, org, limit))
+            .run(move |conn| orgs::list_audit(conn, org, &filter, after, limit))
             .await
     }
 

@@ -1,10 +1,14 @@
 //! Orgs, API keys and audit entries.
 
+use std::fmt::Write as _;
+
 use apitrail_model::{
-    ApiKey, AuditEntry, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp,
+    ApiKey, AuditAfter, AuditEntry, AuditFilter, Org, OrgId, PrincipalType, Scopes, SecretHash,
+    Tenant, Timestamp,
 };
 use apitrail_store::{Page, StoreError};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use uuid::Uuid;
 
 use crate::writer::WriterError;
@@ -273,28 +277,59 @@ pub(crate) fn touch_keys(conn: &Connection, used: &[(Uuid, Timestamp)]) -> Resul
 pub(crate) fn list_audit(
     conn: &Connection,
     org: i64,
+    filter: &AuditFilter,
+    after: Option<AuditAfter>,
     limit: u32,
-) -> Result<Vec<AuditEntry>, StoreError> {
-    let mut st = conn
-        .prepare_cached(
-            "SELECT id, created_at, user_id, action, resource_type, resource_id, details, \
-             ip_address, request_id FROM audit_entries WHERE org = ?1 \
-             ORDER BY created_at DESC, id DESC LIMIT ?2",
-        )
-        .map_err(backend)?;
-    st.query_map(params![org, limit], |r| {
-        Ok(AuditEntry {
-            id: uuid_col(r, 0)?,
-            created_at: ts(r.get(1)?)?,
-            user_id: r.get(2)?,
-            action: r.get(3)?,
-            resource_type: r.get(4)?,
-            resource_id: r.get(5)?,
-            details: r.get(6)?,
-            ip_address: r.get(7)?,
-            request_id: r.get(8)?,
+) -> Result<Page<AuditEntry>, StoreError> {
+    let mut sql = String::from(
+        "SELECT id, created_at, user_id, action, resource_type, resource_id, details, \
+         ip_address, request_id FROM audit_entries WHERE org = ?1",
+    );
+    let mut args: Vec<Value> = vec![Value::Integer(org)];
+    for (column, value) in [
+        ("resource_type", &filter.resource_type),
+        ("resource_id", &filter.resource_id),
+        ("action", &filter.action),
+    ] {
+        if let Some(v) = value {
+            args.push(Value::Text(v.clone()));
+            let _ = write!(sql, " AND {column} = ?{}", args.len());
+        }
+    }
+    if let Some(a) = after {
+        args.push(Value::Integer(a.created_at.millis()));
+        args.push(Value::Blob(a.id.as_bytes().to_vec()));
+        let _ = write!(
+            sql,
+            " AND (created_at, id) < (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        );
+    }
+    args.push(Value::Integer(i64::from(limit) + 1));
+    let _ = write!(
+        sql,
+        " ORDER BY created_at DESC, id DESC LIMIT ?{}",
+        args.len()
+    );
+    let mut st = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut items: Vec<AuditEntry> = st
+        .query_map(params_from_iter(args), |r| {
+            Ok(AuditEntry {
+                id: uuid_col(r, 0)?,
+                created_at: ts(r.get(1)?)?,
+                user_id: r.get(2)?,
+                action: r.get(3)?,
+                resource_type: r.get(4)?,
+                resource_id: r.get(5)?,
+                details: r.get(6)?,
+                ip_address: r.get(7)?,
+                request_id: r.get(8)?,
+            })
         })
-    })
-    .and_then(Iterator::collect)
-    .map_err(backend)
+        .and_then(Iterator::collect)
+        .map_err(backend)?;
+    let has_more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page { items, has_more })
 }

@@ -282,7 +282,11 @@ async fn acknowledged_writes_survive_reopening() {
         store.touch_api_keys(vec![(live.id, at(4))]).await.unwrap();
         insert_all_new(&store, &tenant, &logs, 150).await;
         keys = store.list_api_keys(&tenant).await.unwrap();
-        audit = store.list_audit_entries(&tenant, 100).await.unwrap();
+        audit = store
+            .list_audit_entries(&tenant, &Default::default(), None, 100)
+            .await
+            .unwrap()
+            .items;
         (live_secret, revoked_secret) = (secret, gone_secret);
         store.shutdown().await.unwrap();
     }
@@ -301,7 +305,14 @@ async fn acknowledged_writes_survive_reopening() {
             vec![org.clone()]
         );
         assert_eq!(store.list_api_keys(&found).await.unwrap(), keys);
-        assert_eq!(store.list_audit_entries(&found, 100).await.unwrap(), audit);
+        assert_eq!(
+            store
+                .list_audit_entries(&found, &Default::default(), None, 100)
+                .await
+                .unwrap()
+                .items,
+            audit
+        );
         let (t, k) = store
             .authenticate(&live_secret.hash())
             .await

@@ -156,8 +156,20 @@ pub async fn tenants_never_see_each_other(store: &dyn Store) {
     let audit_ids = |entries: Vec<apitrail_model::AuditEntry>| -> HashSet<Uuid> {
         entries.into_iter().map(|e| e.id).collect()
     };
-    let seen_a = audit_ids(store.list_audit_entries(&a, 100).await.expect("audit"));
-    let seen_b = audit_ids(store.list_audit_entries(&b, 100).await.expect("audit"));
+    let seen_a = audit_ids(
+        store
+            .list_audit_entries(&a, &Default::default(), None, 100)
+            .await
+            .expect("audit")
+            .items,
+    );
+    let seen_b = audit_ids(
+        store
+            .list_audit_entries(&b, &Default::default(), None, 100)
+            .await
+            .expect("audit")
+            .items,
+    );
     assert!(seen_a.contains(&audit_a.id) && !seen_a.contains(&audit_b.id));
     assert!(seen_b.contains(&audit_b.id) && !seen_b.contains(&audit_a.id));
     assert!(

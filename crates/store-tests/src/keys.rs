@@ -14,8 +14,16 @@ fn by_age(keys: &mut [ApiKey]) {
 pub async fn api_keys_authenticate_until_revoked(store: &dyn Store) {
     let a = new_org(store, "keys-a").await;
     let b = new_org(store, "keys-b").await;
-    let mut audit_a = store.list_audit_entries(&a, 100).await.expect("audit");
-    let mut audit_b = store.list_audit_entries(&b, 100).await.expect("audit");
+    let mut audit_a = store
+        .list_audit_entries(&a, &Default::default(), None, 100)
+        .await
+        .expect("audit")
+        .items;
+    let mut audit_b = store
+        .list_audit_entries(&b, &Default::default(), None, 100)
+        .await
+        .expect("audit")
+        .items;
 
     // Created out of age order, one pair tied on created_at.
     let (k1, s1) = new_key(&a, "first", at(2_000));
@@ -251,12 +259,20 @@ pub async fn api_keys_authenticate_until_revoked(store: &dyn Store) {
         v
     };
     assert_eq!(
-        store.list_audit_entries(&a, 100).await.expect("audit"),
+        store
+            .list_audit_entries(&a, &Default::default(), None, 100)
+            .await
+            .expect("audit")
+            .items,
         sorted(audit_a),
         "org a's audit log: creation, four keys, one revocation"
     );
     assert_eq!(
-        store.list_audit_entries(&b, 100).await.expect("audit"),
+        store
+            .list_audit_entries(&b, &Default::default(), None, 100)
+            .await
+            .expect("audit")
+            .items,
         sorted(audit_b),
         "org b's audit log: creation and its key"
     );

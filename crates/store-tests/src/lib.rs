@@ -37,7 +37,7 @@ mod paging;
 mod retention;
 pub mod support;
 
-pub use audit::audit_entries_list_newest_first;
+pub use audit::{audit_entries_list_newest_first, audit_pages_walk_with_filters};
 pub use concurrency::{
     concurrent_batches_are_all_committed_once, racing_retries_store_each_record_once,
 };
@@ -75,6 +75,7 @@ macro_rules! store_conformance {
             concurrent_batches_are_all_committed_once,
             racing_retries_store_each_record_once,
             audit_entries_list_newest_first,
+            audit_pages_walk_with_filters,
             shutdown_refuses_new_writes,
             purge_removes_only_expired_logs_of_one_org,
         );

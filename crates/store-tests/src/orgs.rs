@@ -55,7 +55,11 @@ pub async fn orgs_are_created_listed_and_resolved(store: &dyn Store) {
             "org() returns what was stored"
         );
         assert_eq!(
-            store.list_audit_entries(tenant, 10).await.expect("audit"),
+            store
+                .list_audit_entries(tenant, &Default::default(), None, 10)
+                .await
+                .expect("audit")
+                .items,
             vec![audit.clone()],
             "creating {} wrote exactly its audit entry, for that org",
             org.id
@@ -132,7 +136,11 @@ pub async fn orgs_are_created_listed_and_resolved(store: &dyn Store) {
     }
     assert_eq!(&store.org(tenant).await.expect("org"), original);
     assert_eq!(
-        store.list_audit_entries(tenant, 10).await.expect("audit"),
+        store
+            .list_audit_entries(tenant, &Default::default(), None, 10)
+            .await
+            .expect("audit")
+            .items,
         vec![original_audit.clone()],
         "a refused org writes no audit entry"
     );

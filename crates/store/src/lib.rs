@@ -12,8 +12,8 @@ pub mod stats;
 use std::fmt;
 
 use apitrail_model::{
-    ApiKey, AuditEntry, LogFilter, Org, OrgId, PageRequest, RequestLog, SecretHash, Sort, Tenant,
-    Timestamp,
+    ApiKey, AuditAfter, AuditEntry, AuditFilter, LogFilter, Org, OrgId, PageRequest, RequestLog,
+    SecretHash, Sort, Tenant, Timestamp,
 };
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -149,13 +149,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         id: Uuid,
     ) -> Result<Option<RequestLog>, StoreError>;
 
-    /// The org's audit entries, newest first (self-audit inspection; the audit dialect's
-    /// filters come with it).
+    /// One page of the org's audit entries matching `filter`, newest first (ties by id,
+    /// descending), starting after `after` when given.
     async fn list_audit_entries(
         &self,
         tenant: &Tenant,
+        filter: &AuditFilter,
+        after: Option<AuditAfter>,
         limit: u32,
-    ) -> Result<Vec<AuditEntry>, StoreError>;
+    ) -> Result<Page<AuditEntry>, StoreError>;
 
     /// Deletes up to `max` of the org's request logs created before `before`, oldest first;
     /// returns how many were deleted (retention runs it until it returns less than `max`).

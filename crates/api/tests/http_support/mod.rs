@@ -111,7 +111,12 @@ pub async fn tenant(server: &TestServer, org: &str) -> Tenant {
 /// The org's newest audit entries (at most 100), newest first.
 pub async fn audit_entries(server: &TestServer, org: &str) -> Vec<AuditEntry> {
     let t = tenant(server, org).await;
-    server.store.list_audit_entries(&t, 100).await.unwrap()
+    server
+        .store
+        .list_audit_entries(&t, &Default::default(), None, 100)
+        .await
+        .unwrap()
+        .items
 }
 
 /// How many request logs the org holds, looked up behind the API.
