@@ -156,13 +156,7 @@ async fn envelope_and_items_have_the_seed_shape() {
         )
         .await;
     let resp = get(&server, &key.secret, "").await;
-    let header_id = resp
-        .headers()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let header_id = apitrail_testkit::header(&resp, "x-request-id").unwrap();
     let body = expect(resp, StatusCode::OK).await;
     assert_eq!(
         keys_of(&body),

@@ -1831,10 +1831,7 @@ async fn calls_to_v1_logs_are_self_logged_within_a_second() {
                 .send()
                 .await
                 .unwrap();
-            let call_id = resp
-                .headers()
-                .get("x-api-call-id")
-                .map(|v| v.to_str().unwrap().to_owned());
+            let call_id = apitrail_testkit::header(&resp, "x-api-call-id");
             let body = expect(resp, StatusCode::from_u16(status).unwrap()).await;
             let returned = Instant::now();
             let deadline = returned + Duration::from_secs(1);

@@ -746,6 +746,19 @@ async fn auth_errors_use_the_zoo_envelope() {
     server.stop().await;
 }
 
+/// The self-logged call `id` through `/org/api-calls/{id}`, once it is stored (within 5 s).
+async fn listed_call(server: &TestServer, secret: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let resp = get(server, secret, &format!("/org/api-calls/{id}")).await;
+        if resp.status() == StatusCode::OK {
+            return expect(resp, StatusCode::OK).await;
+        }
+        assert!(Instant::now() < deadline, "call {id} was never listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn self_logged_calls_carry_their_call_id_and_are_listed() {
     let server = TestServer::start_with(Options {
@@ -764,15 +777,7 @@ async fn self_logged_calls_carry_their_call_id_and_are_listed() {
     let call_id = header(&resp, "x-api-call-id").expect("a successful call carries X-Api-Call-Id");
     expect(resp, StatusCode::OK).await;
     // Listed within a second (SPEC §11), under its own id.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let item = loop {
-        let resp = get(&server, &key.secret, &format!("/org/api-calls/{call_id}")).await;
-        if resp.status() == StatusCode::OK {
-            break expect(resp, StatusCode::OK).await;
-        }
-        assert!(Instant::now() < deadline, "call {call_id} was never listed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let item = listed_call(&server, &key.secret, &call_id).await;
     assert_eq!(item["id"], call_id.as_str());
     assert_eq!(item["endpoint"], "/org/api-calls");
     assert_eq!(item["method"], "GET");
@@ -809,23 +814,7 @@ async fn self_logged_calls_carry_their_call_id_and_are_listed() {
     let resp = get(&server, &robot.secret, "/org/api-calls?limit=1").await;
     let robot_call = header(&resp, "x-api-call-id").unwrap();
     expect(resp, StatusCode::OK).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let robot_item = loop {
-        let resp = get(
-            &server,
-            &key.secret,
-            &format!("/org/api-calls/{robot_call}"),
-        )
-        .await;
-        if resp.status() == StatusCode::OK {
-            break expect(resp, StatusCode::OK).await;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "call {robot_call} was never listed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let robot_item = listed_call(&server, &key.secret, &robot_call).await;
     assert_eq!(robot_item["user_id"], NIL, "{robot_item}");
     assert_eq!(robot_item["token"], robot.id.as_str());
     let keys_page = ok(
