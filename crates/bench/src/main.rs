@@ -39,6 +39,7 @@ const TOKEN: &str = "bench-operator-token-0123456789";
 const SCHEMA: &str = concat!(
     include_str!("../../store-sqlite/migrations/0001_init.sql"),
     include_str!("../../store-sqlite/migrations/0002_principal_indexes.sql"),
+    include_str!("../../store-sqlite/migrations/0003_audit_chain.sql"),
 );
 const DAY_MS: i64 = 86_400_000;
 

@@ -5,6 +5,7 @@
 //! into these types once, at the boundary, so code further in never sees unchecked input.
 
 pub mod audit;
+pub mod chain;
 pub mod cursor;
 pub mod id;
 pub mod key;
@@ -15,6 +16,7 @@ pub mod time;
 pub mod validate;
 
 pub use audit::{AuditAfter, AuditEntry, AuditFilter, NewAuditEntry};
+pub use chain::{ChainHash, ChainHead, ChainLink, ChainReport, ChainVerifier};
 pub use cursor::{Cursor, CursorError, CursorKind};
 pub use id::{OrgId, RequestId, new_record_id};
 pub use key::{ApiKey, NewApiKey, PrincipalType, Scope, Scopes, Secret, SecretHash};

@@ -5,6 +5,7 @@
 //! serves queries concurrently; a checkpointer thread copies the WAL back into the database so
 //! the writer never stalls on it. See `ARCHITECTURE.md` for why.
 
+mod audit;
 mod levels;
 mod orgs;
 mod reader;
@@ -19,10 +20,10 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use apitrail_model::{
-    ApiKey, AuditAfter, AuditEntry, AuditFilter, LogFilter, Org, OrgId, PageRequest, RequestLog,
-    SecretHash, Sort, Tenant, Timestamp,
+    ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
+    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
 };
-use apitrail_store::{InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats};
+use apitrail_store::{AuditBatch, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use uuid::Uuid;
@@ -463,7 +464,36 @@ impl Store for SqliteStore {
     ) -> Result<Page<AuditEntry>, StoreError> {
         let (org, filter) = (tenant.key(), filter.clone());
         self.readers
-            .run(move |conn| orgs::list_audit(conn, org, &filter, after, limit))
+            .run(move |conn| audit::list(conn, org, &filter, after, limit))
+            .await
+    }
+
+    async fn insert_audit_entries(
+        &self,
+        batches: Vec<AuditBatch>,
+    ) -> Result<InsertOutcome, StoreError> {
+        let records = batches.iter().map(|b| b.entries.len()).sum();
+        self.writer
+            .submit(records, move |conn| audit::insert(conn, &batches))
+            .await
+    }
+
+    async fn audit_chain(
+        &self,
+        tenant: &Tenant,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainLink>, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| audit::chain(conn, org, after, limit))
+            .await
+    }
+
+    async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| audit::chain_head(conn, org))
             .await
     }
 

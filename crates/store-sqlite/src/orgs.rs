@@ -1,14 +1,10 @@
-//! Orgs, API keys and audit entries.
-
-use std::fmt::Write as _;
+//! Orgs and API keys (each change with its audit entry, see `audit.rs`).
 
 use apitrail_model::{
-    ApiKey, AuditAfter, AuditEntry, AuditFilter, Org, OrgId, PrincipalType, Scopes, SecretHash,
-    Tenant, Timestamp,
+    ApiKey, AuditEntry, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp,
 };
 use apitrail_store::{Page, StoreError};
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use crate::writer::WriterError;
@@ -48,29 +44,6 @@ fn org_id_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<OrgId> {
     OrgId::parse(&s).map_err(|e| corrupt(idx, rusqlite::types::Type::Text, e))
 }
 
-pub(crate) fn insert_audit(conn: &Connection, org: i64, e: &AuditEntry) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO audit_entries (org, id, created_at, user_id, action, resource_type, \
-         resource_id, details, ip_address, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .and_then(|mut st| {
-        st.execute(params![
-            org,
-            e.id.as_bytes(),
-            e.created_at.millis(),
-            e.user_id,
-            e.action,
-            e.resource_type,
-            e.resource_id,
-            e.details,
-            e.ip_address,
-            e.request_id,
-        ])
-    })
-    .map_err(backend)?;
-    Ok(())
-}
-
 pub(crate) fn insert_org(
     conn: &Connection,
     org: &Org,
@@ -86,7 +59,7 @@ pub(crate) fn insert_org(
         return Err(StoreError::Conflict("an org with this id"));
     }
     let key = conn.last_insert_rowid();
-    insert_audit(conn, key, audit)?;
+    crate::audit::insert_one(conn, key, audit)?;
     Ok(Tenant::from_store(key, org.id.clone()))
 }
 
@@ -192,7 +165,7 @@ pub(crate) fn insert_key(
     if inserted == 0 {
         return Err(StoreError::Conflict("an API key with this id or secret"));
     }
-    insert_audit(conn, org, audit)
+    crate::audit::insert_one(conn, org, audit)
 }
 
 pub(crate) fn list_keys(conn: &Connection, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
@@ -237,7 +210,7 @@ pub(crate) fn revoke_key(
         )
         .map_err(backend)?;
     if changed > 0 {
-        insert_audit(conn, tenant.key(), audit)?;
+        crate::audit::insert_one(conn, tenant.key(), audit)?;
     }
     get_key(conn, tenant, id)
 }
@@ -272,64 +245,4 @@ pub(crate) fn touch_keys(conn: &Connection, used: &[(Uuid, Timestamp)]) -> Resul
             .map_err(backend)?;
     }
     Ok(())
-}
-
-pub(crate) fn list_audit(
-    conn: &Connection,
-    org: i64,
-    filter: &AuditFilter,
-    after: Option<AuditAfter>,
-    limit: u32,
-) -> Result<Page<AuditEntry>, StoreError> {
-    let mut sql = String::from(
-        "SELECT id, created_at, user_id, action, resource_type, resource_id, details, \
-         ip_address, request_id FROM audit_entries WHERE org = ?1",
-    );
-    let mut args: Vec<Value> = vec![Value::Integer(org)];
-    for (column, value) in [
-        ("resource_type", &filter.resource_type),
-        ("resource_id", &filter.resource_id),
-        ("action", &filter.action),
-    ] {
-        if let Some(v) = value {
-            args.push(Value::Text(v.clone()));
-            let _ = write!(sql, " AND {column} = ?{}", args.len());
-        }
-    }
-    if let Some(a) = after {
-        args.push(Value::Integer(a.created_at.millis()));
-        args.push(Value::Blob(a.id.as_bytes().to_vec()));
-        let _ = write!(
-            sql,
-            " AND (created_at, id) < (?{}, ?{})",
-            args.len() - 1,
-            args.len()
-        );
-    }
-    args.push(Value::Integer(i64::from(limit) + 1));
-    let _ = write!(
-        sql,
-        " ORDER BY created_at DESC, id DESC LIMIT ?{}",
-        args.len()
-    );
-    let mut st = conn.prepare_cached(&sql).map_err(backend)?;
-    let mut items: Vec<AuditEntry> = st
-        .query_map(params_from_iter(args), |r| {
-            Ok(AuditEntry {
-                id: uuid_col(r, 0)?,
-                created_at: ts(r.get(1)?)?,
-                user_id: r.get(2)?,
-                action: r.get(3)?,
-                resource_type: r.get(4)?,
-                resource_id: r.get(5)?,
-                details: r.get(6)?,
-                ip_address: r.get(7)?,
-                request_id: r.get(8)?,
-            })
-        })
-        .and_then(Iterator::collect)
-        .map_err(backend)?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
 }

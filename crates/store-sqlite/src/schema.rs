@@ -2,10 +2,30 @@
 
 use rusqlite::Connection;
 
+/// One schema version: a script, and code run after it in the same transaction (for what SQL
+/// alone cannot do).
+struct Migration {
+    sql: &'static str,
+    then: Option<PostStep>,
+}
+
+/// Code that finishes a migration.
+type PostStep = fn(&Connection) -> Result<(), MigrateError>;
+
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../migrations/0001_init.sql"),
-    include_str!("../migrations/0002_principal_indexes.sql"),
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        sql: include_str!("../migrations/0001_init.sql"),
+        then: None,
+    },
+    Migration {
+        sql: include_str!("../migrations/0002_principal_indexes.sql"),
+        then: None,
+    },
+    Migration {
+        sql: include_str!("../migrations/0003_audit_chain.sql"),
+        then: Some(crate::audit::link_unchained),
+    },
 ];
 
 /// Errors while migrating.
@@ -36,9 +56,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
             supported: MIGRATIONS.len(),
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
+        tx.execute_batch(m.sql)?;
+        if let Some(then) = m.then {
+            then(&tx)?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
         tracing::info!(version = i + 1, "applied SQLite migration");

@@ -608,3 +608,92 @@ async fn large_time_windows_walk_the_sort_order() {
     }
     store.shutdown().await.unwrap();
 }
+
+/// A database from before the audit chain (schema version 2) gets its existing audit entries
+/// chained per org in insertion order on upgrade, so they verify; an entry edited in the file
+/// afterwards is found by `verify` at exactly that entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_audit_log_is_chained_and_edits_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(apitrail_store_sqlite::DB_FILE);
+    let mut ids = std::collections::HashMap::<&str, Vec<uuid::Uuid>>::new();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../migrations/0002_principal_indexes.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO orgs (seq, id, name, created_at) VALUES (1, 'old-a', 'A', 0), (2, 'old-b', 'B', 0);",
+        )
+        .unwrap();
+        for i in 0..30_i64 {
+            let org = if i % 3 == 0 { "old-b" } else { "old-a" };
+            let id = new_record_id();
+            conn.execute(
+                "INSERT INTO audit_entries (org, id, created_at, user_id, action, resource_type, \
+                 resource_id, details) VALUES (?1, ?2, ?3, 'u', 'create', 'api_key', ?4, '{}')",
+                rusqlite::params![
+                    if org == "old-a" { 1 } else { 2 },
+                    id.as_bytes(),
+                    // Out of time order: the chain follows insertion, not created_at.
+                    1000 - i,
+                    format!("key{i}")
+                ],
+            )
+            .unwrap();
+            ids.entry(org).or_default().push(id);
+        }
+    }
+    let store = open(dir.path(), SqliteOptions::default());
+    for (org, n) in [("old-a", 20), ("old-b", 10)] {
+        let tenant = store
+            .tenant(&apitrail_store_tests::support::org_id(org))
+            .await
+            .unwrap()
+            .unwrap();
+        let report = store.verify_audit_chain(&tenant).await.unwrap();
+        assert!(report.ok, "{org}: {report:?}");
+        assert_eq!(report.entries_checked, n, "{org}");
+        let chained: Vec<uuid::Uuid> = store
+            .audit_chain(&tenant, 0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.entry.id)
+            .collect();
+        assert_eq!(chained, ids[org], "{org}: chained in insertion order");
+    }
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    // An attacker with the file rewrites one entry's details.
+    let victim = ids["old-a"][7];
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE audit_entries SET details = '{\"forged\":1}' WHERE id = ?1",
+            [victim.as_bytes()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let store = open(dir.path(), SqliteOptions::default());
+    let a = store
+        .tenant(&apitrail_store_tests::support::org_id("old-a"))
+        .await
+        .unwrap()
+        .unwrap();
+    let report = store.verify_audit_chain(&a).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.first_bad_id, Some(victim));
+    assert_eq!(report.entries_checked, 8);
+    let b = store
+        .tenant(&apitrail_store_tests::support::org_id("old-b"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.verify_audit_chain(&b).await.unwrap().ok);
+    store.shutdown().await.unwrap();
+}

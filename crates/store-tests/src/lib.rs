@@ -37,7 +37,10 @@ mod paging;
 mod retention;
 pub mod support;
 
-pub use audit::{audit_entries_list_newest_first, audit_pages_walk_with_filters};
+pub use audit::{
+    audit_chains_stay_linked_under_concurrent_writes, audit_entries_list_newest_first,
+    audit_ingest_is_idempotent_and_chained, audit_pages_walk_with_filters,
+};
 pub use concurrency::{
     concurrent_batches_are_all_committed_once, racing_retries_store_each_record_once,
 };
@@ -76,6 +79,8 @@ macro_rules! store_conformance {
             racing_retries_store_each_record_once,
             audit_entries_list_newest_first,
             audit_pages_walk_with_filters,
+            audit_ingest_is_idempotent_and_chained,
+            audit_chains_stay_linked_under_concurrent_writes,
             shutdown_refuses_new_writes,
             purge_removes_only_expired_logs_of_one_org,
         );

@@ -12,8 +12,8 @@ pub mod stats;
 use std::fmt;
 
 use apitrail_model::{
-    ApiKey, AuditAfter, AuditEntry, AuditFilter, LogFilter, Org, OrgId, PageRequest, RequestLog,
-    SecretHash, Sort, Tenant, Timestamp,
+    ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, ChainReport, ChainVerifier,
+    LogFilter, Org, OrgId, PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
 };
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -64,6 +64,18 @@ pub struct LogBatch {
     /// The logs, already validated and with ids assigned.
     pub logs: Vec<RequestLog>,
 }
+
+/// Audit entries of one org, written as part of one atomic batch.
+#[derive(Debug, Clone)]
+pub struct AuditBatch {
+    /// The org the entries belong to.
+    pub tenant: Tenant,
+    /// The entries, already validated and with ids assigned, in the order to chain them.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// Links read per store call while a chain is verified.
+const VERIFY_PAGE: u32 = 2_000;
 
 /// What an ingest call stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,6 +170,49 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         after: Option<AuditAfter>,
         limit: u32,
     ) -> Result<Page<AuditEntry>, StoreError>;
+
+    /// Stores audit entries atomically, appending each new one to its org's hash chain (see
+    /// [`apitrail_model::chain`]) in batch order. An entry whose id is already stored for its
+    /// org is skipped and counted as a duplicate. Returns only once durably committed.
+    async fn insert_audit_entries(
+        &self,
+        batches: Vec<AuditBatch>,
+    ) -> Result<InsertOutcome, StoreError>;
+
+    /// The org's chain links at positions after `after`, in position order, at most `limit`.
+    async fn audit_chain(
+        &self,
+        tenant: &Tenant,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<ChainLink>, StoreError>;
+
+    /// The org's chain head as stored.
+    async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError>;
+
+    /// Recomputes the org's audit chain up to its head as read first (entries appended
+    /// meanwhile are left for the next run), page by page so no read holds a snapshot long.
+    async fn verify_audit_chain(&self, tenant: &Tenant) -> Result<ChainReport, StoreError> {
+        let head = self.audit_chain_head(tenant).await?;
+        let mut verifier = ChainVerifier::new(tenant.org_id().clone());
+        let mut after = 0;
+        'pages: loop {
+            let links = self.audit_chain(tenant, after, VERIFY_PAGE).await?;
+            let Some(last) = links.last() else {
+                break;
+            };
+            after = last.position;
+            for link in &links {
+                if link.position > head.entries || !verifier.feed(link) {
+                    break 'pages;
+                }
+            }
+            if links.len() < VERIFY_PAGE as usize {
+                break;
+            }
+        }
+        Ok(verifier.finish(head))
+    }
 
     /// Deletes up to `max` of the org's request logs created before `before`, oldest first;
     /// returns how many were deleted (retention runs it until it returns less than `max`).
