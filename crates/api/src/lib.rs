@@ -8,6 +8,7 @@
 //! [`selflog::Recorder`].
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod context;
 pub mod error;
@@ -43,6 +44,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/logs", get(logs::list_logs))
+        .route("/audit-log", get(audit::list_audit_log_unversioned))
+        .route("/v1/audit-log", get(audit::list_audit_log))
+        .route("/v1/audit-log/verify", get(audit::verify_audit_log))
         .route(
             "/v1/api-keys/requests",
             get(keys::list_key_requests).fallback(ops::method_not_allowed_in::<keys::Keys>),
@@ -68,6 +72,7 @@ pub fn router(state: AppState) -> Router {
             get(zoo::list_api_calls_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
         )
         .route("/v1/ingest/requests", post(ingest::ingest_requests))
+        .route("/v1/ingest/audit-events", post(ingest::ingest_audit_events))
         .route(
             "/admin/v1/orgs",
             get(admin::list_orgs).post(admin::create_org),

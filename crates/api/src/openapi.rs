@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, ingest, keys, logs, ops, wire, zoo};
+use crate::{admin, audit, ingest, keys, logs, ops, wire, zoo};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -23,7 +23,11 @@ use crate::{admin, ingest, keys, logs, ops, wire, zoo};
         zoo::user_list_api_calls,
         zoo::get_api_call_for_user,
         zoo::list_api_calls_for_user,
+        audit::list_audit_log,
+        audit::list_audit_log_unversioned,
+        audit::verify_audit_log,
         ingest::ingest_requests,
+        ingest::ingest_audit_events,
         admin::create_org,
         admin::list_orgs,
         admin::get_org,
@@ -46,6 +50,7 @@ use crate::{admin, ingest, keys, logs, ops, wire, zoo};
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
         (name = "zoo", description = "The zoo dialect: GET /org/api-calls and its siblings."),
+        (name = "audit", description = "The audit dialect: GET /audit-log and GET /v1/audit-log, and the hash-chain check."),
         (name = "ingest", description = "Writing records into apitrail."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),

@@ -134,7 +134,7 @@ impl Params {
 }
 
 /// Turns `...T12:00:00 02:00` back into `...T12:00:00+02:00`.
-fn repair_plus(raw: &str) -> Option<String> {
+pub(crate) fn repair_plus(raw: &str) -> Option<String> {
     let (head, tail) = raw.rsplit_once(' ')?;
     let is_offset = tail.len() == 5
         && tail.as_bytes()[2] == b':'

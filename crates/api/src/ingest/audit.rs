@@ -1,0 +1,200 @@
+//! Audit events as ingest accepts them: the wire record and its validation.
+
+use apitrail_model::request_log::rules;
+use apitrail_model::{AuditEntry, Timestamp, new_record_id};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Ingestible, Limits, Parsed, Problems};
+
+/// An audit event as posted to ingest. Unknown fields are refused by name.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestAuditEvent {
+    /// A UUID; re-sending a stored id is a no-op, so retries are safe. Generated when absent.
+    id: Option<String>,
+    /// Required with the operator token; with an org key it defaults to the key's org.
+    org_id: Option<String>,
+    /// The acting user.
+    user_id: Option<String>,
+    /// Required. What was done, e.g. create, update, delete.
+    action: Option<String>,
+    /// Required. What kind of resource, e.g. source, destination.
+    resource_type: Option<String>,
+    /// The resource's id.
+    resource_id: Option<String>,
+    /// What changed: a string, or any JSON (stored as its JSON text); at most 64 KiB by
+    /// default. Never put secrets here.
+    #[schema(value_type = Option<Object>)]
+    details: Option<Value>,
+    /// The actor's IPv4 or IPv6 address.
+    ip_address: Option<String>,
+    /// The request that made the change, linking the entry to its request log.
+    request_id: Option<String>,
+    /// RFC 3339 with offset; defaults to the time of ingest.
+    created_at: Option<String>,
+}
+
+impl Ingestible for AuditEntry {
+    type Wire = IngestAuditEvent;
+
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn validate(rec: IngestAuditEvent, limits: &Limits) -> Parsed<Self> {
+        let mut problems: Problems = Vec::new();
+        let mut bad =
+            |field: &str, msg: &str| problems.push((Some(field.to_owned()), msg.to_owned()));
+        let id = match rec.id.as_deref() {
+            None | Some("") => new_record_id(),
+            Some(s) => Uuid::try_parse(s).unwrap_or_else(|_| {
+                bad("id", "must be a UUID");
+                Uuid::nil()
+            }),
+        };
+        let created_at = match rec.created_at.as_deref() {
+            None | Some("") => limits.now,
+            Some(s) => Timestamp::parse(s).unwrap_or_else(|e| {
+                bad("created_at", &e.to_string());
+                limits.now
+            }),
+        };
+        let ip_address = match rec.ip_address.as_deref() {
+            None | Some("") => None,
+            Some(s) => rules::ip(s)
+                .map(|ip| ip.to_string())
+                .map_err(|e| bad("ip_address", e))
+                .ok(),
+        };
+        // An audit trail is not truncated: an oversized entry is refused, never cut.
+        let details = match rec.details {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => Some(other.to_string()),
+        };
+        let details = match details {
+            Some(d) if d.len() > limits.body_cap => {
+                bad(
+                    "details",
+                    &format!("must be at most {} bytes", limits.body_cap),
+                );
+                None
+            }
+            d => d,
+        };
+        let mut text = |field: &str, v: Option<String>, required: bool| match v {
+            None => {
+                if required {
+                    bad(field, "is required");
+                }
+                None
+            }
+            Some(s) if s.is_empty() => {
+                if required {
+                    bad(field, "must not be empty");
+                }
+                None
+            }
+            Some(s) if s.len() > rules::MAX_TEXT => {
+                bad(field, &format!("must be at most {} bytes", rules::MAX_TEXT));
+                None
+            }
+            v => v,
+        };
+        let entry = AuditEntry {
+            id,
+            user_id: text("user_id", rec.user_id, false),
+            action: text("action", rec.action, true).unwrap_or_default(),
+            resource_type: text("resource_type", rec.resource_type, true).unwrap_or_default(),
+            resource_id: text("resource_id", rec.resource_id, false),
+            details,
+            ip_address,
+            request_id: text("request_id", rec.request_id, false),
+            created_at,
+        };
+        Parsed {
+            org_id: rec.org_id.filter(|s| !s.is_empty()),
+            record: if problems.is_empty() {
+                Ok(entry)
+            } else {
+                Err(problems)
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::parse_record;
+
+    fn parse(raw: &str) -> Result<AuditEntry, Problems> {
+        let limits = Limits {
+            body_cap: 16,
+            now: Timestamp::from_millis(1_000).unwrap_or_default(),
+        };
+        parse_record::<AuditEntry>(raw, &limits).record
+    }
+
+    fn fields(raw: &str) -> Vec<Option<String>> {
+        let mut f: Vec<_> = parse(raw)
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        f.sort();
+        f
+    }
+
+    #[test]
+    fn a_minimal_event_gets_defaults() {
+        let e = parse(r#"{"action":"create","resource_type":"source"}"#).expect("valid");
+        assert_eq!(e.created_at.millis(), 1_000);
+        assert_eq!(e.id.get_version_num(), 7);
+        assert_eq!(
+            (e.user_id, e.resource_id, e.details, e.ip_address),
+            (None, None, None, None)
+        );
+    }
+
+    #[test]
+    fn details_keep_strings_and_store_json_as_text() {
+        let e = parse(r#"{"action":"a","resource_type":"r","details":"plain"}"#).expect("valid");
+        assert_eq!(e.details.as_deref(), Some("plain"));
+        let e =
+            parse(r#"{"action":"a","resource_type":"r","details":{"b":[1,true]}}"#).expect("valid");
+        assert_eq!(e.details.as_deref(), Some(r#"{"b":[1,true]}"#));
+        let e = parse(r#"{"action":"a","resource_type":"r","ip_address":"2001:DB8::1"}"#)
+            .expect("valid");
+        assert_eq!(e.ip_address.as_deref(), Some("2001:db8::1"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_field() {
+        assert_eq!(
+            fields(
+                r#"{"id":"x","ip_address":"nope","created_at":"2024-01-01","details":"0123456789abcdefg"}"#
+            ),
+            vec![
+                Some("action".into()),
+                Some("created_at".into()),
+                Some("details".into()),
+                Some("id".into()),
+                Some("ip_address".into()),
+                Some("resource_type".into()),
+            ]
+        );
+        assert_eq!(
+            fields(r#"{"action":"","resource_type":"r","colour":1,"user_id":5}"#),
+            vec![
+                Some("action".into()),
+                Some("colour".into()),
+                Some("user_id".into())
+            ]
+        );
+    }
+}

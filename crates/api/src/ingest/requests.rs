@@ -1,0 +1,396 @@
+//! Request logs as ingest accepts them: the wire record and its validation.
+
+use std::collections::BTreeMap;
+
+use apitrail_model::request_log::rules;
+use apitrail_model::{RequestLog, Timestamp, new_record_id};
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{Ingestible, Limits, Parsed, Problems};
+
+/// A request log as posted to ingest. Unknown fields are refused by name.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngestLog {
+    /// A UUID; re-sending a stored id is a no-op, so retries are safe. Generated when absent.
+    id: Option<String>,
+    /// Required with the operator token; with an org key it defaults to the key's org.
+    org_id: Option<String>,
+    /// The platform's request id.
+    request_id: Option<String>,
+    /// Required. An HTTP method token; stored uppercase.
+    method: Option<String>,
+    /// Required. The path, starting with `/`, without the query string.
+    path: Option<String>,
+    /// The query string, without `?`.
+    query: Option<String>,
+    /// The route template, e.g. `/v1/users/{id}`.
+    route_pattern: Option<String>,
+    /// Required. 100-599.
+    status_code: Option<i64>,
+    /// The platform's error code.
+    error_code: Option<String>,
+    /// Milliseconds; derived from started_at and completed_at when absent.
+    duration_ms: Option<i64>,
+    /// RFC 3339 with offset.
+    started_at: Option<String>,
+    /// RFC 3339 with offset.
+    completed_at: Option<String>,
+    /// RFC 3339 with offset; defaults to the time of ingest.
+    created_at: Option<String>,
+    /// An IPv4 or IPv6 address.
+    client_ip: Option<String>,
+    /// The caller's User-Agent.
+    user_agent: Option<String>,
+    /// The caller's Origin.
+    origin: Option<String>,
+    /// e.g. api_key, session, jwt.
+    auth_type: Option<String>,
+    /// e.g. user, service_account.
+    principal_type: Option<String>,
+    /// The acting principal.
+    principal_id: Option<String>,
+    /// The acting user.
+    user_id: Option<String>,
+    /// The acting user's email.
+    email: Option<String>,
+    /// The API key id used (never the secret).
+    api_key_id: Option<String>,
+    /// The acting service account.
+    service_account_id: Option<String>,
+    /// A string, or any JSON (stored as its text); capped (64 KiB by default).
+    #[schema(value_type = Option<Object>)]
+    request_body: Option<Value>,
+    /// A string, or any JSON (stored as its text); capped (64 KiB by default).
+    #[schema(value_type = Option<Object>)]
+    response_body: Option<Value>,
+    /// A decimal, as a string ("16.74") or a number; stored exactly as written.
+    #[schema(value_type = Option<String>)]
+    price: Option<Box<RawValue>>,
+    /// Billable minutes.
+    minutes: Option<i64>,
+    /// Billable seconds.
+    seconds: Option<i64>,
+    /// The invoice item the call was billed on.
+    stripe_invoice_item_id: Option<String>,
+    /// Free-form string pairs (at most 64 keys).
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+impl Ingestible for RequestLog {
+    type Wire = IngestLog;
+
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn validate(rec: IngestLog, limits: &Limits) -> Parsed<Self> {
+        validate(rec, limits.body_cap, limits.now)
+    }
+}
+
+/// Checks the fields of a record that parsed, collecting all problems.
+fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed<RequestLog> {
+    let mut problems: Problems = Vec::new();
+    let mut bad = |field: &str, msg: &str| problems.push((Some(field.to_owned()), msg.to_owned()));
+
+    let id = match rec.id.as_deref() {
+        None | Some("") => new_record_id(),
+        Some(s) => Uuid::try_parse(s).unwrap_or_else(|_| {
+            bad("id", "must be a UUID");
+            Uuid::nil()
+        }),
+    };
+    let method = match rec.method.as_deref() {
+        None | Some("") => {
+            bad("method", "is required");
+            String::new()
+        }
+        Some(m) => rules::method(m).unwrap_or_else(|e| {
+            bad("method", e);
+            String::new()
+        }),
+    };
+    let path = match rec.path {
+        None => {
+            bad("path", "is required");
+            String::new()
+        }
+        Some(p) if !(p.starts_with('/') || p == "*") => {
+            bad("path", "must start with /");
+            p
+        }
+        Some(p) => p,
+    };
+    let status_code = match rec.status_code {
+        None => {
+            bad("status_code", "is required");
+            0
+        }
+        Some(n) => rules::status_code(n).unwrap_or_else(|e| {
+            bad("status_code", e);
+            0
+        }),
+    };
+    let mut time = |field: &str, v: Option<String>| match v.as_deref() {
+        None | Some("") => None,
+        Some(s) => Timestamp::parse(s)
+            .map_err(|e| bad(field, &e.to_string()))
+            .ok(),
+    };
+    let started_at = time("started_at", rec.started_at);
+    let completed_at = time("completed_at", rec.completed_at);
+    let created_at = time("created_at", rec.created_at).unwrap_or(now);
+    let duration_ms = match rec.duration_ms {
+        Some(n) => rules::duration_ms(n)
+            .map_err(|e| bad("duration_ms", e))
+            .ok(),
+        None => rules::derived_duration(started_at, completed_at),
+    };
+    let client_ip = match rec.client_ip.as_deref() {
+        None | Some("") => None,
+        Some(s) => rules::ip(s).map_err(|e| bad("client_ip", e)).ok(),
+    };
+    // The raw text, so a numeric price is kept digit for digit instead of passing through f64.
+    let price = match rec.price.as_deref().map(RawValue::get) {
+        None | Some("null") => None,
+        Some(raw) if raw.starts_with('"') => match serde_json::from_str::<String>(raw) {
+            Ok(s) => rules::price(&s).map_err(|e| bad("price", e)).ok(),
+            Err(_) => {
+                bad("price", "must be a decimal string such as \"16.74\"");
+                None
+            }
+        },
+        Some(raw) => rules::price(raw).map_err(|e| bad("price", e)).ok(),
+    };
+    let mut count = |field: &str, v: Option<i64>| match v {
+        Some(n) if n < 0 => {
+            bad(field, "must not be negative");
+            None
+        }
+        v => v,
+    };
+    let minutes = count("minutes", rec.minutes);
+    let seconds = count("seconds", rec.seconds);
+    let metadata = match rec.metadata {
+        Some(m) if m.len() > 64 => {
+            bad("metadata", "must have at most 64 keys");
+            None
+        }
+        Some(m)
+            if m.iter()
+                .any(|(k, v)| k.len() > 256 || v.len() > rules::MAX_TEXT) =>
+        {
+            bad(
+                "metadata",
+                "keys must be at most 256 bytes and values at most 1024 bytes",
+            );
+            None
+        }
+        Some(m) if m.is_empty() => None,
+        Some(m) => serde_json::to_string(&m).ok(),
+        None => None,
+    };
+    let body = |v: Option<Value>| match v {
+        None | Some(Value::Null) => (None, false),
+        Some(Value::String(s)) => {
+            let (s, cut) = rules::cap_body(s, body_cap);
+            (Some(s), cut)
+        }
+        Some(other) => {
+            let (s, cut) = rules::cap_body(other.to_string(), body_cap);
+            (Some(s), cut)
+        }
+    };
+    let (request_body, request_body_truncated) = body(rec.request_body);
+    let (response_body, response_body_truncated) = body(rec.response_body);
+
+    let mut text = |field: &str, v: Option<String>, max: usize| match v {
+        Some(s) if s.is_empty() => None,
+        Some(s) if s.len() > max => {
+            bad(field, &format!("must be at most {max} bytes"));
+            None
+        }
+        v => v,
+    };
+    let log = RequestLog {
+        id,
+        request_id: text("request_id", rec.request_id, rules::MAX_TEXT),
+        method,
+        path: text("path", Some(path), rules::MAX_PATH).unwrap_or_default(),
+        query: text(
+            "query",
+            rec.query
+                .map(|q| q.strip_prefix('?').map(str::to_owned).unwrap_or(q)),
+            rules::MAX_PATH,
+        ),
+        route_pattern: text("route_pattern", rec.route_pattern, rules::MAX_TEXT),
+        status_code,
+        error_code: text("error_code", rec.error_code, rules::MAX_TEXT),
+        duration_ms,
+        started_at,
+        completed_at,
+        created_at,
+        client_ip,
+        user_agent: text("user_agent", rec.user_agent, 2 * rules::MAX_TEXT),
+        origin: text("origin", rec.origin, 2 * rules::MAX_TEXT),
+        auth_type: text("auth_type", rec.auth_type, rules::MAX_TEXT),
+        principal_type: text("principal_type", rec.principal_type, rules::MAX_TEXT),
+        principal_id: text("principal_id", rec.principal_id, rules::MAX_TEXT),
+        user_id: text("user_id", rec.user_id, rules::MAX_TEXT),
+        email: text("email", rec.email, rules::MAX_TEXT),
+        api_key_id: text("api_key_id", rec.api_key_id, rules::MAX_TEXT),
+        service_account_id: text(
+            "service_account_id",
+            rec.service_account_id,
+            rules::MAX_TEXT,
+        ),
+        request_body,
+        request_body_truncated,
+        response_body,
+        response_body_truncated,
+        price,
+        minutes,
+        seconds,
+        stripe_invoice_item_id: text(
+            "stripe_invoice_item_id",
+            rec.stripe_invoice_item_id,
+            rules::MAX_TEXT,
+        ),
+        metadata,
+    };
+    let org_id = rec.org_id.filter(|s| !s.is_empty());
+    Parsed {
+        org_id,
+        record: if problems.is_empty() {
+            Ok(log)
+        } else {
+            Err(problems)
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::parse_record;
+
+    fn limits() -> Limits {
+        Limits {
+            body_cap: 8,
+            now: Timestamp::from_millis(1_000).unwrap(),
+        }
+    }
+
+    fn parse(raw: &str) -> Result<(Option<String>, RequestLog), Problems> {
+        let p = parse_record::<RequestLog>(raw, &limits());
+        p.record.map(|log| (p.org_id, log))
+    }
+
+    fn fields(raw: &str) -> Vec<Option<String>> {
+        parse(raw)
+            .unwrap_err()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    #[test]
+    fn minimal_record_gets_defaults() {
+        let p = parse(r#"{"method":"get","path":"/a","status_code":200}"#).unwrap();
+        assert_eq!(p.1.method, "GET");
+        assert_eq!(p.1.created_at.millis(), 1_000);
+        assert_eq!(p.1.id.get_version_num(), 7);
+        assert_eq!(p.0, None);
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_field() {
+        assert_eq!(
+            fields(r#"{"status_code":99,"client_ip":"x","created_at":"2024-01-01T00:00:00"}"#),
+            vec![
+                Some("method".into()),
+                Some("path".into()),
+                Some("status_code".into()),
+                Some("created_at".into()),
+                Some("client_ip".into())
+            ]
+        );
+        assert_eq!(
+            fields(r#"{"method":"GET","path":"/","status_code":200,"colour":"red"}"#),
+            vec![Some("colour".into())]
+        );
+        assert_eq!(
+            fields(r#"{"method":"GET","path":"/","status_code":"200"}"#),
+            vec![Some("status_code".into())]
+        );
+        // One problem never hides another: unknown fields, wrong types and rule violations
+        // of the same record are all listed.
+        let mut all = fields(r#"{"colour":"red","status_code":"x","client_ip":"nope","path":"/"}"#);
+        all.sort();
+        assert_eq!(
+            all,
+            vec![
+                Some("client_ip".into()),
+                Some("colour".into()),
+                Some("method".into()),
+                Some("status_code".into())
+            ]
+        );
+        assert_eq!(fields("[1,2]"), vec![None]);
+        assert_eq!(fields("{"), vec![None]);
+    }
+
+    #[test]
+    fn bodies_are_capped_and_flagged() {
+        let p = parse(
+            r#"{"method":"GET","path":"/","status_code":200,"request_body":"0123456789","response_body":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(p.1.request_body.as_deref(), Some("01234567"));
+        assert!(p.1.request_body_truncated);
+        assert_eq!(p.1.response_body.as_deref(), Some("{\"a\":1}"));
+        assert!(!p.1.response_body_truncated);
+    }
+
+    #[test]
+    fn numeric_prices_keep_their_digits() {
+        let p =
+            parse(r#"{"method":"GET","path":"/","status_code":200,"price":12345678.123456789}"#)
+                .unwrap();
+        assert_eq!(p.1.price.as_deref(), Some("12345678.123456789"));
+        let p = parse(r#"{"method":"GET","path":"/","status_code":200,"price":"0.10"}"#).unwrap();
+        assert_eq!(p.1.price.as_deref(), Some("0.10"));
+        assert_eq!(
+            fields(r#"{"method":"GET","path":"/","status_code":200,"price":1e3}"#),
+            vec![Some("price".into())]
+        );
+        assert_eq!(
+            fields(r#"{"method":"GET","path":"/","status_code":200,"price":true}"#),
+            vec![Some("price".into())]
+        );
+    }
+
+    #[test]
+    fn the_org_is_read_even_from_an_invalid_record() {
+        let p = parse_record::<RequestLog>(
+            r#"{"org_id":"acme","path":"/","status_code":"bad"}"#,
+            &limits(),
+        );
+        assert_eq!(p.org_id.as_deref(), Some("acme"));
+        assert!(p.record.is_err());
+    }
+
+    #[test]
+    fn duration_is_derived_when_absent() {
+        let p = parse(
+            r#"{"method":"GET","path":"/","status_code":200,"started_at":"2024-01-01T00:00:00Z","completed_at":"2024-01-01T00:00:00.250Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.1.duration_ms, Some(250));
+    }
+}
