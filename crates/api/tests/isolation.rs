@@ -118,6 +118,25 @@ async fn populate(server: &TestServer, org: &'static str, name: &str) -> Tenant 
         .ingest(&admin.secret, &Value::Array(records), StatusCode::ACCEPTED)
         .await;
     assert_eq!(accepted, json!({"accepted": 6, "duplicates": 0}));
+    // Audit events that only this org's audit log may show.
+    let audited = expect(
+        server
+            .request(Method::POST, "/v1/ingest/audit-events")
+            .header("x-api-key", &admin.secret)
+            .json(&json!([
+                {"action": "create", "resource_type": "destination",
+                 "resource_id": format!("dst_{name}"), "user_id": format!("usr_{name}"),
+                 "details": {"by": format!("usr_{name}")}},
+                {"action": "delete", "resource_type": "destination",
+                 "resource_id": format!("dst_{name}"), "user_id": format!("usr_{name}")},
+            ]))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    assert_eq!(audited, json!({"accepted": 2, "duplicates": 0}));
     let mut markers: Vec<String> = vec![
         org.to_owned(),
         format!("/{name}/"),
@@ -126,6 +145,7 @@ async fn populate(server: &TestServer, org: &'static str, name: &str) -> Tenant 
         format!("{name}_auth"),
         format!("{name}_error"),
         format!("usr_{name}"),
+        format!("dst_{name}"),
     ];
     for k in [&admin, &reader, &writer] {
         markers.push(k.id.clone());
@@ -513,6 +533,40 @@ async fn no_route_answers_one_org_with_anothers_data() {
             "ingest",
             key("/v1/ingest/requests", Method::POST)
                 .json(&json!([{"method": "GET", "path": "/alpha/sweep", "status_code": 200}])),
+            StatusCode::ACCEPTED,
+        ),
+        (
+            "audit log",
+            key("/audit-log?limit=200", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "v1 audit log",
+            key("/v1/audit-log?limit=200", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "audit log by B's key id",
+            key(
+                &format!("/v1/audit-log?resource_id={}", b.admin.id),
+                Method::GET,
+            ),
+            StatusCode::OK,
+        ),
+        (
+            "audit log by B's resource",
+            key("/v1/audit-log?resource_id=dst_bravo", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "audit verify",
+            key("/v1/audit-log/verify", Method::GET),
+            StatusCode::OK,
+        ),
+        (
+            "audit ingest",
+            key("/v1/ingest/audit-events", Method::POST)
+                .json(&json!([{"action": "update", "resource_type": "destination"}])),
             StatusCode::ACCEPTED,
         ),
         (

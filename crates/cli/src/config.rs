@@ -99,6 +99,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Check an org's audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 /// Log output format.
@@ -244,6 +249,18 @@ pub enum KeysCommand {
         /// The key id.
         #[arg(long)]
         id: String,
+    },
+}
+
+/// `apitrail audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the org's audit hash chain from the store; prints the report (as
+    /// `GET /v1/audit-log/verify` does) and exits with status 1 when it does not verify.
+    Verify {
+        /// The org id.
+        #[arg(long)]
+        org: String,
     },
 }
 

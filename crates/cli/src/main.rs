@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(cli.store, args).await,
             Command::Orgs { command } => manage::orgs(cli.store, command).await,
             Command::Keys { command } => manage::keys(cli.store, command).await,
+            Command::Audit { command } => manage::audit(cli.store, command).await,
         }
     });
     match result {

@@ -1,6 +1,7 @@
-//! `apitrail orgs ...` and `apitrail keys ...`: the same operations as the operator API,
-//! performed directly on the store (for bootstrapping before any token exists). They print
-//! the API's own JSON shapes.
+//! `apitrail orgs ...`, `apitrail keys ...` and `apitrail audit ...`: the same operations as
+//! the operator API (and the audit check), performed directly on the store (for bootstrapping
+//! before any token exists, and for checks that must not depend on a running server). They
+//! print the API's own JSON shapes.
 
 use apitrail_api::admin::{self, KeyBody, OrgBody};
 use apitrail_model::key::NewApiKeyInput;
@@ -9,7 +10,9 @@ use apitrail_store::Store;
 use apitrail_store_sqlite::SqliteOptions;
 use uuid::Uuid;
 
-use crate::config::{KeysCommand, OrgsCommand, StoreArgs};
+use apitrail_api::audit::VerifyReport;
+
+use crate::config::{AuditCommand, KeysCommand, OrgsCommand, StoreArgs};
 
 fn print(value: &impl serde::Serialize) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
@@ -137,4 +140,38 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String>
             }
         }
     }
+}
+
+/// Runs an `audit` command. A chain that does not verify is an error (exit status 1), after
+/// the report is printed.
+pub async fn audit(store_args: StoreArgs, command: AuditCommand) -> Result<(), String> {
+    let store = store_args.open(small())?;
+    let result = match command {
+        AuditCommand::Verify { org } => match tenant(store.as_ref(), &org).await {
+            Ok(tenant) => match store.verify_audit_chain(&tenant).await {
+                Ok(report) => {
+                    let ok = report.ok;
+                    let bad = report.first_bad_id;
+                    print(&VerifyReport::from(report)).and_then(|()| {
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err(match bad {
+                                Some(id) => format!(
+                                    "the audit log of org {org:?} does not verify: entry {id} was altered, removed or reordered"
+                                ),
+                                None => format!(
+                                    "the audit log of org {org:?} does not verify: its newest entries are missing"
+                                ),
+                            })
+                        }
+                    })
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e),
+        },
+    };
+    store.shutdown().await.map_err(|e| e.to_string())?;
+    result
 }

@@ -433,3 +433,150 @@ fn the_server_self_logs_its_calls_unless_told_not_to() {
         stop(child);
     }
 }
+
+/// Tamper evidence end to end: an attacker with disk access rewrites one audit entry in the
+/// SQLite file; `apitrail audit verify` (exit status 1) and `GET /v1/audit-log/verify` both
+/// report exactly that entry, while the untouched store verified, and another org's chain
+/// still does.
+#[test]
+fn an_audit_entry_edited_in_the_file_fails_verification_at_that_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    for org in ["acme", "other"] {
+        json_out(&apitrail(
+            dir.path(),
+            &["orgs", "create", "--id", org, "--name", org],
+        ));
+    }
+    let key = json_out(&apitrail(
+        dir.path(),
+        &[
+            "keys",
+            "create",
+            "--org",
+            "acme",
+            "--name",
+            "boss",
+            "--scopes",
+            "read,write,admin",
+        ],
+    ));
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let verify = |base: &str| {
+        rt.block_on(async {
+            expect(
+                client
+                    .get(format!("{base}/v1/audit-log/verify"))
+                    .header("x-api-key", &secret)
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::OK,
+            )
+            .await
+        })
+    };
+
+    let (child, base, _) = serve(dir.path(), &["--no-self-log"]);
+    let events: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({
+                "action": "update",
+                "resource_type": "destination",
+                "resource_id": format!("dst_{i}"),
+                "details": {"url": format!("https://example.com/{i}")},
+                "user_id": "user_7",
+            })
+        })
+        .collect();
+    let victim = rt.block_on(async {
+        let stored = expect(
+            client
+                .post(format!("{base}/v1/ingest/audit-events"))
+                .header("x-api-key", &secret)
+                .json(&events)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+        assert_eq!(stored["accepted"], 20);
+        // A key created and revoked through the API is audited in the same chain.
+        let made = expect(
+            client
+                .post(format!("{base}/v1/api-keys"))
+                .header("x-api-key", &secret)
+                .json(&json!({"name": "temp", "scopes": ["read"], "principal_type": "user", "principal_id": "u1"}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::CREATED,
+        )
+        .await;
+        expect(
+            client
+                .delete(format!("{base}/v1/api-keys/{}", made["id"].as_str().unwrap()))
+                .header("x-api-key", &secret)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let page = expect(
+            client
+                .get(format!("{base}/audit-log?resource_id=dst_9"))
+                .header("x-api-key", &secret)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        page["audit_log"][0]["id"].as_str().unwrap().to_owned()
+    });
+    let intact = verify(&base);
+    // org creation + CLI key creation + 20 ingested + API key create and revoke.
+    assert_eq!(intact["ok"], true, "{intact}");
+    assert_eq!(intact["entries_checked"], 24, "{intact}");
+    assert_eq!(intact["first_bad_id"], Value::Null);
+    // The CLI reads the same store while the server runs, and agrees.
+    let cli = json_out(&apitrail(dir.path(), &["audit", "verify", "--org", "acme"]));
+    assert_eq!(cli, intact);
+    stop(child);
+
+    // The attacker edits the entry, leaving its stored hash as it was.
+    let conn = rusqlite::Connection::open(dir.path().join("apitrail.db")).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE audit_entries SET details = '{\"url\":\"https://evil.example\"}' WHERE id = ?1",
+            [uuid::Uuid::try_parse(&victim).unwrap().as_bytes()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    let out = apitrail(dir.path(), &["audit", "verify", "--org", "acme"]);
+    assert_eq!(out.status.code(), Some(1), "a broken chain exits with 1");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["first_bad_id"], victim.as_str(), "{report}");
+    // dst_9 is the 12th entry: org creation, the CLI key, then dst_0..dst_9.
+    assert_eq!(report["entries_checked"], 12, "{report}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&victim),
+        "the error names the entry"
+    );
+    let other = json_out(&apitrail(
+        dir.path(),
+        &["audit", "verify", "--org", "other"],
+    ));
+    assert_eq!(other["ok"], true, "{other}");
+
+    let (child, base, _) = serve(dir.path(), &["--no-self-log"]);
+    let served = verify(&base);
+    assert_eq!(served, report, "the server reports what the CLI does");
+    stop(child);
+}
