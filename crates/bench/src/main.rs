@@ -17,6 +17,10 @@
 //!    keep-alive clients against the same store through two apps, one that self-logs every
 //!    call and one that does not, in alternating rounds.
 //!
+//! 6. The audit log: `--audit-rows` audit events ingested through `/v1/ingest/audit-events`
+//!    the same way (each appended to the org's hash chain), then `GET /v1/audit-log` latency
+//!    p50/p99 per filter for the first page and a deep page, and the time `verify` takes.
+//!
 //! Run: `cargo run --release -p apitrail-bench -- --rows 5000000`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -70,6 +74,13 @@ struct Args {
     /// Seconds per round of the self-logging overhead measurement (five rounds each way).
     #[arg(long, default_value_t = 8.0)]
     overhead_secs: f64,
+    /// Audit events to ingest after the request logs (0: skip the audit section).
+    #[arg(long, default_value_t = 1_000_000)]
+    audit_rows: usize,
+    /// Skip the request-log sections (ingest, queries, self-logging), e.g. to measure only the
+    /// audit log.
+    #[arg(long)]
+    skip_requests: bool,
     /// Skip the raw SQLite ceiling.
     #[arg(long)]
     skip_raw: bool,
@@ -92,21 +103,28 @@ fn main() {
     let _ = writeln!(report, "{}", machine());
     let _ = writeln!(
         report,
-        "Command: `cargo run --release -p apitrail-bench -- --rows {} --clients {} --batch {} --samples {}{}`\n",
+        "Command: `cargo run --release -p apitrail-bench -- --rows {} --clients {} --batch {} --samples {} --audit-rows {}{}{}`\n",
         args.rows,
         args.clients,
         args.batch,
         args.samples,
+        args.audit_rows,
         if args.random_request_ids {
             " --random-request-ids"
+        } else {
+            ""
+        },
+        if args.skip_requests {
+            " --skip-requests"
         } else {
             ""
         }
     );
 
-    eprintln!("generating {} records of synthetic traffic...", args.rows);
+    let rows = if args.skip_requests { 0 } else { args.rows };
+    eprintln!("generating {rows} records of synthetic traffic...");
     let started = Instant::now();
-    let bodies = generate_ndjson(args.rows, args.batch, args.random_request_ids);
+    let bodies = generate_ndjson(rows, args.batch, args.random_request_ids);
     let bytes: usize = bodies.iter().map(Vec::len).sum();
     eprintln!(
         "generated {} batches, {:.0} MiB, in {:.1}s",
@@ -115,7 +133,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    if !args.skip_raw {
+    if !args.skip_raw && !args.skip_requests {
         let _ = writeln!(report, "## Raw SQLite ceiling (same rows, no HTTP)\n");
         let _ = writeln!(
             report,
@@ -185,9 +203,36 @@ fn main() {
             let _ = stop_rx.await;
         }));
         let secret = setup(&base).await;
+        if !args.skip_requests {
+            request_sections(&mut report, &args, &store, &base, &secret, bodies, &server_dir).await;
+        }
+        if args.audit_rows > 0 {
+            audit_section(&mut report, &args, &base, &secret, &server_dir).await;
+        }
+        let _ = stop_tx.send(());
+        server.await.unwrap().unwrap();
+    });
 
+    println!("{report}");
+    if let Some(out) = args.out {
+        std::fs::write(out, &report).unwrap();
+    }
+}
+
+/// Sections 2-5: request-log ingest, queries, principal filters, self-logging overhead.
+async fn request_sections(
+    report: &mut String,
+    args: &Args,
+    store: &Arc<dyn Store>,
+    base: &str,
+    secret: &str,
+    bodies: Vec<Vec<u8>>,
+    server_dir: &Path,
+) {
+    {
+        let (base, secret) = (base.to_owned(), secret.to_owned());
         let _ = writeln!(report, "## End-to-end HTTP ingest\n");
-        let (total, secs, samples) = ingest(&base, &secret, bodies, args.clients, &server_dir).await;
+        let (total, secs, samples) = ingest(&base, "/v1/ingest/requests", &secret, bodies, args.clients, server_dir).await;
         let _ = writeln!(
             report,
             "{} clients, NDJSON batches of {}, {total} records in {secs:.1}s: **{:.0} records/s** overall (each 202 sent only after its group was committed and the WAL fsynced).\n",
@@ -221,16 +266,9 @@ fn main() {
         }
 
         let _ = writeln!(report, "\n## Self-logging overhead on a read endpoint\n");
-        for line in selflog_overhead(&store, &base, &secret, !args.no_self_log, args.overhead_secs).await {
+        for line in selflog_overhead(store, &base, &secret, !args.no_self_log, args.overhead_secs).await {
             let _ = writeln!(report, "{line}");
         }
-        let _ = stop_tx.send(());
-        server.await.unwrap().unwrap();
-    });
-
-    println!("{report}");
-    if let Some(out) = args.out {
-        std::fs::write(out, &report).unwrap();
     }
 }
 
@@ -449,6 +487,7 @@ fn db_size(dir: &Path) -> u64 {
 
 async fn ingest(
     base: &str,
+    path: &str,
     secret: &str,
     bodies: Vec<Vec<u8>>,
     clients: usize,
@@ -461,7 +500,7 @@ async fn ingest(
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let (bodies, next, stored) = (Arc::clone(&bodies), Arc::clone(&next), Arc::clone(&stored));
-        let (base, secret) = (base.to_owned(), secret.to_owned());
+        let (base, secret, path) = (base.to_owned(), secret.to_owned(), path.to_owned());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             loop {
@@ -469,7 +508,7 @@ async fn ingest(
                 let Some(body) = bodies.get(i) else { return };
                 loop {
                     let r = client
-                        .post(format!("{base}/v1/ingest/requests"))
+                        .post(format!("{base}{path}"))
                         .header("x-api-key", &secret)
                         .header("content-type", "application/x-ndjson")
                         .body(body.clone())
@@ -551,7 +590,7 @@ async fn measure(
             // The first requests warm connection and caches; they are not counted.
             times.push(took);
         }
-        items = [&v["data"], &v["items"], &v["data"]["items"]]
+        items = [&v["data"], &v["items"], &v["data"]["items"], &v["audit_log"]]
             .into_iter()
             .find_map(|list| list.as_array().map(Vec::len))
             .unwrap_or(0);
@@ -912,4 +951,134 @@ async fn principal_queries(base: &str, secret: &str, samples: usize) -> Vec<Stri
         ));
     }
     lines
+}
+
+/// `count` audit events of the bench org over the last 30 days, in time order, as NDJSON
+/// batches: 8 resource types, 5 actions, 160,000 distinct resources, 500 users.
+fn generate_audit_ndjson(count: usize, batch: usize) -> Vec<Vec<u8>> {
+    const TYPES: [&str; 8] = [
+        "api_key",
+        "destination",
+        "source",
+        "action_definition",
+        "credential",
+        "webhook",
+        "user",
+        "project",
+    ];
+    const ACTIONS: [&str; 5] = ["create", "update", "delete", "revoke", "rotate"];
+    let mut rng = fastrand::Rng::with_seed(7);
+    let start = Timestamp::now().add_millis(-30 * DAY_MS);
+    let step = (30 * DAY_MS) as f64 / count.max(1) as f64;
+    let mut out = Vec::with_capacity(count / batch + 1);
+    let mut body = Vec::new();
+    for i in 0..count {
+        let ty = TYPES[rng.usize(..TYPES.len())];
+        let record = json!({
+            "action": ACTIONS[rng.usize(..ACTIONS.len())],
+            "resource_type": ty,
+            "resource_id": format!("{ty}_{:05}", rng.u32(..20_000)),
+            "user_id": format!("usr_{:03}", rng.u32(..500)),
+            "details": {"field": "url", "from": format!("https://a.example/{}", rng.u32(..)), "to": format!("https://b.example/{}", rng.u32(..))},
+            "ip_address": format!("203.0.113.{}", rng.u8(1..255)),
+            "created_at": start.add_millis((i as f64 * step) as i64).to_rfc3339(),
+        });
+        serde_json::to_writer(&mut body, &record).unwrap();
+        body.push(b'\n');
+        if (i + 1) % batch == 0 {
+            out.push(std::mem::take(&mut body));
+        }
+    }
+    if !body.is_empty() {
+        out.push(body);
+    }
+    out
+}
+
+/// Section 6: audit ingest, `GET /v1/audit-log` latency, and `verify`.
+async fn audit_section(report: &mut String, args: &Args, base: &str, secret: &str, dir: &Path) {
+    eprintln!("generating {} audit events...", args.audit_rows);
+    let bodies = generate_audit_ndjson(args.audit_rows, args.batch);
+    let _ = writeln!(report, "\n## Audit log: end-to-end HTTP ingest\n");
+    let (total, secs, samples) = ingest(
+        base,
+        "/v1/ingest/audit-events",
+        secret,
+        bodies,
+        args.clients,
+        dir,
+    )
+    .await;
+    let _ = writeln!(
+        report,
+        "{} clients, NDJSON batches of {} to `/v1/ingest/audit-events`, {total} events in {secs:.1}s: **{:.0} events/s** overall (each appended to the org's hash chain; 202 only after commit and fsync).\n",
+        args.clients,
+        args.batch,
+        total as f64 / secs
+    );
+    let _ = writeln!(
+        report,
+        "| events stored | events/s in the last interval | database size |\n|---:|---:|---:|"
+    );
+    for (n, rate, size) in samples {
+        let _ = writeln!(
+            report,
+            "| {n} | {rate:.0} | {:.2} GiB |",
+            size as f64 / 1073741824.0
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
+
+    let client = reqwest::Client::new();
+    let url = |q: &str| format!("{base}/v1/audit-log?{q}");
+    // An existing resource id, for the rare-value filter.
+    let first = get_json(&client, &url("limit=1"), secret).await;
+    let resource = first["audit_log"][0]["resource_id"]
+        .as_str()
+        .unwrap_or("none")
+        .to_owned();
+    // A cursor half-way through the 30 days: a deep page reached without walking there.
+    let mid = Timestamp::now().add_millis(-15 * DAY_MS).to_rfc3339();
+    let deep = format!("cursor={mid}|ffffffff-ffff-ffff-ffff-ffffffffffff");
+    let _ = writeln!(
+        report,
+        "\n## `GET /v1/audit-log` latency ({total} events in the org, {} requests per row, keep-alive, client-side)\n",
+        args.samples
+    );
+    let _ = writeln!(
+        report,
+        "| query | items | first page p50 | first page p99 | deep page p50 | deep page p99 |\n|---|---:|---:|---:|---:|---:|"
+    );
+    let queries = [
+        ("newest first (default limit 50)", String::new()),
+        ("limit=200", "limit=200".to_owned()),
+        ("resource_type=destination", "resource_type=destination".to_owned()),
+        ("action=revoke", "action=revoke".to_owned()),
+        (
+            "resource_type=credential&action=rotate",
+            "resource_type=credential&action=rotate".to_owned(),
+        ),
+        ("resource_id (a resource with few entries)", format!("resource_id={resource}")),
+        ("resource_id (no entries)", "resource_id=nothing_here".to_owned()),
+    ];
+    for (name, q) in queries {
+        let (p50, p99, items) = measure(&client, &url(&q), secret, args.samples).await;
+        let (d50, d99, _) = measure(&client, &url(&format!("{q}&{deep}")), secret, args.samples).await;
+        let _ = writeln!(
+            report,
+            "| {name} | {items} | {p50:.2} ms | {p99:.2} ms | {d50:.2} ms | {d99:.2} ms |"
+        );
+        eprintln!("audit {name}: p50 {p50:.2} ms, p99 {p99:.2} ms");
+    }
+
+    let started = Instant::now();
+    let verified = get_json(&client, &format!("{base}/v1/audit-log/verify"), secret).await;
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(verified["ok"], true, "{verified}");
+    let _ = writeln!(
+        report,
+        "\n`GET /v1/audit-log/verify` recomputed {} links in {took:.2} s ({:.0} links/s).",
+        verified["entries_checked"],
+        verified["entries_checked"].as_f64().unwrap_or(0.0) / took
+    );
 }
