@@ -3,7 +3,7 @@
 use apitrail_model::request_log::rules;
 use apitrail_model::{AuditEntry, Timestamp, new_record_id};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -28,7 +28,7 @@ pub struct IngestAuditEvent {
     /// What changed: a string, or any JSON (stored as its JSON text); at most 64 KiB by
     /// default. Never put secrets here.
     #[schema(value_type = Option<Object>)]
-    details: Option<Value>,
+    details: Option<Box<RawValue>>,
     /// The actor's IPv4 or IPv6 address.
     ip_address: Option<String>,
     /// The request that made the change, linking the entry to its request log.
@@ -69,12 +69,22 @@ impl Ingestible for AuditEntry {
                 .map_err(|e| bad("ip_address", e))
                 .ok(),
         };
-        // An audit trail is not truncated: an oversized entry is refused, never cut.
-        let details = match rec.details {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(other) => Some(other.to_string()),
+        // A string is kept as its content; any other JSON as the text the client wrote (keys in
+        // their order, numbers digit for digit: a round trip through `Value` would sort the
+        // keys and pass numbers through f64), without the whitespace between tokens.
+        let details = match rec.details.as_deref().map(RawValue::get) {
+            None | Some("null") => None,
+            Some(raw) if raw.starts_with('"') => match serde_json::from_str::<String>(raw) {
+                // Like every other optional text field, "" means absent.
+                Ok(s) => (!s.is_empty()).then_some(s),
+                Err(_) => {
+                    bad("details", "must be a string or any JSON");
+                    None
+                }
+            },
+            Some(raw) => Some(compact_json(raw)),
         };
+        // An audit trail is not truncated: an oversized entry is refused, never cut.
         let details = match details {
             Some(d) if d.len() > limits.body_cap => {
                 bad(
@@ -126,6 +136,31 @@ impl Ingestible for AuditEntry {
     }
 }
 
+/// Valid JSON text without the whitespace between its tokens (whitespace inside strings is
+/// content and stays).
+fn compact_json(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in raw.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            out.push(c);
+        } else if c == '"' {
+            in_string = true;
+            out.push(c);
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +203,21 @@ mod tests {
         let e =
             parse(r#"{"action":"a","resource_type":"r","details":{"b":[1,true]}}"#).expect("valid");
         assert_eq!(e.details.as_deref(), Some(r#"{"b":[1,true]}"#));
+        // The client's text (within the 16-byte cap here): key order, number spelling and
+        // string content kept, whitespace between tokens dropped.
+        let e = parse(
+            "{\"action\":\"a\",\"resource_type\":\"r\",\"details\":{ \"z\" : 1e2,\n \"a\":0 }}",
+        )
+        .expect("valid");
+        assert_eq!(e.details.as_deref(), Some(r#"{"z":1e2,"a":0}"#));
+        let e =
+            parse(r#"{"action":"a","resource_type":"r","details":[ "a \" b" ]}"#).expect("valid");
+        assert_eq!(e.details.as_deref(), Some(r#"["a \" b"]"#));
+        let e =
+            parse(r#"{"action":"a","resource_type":"r","details":123456789012}"#).expect("valid");
+        assert_eq!(e.details.as_deref(), Some("123456789012"));
+        let e = parse(r#"{"action":"a","resource_type":"r","details":null}"#).expect("valid");
+        assert_eq!(e.details, None);
         let e = parse(r#"{"action":"a","resource_type":"r","ip_address":"2001:DB8::1"}"#)
             .expect("valid");
         assert_eq!(e.ip_address.as_deref(), Some("2001:db8::1"));
@@ -195,6 +245,11 @@ mod tests {
                 Some("colour".into()),
                 Some("user_id".into())
             ]
+        );
+        // JSON details pass the field-by-field diagnosis too: only the unknown field is named.
+        assert_eq!(
+            fields(r#"{"action":"a","resource_type":"r","colour":1,"details":{"x":[1]}}"#),
+            vec![Some("colour".into())]
         );
     }
 }

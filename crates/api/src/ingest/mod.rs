@@ -458,10 +458,14 @@ async fn assign_orgs<R: Ingestible>(
     // Every record's org is checked, also for records with other problems, so that the
     // caller learns everything at once; only valid records are grouped.
     for (index, Parsed { org_id, record }) in parsed {
-        let org_reported = record
-            .as_ref()
-            .err()
-            .is_some_and(|p| p.iter().any(|(f, _)| f.as_deref() == Some("org_id")));
+        // Already reported: a bad `org_id`, or a record so broken (not JSON, not an object)
+        // that its `org_id` could not be read at all.
+        let org_reported = record.as_ref().err().is_some_and(|p| {
+            p.iter().any(|(f, _)| match f.as_deref() {
+                Some(field) => field == "org_id",
+                None => org_id.is_none(),
+            })
+        });
         if org_reported {
             continue;
         }
