@@ -204,7 +204,16 @@ fn main() {
         }));
         let secret = setup(&base).await;
         if !args.skip_requests {
-            request_sections(&mut report, &args, &store, &base, &secret, bodies, &server_dir).await;
+            request_sections(
+                &mut report,
+                &args,
+                &store,
+                &base,
+                &secret,
+                bodies,
+                &server_dir,
+            )
+            .await;
         }
         if args.audit_rows > 0 {
             audit_section(&mut report, &args, &base, &secret, &server_dir).await;
@@ -232,7 +241,15 @@ async fn request_sections(
     {
         let (base, secret) = (base.to_owned(), secret.to_owned());
         let _ = writeln!(report, "## End-to-end HTTP ingest\n");
-        let (total, secs, samples) = ingest(&base, "/v1/ingest/requests", &secret, bodies, args.clients, server_dir).await;
+        let (total, secs, samples) = ingest(
+            &base,
+            "/v1/ingest/requests",
+            &secret,
+            bodies,
+            args.clients,
+            server_dir,
+        )
+        .await;
         let _ = writeln!(
             report,
             "{} clients, NDJSON batches of {}, {total} records in {secs:.1}s: **{:.0} records/s** overall (each 202 sent only after its group was committed and the WAL fsynced).\n",
@@ -240,9 +257,16 @@ async fn request_sections(
             args.batch,
             total as f64 / secs
         );
-        let _ = writeln!(report, "| records stored | records/s in the last interval | database size |\n|---:|---:|---:|");
+        let _ = writeln!(
+            report,
+            "| records stored | records/s in the last interval | database size |\n|---:|---:|---:|"
+        );
         for (n, rate, size) in samples {
-            let _ = writeln!(report, "| {n} | {rate:.0} | {:.2} GiB |", size as f64 / 1073741824.0);
+            let _ = writeln!(
+                report,
+                "| {n} | {rate:.0} | {:.2} GiB |",
+                size as f64 / 1073741824.0
+            );
         }
         let stats = store.stats();
         let _ = writeln!(
@@ -254,19 +278,35 @@ async fn request_sections(
         );
 
         tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
-        let _ = writeln!(report, "## `GET /v1/logs` latency ({} rows in the org, {} requests per row, keep-alive, client-side)\n", total, args.samples);
-        let _ = writeln!(report, "| query | first page p50 | first page p99 | deep page p50 | deep page p99 |\n|---|---:|---:|---:|---:|");
+        let _ = writeln!(
+            report,
+            "## `GET /v1/logs` latency ({} rows in the org, {} requests per row, keep-alive, client-side)\n",
+            total, args.samples
+        );
+        let _ = writeln!(
+            report,
+            "| query | first page p50 | first page p99 | deep page p50 | deep page p99 |\n|---|---:|---:|---:|---:|"
+        );
         for line in queries(&base, &secret, args.samples).await {
             let _ = writeln!(report, "{line}");
         }
-        let _ = writeln!(report, "\n## zoo and keys dialects: principal filters ({} requests per row, first page)\n", args.samples);
-        let _ = writeln!(report, "| query | items | p50 | p99 |\n|---|---:|---:|---:|");
+        let _ = writeln!(
+            report,
+            "\n## zoo and keys dialects: principal filters ({} requests per row, first page)\n",
+            args.samples
+        );
+        let _ = writeln!(
+            report,
+            "| query | items | p50 | p99 |\n|---|---:|---:|---:|"
+        );
         for line in principal_queries(&base, &secret, args.samples).await {
             let _ = writeln!(report, "{line}");
         }
 
         let _ = writeln!(report, "\n## Self-logging overhead on a read endpoint\n");
-        for line in selflog_overhead(store, &base, &secret, !args.no_self_log, args.overhead_secs).await {
+        for line in
+            selflog_overhead(store, &base, &secret, !args.no_self_log, args.overhead_secs).await
+        {
             let _ = writeln!(report, "{line}");
         }
     }
@@ -590,10 +630,15 @@ async fn measure(
             // The first requests warm connection and caches; they are not counted.
             times.push(took);
         }
-        items = [&v["data"], &v["items"], &v["data"]["items"], &v["audit_log"]]
-            .into_iter()
-            .find_map(|list| list.as_array().map(Vec::len))
-            .unwrap_or(0);
+        items = [
+            &v["data"],
+            &v["items"],
+            &v["data"]["items"],
+            &v["audit_log"],
+        ]
+        .into_iter()
+        .find_map(|list| list.as_array().map(Vec::len))
+        .unwrap_or(0);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     (percentile(&times, 0.5), percentile(&times, 0.99), items)
@@ -1052,18 +1097,28 @@ async fn audit_section(report: &mut String, args: &Args, base: &str, secret: &st
     let queries = [
         ("newest first (default limit 50)", String::new()),
         ("limit=200", "limit=200".to_owned()),
-        ("resource_type=destination", "resource_type=destination".to_owned()),
+        (
+            "resource_type=destination",
+            "resource_type=destination".to_owned(),
+        ),
         ("action=revoke", "action=revoke".to_owned()),
         (
             "resource_type=credential&action=rotate",
             "resource_type=credential&action=rotate".to_owned(),
         ),
-        ("resource_id (a resource with few entries)", format!("resource_id={resource}")),
-        ("resource_id (no entries)", "resource_id=nothing_here".to_owned()),
+        (
+            "resource_id (a resource with few entries)",
+            format!("resource_id={resource}"),
+        ),
+        (
+            "resource_id (no entries)",
+            "resource_id=nothing_here".to_owned(),
+        ),
     ];
     for (name, q) in queries {
         let (p50, p99, items) = measure(&client, &url(&q), secret, args.samples).await;
-        let (d50, d99, _) = measure(&client, &url(&format!("{q}&{deep}")), secret, args.samples).await;
+        let (d50, d99, _) =
+            measure(&client, &url(&format!("{q}&{deep}")), secret, args.samples).await;
         let _ = writeln!(
             report,
             "| {name} | {items} | {p50:.2} ms | {p99:.2} ms | {d50:.2} ms | {d99:.2} ms |"
