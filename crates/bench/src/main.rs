@@ -103,8 +103,12 @@ fn main() {
     let _ = writeln!(report, "{}", machine());
     let _ = writeln!(
         report,
-        "Command: `cargo run --release -p apitrail-bench -- --rows {} --clients {} --batch {} --samples {} --audit-rows {}{}{}`\n",
-        args.rows,
+        "Command: `cargo run --release -p apitrail-bench -- {}--clients {} --batch {} --samples {} --audit-rows {}{}{}`\n",
+        if args.skip_requests {
+            String::new()
+        } else {
+            format!("--rows {} ", args.rows)
+        },
         args.clients,
         args.batch,
         args.samples,
