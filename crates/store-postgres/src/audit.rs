@@ -1,0 +1,199 @@
+//! Audit entries: chained appends, the audit dialect's list, chain reads for `verify`.
+//!
+//! An append locks the org's head row for the rest of its transaction, so each org's chain
+//! grows one writer at a time across every server sharing the database.
+
+use apitrail_model::{AuditAfter, AuditEntry, AuditFilter, ChainHash, ChainHead, ChainLink, OrgId};
+use apitrail_store::{Page, StoreError};
+use tokio_postgres::{GenericClient, Row};
+
+use crate::{Args, backend, params, push, ts};
+
+const ENTRY_COLUMNS: &str =
+    "id, created_at, user_id, action, resource_type, resource_id, details, ip_address, request_id";
+
+fn entry_from_row(r: &Row) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        id: r.get(0),
+        created_at: ts(r.get(1))?,
+        user_id: r.get(2),
+        action: r.get(3),
+        resource_type: r.get(4),
+        resource_id: r.get(5),
+        details: r.get(6),
+        ip_address: r.get(7),
+        request_id: r.get(8),
+    })
+}
+
+/// A stored hash; anything but 32 bytes (an edited row) reads as all ones, which never
+/// matches, so `verify` reports the entry instead of failing.
+fn hash_col(r: &Row, i: usize) -> ChainHash {
+    r.get::<_, Option<&[u8]>>(i)
+        .and_then(|b| ChainHash::try_from(b).ok())
+        .unwrap_or([0xff; 32])
+}
+
+/// Positions are bigint; no chain reaches 2^63 entries, and a negative (edited) one reads as
+/// a position that never matches.
+fn read_pos(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(u64::MAX)
+}
+
+fn sql_pos(p: u64) -> i64 {
+    i64::try_from(p).unwrap_or(i64::MAX)
+}
+
+/// Appends `entries` to the org's chain in order, skipping ids the org already has; returns
+/// how many were stored. Must run inside a transaction (the head stays locked until it ends).
+pub(crate) async fn append(
+    tx: &impl GenericClient,
+    org: i64,
+    org_id: &OrgId,
+    entries: &[AuditEntry],
+) -> Result<u64, StoreError> {
+    tx.execute(
+        "INSERT INTO audit_heads (org, entries, hash) VALUES ($1, 0, $2) ON CONFLICT (org) DO NOTHING",
+        &[&org, &ChainHead::EMPTY.hash.as_slice()],
+    )
+    .await
+    .map_err(backend)?;
+    let row = tx
+        .query_one(
+            "SELECT entries, hash FROM audit_heads WHERE org = $1 FOR UPDATE",
+            &[&org],
+        )
+        .await
+        .map_err(backend)?;
+    let mut current = ChainHead {
+        entries: read_pos(row.get(0)),
+        hash: hash_col(&row, 1),
+    };
+    let insert = tx
+        .prepare(
+            "INSERT INTO audit_entries (org, id, created_at, user_id, action, resource_type, \
+             resource_id, details, ip_address, request_id, chain_pos, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (org, id) DO NOTHING",
+        )
+        .await
+        .map_err(backend)?;
+    let mut stored = 0;
+    for e in entries {
+        let (next, link) = current.append(org_id, e.clone());
+        let inserted = tx
+            .execute(
+                &insert,
+                &[
+                    &org,
+                    &e.id,
+                    &e.created_at.millis(),
+                    &e.user_id,
+                    &e.action,
+                    &e.resource_type,
+                    &e.resource_id,
+                    &e.details,
+                    &e.ip_address,
+                    &e.request_id,
+                    &sql_pos(link.position),
+                    &link.prev_hash.as_slice(),
+                    &link.hash.as_slice(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        if inserted > 0 {
+            current = next;
+            stored += 1;
+        }
+    }
+    if stored > 0 {
+        tx.execute(
+            "UPDATE audit_heads SET entries = $2, hash = $3 WHERE org = $1",
+            &[&org, &sql_pos(current.entries), &current.hash.as_slice()],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(stored)
+}
+
+pub(crate) async fn list(
+    c: &impl GenericClient,
+    org: i64,
+    filter: &AuditFilter,
+    after: Option<AuditAfter>,
+    limit: u32,
+) -> Result<Page<AuditEntry>, StoreError> {
+    let mut sql = format!("SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE org = $1");
+    let mut args: Args = vec![Box::new(org)];
+    for (column, value) in [
+        ("resource_type", &filter.resource_type),
+        ("resource_id", &filter.resource_id),
+        ("action", &filter.action),
+    ] {
+        if let Some(v) = value {
+            let p = push(&mut args, v.clone());
+            sql.push_str(&format!(" AND {column} = {p}"));
+        }
+    }
+    if let Some(a) = after {
+        let (t, id) = (
+            push(&mut args, a.created_at.millis()),
+            push(&mut args, a.id),
+        );
+        sql.push_str(&format!(" AND (created_at, id) < ({t}, {id})"));
+    }
+    let n = push(&mut args, i64::from(limit) + 1);
+    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {n}"));
+    let rows = c.query(&sql, &params(&args)).await.map_err(backend)?;
+    let mut items = rows
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page { items, has_more })
+}
+
+pub(crate) async fn head(c: &impl GenericClient, org: i64) -> Result<ChainHead, StoreError> {
+    let row = c
+        .query_opt(
+            "SELECT entries, hash FROM audit_heads WHERE org = $1",
+            &[&org],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(row.map_or(ChainHead::EMPTY, |r| ChainHead {
+        entries: read_pos(r.get(0)),
+        hash: hash_col(&r, 1),
+    }))
+}
+
+pub(crate) async fn chain(
+    c: &impl GenericClient,
+    org: i64,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<ChainLink>, StoreError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
+                 WHERE org = $1 AND chain_pos > $2 ORDER BY chain_pos LIMIT $3"
+            ),
+            &[&org, &sql_pos(after), &i64::from(limit)],
+        )
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|r| {
+            Ok(ChainLink {
+                entry: entry_from_row(r)?,
+                position: read_pos(r.get(9)),
+                prev_hash: hash_col(r, 10),
+                hash: hash_col(r, 11),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,233 @@
+//! Orgs and API keys.
+
+use apitrail_model::{ApiKey, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp};
+use apitrail_store::{Page, StoreError};
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use crate::{backend, corrupt, ts};
+
+fn org_id(s: &str) -> Result<OrgId, StoreError> {
+    OrgId::parse(s).map_err(|e| corrupt(format!("stored org id {s:?}: {e}")))
+}
+
+pub(crate) async fn insert_org(tx: &impl GenericClient, org: &Org) -> Result<Tenant, StoreError> {
+    let row = tx
+        .query_opt(
+            "INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO NOTHING RETURNING seq",
+            &[&org.id.as_str(), &org.name, &org.created_at.millis()],
+        )
+        .await
+        .map_err(backend)?;
+    match row {
+        Some(r) => Ok(Tenant::from_store(r.get(0), org.id.clone())),
+        None => Err(StoreError::Conflict("an org with this id")),
+    }
+}
+
+fn org_from_row(r: &Row) -> Result<Org, StoreError> {
+    Ok(Org {
+        id: org_id(r.get(0))?,
+        name: r.get(1),
+        created_at: ts(r.get(2))?,
+    })
+}
+
+pub(crate) async fn list_orgs(
+    c: &impl GenericClient,
+    after: Option<&OrgId>,
+    limit: u32,
+) -> Result<Page<Org>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT id, name, created_at FROM orgs WHERE id > $1 ORDER BY id LIMIT $2",
+            &[&after.map_or("", |a| a.as_str()), &(i64::from(limit) + 1)],
+        )
+        .await
+        .map_err(backend)?;
+    let mut items = rows
+        .iter()
+        .map(org_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page { items, has_more })
+}
+
+pub(crate) async fn find_tenant(
+    c: &impl GenericClient,
+    id: &OrgId,
+) -> Result<Option<Tenant>, StoreError> {
+    let row = c
+        .query_opt("SELECT seq FROM orgs WHERE id = $1", &[&id.as_str()])
+        .await
+        .map_err(backend)?;
+    Ok(row.map(|r| Tenant::from_store(r.get(0), id.clone())))
+}
+
+pub(crate) async fn get_org(c: &impl GenericClient, key: i64) -> Result<Org, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT id, name, created_at FROM orgs WHERE seq = $1",
+            &[&key],
+        )
+        .await
+        .map_err(backend)?;
+    org_from_row(&row)
+}
+
+const KEY_COLUMNS: &str = "k.id, k.name, k.scopes, k.principal_type, k.principal_id, k.user_id, \
+     k.email, k.service_account_id, k.created_at, k.last_used_at, k.revoked_at";
+
+fn key_from_row(r: &Row, org_id: OrgId) -> Result<ApiKey, StoreError> {
+    let principal: &str = r.get(3);
+    let principal_type = PrincipalType::parse(principal)
+        .ok_or_else(|| corrupt(format!("unknown principal type {principal:?}")))?;
+    let scopes: i64 = r.get(2);
+    Ok(ApiKey {
+        id: r.get(0),
+        org_id,
+        name: r.get(1),
+        scopes: Scopes::from_bits(
+            u8::try_from(scopes).map_err(|_| corrupt(format!("scopes {scopes}")))?,
+        ),
+        principal_type,
+        principal_id: r.get(4),
+        user_id: r.get(5),
+        email: r.get(6),
+        service_account_id: r.get(7),
+        created_at: ts(r.get(8))?,
+        last_used_at: r.get::<_, Option<i64>>(9).map(ts).transpose()?,
+        revoked_at: r.get::<_, Option<i64>>(10).map(ts).transpose()?,
+    })
+}
+
+pub(crate) async fn insert_key(
+    tx: &impl GenericClient,
+    org: i64,
+    key: &ApiKey,
+    hash: &SecretHash,
+) -> Result<(), StoreError> {
+    // The hash is unique in practice but not by index (see the schema), so check it here.
+    let taken = tx
+        .query_opt(
+            "SELECT 1 FROM api_keys WHERE secret_hash = $1 OR (org = $2 AND id = $3)",
+            &[&hash.0.as_slice(), &org, &key.id],
+        )
+        .await
+        .map_err(backend)?;
+    if taken.is_some() {
+        return Err(StoreError::Conflict("an API key with this id or secret"));
+    }
+    tx.execute(
+        "INSERT INTO api_keys (org, id, secret_hash, name, scopes, principal_type, principal_id, \
+         user_id, email, service_account_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &org,
+            &key.id,
+            &hash.0.as_slice(),
+            &key.name,
+            &i64::from(key.scopes.bits()),
+            &key.principal_type.as_str(),
+            &key.principal_id,
+            &key.user_id,
+            &key.email,
+            &key.service_account_id,
+            &key.created_at.millis(),
+        ],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(crate) async fn list_keys(
+    c: &impl GenericClient,
+    tenant: &Tenant,
+) -> Result<Vec<ApiKey>, StoreError> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = $1 ORDER BY k.created_at, k.id"
+            ),
+            &[&tenant.key()],
+        )
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|r| key_from_row(r, tenant.org_id().clone()))
+        .collect()
+}
+
+pub(crate) async fn get_key(
+    c: &impl GenericClient,
+    tenant: &Tenant,
+    id: Uuid,
+) -> Result<Option<ApiKey>, StoreError> {
+    let row = c
+        .query_opt(
+            &format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = $1 AND k.id = $2"),
+            &[&tenant.key(), &id],
+        )
+        .await
+        .map_err(backend)?;
+    row.map(|r| key_from_row(&r, tenant.org_id().clone()))
+        .transpose()
+}
+
+/// Revokes the key if live; `true` when this call revoked it.
+pub(crate) async fn revoke_key(
+    tx: &impl GenericClient,
+    org: i64,
+    id: Uuid,
+    at: Timestamp,
+) -> Result<bool, StoreError> {
+    let changed = tx
+        .execute(
+            "UPDATE api_keys SET revoked_at = $3 WHERE org = $1 AND id = $2 AND revoked_at IS NULL",
+            &[&org, &id, &at.millis()],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(changed > 0)
+}
+
+pub(crate) async fn authenticate(
+    c: &impl GenericClient,
+    hash: &SecretHash,
+) -> Result<Option<(Tenant, ApiKey)>, StoreError> {
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT {KEY_COLUMNS}, o.seq, o.id FROM api_keys k JOIN orgs o ON o.seq = k.org \
+                 WHERE k.secret_hash = $1 AND k.revoked_at IS NULL"
+            ),
+            &[&hash.0.as_slice()],
+        )
+        .await
+        .map_err(backend)?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let org = org_id(r.get(12))?;
+    let key = key_from_row(&r, org.clone())?;
+    Ok(Some((Tenant::from_store(r.get(11), org), key)))
+}
+
+pub(crate) async fn touch_keys(
+    c: &impl GenericClient,
+    used: &[(Uuid, Timestamp)],
+) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = used.iter().map(|(id, _)| *id).collect();
+    let ats: Vec<i64> = used.iter().map(|(_, at)| at.millis()).collect();
+    c.execute(
+        "UPDATE api_keys k SET last_used_at = greatest(coalesce(k.last_used_at, 0), u.at) \
+         FROM unnest($1::uuid[], $2::bigint[]) AS u(id, at) WHERE k.id = u.id",
+        &[&ids, &ats],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
