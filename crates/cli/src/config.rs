@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apitrail_store::Store;
+use apitrail_store_postgres::{PgOptions, PgStore};
 use apitrail_store_sqlite::{DB_FILE, SqliteOptions, SqliteStore};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -31,8 +32,8 @@ pub struct StoreArgs {
         global = true
     )]
     pub data_dir: PathBuf,
-    /// Store URL instead of --data-dir: `sqlite://PATH/TO/FILE.db` (postgres:// arrives with
-    /// the PostgreSQL backend).
+    /// Store URL instead of --data-dir: `sqlite://PATH/TO/FILE.db` or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DB` (several servers may share one database).
     #[arg(
         long,
         env = "APITRAIL_DATABASE_URL",
@@ -42,18 +43,32 @@ pub struct StoreArgs {
     pub database_url: Option<String>,
 }
 
+/// Where a store lives, from `--data-dir` / `--database-url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+}
+
 impl StoreArgs {
-    /// A human description of where data is stored.
+    /// A human description of where data is stored (never the URL's password).
     pub fn describe(&self) -> String {
-        match self.sqlite_file() {
-            Ok(path) => format!("SQLite at {}", path.display()),
+        match self.location() {
+            Ok(Location::Sqlite(path)) => format!("SQLite at {}", path.display()),
+            Ok(Location::Postgres(url)) => {
+                let shown = url.rsplit_once('@').map_or(url.as_str(), |(_, rest)| rest);
+                format!("PostgreSQL at {shown}")
+            }
             Err(e) => e,
         }
     }
 
-    fn sqlite_file(&self) -> Result<PathBuf, String> {
+    /// Which backend, and where.
+    pub fn location(&self) -> Result<Location, String> {
         match self.database_url.as_deref() {
-            None | Some("") => Ok(self.data_dir.join(DB_FILE)),
+            None | Some("") => Ok(Location::Sqlite(self.data_dir.join(DB_FILE))),
             Some(url) => {
                 if let Some(path) = url
                     .strip_prefix("sqlite://")
@@ -62,25 +77,31 @@ impl StoreArgs {
                     if path.is_empty() {
                         return Err("--database-url sqlite:// needs a file path".into());
                     }
-                    Ok(PathBuf::from(path))
+                    Ok(Location::Sqlite(PathBuf::from(path)))
                 } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                    Err("the PostgreSQL backend is not available in this build yet; use the embedded SQLite store (omit --database-url)".into())
+                    Ok(Location::Postgres(url.to_owned()))
                 } else {
-                    Err(
-                        "--database-url must start with sqlite:// (or postgres:// once supported)"
-                            .into(),
-                    )
+                    Err("--database-url must start with sqlite:// or postgres://".into())
                 }
             }
         }
     }
 
-    /// Opens the store.
-    pub fn open(&self, options: SqliteOptions) -> Result<Arc<dyn Store>, String> {
-        let path = self.sqlite_file()?;
-        let store = SqliteStore::open_file(&path, options)
-            .map_err(|e| format!("cannot open the store at {}: {e}", path.display()))?;
-        Ok(Arc::new(store))
+    /// Opens the store (migrating its schema). `options` tune SQLite only.
+    pub async fn open(&self, options: SqliteOptions) -> Result<Arc<dyn Store>, String> {
+        match self.location()? {
+            Location::Sqlite(path) => {
+                let store = SqliteStore::open_file(&path, options)
+                    .map_err(|e| format!("cannot open the store at {}: {e}", path.display()))?;
+                Ok(Arc::new(store))
+            }
+            Location::Postgres(url) => {
+                let store = PgStore::connect(&url, PgOptions::default())
+                    .await
+                    .map_err(|e| format!("cannot open the store ({}): {e}", self.describe()))?;
+                Ok(Arc::new(store))
+            }
+        }
     }
 }
 
@@ -291,14 +312,22 @@ mod tests {
             database_url: url.map(str::to_owned),
         };
         assert_eq!(
-            args(None).sqlite_file().unwrap(),
-            PathBuf::from("/d/apitrail.db")
+            args(None).location().unwrap(),
+            Location::Sqlite(PathBuf::from("/d/apitrail.db"))
         );
         assert_eq!(
-            args(Some("sqlite:///x/y.db")).sqlite_file().unwrap(),
-            PathBuf::from("/x/y.db")
+            args(Some("sqlite:///x/y.db")).location().unwrap(),
+            Location::Sqlite(PathBuf::from("/x/y.db"))
         );
-        assert!(args(Some("postgres://h/db")).sqlite_file().is_err());
-        assert!(args(Some("mysql://h/db")).sqlite_file().is_err());
+        assert_eq!(
+            args(Some("postgres://u:secret@h:5/db")).location().unwrap(),
+            Location::Postgres("postgres://u:secret@h:5/db".into())
+        );
+        assert_eq!(
+            args(Some("postgres://u:secret@h:5/db")).describe(),
+            "PostgreSQL at h:5/db"
+        );
+        assert!(args(Some("mysql://h/db")).location().is_err());
+        assert!(args(Some("sqlite://")).location().is_err());
     }
 }

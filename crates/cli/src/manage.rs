@@ -48,7 +48,7 @@ async fn tenant(store: &dyn Store, org: &str) -> Result<Tenant, String> {
 
 /// Runs an `orgs` command.
 pub async fn orgs(store_args: StoreArgs, command: OrgsCommand) -> Result<(), String> {
-    let store = store_args.open(small())?;
+    let store = store_args.open(small()).await?;
     let result = match command {
         OrgsCommand::Create { id, name } => {
             let new = NewOrg::parse(id, Some(name)).map_err(field_errors)?;
@@ -80,7 +80,7 @@ pub async fn orgs(store_args: StoreArgs, command: OrgsCommand) -> Result<(), Str
 
 /// Runs a `keys` command.
 pub async fn keys(store_args: StoreArgs, command: KeysCommand) -> Result<(), String> {
-    let store = store_args.open(small())?;
+    let store = store_args.open(small()).await?;
     let result = run_keys(store.as_ref(), command).await;
     store.shutdown().await.map_err(|e| e.to_string())?;
     result
@@ -145,7 +145,7 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String>
 /// Runs an `audit` command. A chain that does not verify is an error (exit status 1), after
 /// the report is printed.
 pub async fn audit(store_args: StoreArgs, command: AuditCommand) -> Result<(), String> {
-    let store = store_args.open(small())?;
+    let store = store_args.open(small()).await?;
     let result = match command {
         AuditCommand::Verify { org } => match tenant(store.as_ref(), &org).await {
             Ok(tenant) => match store.verify_audit_chain(&tenant).await {

@@ -23,10 +23,12 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         .transpose()
         .map_err(|e| format!("--admin-token: {e}"))?;
     let has_admin = admin_token.is_some();
-    let store = store_args.open(SqliteOptions {
-        queue_capacity: usize::try_from(args.write_queue_records).unwrap_or(usize::MAX),
-        ..SqliteOptions::default()
-    })?;
+    let store = store_args
+        .open(SqliteOptions {
+            queue_capacity: usize::try_from(args.write_queue_records).unwrap_or(usize::MAX),
+            ..SqliteOptions::default()
+        })
+        .await?;
     let config = ApiConfig {
         admin_token,
         self_log: !args.no_self_log,

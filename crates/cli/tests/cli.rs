@@ -3,75 +3,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use apitrail_testkit::expect;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use support::{At, json_out, stop};
 
 fn apitrail(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_apitrail"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("APITRAIL_LOG", "warn")
-        .env_remove("APITRAIL_ADMIN_TOKEN")
-        .output()
-        .expect("run apitrail")
+    support::apitrail(At::Dir(dir), args)
 }
 
-fn json_out(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "apitrail failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
-
-/// `apitrail serve` on a free port; returns the child and its stdout lines so far (banner).
 fn serve(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apitrail"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("APITRAIL_LOG", "warn")
-        .env_remove("APITRAIL_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    // The banner ends with an empty line after the call to paste.
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let done = line.is_empty() && banner.iter().any(|l: &String| l.contains("curl"));
-        banner.push(line);
-        if done {
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let base = banner[0]
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_owned();
-    (child, base, banner)
-}
-
-fn stop(mut child: Child) {
-    // SAFETY: plain kill(2) on our own child process.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
-    assert_eq!(rc, 0);
-    assert!(child.wait().unwrap().success());
+    support::serve(At::Dir(dir), extra)
 }
 
 #[test]

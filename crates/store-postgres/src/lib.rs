@@ -15,13 +15,16 @@ mod request_logs;
 mod schema;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
     PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
 };
-use apitrail_store::{AuditBatch, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats};
+use apitrail_store::{
+    AuditBatch, Histogram, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats,
+};
 use async_trait::async_trait;
 use tokio::sync::{Mutex, MutexGuard, OwnedRwLockReadGuard, RwLock};
 use tokio_postgres::{Client, NoTls};
@@ -34,6 +37,9 @@ pub struct PgOptions {
     pub readers: usize,
     /// Connections that run write transactions, one transaction at a time each.
     pub writers: usize,
+    /// Records that may be in flight (waiting for or inside a write) before ingest is refused
+    /// with `Overloaded`.
+    pub queue_capacity: usize,
 }
 
 impl Default for PgOptions {
@@ -41,6 +47,7 @@ impl Default for PgOptions {
         Self {
             readers: 2,
             writers: 4,
+            queue_capacity: 200_000,
         }
     }
 }
@@ -55,6 +62,24 @@ pub struct PgStore {
     /// `false` once shut down; writes hold a read guard while they run, so shutdown (which
     /// takes the write lock) waits for them.
     open: Arc<RwLock<bool>>,
+    queued: AtomicUsize,
+    capacity: usize,
+    commits: AtomicU64,
+    committed_records: AtomicU64,
+    commit_seconds: Histogram,
+    group_records: Histogram,
+}
+
+/// Records admitted to the write path; released when dropped.
+struct Admitted<'a> {
+    queued: &'a AtomicUsize,
+    records: usize,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.records, Ordering::AcqRel);
+    }
 }
 
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
@@ -123,7 +148,49 @@ impl PgStore {
             writers,
             next_writer: AtomicUsize::new(0),
             open: Arc::new(RwLock::new(true)),
+            queued: AtomicUsize::new(0),
+            capacity: options.queue_capacity,
+            commits: AtomicU64::new(0),
+            committed_records: AtomicU64::new(0),
+            commit_seconds: Histogram::new(Histogram::SECONDS),
+            group_records: Histogram::new(Histogram::RECORDS),
         })
+    }
+
+    /// Admits `records` to the write path, or refuses them when that would exceed the
+    /// capacity (so ingest answers 503 instead of queueing without bound).
+    fn admit(&self, records: usize) -> Result<Admitted<'_>, StoreError> {
+        let mut current = self.queued.load(Ordering::Relaxed);
+        loop {
+            if current + records > self.capacity {
+                return Err(StoreError::Overloaded {
+                    retry_after_secs: 1,
+                });
+            }
+            match self.queued.compare_exchange_weak(
+                current,
+                current + records,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(Admitted {
+                        queued: &self.queued,
+                        records,
+                    });
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Counts a committed write transaction of `records` records that began at `started`.
+    fn committed(&self, records: usize, started: Instant) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.committed_records
+            .fetch_add(records as u64, Ordering::Relaxed);
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.group_records.observe(records as f64);
     }
 
     fn reader(&self) -> &Client {
@@ -161,6 +228,7 @@ impl Store for PgStore {
     }
 
     async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError> {
+        let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let tenant = orgs::insert_org(&tx, org).await?;
@@ -172,6 +240,7 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await.map_err(backend)?;
+        self.committed(0, started);
         Ok(tenant)
     }
 
@@ -194,6 +263,7 @@ impl Store for PgStore {
         hash: &SecretHash,
         audit: &AuditEntry,
     ) -> Result<(), StoreError> {
+        let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
         let tx = client.transaction().await.map_err(backend)?;
         orgs::insert_key(&tx, tenant.key(), key, hash).await?;
@@ -204,7 +274,9 @@ impl Store for PgStore {
             std::slice::from_ref(audit),
         )
         .await?;
-        tx.commit().await.map_err(backend)
+        tx.commit().await.map_err(backend)?;
+        self.committed(0, started);
+        Ok(())
     }
 
     async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
@@ -222,6 +294,7 @@ impl Store for PgStore {
         at: Timestamp,
         audit: &AuditEntry,
     ) -> Result<Option<ApiKey>, StoreError> {
+        let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
         let tx = client.transaction().await.map_err(backend)?;
         if orgs::revoke_key(&tx, tenant.key(), id, at).await? {
@@ -235,6 +308,7 @@ impl Store for PgStore {
         }
         let key = orgs::get_key(&tx, tenant, id).await?;
         tx.commit().await.map_err(backend)?;
+        self.committed(0, started);
         Ok(key)
     }
 
@@ -254,10 +328,13 @@ impl Store for PgStore {
         &self,
         batches: Vec<LogBatch>,
     ) -> Result<InsertOutcome, StoreError> {
+        let records = batches.iter().map(|b| b.logs.len()).sum();
+        let _admitted = self.admit(records)?;
         let mut batches = batches;
         // Orgs in a fixed order (and ids sorted within each, see `insert`), so that concurrent
         // batches lock rows in the same order.
         batches.sort_by_key(|b| b.tenant.key());
+        let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let mut outcome = InsertOutcome::default();
@@ -267,6 +344,7 @@ impl Store for PgStore {
             outcome.duplicates += batch.logs.len() as u64 - stored;
         }
         tx.commit().await.map_err(backend)?;
+        self.committed(records, started);
         Ok(outcome)
     }
 
@@ -302,9 +380,12 @@ impl Store for PgStore {
         &self,
         batches: Vec<AuditBatch>,
     ) -> Result<InsertOutcome, StoreError> {
+        let records = batches.iter().map(|b| b.entries.len()).sum();
+        let _admitted = self.admit(records)?;
         let mut batches = batches;
         // Org heads locked in a fixed order, so concurrent multi-org batches cannot deadlock.
         batches.sort_by_key(|b| b.tenant.key());
+        let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
         let tx = client.transaction().await.map_err(backend)?;
         let mut outcome = InsertOutcome::default();
@@ -314,6 +395,7 @@ impl Store for PgStore {
             outcome.duplicates += b.entries.len() as u64 - stored;
         }
         tx.commit().await.map_err(backend)?;
+        self.committed(records, started);
         Ok(outcome)
     }
 
@@ -345,7 +427,16 @@ impl Store for PgStore {
     }
 
     fn stats(&self) -> StoreStats {
-        StoreStats::default()
+        StoreStats {
+            queued_records: self.queued.load(Ordering::Relaxed) as u64,
+            queue_capacity: self.capacity as u64,
+            commits: self.commits.load(Ordering::Relaxed),
+            committed_records: self.committed_records.load(Ordering::Relaxed),
+            commit_seconds: self.commit_seconds.snapshot(),
+            group_records: self.group_records.snapshot(),
+            // The server fsyncs its WAL inside each commit; there is no separate step to time.
+            fsync_seconds: Default::default(),
+        }
     }
 
     async fn shutdown(&self) -> Result<(), StoreError> {

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use apitrail_api::{AdminToken, ApiConfig, App};
+use apitrail_pgtest::PgServer;
 use apitrail_store::Store;
+use apitrail_store_postgres::{PgOptions, PgStore};
 use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
@@ -19,9 +21,32 @@ use tokio::task::JoinHandle;
 /// The operator token every test server is started with (unless disabled).
 pub const ADMIN_TOKEN: &str = "test-operator-token-0123456789";
 
+/// Which store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in a temp dir.
+    Sqlite,
+    /// A fresh database on the private PostgreSQL server of `apitrail-pgtest`.
+    Postgres,
+}
+
+impl Backend {
+    /// `APITRAIL_TEST_BACKEND` (`sqlite`, the default, or `postgres`): the test script runs
+    /// the HTTP suites once per backend this way.
+    pub fn from_env() -> Self {
+        match std::env::var("APITRAIL_TEST_BACKEND").as_deref() {
+            Ok("postgres" | "postgresql") => Self::Postgres,
+            Ok("" | "sqlite") | Err(_) => Self::Sqlite,
+            Ok(other) => panic!("APITRAIL_TEST_BACKEND={other:?}: use sqlite or postgres"),
+        }
+    }
+}
+
 /// How to start a test server.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The store; `None` follows `APITRAIL_TEST_BACKEND`.
+    pub backend: Option<Backend>,
     /// Log authenticated calls into the caller's org.
     pub self_log: bool,
     /// Configure the operator token.
@@ -35,6 +60,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            backend: None,
             self_log: false,
             admin_token: true,
             queue_capacity: 200_000,
@@ -80,18 +106,35 @@ impl TestServer {
     /// Starts a server with `options`.
     pub async fn start_with(options: Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(
-                dir.path(),
-                SqliteOptions {
-                    queue_capacity: options.queue_capacity,
-                    writer_cache_mib: 64,
-                    reader_cache_mib: 16,
-                    ..SqliteOptions::default()
-                },
-            )
-            .expect("open store"),
-        );
+        let backend = options.backend.unwrap_or_else(Backend::from_env);
+        let store: Arc<dyn Store> = match backend {
+            Backend::Sqlite => Arc::new(
+                SqliteStore::open(
+                    dir.path(),
+                    SqliteOptions {
+                        queue_capacity: options.queue_capacity,
+                        writer_cache_mib: 64,
+                        reader_cache_mib: 16,
+                        ..SqliteOptions::default()
+                    },
+                )
+                .expect("open store"),
+            ),
+            Backend::Postgres => {
+                let url = PgServer::shared().fresh_database().await;
+                Arc::new(
+                    PgStore::connect(
+                        &url,
+                        PgOptions {
+                            queue_capacity: options.queue_capacity,
+                            ..PgOptions::default()
+                        },
+                    )
+                    .await
+                    .expect("connect to the test PostgreSQL database"),
+                )
+            }
+        };
         let config = ApiConfig {
             admin_token: options
                 .admin_token
