@@ -21,6 +21,9 @@
 //!    the same way (each appended to the org's hash chain), then `GET /v1/audit-log` latency
 //!    p50/p99 per filter for the first page and a deep page, and the time `verify` takes.
 //!
+//! `--postgres` runs sections 2-6 on PostgreSQL instead (a private durable server started
+//! from Debian's binaries by `apitrail-pgtest`).
+//!
 //! Run: `cargo run --release -p apitrail-bench -- --rows 5000000`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -33,7 +36,9 @@ use std::time::{Duration, Instant};
 
 use apitrail_api::{AdminToken, ApiConfig, App};
 use apitrail_model::{Cursor, CursorKind, Position, RequestLog, Sort, SortDir, SortKey, Timestamp};
+use apitrail_pgtest::PgServer;
 use apitrail_store::Store;
+use apitrail_store_postgres::{PgOptions, PgStore};
 use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
 use apitrail_traffic::Traffic;
 use clap::Parser;
@@ -81,6 +86,11 @@ struct Args {
     /// audit log.
     #[arg(long)]
     skip_requests: bool,
+    /// Run the server on PostgreSQL (a private durable server: fsync on, data on disk, started
+    /// from Debian's binaries as the tests do) instead of SQLite; the raw SQLite ceiling is
+    /// skipped.
+    #[arg(long)]
+    postgres: bool,
     /// Skip the raw SQLite ceiling.
     #[arg(long)]
     skip_raw: bool,
@@ -124,6 +134,12 @@ fn main() {
             ""
         }
     );
+    if args.postgres {
+        let _ = writeln!(
+            report,
+            "Backend: PostgreSQL (`--postgres`: a private server from Debian's binaries, fsync on, shared_buffers 1GB, data on disk).\n"
+        );
+    }
 
     let rows = if args.skip_requests { 0 } else { args.rows };
     eprintln!("generating {rows} records of synthetic traffic...");
@@ -137,7 +153,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    if !args.skip_raw && !args.skip_requests {
+    if !args.skip_raw && !args.skip_requests && !args.postgres {
         let _ = writeln!(report, "## Raw SQLite ceiling (same rows, no HTTP)\n");
         let _ = writeln!(
             report,
@@ -191,8 +207,12 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let server_dir = work.path().join("server");
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&server_dir, SqliteOptions::default()).unwrap());
+        let store: Arc<dyn Store> = if args.postgres {
+            let url = PgServer::durable().fresh_database().await;
+            Arc::new(PgStore::connect(&url, PgOptions::default()).await.unwrap())
+        } else {
+            Arc::new(SqliteStore::open(&server_dir, SqliteOptions::default()).unwrap())
+        };
         let config = ApiConfig {
             admin_token: Some(AdminToken::new(TOKEN).unwrap()),
             self_log: !args.no_self_log,
@@ -207,20 +227,28 @@ fn main() {
             let _ = stop_rx.await;
         }));
         let secret = setup(&base).await;
+        // Stop handles of extra apps over the same store (see `selflog_overhead`).
+        let mut running = Vec::new();
         if !args.skip_requests {
             request_sections(
                 &mut report,
                 &args,
-                &store,
-                &base,
-                &secret,
+                Target {
+                    store: &store,
+                    base: &base,
+                    secret: &secret,
+                    dir: &server_dir,
+                },
                 bodies,
-                &server_dir,
+                &mut running,
             )
             .await;
         }
         if args.audit_rows > 0 {
             audit_section(&mut report, &args, &base, &secret, &server_dir).await;
+        }
+        for other in running {
+            let _ = other.send(());
         }
         let _ = stop_tx.send(());
         server.await.unwrap().unwrap();
@@ -232,16 +260,29 @@ fn main() {
     }
 }
 
+/// The server under measurement.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    store: &'a Arc<dyn Store>,
+    base: &'a str,
+    secret: &'a str,
+    dir: &'a Path,
+}
+
 /// Sections 2-5: request-log ingest, queries, principal filters, self-logging overhead.
 async fn request_sections(
     report: &mut String,
     args: &Args,
-    store: &Arc<dyn Store>,
-    base: &str,
-    secret: &str,
+    target: Target<'_>,
     bodies: Vec<Vec<u8>>,
-    server_dir: &Path,
+    running: &mut Vec<tokio::sync::oneshot::Sender<()>>,
 ) {
+    let Target {
+        store,
+        base,
+        secret,
+        dir: server_dir,
+    } = target;
     {
         let (base, secret) = (base.to_owned(), secret.to_owned());
         let _ = writeln!(report, "## End-to-end HTTP ingest\n");
@@ -266,11 +307,7 @@ async fn request_sections(
             "| records stored | records/s in the last interval | database size |\n|---:|---:|---:|"
         );
         for (n, rate, size) in samples {
-            let _ = writeln!(
-                report,
-                "| {n} | {rate:.0} | {:.2} GiB |",
-                size as f64 / 1073741824.0
-            );
+            let _ = writeln!(report, "| {n} | {rate:.0} | {} |", gib(size));
         }
         let stats = store.stats();
         let _ = writeln!(
@@ -308,8 +345,15 @@ async fn request_sections(
         }
 
         let _ = writeln!(report, "\n## Self-logging overhead on a read endpoint\n");
-        for line in
-            selflog_overhead(store, &base, &secret, !args.no_self_log, args.overhead_secs).await
+        for line in selflog_overhead(
+            store,
+            &base,
+            &secret,
+            !args.no_self_log,
+            args.overhead_secs,
+            running,
+        )
+        .await
         {
             let _ = writeln!(report, "{line}");
         }
@@ -519,6 +563,15 @@ async fn setup(base: &str) -> String {
         .as_str()
         .unwrap()
         .to_owned()
+}
+
+/// A database size for the report; the SQLite files are measured, PostgreSQL's are not.
+fn gib(bytes: u64) -> String {
+    if bytes == 0 {
+        "n/a".to_owned()
+    } else {
+        format!("{:.2} GiB", bytes as f64 / 1073741824.0)
+    }
 }
 
 fn db_size(dir: &Path) -> u64 {
@@ -876,6 +929,8 @@ async fn selflog_overhead(
     secret: &str,
     base_self_logs: bool,
     secs: f64,
+
+    running: &mut Vec<tokio::sync::oneshot::Sender<()>>,
 ) -> Vec<String> {
     const CLIENTS: usize = 4;
     const ROUNDS: usize = 5;
@@ -889,8 +944,6 @@ async fn selflog_overhead(
         .unwrap();
     let other_base = format!("http://{}", other.local_addr().unwrap());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Stopped by the caller's store shutdown at the end of the run; its own shutdown is a no-op
-    // then, so it is not awaited.
     tokio::spawn(other.run_until(async {
         let _ = stop_rx.await;
     }));
@@ -905,7 +958,9 @@ async fn selflog_overhead(
         with.push(throughput(&format!("{on}{path}"), secret, CLIENTS, secs).await);
         without.push(throughput(&format!("{off}{path}"), secret, CLIENTS, secs).await);
     }
-    let _ = stop_tx.send(());
+    // The second app shuts the shared store down when it stops, so it runs until the caller
+    // is done with the store.
+    running.push(stop_tx);
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
@@ -1070,11 +1125,7 @@ async fn audit_section(report: &mut String, args: &Args, base: &str, secret: &st
         "| events stored | events/s in the last interval | database size |\n|---:|---:|---:|"
     );
     for (n, rate, size) in samples {
-        let _ = writeln!(
-            report,
-            "| {n} | {rate:.0} | {:.2} GiB |",
-            size as f64 / 1073741824.0
-        );
+        let _ = writeln!(report, "| {n} | {rate:.0} | {} |", gib(size));
     }
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
 

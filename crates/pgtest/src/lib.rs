@@ -45,6 +45,14 @@ pub struct PgServer {
 }
 
 static SHARED: OnceLock<Result<PgServer, String>> = OnceLock::new();
+static DURABLE: OnceLock<Result<PgServer, String>> = OnceLock::new();
+
+/// How a server runs.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    /// `fsync=on` and the data dir on disk (never `/dev/shm`): what production runs.
+    durable: bool,
+}
 static DATABASES: AtomicU64 = AtomicU64::new(0);
 
 impl PgServer {
@@ -54,7 +62,17 @@ impl PgServer {
     /// it may be called from any test, async or not. If start-up fails, every call panics
     /// with the same message.
     pub fn shared() -> &'static PgServer {
-        match SHARED.get_or_init(start_on_dedicated_thread) {
+        match SHARED.get_or_init(|| start_on_dedicated_thread(Settings { durable: false })) {
+            Ok(server) => server,
+            Err(message) => panic!("apitrail-pgtest: {message}"),
+        }
+    }
+
+    /// A second server for benchmarks, started on first call: like [`PgServer::shared`] but
+    /// durable (`fsync=on`, data on disk in the system temp dir, `shared_buffers=1GB`), so
+    /// commit and ingest figures mean what they would in production.
+    pub fn durable() -> &'static PgServer {
+        match DURABLE.get_or_init(|| start_on_dedicated_thread(Settings { durable: true })) {
             Ok(server) => server,
             Err(message) => panic!("apitrail-pgtest: {message}"),
         }
@@ -107,11 +125,11 @@ impl PgServer {
 /// `PR_SET_PDEATHSIG` fires when the thread that forked it exits, so that thread must live as
 /// long as the process. The start-up runs there, on its own current-thread runtime; the caller
 /// only waits on a std channel.
-fn start_on_dedicated_thread() -> Result<PgServer, String> {
+fn start_on_dedicated_thread(settings: Settings) -> Result<PgServer, String> {
     let (tx, rx) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("apitrail-pgtest-postmaster".into())
-        .spawn(move || match start() {
+        .spawn(move || match start(settings) {
             Ok((server, child, sidecar)) => {
                 let _ = tx.send(Ok(server));
                 // Never dropped: the server's handle, and the sidecar's pipe, whose closing
@@ -132,7 +150,7 @@ fn start_on_dedicated_thread() -> Result<PgServer, String> {
         .unwrap_or_else(|_| Err("the postmaster thread died during start-up".into()))
 }
 
-fn start() -> Result<(PgServer, Child, ChildStdin), String> {
+fn start(settings: Settings) -> Result<(PgServer, Child, ChildStdin), String> {
     let bindir = find_bindir()?;
     let run_as = if sys::is_root() {
         Some(sys::lookup_user("postgres").ok_or_else(|| {
@@ -143,7 +161,7 @@ fn start() -> Result<(PgServer, Child, ChildStdin), String> {
         None
     };
 
-    let temp = make_temp_dir()?;
+    let temp = make_temp_dir(!settings.durable)?;
     let mut sidecar = spawn_cleanup_sidecar(&temp)?;
     let data_dir = temp.join("data");
     let socket_dir = temp.join("sock");
@@ -202,8 +220,12 @@ fn start() -> Result<(PgServer, Child, ChildStdin), String> {
             .arg("-k")
             .arg(&socket_dir)
             .args(["-p", &port.to_string(), "-h", "127.0.0.1"])
-            .args(["-c", "fsync=off", "-c", "max_connections=300"])
-            .args(["-c", "shared_buffers=128MB"])
+            .args(["-c", "max_connections=300"])
+            .args(if settings.durable {
+                ["-c", "fsync=on", "-c", "shared_buffers=1GB"]
+            } else {
+                ["-c", "fsync=off", "-c", "shared_buffers=128MB"]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
@@ -241,11 +263,12 @@ fn start() -> Result<(PgServer, Child, ChildStdin), String> {
 
 /// A fresh temp dir in `/dev/shm` when that is a tmpfs with room (`initdb` and
 /// `CREATE DATABASE` run 3-10x faster there than on a VM disk), else in the system temp dir.
-fn make_temp_dir() -> Result<PathBuf, String> {
+fn make_temp_dir(memory_ok: bool) -> Result<PathBuf, String> {
     let mut builder = tempfile::Builder::new();
     builder.prefix("apitrail-pgtest-");
     let shm = Path::new("/dev/shm");
-    if sys::available_bytes(shm).is_some_and(|bytes| bytes >= SHM_MIN_FREE)
+    if memory_ok
+        && sys::available_bytes(shm).is_some_and(|bytes| bytes >= SHM_MIN_FREE)
         && let Ok(dir) = builder.tempdir_in(shm)
     {
         return Ok(dir.keep());

@@ -304,3 +304,19 @@ fn death_child() {
         data_dir.parent().unwrap().display()
     );
 }
+
+/// The benchmark's server is a second one, durable: fsync on, larger buffers, its data on disk
+/// (not in `/dev/shm`), and its databases as fresh as the shared server's.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_durable_server_fsyncs_and_keeps_its_data_on_disk() {
+    let durable = PgServer::durable();
+    assert_ne!(durable.port(), PgServer::shared().port());
+    let client = connect(&durable.fresh_database().await).await;
+    assert_eq!(one_string(&client, "SHOW fsync").await, "on");
+    assert_eq!(one_string(&client, "SHOW shared_buffers").await, "1GB");
+    assert!(
+        !durable.socket_dir().starts_with("/dev/shm"),
+        "{}",
+        durable.socket_dir().display()
+    );
+}

@@ -69,43 +69,56 @@ pub(crate) async fn append(
         entries: read_pos(row.get(0)),
         hash: hash_col(&row, 1),
     };
-    let insert = tx
-        .prepare(
+    // Ids the org already has are skipped (idempotent ingest); the head lock keeps any other
+    // writer of this org out until commit, so the check cannot race.
+    let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.id).collect();
+    let mut seen: std::collections::HashSet<uuid::Uuid> = tx
+        .query(
+            "SELECT id FROM audit_entries WHERE org = $1 AND id = ANY($2)",
+            &[&org, &ids],
+        )
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut links = Vec::with_capacity(entries.len());
+    for e in entries {
+        if seen.insert(e.id) {
+            let (next, link) = current.append(org_id, e.clone());
+            current = next;
+            links.push(link);
+        }
+    }
+    let stored = links.len() as u64;
+    if stored > 0 {
+        fn col<T>(links: &[ChainLink], f: impl Fn(&ChainLink) -> T) -> Vec<T> {
+            links.iter().map(f).collect()
+        }
+        tx.execute(
             "INSERT INTO audit_entries (org, id, created_at, user_id, action, resource_type, \
              resource_id, details, ip_address, request_id, chain_pos, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (org, id) DO NOTHING",
+             SELECT $1, * FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], \
+             $12::bytea[], $13::bytea[])",
+            &[
+                &org,
+                &col(&links, |l| l.entry.id),
+                &col(&links, |l| l.entry.created_at.millis()),
+                &col(&links, |l| l.entry.user_id.clone()),
+                &col(&links, |l| l.entry.action.clone()),
+                &col(&links, |l| l.entry.resource_type.clone()),
+                &col(&links, |l| l.entry.resource_id.clone()),
+                &col(&links, |l| l.entry.details.clone()),
+                &col(&links, |l| l.entry.ip_address.clone()),
+                &col(&links, |l| l.entry.request_id.clone()),
+                &col(&links, |l| sql_pos(l.position)),
+                &col(&links, |l| l.prev_hash.to_vec()),
+                &col(&links, |l| l.hash.to_vec()),
+            ],
         )
         .await
         .map_err(backend)?;
-    let mut stored = 0;
-    for e in entries {
-        let (next, link) = current.append(org_id, e.clone());
-        let inserted = tx
-            .execute(
-                &insert,
-                &[
-                    &org,
-                    &e.id,
-                    &e.created_at.millis(),
-                    &e.user_id,
-                    &e.action,
-                    &e.resource_type,
-                    &e.resource_id,
-                    &e.details,
-                    &e.ip_address,
-                    &e.request_id,
-                    &sql_pos(link.position),
-                    &link.prev_hash.as_slice(),
-                    &link.hash.as_slice(),
-                ],
-            )
-            .await
-            .map_err(backend)?;
-        if inserted > 0 {
-            current = next;
-            stored += 1;
-        }
     }
     if stored > 0 {
         tx.execute(
