@@ -1,5 +1,5 @@
 //! Schema migrations, tracked in `apitrail_schema`, applied under an advisory lock so that
-//! servers starting together against one database migrate it once.
+//! servers starting together against one database migrate it exactly once.
 
 use apitrail_store::StoreError;
 use tokio_postgres::Client;
@@ -9,32 +9,35 @@ use crate::{backend, corrupt};
 /// Migrations in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
 
-/// An arbitrary constant naming apitrail's migration lock.
-const LOCK_KEY: i64 = 0x6170_6974_7261_696c; // "apitrail"
+/// An arbitrary constant naming apitrail's migration lock ("apitrail" in ASCII).
+const LOCK_KEY: i64 = 0x6170_6974_7261_696c;
 
-/// Brings the database to the newest schema, each migration in its own transaction.
+/// Brings the database to the newest schema, each migration in its own transaction. Holds a
+/// session-level advisory lock throughout, so that even the bookkeeping table is created by
+/// one server only.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(backend)?;
+    let result = migrate_locked(client).await;
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(backend);
+    result.and(unlocked.map(drop))
+}
+
+async fn migrate_locked(client: &mut Client) -> Result<(), StoreError> {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS apitrail_schema (version integer NOT NULL); \
-             INSERT INTO apitrail_schema (version) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM apitrail_schema)",
+             INSERT INTO apitrail_schema (version) \
+             SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM apitrail_schema)",
         )
         .await
-        .or_else(|e| {
-            // Two servers creating the table at once: the loser's CREATE fails on the catalog's
-            // unique index; the table exists either way and the lock below orders the rest.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
         .map_err(backend)?;
-    let tx = client.transaction().await.map_err(backend)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(backend)?;
-    let current: i32 = tx
+    let current: i32 = client
         .query_one("SELECT version FROM apitrail_schema", &[])
         .await
         .map_err(backend)?
@@ -47,12 +50,14 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = client.transaction().await.map_err(backend)?;
         tx.batch_execute(sql).await.map_err(backend)?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         tx.execute("UPDATE apitrail_schema SET version = $1", &[&version])
             .await
             .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
         tracing::info!(version, "applied PostgreSQL migration");
     }
-    tx.commit().await.map_err(backend)
+    Ok(())
 }
