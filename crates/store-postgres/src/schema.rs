@@ -7,7 +7,10 @@ use tokio_postgres::Client;
 use crate::{backend, corrupt};
 
 /// Migrations in order; the schema version is the number applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_init.sql"),
+    include_str!("../migrations/0002_status_created.sql"),
+];
 
 /// An arbitrary constant naming apitrail's migration lock ("apitrail" in ASCII).
 const LOCK_KEY: i64 = 0x6170_6974_7261_696c;
