@@ -166,6 +166,18 @@ pub struct OrgListQuery {
 
 /// Parses a JSON body into `T`, naming the field at fault.
 fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ApiError> {
+    if let Some(field) = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| crate::params::nul_fields(text).into_iter().next())
+    {
+        return Err(ApiError {
+            param: Some(field),
+            ..ApiError::new(
+                ErrorKind::InvalidBody,
+                format!("the body {}", crate::params::NUL_MESSAGE),
+            )
+        });
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let inner = e.inner().to_string();

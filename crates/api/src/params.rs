@@ -12,6 +12,36 @@ use apitrail_model::Timestamp;
 
 use crate::error::ApiError;
 
+/// Why a value with a NUL character is refused: no store can keep one as text (PostgreSQL
+/// refuses it outright), so it is refused at the door on every backend alike.
+pub const NUL_MESSAGE: &str = "must not contain NUL (\\u0000) characters";
+
+/// The top-level fields of a JSON object text whose value (at any depth, keys included)
+/// contains a NUL character, in order. Cheap for the usual text without a `\u0000` escape.
+pub fn nul_fields(json: &str) -> Vec<String> {
+    fn has_nul(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains('\0') || has_nul(v))
+            }
+            _ => false,
+        }
+    }
+    if !json.contains("\\u0000") {
+        return Vec::new();
+    }
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json) {
+        Ok(map) => map
+            .iter()
+            .filter(|(k, v)| k.contains('\0') || has_nul(v))
+            .map(|(k, _)| k.replace('\0', "\\u0000"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The decoded pairs of a query string.
 #[derive(Debug, Default)]
 pub struct Params {
@@ -42,7 +72,10 @@ impl Params {
                 found = Some(v.as_str());
             }
         }
-        Ok(found)
+        match found {
+            Some(v) if v.contains('\0') => Err(ApiError::param(name, NUL_MESSAGE)),
+            v => Ok(v),
+        }
     }
 
     /// An owned text value of at most `max` characters.
@@ -148,6 +181,18 @@ pub(crate) fn repair_plus(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_are_refused_and_found_by_field() {
+        let p = Params::parse(Some("a=x%00y&b=ok"));
+        assert_eq!(p.str("a").unwrap_err().param.as_deref(), Some("a"));
+        assert_eq!(p.str("b").unwrap(), Some("ok"));
+        assert_eq!(
+            nul_fields(r#"{"a":"x\u0000","b":"\\u0000 is text","c":{"d":["\u0000"]},"e\u0000":1}"#),
+            vec!["a".to_owned(), "c".to_owned(), "e\\u0000".to_owned()]
+        );
+        assert!(nul_fields(r#"{"a":"plain"}"#).is_empty());
+    }
 
     #[test]
     fn empty_values_are_absent_and_repeats_are_refused() {

@@ -473,6 +473,9 @@ pub async fn list_api_calls_for_user(
 ) -> Result<Json<ApiCallWithPriceResultsPage>, Failure<Zoo>> {
     caller.require(Scope::Admin)?;
     let Path(user) = user.map_err(|_| ApiError::param("id", "must be a user id or an email"))?;
+    if user.contains('\0') {
+        return Err(ApiError::param("id", crate::params::NUL_MESSAGE).into());
+    }
     if user.chars().count() > rules::MAX_TEXT {
         return Err(ApiError::param(
             "id",

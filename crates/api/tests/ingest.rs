@@ -1233,3 +1233,98 @@ async fn request_ids_filter_the_ingested_records() {
     }
     server.stop().await;
 }
+
+/// A NUL character (`\u0000`) cannot be kept as text by every store (PostgreSQL refuses it),
+/// so every way in refuses it with a 400 naming the field or parameter, on both backends
+/// alike, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_refused_by_name_everywhere() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("nul").await;
+    let nul = "a\u{0}b";
+    let resp = server
+        .request(Method::POST, "/v1/ingest/requests")
+        .header("x-api-key", &key.secret)
+        .json(&json!([
+            {"method": "GET", "path": "/fine", "status_code": 200},
+            {"method": "GET", "path": format!("/{nul}"), "status_code": 200,
+             "metadata": {"k": nul}, "user_agent": "\\u0000 is only text here"},
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_native_error(resp, StatusCode::BAD_REQUEST, "invalid_records", None).await;
+    assert_eq!(
+        http_support::detail_pairs(&body),
+        vec![(1, Some("metadata".into())), (1, Some("path".into()))],
+        "{body}"
+    );
+    assert_eq!(stored_count(&server, "nul").await, 0);
+
+    let resp = server
+        .request(Method::POST, "/v1/ingest/audit-events")
+        .header("x-api-key", &key.secret)
+        .json(&json!([{"action": "update", "resource_type": "destination",
+                       "details": {"url": nul}}]))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_native_error(resp, StatusCode::BAD_REQUEST, "invalid_records", None).await;
+    assert_eq!(
+        http_support::detail_pairs(&body),
+        vec![(0, Some("details".into()))]
+    );
+
+    for (path, param) in [
+        ("/v1/logs?route_pattern=x%00", "route_pattern"),
+        ("/v1/audit-log?action=x%00", "action"),
+    ] {
+        let resp = server.get(path, &key.secret).send().await.unwrap();
+        expect_native_error(
+            resp,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            Some(param),
+        )
+        .await;
+    }
+    let resp = server
+        .get("/users/a%00b/api-calls", &key.secret)
+        .send()
+        .await
+        .unwrap();
+    let body = expect(resp, StatusCode::BAD_REQUEST).await;
+    assert_eq!(body["error_code"], "invalid_parameter", "{body}");
+
+    let resp = server
+        .operator(Method::POST, "/admin/v1/orgs")
+        .json(&json!({"id": "nul-org", "name": nul}))
+        .send()
+        .await
+        .unwrap();
+    expect_native_error(
+        resp,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("name"),
+    )
+    .await;
+    let resp = server
+        .request(Method::POST, "/v1/api-keys")
+        .header("x-api-key", &key.secret)
+        .json(
+            &json!({"name": nul, "scopes": ["read"], "principal_type": "user",
+                      "principal_id": "u"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_native_error(
+        resp,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        Some("name"),
+    )
+    .await;
+    server.stop().await;
+}

@@ -31,6 +31,7 @@ pub use requests::IngestLog;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorKind, Failure, Native, RecordError};
+use crate::params::{NUL_MESSAGE, nul_fields};
 use crate::state::AppState;
 use crate::wire::NativeErrorBody;
 
@@ -339,10 +340,23 @@ pub(crate) fn parse_record<R: Ingestible>(raw: &str, limits: &Limits) -> Parsed<
         };
     }
     // The fast path, taken by every valid record: one typed parse.
-    match serde_json::from_str::<R::Wire>(raw) {
+    let mut parsed = match serde_json::from_str::<R::Wire>(raw) {
         Ok(rec) => R::validate(rec, limits),
         Err(_) => diagnose::<R>(raw, limits),
+    };
+    // No store keeps a NUL character in text (PostgreSQL refuses it), so it is refused here,
+    // on every backend alike, naming the field.
+    let nul = nul_fields(raw);
+    if !nul.is_empty() {
+        let mut problems = parsed.record.err().unwrap_or_default();
+        for field in nul {
+            if !problems.iter().any(|(f, _)| f.as_deref() == Some(&field)) {
+                problems.push((Some(field), NUL_MESSAGE.to_owned()));
+            }
+        }
+        parsed.record = Err(problems);
     }
+    parsed
 }
 
 /// The slow path for a record the typed parse refused: finds every unknown field and every
