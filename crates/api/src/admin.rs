@@ -171,7 +171,7 @@ fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ApiErr
         .and_then(|text| crate::params::nul_fields(text).into_iter().next())
     {
         return Err(ApiError {
-            param: Some(field),
+            param: field,
             ..ApiError::new(
                 ErrorKind::InvalidBody,
                 format!("the body {}", crate::params::NUL_MESSAGE),

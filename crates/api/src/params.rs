@@ -17,8 +17,10 @@ use crate::error::ApiError;
 pub const NUL_MESSAGE: &str = "must not contain NUL (\\u0000) characters";
 
 /// The top-level fields of a JSON object text whose value (at any depth, keys included)
-/// contains a NUL character, in order. Cheap for the usual text without a `\u0000` escape.
-pub fn nul_fields(json: &str) -> Vec<String> {
+/// contains a NUL character, in order; `None` stands for the whole text when it has a
+/// `\u0000` escape but cannot be read here (fail closed: it might hide a NUL). Cheap for the
+/// usual text without that escape.
+pub fn nul_fields(json: &str) -> Vec<Option<String>> {
     fn has_nul(v: &serde_json::Value) -> bool {
         match v {
             serde_json::Value::String(s) => s.contains('\0'),
@@ -36,9 +38,9 @@ pub fn nul_fields(json: &str) -> Vec<String> {
         Ok(map) => map
             .iter()
             .filter(|(k, v)| k.contains('\0') || has_nul(v))
-            .map(|(k, _)| k.replace('\0', "\\u0000"))
+            .map(|(k, _)| Some(k.replace('\0', "\\u0000")))
             .collect(),
-        Err(_) => Vec::new(),
+        Err(_) => vec![None],
     }
 }
 
@@ -189,9 +191,15 @@ mod tests {
         assert_eq!(p.str("b").unwrap(), Some("ok"));
         assert_eq!(
             nul_fields(r#"{"a":"x\u0000","b":"\\u0000 is text","c":{"d":["\u0000"]},"e\u0000":1}"#),
-            vec!["a".to_owned(), "c".to_owned(), "e\\u0000".to_owned()]
+            vec![
+                Some("a".to_owned()),
+                Some("c".to_owned()),
+                Some("e\\u0000".to_owned())
+            ]
         );
         assert!(nul_fields(r#"{"a":"plain"}"#).is_empty());
+        // Unreadable here (a number beyond f64), yet it has the escape: refused as a whole.
+        assert_eq!(nul_fields(r#"{"a":"x\u0000","n":1e400}"#), vec![None]);
     }
 
     #[test]

@@ -1328,3 +1328,50 @@ async fn nul_characters_are_refused_by_name_everywhere() {
     .await;
     server.stop().await;
 }
+
+/// A record that names a field twice is refused, not silently dropped from an accepted batch
+/// (each field alone is fine, so only the whole record can be at fault); a record whose NUL
+/// hides in a value the server cannot read as a whole is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_repeated_field_is_refused_not_dropped() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("twice").await;
+    for (path, body, want) in [
+        (
+            "/v1/ingest/requests",
+            r#"[{"method":"GET","method":"POST","path":"/a","status_code":200},
+                {"method":"GET","path":"/b","status_code":200}]"#,
+            0,
+        ),
+        (
+            "/v1/ingest/audit-events",
+            r#"[{"action":"a","action":"b","resource_type":"r"},
+                {"action":"c","resource_type":"r"}]"#,
+            0,
+        ),
+        (
+            "/v1/ingest/audit-events",
+            r#"[{"action":"c","resource_type":"r"},
+                {"action":"x\u0000y","resource_type":"r","details":{"n":1e400}}]"#,
+            1,
+        ),
+    ] {
+        let resp = server
+            .request(Method::POST, path)
+            .header("x-api-key", &key.secret)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let err = expect_native_error(resp, StatusCode::BAD_REQUEST, "invalid_records", None).await;
+        assert_eq!(detail_pairs(&err), vec![(want, None)], "{path}: {err}");
+    }
+    assert_eq!(stored_count(&server, "twice").await, 0);
+    let audit = http_support::audit_entries(&server, "twice").await;
+    assert!(
+        audit.iter().all(|e| e.resource_type != "r"),
+        "nothing of a refused batch is stored: {audit:?}"
+    );
+    server.stop().await;
+}

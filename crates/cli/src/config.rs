@@ -58,7 +58,11 @@ impl StoreArgs {
         match self.location() {
             Ok(Location::Sqlite(path)) => format!("SQLite at {}", path.display()),
             Ok(Location::Postgres(url)) => {
-                let shown = url.rsplit_once('@').map_or(url.as_str(), |(_, rest)| rest);
+                // Host, port and database only: user info and query parameters (which may
+                // carry `password=`) stay out of logs.
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.split('?').next().unwrap_or_default();
+                let shown = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
                 format!("PostgreSQL at {shown}")
             }
             Err(e) => e,
@@ -326,6 +330,10 @@ mod tests {
         assert_eq!(
             args(Some("postgres://u:secret@h:5/db")).describe(),
             "PostgreSQL at h:5/db"
+        );
+        assert_eq!(
+            args(Some("postgres://app@h/db?password=secret&sslmode=disable")).describe(),
+            "PostgreSQL at h/db"
         );
         assert!(args(Some("mysql://h/db")).location().is_err());
         assert!(args(Some("sqlite://")).location().is_err());

@@ -118,6 +118,18 @@ pub(crate) fn ts(ms: i64) -> Result<Timestamp, StoreError> {
     Timestamp::from_millis(ms).ok_or_else(|| corrupt(format!("timestamp {ms} out of range")))
 }
 
+/// Starts a write transaction at READ COMMITTED whatever the database's default: the audit
+/// append relies on it (after `FOR UPDATE` on the head row it must see what the previous
+/// holder committed), and no write here needs more.
+async fn begin(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .await
+        .map_err(backend)
+}
+
 async fn connect(url: &str) -> Result<Client, StoreError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(backend)?;
     tokio::spawn(async move {
@@ -230,7 +242,7 @@ impl Store for PgStore {
     async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError> {
         let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
-        let tx = client.transaction().await.map_err(backend)?;
+        let tx = begin(&mut client).await?;
         let tenant = orgs::insert_org(&tx, org).await?;
         audit::append(
             &tx,
@@ -265,7 +277,7 @@ impl Store for PgStore {
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
-        let tx = client.transaction().await.map_err(backend)?;
+        let tx = begin(&mut client).await?;
         orgs::insert_key(&tx, tenant.key(), key, hash).await?;
         audit::append(
             &tx,
@@ -296,7 +308,7 @@ impl Store for PgStore {
     ) -> Result<Option<ApiKey>, StoreError> {
         let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
-        let tx = client.transaction().await.map_err(backend)?;
+        let tx = begin(&mut client).await?;
         if orgs::revoke_key(&tx, tenant.key(), id, at).await? {
             audit::append(
                 &tx,
@@ -336,7 +348,7 @@ impl Store for PgStore {
         batches.sort_by_key(|b| b.tenant.key());
         let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
-        let tx = client.transaction().await.map_err(backend)?;
+        let tx = begin(&mut client).await?;
         let mut outcome = InsertOutcome::default();
         for batch in &batches {
             let stored = request_logs::insert(&tx, batch.tenant.key(), &batch.logs).await?;
@@ -387,7 +399,7 @@ impl Store for PgStore {
         batches.sort_by_key(|b| b.tenant.key());
         let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
-        let tx = client.transaction().await.map_err(backend)?;
+        let tx = begin(&mut client).await?;
         let mut outcome = InsertOutcome::default();
         for b in &batches {
             let stored = audit::append(&tx, b.tenant.key(), b.tenant.org_id(), &b.entries).await?;

@@ -1,5 +1,6 @@
 //! Behaviour specific to the PostgreSQL backend: several servers starting together on one
-//! empty database migrate it once; a database from a newer apitrail is refused.
+//! empty database migrate it once; a database from a newer apitrail is refused; writes keep
+//! working on a database whose default isolation is stricter than READ COMMITTED.
 
 #![allow(clippy::unwrap_used)]
 
@@ -46,4 +47,42 @@ async fn servers_starting_together_migrate_once() {
         Err(StoreError::Backend(e)) => assert!(e.to_string().contains("newer"), "{e}"),
         other => panic!("a newer schema must be refused, got {other:?}"),
     }
+}
+
+/// The audit append locks the org's head and must then see what the previous holder
+/// committed, which a stricter default isolation would turn into serialization failures:
+/// writes run at READ COMMITTED whatever the database's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_do_not_depend_on_the_default_isolation() {
+    use apitrail_store_tests::support::{at, audit_entry, new_org};
+    let url = PgServer::shared().fresh_database().await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" SET default_transaction_isolation = 'repeatable read'"
+        ))
+        .await
+        .unwrap();
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let tenant = new_org(&store, "strict").await;
+    let writes = (0..8).map(|i| {
+        let (store, tenant) = (&store, tenant.clone());
+        async move {
+            let entries = (0..20)
+                .map(|j| audit_entry("update", "destination", &format!("d{i}_{j}"), at(j)))
+                .collect();
+            store
+                .insert_audit_entries(vec![apitrail_store::AuditBatch { tenant, entries }])
+                .await
+        }
+    });
+    for outcome in apitrail_store_tests::support::join_all(writes).await {
+        assert_eq!(outcome.unwrap().accepted, 20);
+    }
+    let report = store.verify_audit_chain(&tenant).await.unwrap();
+    assert!(report.ok && report.entries_checked == 161, "{report:?}");
 }

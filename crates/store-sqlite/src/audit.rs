@@ -56,10 +56,11 @@ fn read_pos(v: i64) -> u64 {
 /// A stored hash; anything but 32 bytes (an edited row) reads as all ones, which never
 /// matches, so `verify` reports the entry instead of failing.
 fn hash_col(r: &Row<'_>, i: usize) -> rusqlite::Result<ChainHash> {
-    let bytes: Option<Vec<u8>> = r.get(i)?;
-    Ok(bytes
-        .and_then(|b| ChainHash::try_from(b.as_slice()).ok())
-        .unwrap_or([0xff; 32]))
+    // Read as any type: a value of another type (an edited row) must not stop `verify`.
+    Ok(match r.get::<_, Value>(i)? {
+        Value::Blob(b) => ChainHash::try_from(b.as_slice()).unwrap_or([0xff; 32]),
+        _ => [0xff; 32],
+    })
 }
 
 fn head(conn: &Connection, org: i64) -> rusqlite::Result<ChainHead> {
@@ -211,7 +212,10 @@ pub(crate) fn chain(
     st.query_map(params![org, sql_pos(after), limit], |r| {
         Ok(ChainLink {
             entry: entry_from_row(r)?,
-            position: read_pos(r.get(9)?),
+            position: match r.get::<_, Value>(9)? {
+                Value::Integer(p) => read_pos(p),
+                _ => u64::MAX,
+            },
             prev_hash: hash_col(r, 10)?,
             hash: hash_col(r, 11)?,
         })

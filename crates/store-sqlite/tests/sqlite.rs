@@ -611,7 +611,8 @@ async fn large_time_windows_walk_the_sort_order() {
 
 /// A database from before the audit chain (schema version 2) gets its existing audit entries
 /// chained per org in insertion order on upgrade, so they verify; an entry edited in the file
-/// afterwards is found by `verify` at exactly that entry.
+/// afterwards (its content, or its hash replaced by a value of another type) is found by
+/// `verify` at exactly that entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_audit_log_is_chained_and_edits_are_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -678,6 +679,13 @@ async fn an_upgraded_audit_log_is_chained_and_edits_are_found() {
         )
         .unwrap();
     assert_eq!(changed, 1);
+    // And, in the other org, replaces a stored hash with a value of another type.
+    let retyped = ids["old-b"][4];
+    conn.execute(
+        "UPDATE audit_entries SET hash = 'forged' WHERE id = ?1",
+        [retyped.as_bytes()],
+    )
+    .unwrap();
     drop(conn);
     let store = open(dir.path(), SqliteOptions::default());
     let a = store
@@ -694,6 +702,11 @@ async fn an_upgraded_audit_log_is_chained_and_edits_are_found() {
         .await
         .unwrap()
         .unwrap();
-    assert!(store.verify_audit_chain(&b).await.unwrap().ok);
+    let report = store.verify_audit_chain(&b).await.unwrap();
+    assert!(
+        !report.ok,
+        "a hash of the wrong type is a broken link, not an error"
+    );
+    assert_eq!(report.first_bad_id, Some(retyped));
     store.shutdown().await.unwrap();
 }

@@ -175,7 +175,13 @@ async fn receive<R: Ingestible>(
     let mut errors = Vec::new();
     let mut parsed = Vec::with_capacity(records.len());
     for (index, raw) in records.iter().enumerate() {
-        let rec = parse_record::<R>(raw, &limits);
+        let mut rec = parse_record::<R>(raw, &limits);
+        if let Err(problems) = &mut rec.record
+            && problems.is_empty()
+        {
+            // A refused record always says why; none may be dropped silently.
+            problems.push((None, "is not a valid record".to_owned()));
+        }
         if let Err(problems) = &rec.record {
             errors.extend(problems.iter().map(|(field, message)| RecordError {
                 index,
@@ -342,7 +348,7 @@ pub(crate) fn parse_record<R: Ingestible>(raw: &str, limits: &Limits) -> Parsed<
     // The fast path, taken by every valid record: one typed parse.
     let mut parsed = match serde_json::from_str::<R::Wire>(raw) {
         Ok(rec) => R::validate(rec, limits),
-        Err(_) => diagnose::<R>(raw, limits),
+        Err(e) => diagnose::<R>(raw, limits, &e),
     };
     // No store keeps a NUL character in text (PostgreSQL refuses it), so it is refused here,
     // on every backend alike, naming the field.
@@ -350,8 +356,8 @@ pub(crate) fn parse_record<R: Ingestible>(raw: &str, limits: &Limits) -> Parsed<
     if !nul.is_empty() {
         let mut problems = parsed.record.err().unwrap_or_default();
         for field in nul {
-            if !problems.iter().any(|(f, _)| f.as_deref() == Some(&field)) {
-                problems.push((Some(field), NUL_MESSAGE.to_owned()));
+            if !problems.iter().any(|(f, _)| *f == field) {
+                problems.push((field, NUL_MESSAGE.to_owned()));
             }
         }
         parsed.record = Err(problems);
@@ -362,7 +368,7 @@ pub(crate) fn parse_record<R: Ingestible>(raw: &str, limits: &Limits) -> Parsed<
 /// The slow path for a record the typed parse refused: finds every unknown field and every
 /// field of the wrong type (each checked on its own, from its raw text), then runs the field
 /// rules on the rest, so that one problem never hides another.
-fn diagnose<R: Ingestible>(raw: &str, limits: &Limits) -> Parsed<R> {
+fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error) -> Parsed<R> {
     let invalid_json = |e: &serde_json::Error| Parsed {
         org_id: None,
         record: Err(vec![(
@@ -391,6 +397,11 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits) -> Parsed<R> {
         }
     }
     clean.push('}');
+    if problems.is_empty() {
+        // Each field is fine alone, yet the record is not: a key given twice, which the map
+        // above collapsed. Never let such a record pass unreported (it would be dropped).
+        problems.push((None, strip_position(typed)));
+    }
     let mistyped: Vec<Option<String>> = problems.iter().map(|(f, _)| f.clone()).collect();
     match serde_json::from_str::<R::Wire>(&clean) {
         Ok(rec) => {
