@@ -172,28 +172,11 @@ impl PgStore {
     /// Admits `records` to the write path, or refuses them when that would exceed the
     /// capacity (so ingest answers 503 instead of queueing without bound).
     fn admit(&self, records: usize) -> Result<Admitted<'_>, StoreError> {
-        let mut current = self.queued.load(Ordering::Relaxed);
-        loop {
-            if current + records > self.capacity {
-                return Err(StoreError::Overloaded {
-                    retry_after_secs: 1,
-                });
-            }
-            match self.queued.compare_exchange_weak(
-                current,
-                current + records,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    return Ok(Admitted {
-                        queued: &self.queued,
-                        records,
-                    });
-                }
-                Err(now) => current = now,
-            }
-        }
+        apitrail_store::admit(&self.queued, records, self.capacity)?;
+        Ok(Admitted {
+            queued: &self.queued,
+            records,
+        })
     }
 
     /// Counts a committed write transaction of `records` records that began at `started`.

@@ -167,24 +167,7 @@ impl Writer {
                 return Err(StoreError::Closed);
             };
             if records > 0 {
-                let queued = &self.stats.queued_records;
-                let mut current = queued.load(Ordering::Relaxed);
-                loop {
-                    if current + records > self.capacity {
-                        return Err(StoreError::Overloaded {
-                            retry_after_secs: 1,
-                        });
-                    }
-                    match queued.compare_exchange_weak(
-                        current,
-                        current + records,
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => break,
-                        Err(now) => current = now,
-                    }
-                }
+                apitrail_store::admit(&self.stats.queued_records, records, self.capacity)?;
             }
             if sender.send(job).is_err() {
                 self.stats

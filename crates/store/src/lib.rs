@@ -10,6 +10,7 @@
 pub mod stats;
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, ChainReport, ChainVerifier,
@@ -44,6 +45,29 @@ impl StoreError {
     /// Wraps a backend error.
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(e))
+    }
+}
+
+/// Reserves room for `records` in a write queue holding `queued` of `capacity` records, or
+/// refuses with [`StoreError::Overloaded`] (ingest then answers 503 instead of queueing without
+/// bound). The caller gives the room back (`fetch_sub`) once the write is done.
+pub fn admit(queued: &AtomicUsize, records: usize, capacity: usize) -> Result<(), StoreError> {
+    let mut current = queued.load(Ordering::Relaxed);
+    loop {
+        if current + records > capacity {
+            return Err(StoreError::Overloaded {
+                retry_after_secs: 1,
+            });
+        }
+        match queued.compare_exchange_weak(
+            current,
+            current + records,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(now) => current = now,
+        }
     }
 }
 

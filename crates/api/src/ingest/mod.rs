@@ -175,13 +175,7 @@ async fn receive<R: Ingestible>(
     let mut errors = Vec::new();
     let mut parsed = Vec::with_capacity(records.len());
     for (index, raw) in records.iter().enumerate() {
-        let mut rec = parse_record::<R>(raw, &limits);
-        if let Err(problems) = &mut rec.record
-            && problems.is_empty()
-        {
-            // A refused record always says why; none may be dropped silently.
-            problems.push((None, "is not a valid record".to_owned()));
-        }
+        let rec = parse_record::<R>(raw, &limits);
         if let Err(problems) = &rec.record {
             errors.extend(problems.iter().map(|(field, message)| RecordError {
                 index,
@@ -361,6 +355,12 @@ pub(crate) fn parse_record<R: Ingestible>(raw: &str, limits: &Limits) -> Parsed<
             }
         }
         parsed.record = Err(problems);
+    }
+    if let Err(problems) = &mut parsed.record
+        && problems.is_empty()
+    {
+        // A refused record always says why; none may be dropped silently.
+        problems.push((None, "is not a valid record".to_owned()));
     }
     parsed
 }
