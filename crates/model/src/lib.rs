@@ -4,6 +4,7 @@
 //! Everything here is pure: no I/O, no HTTP, no SQL. Values that come from outside are parsed
 //! into these types once, at the boundary, so code further in never sees unchecked input.
 
+pub mod action;
 pub mod audit;
 pub mod chain;
 pub mod cursor;
@@ -14,7 +15,13 @@ pub mod query;
 pub mod request_log;
 pub mod time;
 pub mod validate;
+pub mod webhook;
 
+pub use action::{
+    ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionState,
+    ActionStatus, Credential, DefinitionDestination, Destination, RetrySchedule, Tags,
+    WebhookConfig,
+};
 pub use audit::{AuditAfter, AuditEntry, AuditFilter, NewAuditEntry};
 pub use chain::{ChainHash, ChainHead, ChainLink, ChainReport, ChainVerifier};
 pub use cursor::{Cursor, CursorError, CursorKind};
@@ -25,3 +32,4 @@ pub use query::{LogFilter, PageRequest, PageStart, Position, Sort, SortDir, Sort
 pub use request_log::RequestLog;
 pub use time::Timestamp;
 pub use validate::FieldError;
+pub use webhook::WebhookSecret;

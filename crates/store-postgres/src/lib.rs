@@ -9,6 +9,7 @@
 //! Work in progress (issue #5): ingest uses one multi-row statement per batch (no COPY, no
 //! group commit yet) and request logs are not partitioned by time yet.
 
+mod actions;
 mod audit;
 mod orgs;
 mod request_logs;

@@ -5,6 +5,7 @@
 //! serves queries concurrently; a checkpointer thread copies the WAL back into the database so
 //! the writer never stalls on it. See `ARCHITECTURE.md` for why.
 
+mod actions;
 mod audit;
 mod levels;
 mod orgs;

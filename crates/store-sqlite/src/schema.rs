@@ -26,6 +26,10 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0003_audit_chain.sql"),
         then: Some(crate::audit::link_unchained),
     },
+    Migration {
+        sql: include_str!("../migrations/0004_actions.sql"),
+        then: None,
+    },
 ];
 
 /// Errors while migrating.

@@ -7,6 +7,7 @@
 //! Tenant scoping lives in the signatures: every method that touches org data takes a
 //! [`Tenant`], which only a store can mint, so no caller can forget the org.
 
+pub mod actions;
 pub mod stats;
 
 use std::fmt;
@@ -19,6 +20,7 @@ use apitrail_model::{
 use async_trait::async_trait;
 use uuid::Uuid;
 
+pub use actions::{ActionStore, Expected, Leased};
 pub use stats::{Histogram, HistogramSnapshot, StoreStats};
 
 /// Errors every backend maps its failures into.
@@ -113,7 +115,7 @@ pub struct InsertOutcome {
 /// The storage interface. All methods are cancel-safe in the sense that a write, once
 /// submitted, completes (or fails) as a whole whether or not the caller still waits.
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug + 'static {
+pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

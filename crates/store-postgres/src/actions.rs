@@ -1,0 +1,777 @@
+//! Actions: credentials, destinations, definitions, records and their events. The dispatcher
+//! leases due records with `FOR UPDATE SKIP LOCKED`, so servers sharing the database never
+//! hold the same record at once.
+
+use std::time::Instant;
+
+use apitrail_model::action::{
+    alias_json, links_json, parse_alias, parse_links, parse_tags, search_number, tags_json,
+};
+use apitrail_model::{
+    ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionState,
+    ActionStatus, AuditEntry, Credential, Destination, OrgId, Tags, Tenant, Timestamp,
+    WebhookConfig, WebhookSecret,
+};
+use apitrail_store::{ActionStore, Expected, Leased, StoreError};
+use async_trait::async_trait;
+use tokio_postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use crate::{Args, PgStore, backend, begin, corrupt, params, push, ts};
+
+fn opt_ts(v: Option<i64>) -> Result<Option<Timestamp>, StoreError> {
+    v.map(ts).transpose()
+}
+
+fn tags(text: &str) -> Result<Tags, StoreError> {
+    parse_tags(text).ok_or_else(|| corrupt(format!("tags {text:?}")))
+}
+
+fn status(text: &str) -> Result<ActionStatus, StoreError> {
+    ActionStatus::parse(text).ok_or_else(|| corrupt(format!("status {text:?}")))
+}
+
+fn u32_col(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| corrupt(format!("count {v}")))
+}
+
+fn credential_from_row(r: &Row) -> Result<Credential, StoreError> {
+    Ok(Credential {
+        id: r.get(0),
+        label: r.get(1),
+        secret: WebhookSecret::from_bytes(r.get(2)),
+        created_at: ts(r.get(3))?,
+    })
+}
+
+const DESTINATION_COLUMNS: &str = "id, label, url, headers, signaling, response_time_sla_ms, \
+     credential_id, tags, created_at, updated_at, deleted_at";
+
+fn destination_from_row(r: &Row) -> Result<Destination, StoreError> {
+    let sla: i64 = r.get(5);
+    Ok(Destination {
+        id: r.get(0),
+        label: r.get(1),
+        config: WebhookConfig {
+            url: r.get(2),
+            headers: tags(r.get(3))?,
+            signaling: r.get(4),
+            response_time_sla_ms: u32_col(sla)?,
+        },
+        credential_id: r.get(6),
+        tags: tags(r.get(7))?,
+        created_at: ts(r.get(8))?,
+        updated_at: ts(r.get(9))?,
+        deleted_at: opt_ts(r.get(10))?,
+    })
+}
+
+const DEFINITION_COLUMNS: &str =
+    "id, version, variant, alias, schema, destinations, created_at, updated_at, deleted_at";
+
+fn definition_from_row(r: &Row) -> Result<ActionDefinition, StoreError> {
+    let alias: &str = r.get(3);
+    let links: &str = r.get(5);
+    Ok(ActionDefinition {
+        id: r.get(0),
+        version: u32_col(r.get(1))?,
+        variant: r.get(2),
+        alias: parse_alias(alias).ok_or_else(|| corrupt(format!("alias {alias:?}")))?,
+        schema: r.get(4),
+        destinations: parse_links(links).ok_or_else(|| corrupt(format!("links {links:?}")))?,
+        created_at: ts(r.get(6))?,
+        updated_at: ts(r.get(7))?,
+        deleted_at: opt_ts(r.get(8))?,
+    })
+}
+
+const RECORD_COLUMNS: &str = "r.id, r.definition_id, r.version, r.variant, r.input, \
+     r.timeout_secs, r.tags, r.destination_id, r.request_id, r.created_at, r.status, r.attempt, \
+     r.updated_at, r.available_at, r.timeout_at, r.started_at, r.completed_at, r.error_message";
+
+fn record_from_row(r: &Row) -> Result<ActionRecord, StoreError> {
+    Ok(ActionRecord {
+        id: r.get(0),
+        definition_id: r.get(1),
+        version: u32_col(r.get(2))?,
+        variant: r.get(3),
+        input: r.get(4),
+        timeout_secs: u32_col(r.get(5))?,
+        tags: tags(r.get(6))?,
+        destination_id: r.get(7),
+        request_id: r.get(8),
+        created_at: ts(r.get(9))?,
+        state: ActionState {
+            status: status(r.get(10))?,
+            attempt: u32_col(r.get(11))?,
+            updated_at: ts(r.get(12))?,
+            available_at: ts(r.get(13))?,
+            timeout_at: opt_ts(r.get(14))?,
+            started_at: opt_ts(r.get(15))?,
+            completed_at: opt_ts(r.get(16))?,
+            error_message: r.get(17),
+        },
+    })
+}
+
+/// A record with its org, from a row of `RECORD_COLUMNS, r.org, o.id`.
+fn leased_from_row(r: &Row) -> Result<Leased, StoreError> {
+    let org_id: &str = r.get(19);
+    let org_id = OrgId::parse(org_id).map_err(|e| corrupt(e.to_string()))?;
+    Ok(Leased {
+        tenant: Tenant::from_store(r.get(18), org_id),
+        record: record_from_row(r)?,
+    })
+}
+
+fn event_from_row(r: &Row) -> Result<ActionEvent, StoreError> {
+    Ok(ActionEvent {
+        record_id: r.get(0),
+        id: r.get(1),
+        kind: r.get(2),
+        status: status(r.get(3))?,
+        attempt: u32_col(r.get(4))?,
+        available_at: opt_ts(r.get(5))?,
+        timeout_at: opt_ts(r.get(6))?,
+        message: r.get(7),
+        data: r.get(8),
+        created_at: ts(r.get(9))?,
+    })
+}
+
+async fn insert_event(c: &impl GenericClient, org: i64, e: &ActionEvent) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO action_events (org, record_id, id, kind, status, attempt, available_at, \
+         timeout_at, message, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &org,
+            &e.record_id,
+            &e.id,
+            &e.kind,
+            &e.status.as_str(),
+            &i64::from(e.attempt),
+            &e.available_at.map(Timestamp::millis),
+            &e.timeout_at.map(Timestamp::millis),
+            &e.message,
+            &e.data,
+            &e.created_at.millis(),
+        ],
+    )
+    .await
+    .map(drop)
+    .map_err(backend)
+}
+
+/// The WHERE clause (after `r.org = $1`) for `filter`; `args` already holds `$1`.
+fn where_clause(filter: &ActionFilter, args: &mut Args) -> String {
+    let mut sql = String::new();
+    if let Some(d) = filter.definition_id {
+        sql += &format!(" AND r.definition_id = {}", push(args, d));
+    }
+    if let Some(v) = &filter.variant {
+        sql += &format!(" AND r.variant = {}", push(args, v.clone()));
+    }
+    if let Some(v) = filter.version {
+        sql += &format!(" AND r.version = {}", push(args, i64::from(v)));
+    }
+    match &filter.search {
+        None => {}
+        Some(ActionSearch::Id(id)) => sql += &format!(" AND r.id = {}", push(args, *id)),
+        Some(ActionSearch::DefinitionId(id)) => {
+            sql += &format!(" AND r.definition_id = {}", push(args, *id));
+        }
+        Some(ActionSearch::Variant(v)) => {
+            sql += &format!(" AND r.variant = {}", push(args, v.clone()));
+        }
+        Some(ActionSearch::Status(s)) => {
+            sql += &format!(
+                " AND r.status = {}",
+                push(args, s.map(ActionStatus::as_str))
+            );
+        }
+        Some(ActionSearch::Tag(k, v)) => {
+            let (k, v) = (push(args, k.clone()), push(args, v.clone()));
+            sql += &format!(" AND (r.tags::jsonb ->> {k}) = {v}");
+        }
+        Some(ActionSearch::Input(path, v)) => {
+            let p = push(args, path.clone());
+            let text = push(args, v.clone());
+            let num = push(args, search_number(v));
+            let boolean = push(
+                args,
+                matches!(v.as_str(), "true" | "false").then(|| v.clone()),
+            );
+            sql += &format!(
+                " AND ((jsonb_typeof(r.input::jsonb #> {p}::text[]) = 'string' \
+                   AND r.input::jsonb #>> {p}::text[] = {text}) \
+                 OR (jsonb_typeof(r.input::jsonb #> {p}::text[]) = 'number' \
+                   AND (r.input::jsonb #>> {p}::text[])::float8 = {num}) \
+                 OR (jsonb_typeof(r.input::jsonb #> {p}::text[]) = 'boolean' \
+                   AND r.input::jsonb #>> {p}::text[] = {boolean}))"
+            );
+        }
+    }
+    sql
+}
+
+async fn count(c: &impl GenericClient, org: i64, filter: &ActionFilter) -> Result<u64, StoreError> {
+    let mut args: Args = vec![Box::new(org)];
+    let clause = where_clause(filter, &mut args);
+    let n: i64 = c
+        .query_one(
+            &format!("SELECT count(*) FROM action_records r WHERE r.org = $1{clause}"),
+            &params(&args),
+        )
+        .await
+        .map_err(backend)?
+        .get(0);
+    Ok(n.unsigned_abs())
+}
+
+/// Writes the names of a live definition, refusing any another live definition has.
+async fn claim_names(
+    tx: &impl GenericClient,
+    org: i64,
+    d: &ActionDefinition,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM action_names WHERE org = $1 AND definition_id = $2",
+        &[&org, &d.id],
+    )
+    .await
+    .map_err(backend)?;
+    if d.deleted_at.is_some() {
+        return Ok(());
+    }
+    for name in d.names() {
+        let inserted = tx
+            .execute(
+                "INSERT INTO action_names (org, name, definition_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING",
+                &[&org, &name, &d.id],
+            )
+            .await
+            .map_err(backend)?;
+        if inserted == 0 {
+            return Err(StoreError::Conflict(
+                "an action definition with this variant or alias",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl PgStore {
+    /// Appends `audit` to the transaction that made the change it records, and commits.
+    async fn commit_audited(
+        &self,
+        tx: tokio_postgres::Transaction<'_>,
+        tenant: &Tenant,
+        audit: &AuditEntry,
+        started: Instant,
+    ) -> Result<(), StoreError> {
+        crate::audit::append(
+            &tx,
+            tenant.key(),
+            tenant.org_id(),
+            std::slice::from_ref(audit),
+        )
+        .await?;
+        tx.commit().await.map_err(backend)?;
+        self.committed(0, started);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ActionStore for PgStore {
+    async fn create_credential(
+        &self,
+        tenant: &Tenant,
+        credential: &Credential,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let org = tenant.key();
+        let started = Instant::now();
+        let (_open, mut client) = self.writer().await?;
+        let tx = begin(&mut client).await?;
+        {
+            tx.execute(
+                    "INSERT INTO credentials (org, id, label, secret, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &org,
+                        &credential.id,
+                        &credential.label,
+                        &credential.secret.as_bytes(),
+                        &credential.created_at.millis(),
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+        }
+        self.commit_audited(tx, tenant, audit, started).await
+    }
+
+    async fn get_credential(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<Credential>, StoreError> {
+        self.reader()
+            .query_opt(
+                "SELECT id, label, secret, created_at FROM credentials WHERE org = $1 AND id = $2",
+                &[&tenant.key(), &id],
+            )
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(credential_from_row)
+            .transpose()
+    }
+
+    async fn list_credentials(&self, tenant: &Tenant) -> Result<Vec<Credential>, StoreError> {
+        self.reader()
+            .query(
+                "SELECT id, label, secret, created_at FROM credentials WHERE org = $1 \
+                 ORDER BY created_at, id",
+                &[&tenant.key()],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(credential_from_row)
+            .collect()
+    }
+
+    async fn put_destination(
+        &self,
+        tenant: &Tenant,
+        destination: &Destination,
+        create: bool,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let org = tenant.key();
+        let d = destination;
+        let (headers, tag_text) = (tags_json(&d.config.headers), tags_json(&d.tags));
+        let started = Instant::now();
+        let (_open, mut client) = self.writer().await?;
+        let tx = begin(&mut client).await?;
+        {
+            let sql = if create {
+                "INSERT INTO destinations (org, id, label, url, headers, signaling, \
+                     response_time_sla_ms, credential_id, tags, created_at, updated_at, deleted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            } else {
+                "UPDATE destinations SET label = $3, url = $4, headers = $5, signaling = $6, \
+                     response_time_sla_ms = $7, credential_id = $8, tags = $9, created_at = $10, \
+                     updated_at = $11, deleted_at = $12 WHERE org = $1 AND id = $2"
+            };
+            tx.execute(
+                sql,
+                &[
+                    &org,
+                    &d.id,
+                    &d.label,
+                    &d.config.url,
+                    &headers,
+                    &d.config.signaling,
+                    &i64::from(d.config.response_time_sla_ms),
+                    &d.credential_id,
+                    &tag_text,
+                    &d.created_at.millis(),
+                    &d.updated_at.millis(),
+                    &d.deleted_at.map(Timestamp::millis),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        self.commit_audited(tx, tenant, audit, started).await
+    }
+
+    async fn get_destination(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<Destination>, StoreError> {
+        self.reader()
+            .query_opt(
+                &format!(
+                    "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = $1 AND id = $2"
+                ),
+                &[&tenant.key(), &id],
+            )
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(destination_from_row)
+            .transpose()
+    }
+
+    async fn list_destinations(
+        &self,
+        tenant: &Tenant,
+        include_deleted: bool,
+    ) -> Result<Vec<Destination>, StoreError> {
+        self.reader()
+            .query(
+                &format!(
+                    "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = $1 \
+                     AND ($2 OR deleted_at IS NULL) ORDER BY created_at, id"
+                ),
+                &[&tenant.key(), &include_deleted],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(destination_from_row)
+            .collect()
+    }
+
+    async fn put_action_definition(
+        &self,
+        tenant: &Tenant,
+        definition: &ActionDefinition,
+        new_version: bool,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        let org = tenant.key();
+        let d = definition;
+        let (alias, links) = (alias_json(&d.alias), links_json(&d.destinations));
+        let started = Instant::now();
+        let (_open, mut client) = self.writer().await?;
+        let tx = begin(&mut client).await?;
+        {
+            claim_names(&tx, org, d).await?;
+            let sql = if new_version {
+                "INSERT INTO action_definitions (org, id, version, variant, alias, schema, \
+                     destinations, created_at, updated_at, deleted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
+            } else {
+                "UPDATE action_definitions SET variant = $4, alias = $5, schema = $6, \
+                     destinations = $7, created_at = $8, updated_at = $9, deleted_at = $10 \
+                     WHERE org = $1 AND id = $2 AND version = $3"
+            };
+            let n = tx
+                .execute(
+                    sql,
+                    &[
+                        &org,
+                        &d.id,
+                        &i64::from(d.version),
+                        &d.variant,
+                        &alias,
+                        &d.schema,
+                        &links,
+                        &d.created_at.millis(),
+                        &d.updated_at.millis(),
+                        &d.deleted_at.map(Timestamp::millis),
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            if new_version && n == 0 {
+                return Err(StoreError::Conflict(
+                    "this version of the action definition",
+                ));
+            }
+            if let Some(at) = d.deleted_at {
+                tx.execute(
+                    "UPDATE action_definitions SET deleted_at = $3 \
+                         WHERE org = $1 AND id = $2 AND deleted_at IS NULL",
+                    &[&org, &d.id, &at.millis()],
+                )
+                .await
+                .map_err(backend)?;
+            }
+        }
+        self.commit_audited(tx, tenant, audit, started).await
+    }
+
+    async fn get_action_definition(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        version: Option<u32>,
+    ) -> Result<Option<ActionDefinition>, StoreError> {
+        self.reader()
+            .query_opt(
+                &format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
+                     WHERE org = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3) \
+                     ORDER BY version DESC LIMIT 1"
+                ),
+                &[&tenant.key(), &id, &version.map(i64::from)],
+            )
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(definition_from_row)
+            .transpose()
+    }
+
+    async fn find_action_definition(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+    ) -> Result<Option<ActionDefinition>, StoreError> {
+        self.reader()
+            .query_opt(
+                &format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
+                     WHERE org = $1 AND id = (SELECT definition_id FROM action_names \
+                       WHERE org = $1 AND name = $2) \
+                     ORDER BY version DESC LIMIT 1"
+                ),
+                &[&tenant.key(), &name],
+            )
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(definition_from_row)
+            .transpose()
+    }
+
+    async fn list_action_definitions(
+        &self,
+        tenant: &Tenant,
+        include_deleted: bool,
+    ) -> Result<Vec<ActionDefinition>, StoreError> {
+        self.reader()
+            .query(
+                &format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM action_definitions d \
+                     WHERE org = $1 AND ($2 OR deleted_at IS NULL) \
+                     AND version = (SELECT max(version) FROM action_definitions l \
+                       WHERE l.org = d.org AND l.id = d.id) \
+                     ORDER BY (SELECT min(created_at) FROM action_definitions f \
+                       WHERE f.org = d.org AND f.id = d.id), id"
+                ),
+                &[&tenant.key(), &include_deleted],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(definition_from_row)
+            .collect()
+    }
+
+    async fn create_action_record(
+        &self,
+        tenant: &Tenant,
+        record: &ActionRecord,
+        event: &ActionEvent,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let (org, r, s) = (tenant.key(), record, &record.state);
+        let (_open, mut client) = self.writer().await?;
+        let tx = begin(&mut client).await?;
+        tx.execute(
+            "INSERT INTO action_records (org, id, definition_id, version, variant, input, \
+             timeout_secs, tags, destination_id, request_id, created_at, status, attempt, \
+             updated_at, available_at, timeout_at, started_at, completed_at, error_message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            &[
+                &org,
+                &r.id,
+                &r.definition_id,
+                &i64::from(r.version),
+                &r.variant,
+                &r.input,
+                &i64::from(r.timeout_secs),
+                &tags_json(&r.tags),
+                &r.destination_id,
+                &r.request_id,
+                &r.created_at.millis(),
+                &s.status.as_str(),
+                &i64::from(s.attempt),
+                &s.updated_at.millis(),
+                &s.available_at.millis(),
+                &s.timeout_at.map(Timestamp::millis),
+                &s.started_at.map(Timestamp::millis),
+                &s.completed_at.map(Timestamp::millis),
+                &s.error_message,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+        insert_event(&tx, org, event).await?;
+        tx.commit().await.map_err(backend)?;
+        self.committed(1, started);
+        Ok(())
+    }
+
+    async fn get_action_record(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<ActionRecord>, StoreError> {
+        self.reader()
+            .query_opt(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = $1 AND r.id = $2"
+                ),
+                &[&tenant.key(), &id],
+            )
+            .await
+            .map_err(backend)?
+            .as_ref()
+            .map(record_from_row)
+            .transpose()
+    }
+
+    async fn list_action_records(
+        &self,
+        tenant: &Tenant,
+        filter: &ActionFilter,
+        skip: u64,
+        take: u32,
+    ) -> Result<(Vec<ActionRecord>, u64), StoreError> {
+        let c = self.reader();
+        let total = count(c, tenant.key(), filter).await?;
+        let mut args: Args = vec![Box::new(tenant.key())];
+        let clause = where_clause(filter, &mut args);
+        let limit = push(&mut args, i64::from(take));
+        let offset = push(&mut args, i64::try_from(skip).unwrap_or(i64::MAX));
+        let items = c
+            .query(
+                &format!(
+                    "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = $1{clause} \
+                     ORDER BY r.created_at DESC, r.id DESC LIMIT {limit} OFFSET {offset}"
+                ),
+                &params(&args),
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((items, total))
+    }
+
+    async fn count_action_records(
+        &self,
+        tenant: &Tenant,
+        filter: &ActionFilter,
+    ) -> Result<u64, StoreError> {
+        count(self.reader(), tenant.key(), filter).await
+    }
+
+    async fn action_events(
+        &self,
+        tenant: &Tenant,
+        records: &[Uuid],
+    ) -> Result<Vec<ActionEvent>, StoreError> {
+        self.reader()
+            .query(
+                "SELECT record_id, id, kind, status, attempt, available_at, timeout_at, message, \
+                 data, created_at FROM action_events WHERE org = $1 AND record_id = ANY($2) \
+                 ORDER BY array_position($2, record_id), created_at, id",
+                &[&tenant.key(), &records],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    async fn transition_action(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        expected: &Expected,
+        state: &ActionState,
+        event: &ActionEvent,
+    ) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let (org, s) = (tenant.key(), state);
+        let (_open, mut client) = self.writer().await?;
+        let tx = begin(&mut client).await?;
+        let changed = tx
+            .execute(
+                "UPDATE action_records SET status = $5, attempt = $6, updated_at = $7, \
+                 available_at = $8, timeout_at = $9, started_at = $10, completed_at = $11, \
+                 error_message = $12, lease_owner = NULL, lease_until = NULL \
+                 WHERE org = $1 AND id = $2 AND status = $3 AND attempt = $4 \
+                 AND ($13::text IS NULL OR lease_owner = $13)",
+                &[
+                    &org,
+                    &id,
+                    &expected.status.as_str(),
+                    &i64::from(expected.attempt),
+                    &s.status.as_str(),
+                    &i64::from(s.attempt),
+                    &s.updated_at.millis(),
+                    &s.available_at.millis(),
+                    &s.timeout_at.map(Timestamp::millis),
+                    &s.started_at.map(Timestamp::millis),
+                    &s.completed_at.map(Timestamp::millis),
+                    &s.error_message,
+                    &expected.lease_owner,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        if changed == 1 {
+            insert_event(&tx, org, event).await?;
+        }
+        tx.commit().await.map_err(backend)?;
+        self.committed(0, started);
+        Ok(changed == 1)
+    }
+
+    async fn lease_due_actions(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        owner: &str,
+        limit: u32,
+    ) -> Result<Vec<Leased>, StoreError> {
+        let (_open, client) = self.writer().await?;
+        // SKIP LOCKED: records another server is leasing right now are left to it; a row it
+        // leased meanwhile fails the re-checked WHERE (lease_until is in the future).
+        client
+            .query(
+                &format!(
+                    "WITH due AS ( \
+                       SELECT org, id FROM action_records \
+                       WHERE status = 'pending' AND available_at <= $1 \
+                         AND (lease_until IS NULL OR lease_until < $1) \
+                       ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                     UPDATE action_records r SET attempt = r.attempt + 1, \
+                       started_at = coalesce(r.started_at, $1), lease_owner = $3, lease_until = $4 \
+                     FROM due WHERE r.org = due.org AND r.id = due.id \
+                     RETURNING {RECORD_COLUMNS}, r.org, (SELECT o.id FROM orgs o WHERE o.seq = r.org)"
+                ),
+                &[&now.millis(), &i64::from(limit), &owner, &until.millis()],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(leased_from_row)
+            .collect()
+    }
+
+    async fn expired_acknowledgements(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Leased>, StoreError> {
+        self.reader()
+            .query(
+                &format!(
+                    "SELECT {RECORD_COLUMNS}, r.org, o.id FROM action_records r \
+                     JOIN orgs o ON o.seq = r.org \
+                     WHERE r.status = 'acknowledged' AND r.timeout_at <= $1 \
+                     ORDER BY r.timeout_at LIMIT $2"
+                ),
+                &[&now.millis(), &i64::from(limit)],
+            )
+            .await
+            .map_err(backend)?
+            .iter()
+            .map(leased_from_row)
+            .collect()
+    }
+}
