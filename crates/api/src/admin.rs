@@ -165,7 +165,7 @@ pub struct OrgListQuery {
 }
 
 /// Parses a JSON body into `T`, naming the field at fault.
-fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ApiError> {
+pub(crate) fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ApiError> {
     if let Some(field) = std::str::from_utf8(bytes)
         .ok()
         .and_then(|text| crate::params::nul_fields(text).into_iter().next())
@@ -202,7 +202,7 @@ fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ApiErr
 }
 
 /// The audit entry for a change made by `actor` (`None`: the operator).
-fn audit(
+pub(crate) fn audit(
     actor: Option<&OrgCaller>,
     action: &str,
     resource_type: &str,
@@ -222,7 +222,7 @@ fn audit(
     }
 }
 
-fn not_found(what: &str) -> ApiError {
+pub(crate) fn not_found(what: &str) -> ApiError {
     ApiError::new(ErrorKind::NotFound, format!("no such {what}"))
 }
 

@@ -7,6 +7,8 @@
 //! After the response, the middleware hands the call's own request log to the
 //! [`selflog::Recorder`].
 
+pub mod action_records;
+pub mod actions;
 pub mod admin;
 pub mod audit;
 pub mod auth;
@@ -30,7 +32,7 @@ use std::sync::Arc;
 
 use apitrail_store::{Store, StoreError};
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 
 pub use auth::AdminToken;
@@ -93,6 +95,40 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/api-keys/{id}",
             get(admin::get_key).delete(admin::revoke_key),
+        )
+        .route(
+            "/v1/credentials",
+            get(actions::list_credentials).post(actions::create_credential),
+        )
+        .route(
+            "/v1/destinations",
+            get(actions::list_destinations).post(actions::create_destination),
+        )
+        .route(
+            "/v1/destinations/{id}",
+            get(actions::get_destination)
+                .patch(actions::update_destination)
+                .delete(actions::delete_destination),
+        )
+        .route(
+            "/v1/action-definitions",
+            get(actions::list_definitions).post(actions::create_definition),
+        )
+        .route(
+            "/v1/action-definitions/{id}",
+            get(actions::get_definition)
+                .merge(put(actions::replace_definition))
+                .delete(actions::delete_definition),
+        )
+        .route("/v1/orgs/{org_id}/actions", post(actions::trigger_action))
+        .route(
+            "/v1/orgs/{org_id}/actions/records",
+            get(action_records::list_action_records)
+                .fallback(ops::method_not_allowed_in::<action_records::Actions>),
+        )
+        .route(
+            "/v1/orgs/{org_id}/actions/records/{id}/signal",
+            post(actions::signal_action),
         )
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{admin, audit, ingest, keys, logs, ops, wire, zoo};
+use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire, zoo};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -26,6 +26,21 @@ use crate::{admin, audit, ingest, keys, logs, ops, wire, zoo};
         audit::list_audit_log,
         audit::list_audit_log_unversioned,
         audit::verify_audit_log,
+        action_records::list_action_records,
+        actions::create_credential,
+        actions::list_credentials,
+        actions::create_destination,
+        actions::list_destinations,
+        actions::get_destination,
+        actions::update_destination,
+        actions::delete_destination,
+        actions::create_definition,
+        actions::list_definitions,
+        actions::get_definition,
+        actions::replace_definition,
+        actions::delete_definition,
+        actions::trigger_action,
+        actions::signal_action,
         ingest::ingest_requests,
         ingest::ingest_audit_events,
         admin::create_org,
@@ -51,6 +66,7 @@ use crate::{admin, audit, ingest, keys, logs, ops, wire, zoo};
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
         (name = "zoo", description = "The zoo dialect: GET /org/api-calls and its siblings."),
         (name = "audit", description = "The audit dialect: GET /audit-log and GET /v1/audit-log, and the hash-chain check."),
+        (name = "actions", description = "The actions dialect (GET /v1/orgs/{org_id}/actions/records) and the native routes of credentials, destinations, action definitions, triggers and signals."),
         (name = "ingest", description = "Writing records into apitrail."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),

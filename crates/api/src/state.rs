@@ -22,6 +22,10 @@ pub struct ApiConfig {
     pub max_ingest_bytes: usize,
     /// Most records accepted in one ingest call.
     pub max_ingest_records: usize,
+    /// Whether webhook destinations may point to loopback/private addresses.
+    pub allow_private_destinations: bool,
+    /// Woken when an action record is created, so the dispatcher starts at once.
+    pub dispatch_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Default for ApiConfig {
@@ -32,6 +36,8 @@ impl Default for ApiConfig {
             body_cap_bytes: DEFAULT_BODY_CAP,
             max_ingest_bytes: 16 * 1024 * 1024,
             max_ingest_records: 10_000,
+            allow_private_destinations: false,
+            dispatch_wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }

@@ -690,8 +690,20 @@ async fn no_route_answers_one_org_with_anothers_data() {
             StatusCode::NOT_FOUND,
         ),
         (
-            "unknown route with B's org",
+            // The actions dialect's org ids are numeric: B's is refused by pattern alone.
+            "action records with B's org",
             key(&format!("/v1/orgs/{}/actions/records", b.org), Method::GET),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "action records with another numeric org",
+            key("/v1/orgs/424242/actions/records", Method::GET),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "trigger an action in B's org",
+            key(&format!("/v1/orgs/{}/actions", b.org), Method::POST)
+                .json(&json!({"action": "x", "input": {}})),
             StatusCode::NOT_FOUND,
         ),
         (

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
+use apitrail_model::RetrySchedule;
 use apitrail_store::Store;
 use apitrail_store_postgres::{PgOptions, PgStore};
 use apitrail_store_sqlite::{DB_FILE, SqliteOptions, SqliteStore};
@@ -156,14 +156,19 @@ pub struct ServeArgs {
     /// Allow webhook destinations on loopback and private addresses (action dispatch).
     #[arg(long, env = "APITRAIL_ALLOW_PRIVATE_DESTINATIONS")]
     pub allow_private_destinations: bool,
-    /// Delays between delivery attempts of actions, e.g. `5s,30s,2m`.
+    /// Delays between delivery attempts of actions, e.g. `5s,30s,2m` (units ms, s, m, h);
+    /// attempts stop after the last one.
     #[arg(
         long,
         env = "APITRAIL_RETRY_SCHEDULE",
         default_value = "5s,30s,2m,10m,30m,1h,2h,5h",
-        value_parser = parse_schedule
+        value_parser = RetrySchedule::parse
     )]
-    pub retry_schedule: Schedule,
+    pub retry_schedule: RetrySchedule,
+    /// How long a dispatcher holds a leased action record: a record whose server died during
+    /// its delivery is delivered again this long after it was leased.
+    #[arg(long, env = "APITRAIL_ACTION_LEASE_SECS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub action_lease_secs: u64,
     /// Create a demo org and key, load a month of demo traffic, and print a curl line.
     #[arg(long, env = "APITRAIL_DEMO")]
     pub demo: bool,
@@ -179,39 +184,6 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "APITRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
-}
-
-/// A list of delays.
-#[derive(Debug, Clone)]
-pub struct Schedule(pub Vec<Duration>);
-
-fn parse_schedule(s: &str) -> Result<Schedule, String> {
-    s.split(',')
-        .map(|part| {
-            let part = part.trim();
-            let split = part
-                .find(|c: char| !c.is_ascii_digit())
-                .ok_or_else(|| format!("{part:?} lacks a unit (s, m or h)"))?;
-            let (n, unit) = part.split_at(split);
-            let n: u64 = n
-                .parse()
-                .map_err(|_| format!("{part:?} must start with a number"))?;
-            let secs = match unit {
-                "s" => n,
-                "m" => n * 60,
-                "h" => n * 3600,
-                _ => return Err(format!("{part:?}: the unit must be s, m or h")),
-            };
-            Ok(Duration::from_secs(secs))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(|v| {
-            if v.is_empty() {
-                Err("the schedule needs at least one delay".into())
-            } else {
-                Ok(Schedule(v))
-            }
-        })
 }
 
 /// `apitrail orgs ...`.
@@ -294,19 +266,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schedules_parse_units() {
-        let s = parse_schedule("5s,2m,1h").unwrap();
-        assert_eq!(
-            s.0,
-            vec![
-                Duration::from_secs(5),
-                Duration::from_secs(120),
-                Duration::from_secs(3600)
-            ]
-        );
-        assert!(parse_schedule("5").is_err());
-        assert!(parse_schedule("5d").is_err());
-        assert!(parse_schedule("").is_err());
+    fn serve_reads_the_retry_schedule_and_lease() {
+        let serve = |args: &[&str]| {
+            let mut all = vec!["apitrail", "serve"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Serve(s)) => Ok(s),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let s = serve(&[
+            "--retry-schedule",
+            "250ms,2s,1m",
+            "--action-lease-secs",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(s.retry_schedule.max_attempts(), 4);
+        assert_eq!(s.retry_schedule.delay_after(1), Some(250));
+        assert_eq!(s.action_lease_secs, 5);
+        let defaults = serve(&[]).unwrap();
+        assert_eq!(defaults.retry_schedule, RetrySchedule::default());
+        assert!(serve(&["--retry-schedule", "5d"]).is_err());
+        assert!(serve(&["--action-lease-secs", "1"]).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apitrail_api::{AdminToken, ApiConfig, App};
+use apitrail_dispatch::{DispatchConfig, Dispatcher};
 use apitrail_model::{OrgId, Timestamp};
 use apitrail_store::Store;
 use apitrail_store_sqlite::SqliteOptions;
@@ -33,8 +34,20 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         admin_token,
         self_log: !args.no_self_log,
         body_cap_bytes: args.body_cap_bytes,
+        allow_private_destinations: args.allow_private_destinations,
         ..ApiConfig::default()
     };
+    let dispatcher = Dispatcher::spawn(
+        Arc::clone(&store),
+        DispatchConfig {
+            retry: args.retry_schedule.clone(),
+            allow_private: args.allow_private_destinations,
+            lease: Duration::from_secs(args.action_lease_secs),
+            ..DispatchConfig::default()
+        },
+        Arc::clone(&config.dispatch_wake),
+    )
+    .map_err(|e| format!("cannot start the action dispatcher: {e}"))?;
     let app = App::build(Arc::clone(&store), config, args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -43,7 +56,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let base = format!("http://{addr}");
     tracing::info!(%addr, store = %store_args.describe(), self_log = !args.no_self_log,
-        operator_api = has_admin, retry_schedule = ?args.retry_schedule.0,
+        operator_api = has_admin, retry_schedule = ?args.retry_schedule,
         allow_private_destinations = args.allow_private_destinations, "apitrail listening");
 
     println!(
@@ -66,9 +79,13 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     if let Some(days) = args.retention_days {
         tokio::spawn(retention(Arc::clone(&store), days));
     }
-    app.run_until(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    // Deliveries in flight get a few seconds to record their outcome (signals keep being
+    // served meanwhile); the rest are delivered again after their lease.
+    let shutdown = async move {
+        shutdown_signal().await;
+        dispatcher.stop(Duration::from_secs(10)).await;
+    };
+    app.run_until(shutdown).await.map_err(|e| e.to_string())?;
     tracing::info!("apitrail stopped; every acknowledged write is committed");
     Ok(())
 }

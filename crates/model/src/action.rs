@@ -524,3 +524,162 @@ mod tests {
         assert!(!valid_action_name("0190b4c4-0c1c-7cc0-8f6e-2f0f5e1a0b1c"));
     }
 }
+
+/// A webhook URL's parts that the SSRF checks need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    /// The host as written (brackets removed from an IPv6 literal), lowercased.
+    pub host: String,
+    /// The port (the scheme's default when absent).
+    pub port: u16,
+    /// The address, when the host is an IP literal.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// Checks a webhook URL's form (`http`/`https`, a host, no user info) and returns its target.
+pub fn webhook_target(url: &str) -> Result<WebhookTarget, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "must be an absolute http(s) URL".to_owned())?;
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err("must use the http or https scheme".into()),
+    };
+    if url.len() > 2048 || url.chars().any(|c| c.is_control() || c == ' ') {
+        return Err("must be at most 2048 characters without spaces or control characters".into());
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not carry user info (put credentials in headers)".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| "has an unterminated IPv6 address".to_owned())?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("must name a host".into());
+    }
+    let port = match port {
+        None | Some("") => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("has an invalid port {p:?}"))?,
+    };
+    let host = host.to_ascii_lowercase();
+    let ip = host.parse().ok();
+    Ok(WebhookTarget { host, port, ip })
+}
+
+/// Whether a host name always means this machine (`localhost` and its subdomains).
+pub fn is_local_name(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Whether an address is loopback, private, link-local or otherwise not a public unicast
+/// address: a destination there could reach the server's own network (SSRF).
+pub fn is_private_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || a >= 240
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (18..20).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_address(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || (first == 0x2001 && v6.segments()[1] == 0x0db8)
+                || (first == 0x0064 && v6.segments()[1] == 0xff9b)
+        }
+    }
+}
+
+#[cfg(test)]
+mod ssrf_tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_split_into_targets() {
+        let t = webhook_target("https://Example.com/hook?x=1").expect("valid");
+        assert_eq!((t.host.as_str(), t.port, t.ip), ("example.com", 443, None));
+        let t = webhook_target("http://127.0.0.1:8080/x").expect("valid");
+        assert_eq!(t.port, 8080);
+        assert_eq!(t.ip, Some("127.0.0.1".parse().expect("ip")));
+        let t = webhook_target("http://[::1]:9/").expect("valid");
+        assert_eq!(t.ip, Some("::1".parse().expect("ip")));
+        for bad in [
+            "ftp://x.com",
+            "x.com/hook",
+            "http://user:pw@x.com/",
+            "http:///path",
+            "http://x.com:0/",
+            "http://x.com:99999/",
+            "http://x .com/",
+        ] {
+            assert!(webhook_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn private_and_loopback_addresses_are_recognized() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(
+                is_private_address(private.parse().expect("ip")),
+                "{private}"
+            );
+        }
+        for public in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(!is_private_address(public.parse().expect("ip")), "{public}");
+        }
+        assert!(is_local_name("localhost"));
+        assert!(is_local_name("api.localhost."));
+        assert!(!is_local_name("localhost.example.com"));
+    }
+}

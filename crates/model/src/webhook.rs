@@ -46,7 +46,11 @@ impl WebhookSecret {
     /// Parses the text form.
     pub fn parse(text: &str) -> Option<Self> {
         let b64 = text.strip_prefix(Self::PREFIX)?;
-        STANDARD.decode(b64).ok().filter(|b| !b.is_empty()).map(Self)
+        STANDARD
+            .decode(b64)
+            .ok()
+            .filter(|b| !b.is_empty())
+            .map(Self)
     }
 
     /// The `webhook-signature` header value for a delivery.
@@ -115,7 +119,8 @@ mod tests {
     #[test]
     fn the_standard_webhooks_example_signature_is_reproduced() {
         // The example of the Standard Webhooks specification.
-        let secret = WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("parses");
+        let secret =
+            WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("parses");
         let body = br#"{"test": 2432232314}"#;
         assert_eq!(
             secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),

@@ -5,8 +5,8 @@ use apitrail_model::action::{
 };
 use apitrail_model::{
     ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionState,
-    ActionStatus, AuditEntry, Credential, Destination, OrgId, Tenant,
-    Timestamp, WebhookConfig, WebhookSecret,
+    ActionStatus, AuditEntry, Credential, Destination, OrgId, Tenant, Timestamp, WebhookConfig,
+    WebhookSecret,
 };
 use apitrail_store::{ActionStore, Expected, Leased, StoreError};
 use async_trait::async_trait;
@@ -41,9 +41,7 @@ fn status_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<ActionStatus> {
 }
 
 fn opt_uuid(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Uuid>> {
-    Ok(row
-        .get::<_, Option<[u8; 16]>>(idx)?
-        .map(Uuid::from_bytes))
+    Ok(row.get::<_, Option<[u8; 16]>>(idx)?.map(Uuid::from_bytes))
 }
 
 fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<Credential> {
@@ -194,7 +192,11 @@ fn where_clause(filter: &ActionFilter) -> (String, Vec<Value>) {
         push(&mut sql, "r.variant = {}", vec![Value::Text(v.clone())]);
     }
     if let Some(v) = filter.version {
-        push(&mut sql, "r.version = {}", vec![Value::Integer(i64::from(v))]);
+        push(
+            &mut sql,
+            "r.version = {}",
+            vec![Value::Integer(i64::from(v))],
+        );
     }
     match &filter.search {
         None => {}
@@ -224,7 +226,8 @@ fn where_clause(filter: &ActionFilter) -> (String, Vec<Value>) {
             push(
                 &mut sql,
                 "((json_type(r.input, {}) = 'text' AND json_extract(r.input, {}) = {}) \
-                 OR (json_type(r.input, {}) IN ('integer', 'real') AND json_extract(r.input, {}) = {}) \
+                 OR (json_type(r.input, {}) IN ('integer', 'real') \
+                   AND CAST(json_extract(r.input, {}) AS REAL) = {}) \
                  OR json_type(r.input, {}) = {})",
                 vec![
                     p.clone(),
@@ -252,7 +255,9 @@ fn count(conn: &Connection, org: i64, filter: &ActionFilter) -> Result<u64, Stor
     let sql = format!("SELECT count(*) FROM action_records r WHERE r.org = ?1{clause}");
     conn.prepare_cached(&sql)
         .and_then(|mut st| {
-            st.query_row(params_from_iter(all_args(org, args)), |r| r.get::<_, i64>(0))
+            st.query_row(params_from_iter(all_args(org, args)), |r| {
+                r.get::<_, i64>(0)
+            })
         })
         .map(|n| n.unsigned_abs())
         .map_err(backend)
@@ -283,7 +288,9 @@ fn claim_names(conn: &Connection, org: i64, d: &ActionDefinition) -> Result<(), 
             .and_then(|mut st| st.execute(params![org, name, d.id.as_bytes()]))
             .map_err(backend)?;
         if inserted == 0 {
-            return Err(StoreError::Conflict("an action definition with this variant or alias"));
+            return Err(StoreError::Conflict(
+                "an action definition with this variant or alias",
+            ));
         }
     }
     Ok(())
@@ -786,8 +793,14 @@ impl ActionStore for SqliteStore {
                     .map_err(backend)?;
                 let mut leased = Vec::with_capacity(found.len());
                 for (org, org_id, mut record) in found {
-                    st.execute(params![org, record.id.as_bytes(), now.millis(), owner, until.millis()])
-                        .map_err(backend)?;
+                    st.execute(params![
+                        org,
+                        record.id.as_bytes(),
+                        now.millis(),
+                        owner,
+                        until.millis()
+                    ])
+                    .map_err(backend)?;
                     record.state.attempt += 1;
                     record.state.started_at.get_or_insert(now);
                     leased.push(Leased {

@@ -178,5 +178,4 @@ pub trait ActionStore: Send + Sync {
         now: Timestamp,
         limit: u32,
     ) -> Result<Vec<Leased>, StoreError>;
-
 }

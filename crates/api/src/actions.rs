@@ -1,0 +1,1502 @@
+//! Actions, the native routes (SPEC §7): credentials, destinations, action definitions,
+//! triggering a record and signaling its outcome. The records list is the `actions` dialect
+//! ([`crate::action_records`]). Every mutation of a credential, destination or definition is
+//! self-audited in the same transaction.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apitrail_model::action::{
+    MAX_NAMES, is_local_name, is_private_address, valid_action_name, webhook_target,
+};
+use apitrail_model::{
+    ActionDefinition, ActionEvent, ActionRecord, ActionState, ActionStatus, Credential,
+    DefinitionDestination, Destination, FieldError, OrgId, Scope, Tags, Tenant, Timestamp,
+    WebhookConfig, WebhookSecret, new_record_id,
+};
+use apitrail_store::Expected;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::admin::{audit, json_body, not_found};
+use crate::auth::{Authed, OrgCaller};
+use crate::context;
+use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::params::Params;
+use crate::state::AppState;
+use crate::wire::{NativeErrorBody, Pagination};
+
+type Result<T> = std::result::Result<T, Failure<Native>>;
+
+/// Default `response_time_sla_ms` of a destination.
+pub const DEFAULT_SLA_MS: u32 = 10_000;
+/// Largest `response_time_sla_ms`.
+pub const MAX_SLA_MS: u32 = 120_000;
+/// Default `timeout` (seconds) of a record: how long a signaling destination has to signal.
+pub const DEFAULT_TIMEOUT_SECS: u32 = 300;
+/// Largest `timeout` (seconds): a week.
+pub const MAX_TIMEOUT_SECS: u32 = 7 * 24 * 3600;
+/// Most headers or tags on one destination or record.
+const MAX_ENTRIES: usize = 50;
+/// Longest label, tag or header value.
+const MAX_TEXT: usize = 1000;
+/// Largest schema or input, as JSON text.
+const MAX_JSON: usize = 256 * 1024;
+
+/// Headers apitrail sets on every delivery, which a destination may not override.
+const RESERVED_HEADERS: [&str; 6] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+];
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn raw(text: &str) -> Box<RawValue> {
+    RawValue::from_string(text.to_owned())
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
+}
+
+/// Reads `Some(null)` as `Some(None)` (a PATCH clearing a field), unlike plain `Option`.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str) {
+    if value.trim().is_empty() || value.len() > MAX_TEXT {
+        errors.push(FieldError::new(
+            field,
+            format!("must be 1-{MAX_TEXT} characters"),
+        ));
+    }
+}
+
+fn check_map(errors: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, String>) {
+    if map.len() > MAX_ENTRIES {
+        errors.push(FieldError::new(
+            field,
+            format!("must have at most {MAX_ENTRIES} entries"),
+        ));
+    }
+    for (k, v) in map {
+        if k.is_empty() || k.len() > 100 || v.len() > MAX_TEXT {
+            errors.push(FieldError::new(
+                format!("{field}.{k}"),
+                format!("keys must be 1-100 characters and values at most {MAX_TEXT}"),
+            ));
+        }
+    }
+}
+
+fn parse_id(raw: &str, what: &str) -> std::result::Result<Uuid, ApiError> {
+    Uuid::try_parse(raw).map_err(|_| not_found(what))
+}
+
+// ---------------------------------------------------------------------------------------
+// Credentials
+
+/// Creates a signing credential.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCredential {
+    /// Display label, 1-1000 characters.
+    label: Option<String>,
+}
+
+/// A signing credential (its secret only once, in [`CreatedCredential`]).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialBody {
+    /// UUIDv7.
+    id: String,
+    /// The credential's org.
+    org_id: String,
+    /// Label.
+    label: String,
+    /// RFC 3339.
+    created_at: String,
+}
+
+impl CredentialBody {
+    fn new(org: &OrgId, c: &Credential) -> Self {
+        Self {
+            id: c.id.to_string(),
+            org_id: org.to_string(),
+            label: c.label.clone(),
+            created_at: c.created_at.to_rfc3339(),
+        }
+    }
+}
+
+/// A new credential with its secret (`whsec_…`): shown this once and never again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedCredential {
+    #[serde(flatten)]
+    credential: CredentialBody,
+    /// The signing secret; deliveries carry `webhook-signature: v1,<base64 HMAC-SHA256>`
+    /// keyed with the bytes after `whsec_` (base64-decoded).
+    secret: String,
+}
+
+/// The org's credentials.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialList {
+    data: Vec<CredentialBody>,
+    pagination: Pagination,
+}
+
+/// Create a signing credential (scope admin).
+#[utoipa::path(
+    post, path = "/v1/credentials", tag = "actions",
+    request_body = CreateCredential,
+    responses((status = 201, body = CreatedCredential), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn create_credential(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<CreatedCredential>)> {
+    caller.require(Scope::Admin)?;
+    let input: CreateCredential = json_body(&body)?;
+    let mut errors = Vec::new();
+    let label = input.label.unwrap_or_default();
+    check_text(&mut errors, "label", &label);
+    if !errors.is_empty() {
+        return Err(ApiError::fields(errors).into());
+    }
+    let credential = Credential {
+        id: new_record_id(),
+        label,
+        secret: WebhookSecret::generate(),
+        created_at: now(),
+    };
+    let entry = audit(
+        Some(&caller),
+        "create",
+        "credential",
+        credential.id.to_string(),
+        json!({ "label": credential.label }),
+    );
+    state
+        .store()
+        .create_credential(&caller.tenant, &credential, &entry)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedCredential {
+            credential: CredentialBody::new(caller.tenant.org_id(), &credential),
+            secret: credential.secret.expose(),
+        }),
+    ))
+}
+
+/// List the org's signing credentials, without their secrets (scope admin).
+#[utoipa::path(
+    get, path = "/v1/credentials", tag = "actions",
+    responses((status = 200, body = CredentialList), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn list_credentials(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+) -> Result<Json<CredentialList>> {
+    caller.require(Scope::Admin)?;
+    let all = state.store().list_credentials(&caller.tenant).await?;
+    Ok(Json(CredentialList {
+        data: all
+            .iter()
+            .map(|c| CredentialBody::new(caller.tenant.org_id(), c))
+            .collect(),
+        pagination: Pagination {
+            has_more: false,
+            next_cursor: None,
+        },
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Destinations
+
+/// Signaling settings: with `enabled`, a 2xx only acknowledges a delivery and the outcome
+/// comes through the signal route.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalingBody {
+    /// Whether signaling is on.
+    enabled: Option<bool>,
+    /// What a 2xx means: `ack` (the only value).
+    default: Option<String>,
+}
+
+/// A destination's webhook settings.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigInput {
+    /// `http(s)://` URL receiving the deliveries.
+    url: Option<String>,
+    /// Extra headers sent with every delivery.
+    headers: Option<BTreeMap<String, String>>,
+    /// Signaling settings.
+    signaling: Option<SignalingBody>,
+    /// How long a delivery may take (1-120000 ms, default 10000).
+    response_time_sla_ms: Option<u32>,
+}
+
+/// Creates (POST, every required field) or changes (PATCH, only the given fields) a
+/// destination.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationInput {
+    /// Display label.
+    label: Option<String>,
+    /// `webhook` (the only type).
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// The webhook settings.
+    config: Option<ConfigInput>,
+    /// The credential signing its deliveries (null: unsigned).
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    credential_id: Option<Option<String>>,
+    /// Labels.
+    tags: Option<BTreeMap<String, String>>,
+}
+
+/// The wire form of a destination's config.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfigBody {
+    /// The URL.
+    pub url: String,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+    /// Signaling settings.
+    pub signaling: SignalingOut,
+    /// Delivery timeout in milliseconds.
+    pub response_time_sla_ms: u32,
+}
+
+/// Signaling settings as printed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SignalingOut {
+    /// Whether signaling is on.
+    pub enabled: bool,
+    /// Always `ack`.
+    pub default: &'static str,
+}
+
+impl From<&WebhookConfig> for ConfigBody {
+    fn from(c: &WebhookConfig) -> Self {
+        Self {
+            url: c.url.clone(),
+            headers: c.headers.clone(),
+            signaling: SignalingOut {
+                enabled: c.signaling,
+                default: "ack",
+            },
+            response_time_sla_ms: c.response_time_sla_ms,
+        }
+    }
+}
+
+/// A destination.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationBody {
+    /// UUIDv7.
+    id: String,
+    /// The destination's org.
+    org_id: String,
+    /// Label.
+    label: String,
+    /// `webhook`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Webhook settings.
+    config: ConfigBody,
+    /// The signing credential.
+    credential_id: Option<String>,
+    /// Labels.
+    tags: Tags,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+    /// RFC 3339; set once deleted.
+    deleted_at: Option<String>,
+}
+
+impl DestinationBody {
+    fn new(org: &OrgId, d: &Destination) -> Self {
+        Self {
+            id: d.id.to_string(),
+            org_id: org.to_string(),
+            label: d.label.clone(),
+            kind: "webhook",
+            config: (&d.config).into(),
+            credential_id: d.credential_id.map(|c| c.to_string()),
+            tags: d.tags.clone(),
+            created_at: d.created_at.to_rfc3339(),
+            updated_at: d.updated_at.to_rfc3339(),
+            deleted_at: d.deleted_at.map(Timestamp::to_rfc3339),
+        }
+    }
+}
+
+/// The org's destinations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DestinationList {
+    data: Vec<DestinationBody>,
+    pagination: Pagination,
+}
+
+/// Why a webhook URL may not be used, if it may not: a malformed URL, or (unless private
+/// destinations are allowed) a loopback/private address or a name resolving to one. A name
+/// that cannot be resolved now is accepted: the dispatcher checks again at every delivery.
+pub async fn url_problem(url: &str, allow_private: bool) -> Option<String> {
+    let target = match webhook_target(url) {
+        Ok(t) => t,
+        Err(e) => return Some(e),
+    };
+    if allow_private {
+        return None;
+    }
+    const REFUSED: &str = "points to a loopback or private address; such destinations need \
+         the server's --allow-private-destinations";
+    if target.ip.is_some_and(is_private_address) || is_local_name(&target.host) {
+        return Some(REFUSED.into());
+    }
+    if target.ip.is_none() {
+        let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+        if let Ok(Ok(mut addrs)) = tokio::time::timeout(Duration::from_secs(2), lookup).await
+            && addrs.any(|a| is_private_address(a.ip()))
+        {
+            return Some(REFUSED.into());
+        }
+    }
+    None
+}
+
+/// Applies `input` onto `d` (a new destination's defaults or the current one), checking
+/// every field.
+async fn apply_destination(
+    state: &AppState,
+    tenant: &Tenant,
+    d: &mut Destination,
+    input: DestinationInput,
+    create: bool,
+) -> std::result::Result<(), ApiError> {
+    let mut errors = Vec::new();
+    if let Some(label) = input.label {
+        d.label = label;
+    }
+    if create || !d.label.is_empty() {
+        check_text(&mut errors, "label", &d.label);
+    }
+    match input.kind.as_deref() {
+        None | Some("webhook") => {}
+        Some(_) => errors.push(FieldError::new("type", "must be webhook")),
+    }
+    match input.config {
+        Some(c) => {
+            if let Some(url) = c.url {
+                d.config.url = url;
+            }
+            if let Some(headers) = c.headers {
+                d.config.headers = headers;
+            }
+            if let Some(s) = c.signaling {
+                if let Some(enabled) = s.enabled {
+                    d.config.signaling = enabled;
+                }
+                if s.default.as_deref().is_some_and(|v| v != "ack") {
+                    errors.push(FieldError::new("config.signaling.default", "must be ack"));
+                }
+            }
+            if let Some(sla) = c.response_time_sla_ms {
+                d.config.response_time_sla_ms = sla;
+            }
+        }
+        None if create => errors.push(FieldError::new("config", "is required")),
+        None => {}
+    }
+    if d.config.url.is_empty() {
+        errors.push(FieldError::new("config.url", "is required"));
+    } else if let Some(problem) =
+        url_problem(&d.config.url, state.config().allow_private_destinations).await
+    {
+        errors.push(FieldError::new("config.url", problem));
+    }
+    check_map(&mut errors, "config.headers", &d.config.headers);
+    for name in d.config.headers.keys() {
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            errors.push(FieldError::new(
+                format!("config.headers.{name}"),
+                "is set by apitrail on every delivery",
+            ));
+        } else if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push(FieldError::new(
+                format!("config.headers.{name}"),
+                "is not a valid header name",
+            ));
+        }
+    }
+    for (name, value) in &d.config.headers {
+        if axum::http::HeaderValue::from_str(value).is_err() {
+            errors.push(FieldError::new(
+                format!("config.headers.{name}"),
+                "is not a valid header value",
+            ));
+        }
+    }
+    if !(1..=MAX_SLA_MS).contains(&d.config.response_time_sla_ms) {
+        errors.push(FieldError::new(
+            "config.response_time_sla_ms",
+            format!("must be 1-{MAX_SLA_MS}"),
+        ));
+    }
+    if let Some(tags) = input.tags {
+        d.tags = tags;
+    }
+    check_map(&mut errors, "tags", &d.tags);
+    if let Some(credential) = input.credential_id {
+        d.credential_id = match credential {
+            None => None,
+            Some(raw) => match Uuid::try_parse(&raw) {
+                Ok(id) if state.store().get_credential(tenant, id).await?.is_some() => Some(id),
+                _ => {
+                    errors.push(FieldError::new(
+                        "credential_id",
+                        "names no credential of this org",
+                    ));
+                    None
+                }
+            },
+        };
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::fields(errors))
+    }
+}
+
+fn destination_audit(d: &Destination) -> serde_json::Value {
+    // Header values may be credentials: only their names are recorded.
+    json!({
+        "label": d.label,
+        "url": d.config.url,
+        "header_names": d.config.headers.keys().collect::<Vec<_>>(),
+        "signaling": d.config.signaling,
+        "response_time_sla_ms": d.config.response_time_sla_ms,
+        "credential_id": d.credential_id.map(|c| c.to_string()),
+        "tags": d.tags,
+    })
+}
+
+/// Create a webhook destination (scope admin).
+#[utoipa::path(
+    post, path = "/v1/destinations", tag = "actions",
+    request_body = DestinationInput,
+    responses((status = 201, body = DestinationBody), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn create_destination(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<DestinationBody>)> {
+    caller.require(Scope::Admin)?;
+    let input: DestinationInput = json_body(&body)?;
+    let at = now();
+    let mut d = Destination {
+        id: new_record_id(),
+        label: String::new(),
+        config: WebhookConfig {
+            url: String::new(),
+            headers: BTreeMap::new(),
+            signaling: false,
+            response_time_sla_ms: DEFAULT_SLA_MS,
+        },
+        credential_id: None,
+        tags: Tags::new(),
+        created_at: at,
+        updated_at: at,
+        deleted_at: None,
+    };
+    apply_destination(&state, &caller.tenant, &mut d, input, true).await?;
+    let entry = audit(
+        Some(&caller),
+        "create",
+        "destination",
+        d.id.to_string(),
+        destination_audit(&d),
+    );
+    state
+        .store()
+        .put_destination(&caller.tenant, &d, true, &entry)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DestinationBody::new(caller.tenant.org_id(), &d)),
+    ))
+}
+
+/// List the org's destinations (scope admin); deleted ones with `include_deleted=true`.
+#[utoipa::path(
+    get, path = "/v1/destinations", tag = "actions",
+    params(("include_deleted" = Option<bool>, Query, description = "Also list deleted destinations")),
+    responses((status = 200, body = DestinationList), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn list_destinations(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DestinationList>> {
+    caller.require(Scope::Admin)?;
+    let include_deleted = Params::parse(query.as_deref())
+        .bool("include_deleted")?
+        .unwrap_or(false);
+    let all = state
+        .store()
+        .list_destinations(&caller.tenant, include_deleted)
+        .await?;
+    Ok(Json(DestinationList {
+        data: all
+            .iter()
+            .map(|d| DestinationBody::new(caller.tenant.org_id(), d))
+            .collect(),
+        pagination: Pagination {
+            has_more: false,
+            next_cursor: None,
+        },
+    }))
+}
+
+async fn find_destination(
+    state: &AppState,
+    caller: &OrgCaller,
+    id: &str,
+) -> std::result::Result<Destination, ApiError> {
+    let id = parse_id(id, "destination")?;
+    state
+        .store()
+        .get_destination(&caller.tenant, id)
+        .await?
+        .ok_or_else(|| not_found("destination"))
+}
+
+/// Get a destination, deleted or not (scope admin).
+#[utoipa::path(
+    get, path = "/v1/destinations/{id}", tag = "actions",
+    params(("id" = String, Path, description = "The destination's id")),
+    responses((status = 200, body = DestinationBody), (status = 404, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn get_destination(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+) -> Result<Json<DestinationBody>> {
+    caller.require(Scope::Admin)?;
+    let d = find_destination(&state, &caller, &id).await?;
+    Ok(Json(DestinationBody::new(caller.tenant.org_id(), &d)))
+}
+
+/// Change a destination: only the fields given (scope admin).
+#[utoipa::path(
+    patch, path = "/v1/destinations/{id}", tag = "actions",
+    params(("id" = String, Path, description = "The destination's id")),
+    request_body = DestinationInput,
+    responses((status = 200, body = DestinationBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody), (status = 409, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn update_destination(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<DestinationBody>> {
+    caller.require(Scope::Admin)?;
+    let input: DestinationInput = json_body(&body)?;
+    let mut d = find_destination(&state, &caller, &id).await?;
+    if d.deleted_at.is_some() {
+        return Err(ApiError::new(ErrorKind::Conflict, "the destination is deleted").into());
+    }
+    apply_destination(&state, &caller.tenant, &mut d, input, false).await?;
+    d.updated_at = now();
+    let entry = audit(
+        Some(&caller),
+        "update",
+        "destination",
+        d.id.to_string(),
+        destination_audit(&d),
+    );
+    state
+        .store()
+        .put_destination(&caller.tenant, &d, false, &entry)
+        .await?;
+    Ok(Json(DestinationBody::new(caller.tenant.org_id(), &d)))
+}
+
+/// Delete a destination (soft: it stays readable by id with `deleted_at` set; scope admin).
+#[utoipa::path(
+    delete, path = "/v1/destinations/{id}", tag = "actions",
+    params(("id" = String, Path, description = "The destination's id")),
+    responses((status = 200, body = DestinationBody), (status = 404, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn delete_destination(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+) -> Result<Json<DestinationBody>> {
+    caller.require(Scope::Admin)?;
+    let mut d = find_destination(&state, &caller, &id).await?;
+    if d.deleted_at.is_none() {
+        let at = now();
+        d.deleted_at = Some(at);
+        d.updated_at = at;
+        let entry = audit(
+            Some(&caller),
+            "delete",
+            "destination",
+            d.id.to_string(),
+            json!({}),
+        );
+        state
+            .store()
+            .put_destination(&caller.tenant, &d, false, &entry)
+            .await?;
+    }
+    Ok(Json(DestinationBody::new(caller.tenant.org_id(), &d)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Action definitions
+
+/// One destination of a definition, as given.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LinkInput {
+    /// A live destination of the org.
+    destination_id: String,
+    /// Whether records go there unless they name another (default: the first).
+    #[serde(default)]
+    is_default: bool,
+}
+
+/// Creates (POST) or replaces (PUT) an action definition.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionInput {
+    /// The name records are triggered by: 1-100 characters of `[A-Za-z0-9_.:-]`.
+    variant: Option<String>,
+    /// Other names.
+    alias: Option<Vec<String>>,
+    /// The JSON Schema (draft 2020-12 unless `$schema` says otherwise) of a record's input.
+    #[schema(value_type = Object)]
+    schema: Option<Box<RawValue>>,
+    /// Where records go (at least one).
+    destinations: Option<Vec<LinkInput>>,
+}
+
+/// One destination of a definition.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LinkBody {
+    /// The link's id.
+    id: String,
+    /// The definition.
+    action_definition_id: String,
+    /// The destination.
+    destination_id: String,
+    /// The org.
+    org_id: String,
+    /// Whether records go there by default.
+    is_default: bool,
+}
+
+/// A version of an action definition.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DefinitionBody {
+    /// UUIDv7.
+    id: String,
+    /// The org.
+    org_id: String,
+    /// The name records are triggered by.
+    variant: String,
+    /// This version (1, 2, ...).
+    version: u32,
+    /// Other names.
+    alias: Vec<String>,
+    /// The input's JSON Schema.
+    #[schema(value_type = Object)]
+    schema: Box<RawValue>,
+    /// Where records go.
+    destinations: Vec<LinkBody>,
+    /// RFC 3339: when this version was made.
+    created_at: String,
+    /// RFC 3339.
+    updated_at: String,
+    /// RFC 3339; set once deleted.
+    deleted_at: Option<String>,
+}
+
+impl DefinitionBody {
+    fn new(org: &OrgId, d: &ActionDefinition) -> Self {
+        Self {
+            id: d.id.to_string(),
+            org_id: org.to_string(),
+            variant: d.variant.clone(),
+            version: d.version,
+            alias: d.alias.clone(),
+            schema: raw(&d.schema),
+            destinations: d
+                .destinations
+                .iter()
+                .map(|l| LinkBody {
+                    id: l.id.to_string(),
+                    action_definition_id: d.id.to_string(),
+                    destination_id: l.destination_id.to_string(),
+                    org_id: org.to_string(),
+                    is_default: l.is_default,
+                })
+                .collect(),
+            created_at: d.created_at.to_rfc3339(),
+            updated_at: d.updated_at.to_rfc3339(),
+            deleted_at: d.deleted_at.map(Timestamp::to_rfc3339),
+        }
+    }
+}
+
+/// The org's action definitions (latest versions).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DefinitionList {
+    data: Vec<DefinitionBody>,
+    pagination: Pagination,
+}
+
+/// Compiles a definition's schema; the error names what is wrong with it.
+pub fn compile_schema(
+    schema: &serde_json::Value,
+) -> std::result::Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(schema).map_err(|e| format!("is not a valid JSON Schema: {e}"))
+}
+
+/// Checks a definition body and builds the definition's fields (id, version and times are
+/// the caller's). Previous links keep their ids when the same destination stays.
+async fn definition_fields(
+    state: &AppState,
+    tenant: &Tenant,
+    input: DefinitionInput,
+    previous: Option<&ActionDefinition>,
+) -> std::result::Result<(String, Vec<String>, String, Vec<DefinitionDestination>), ApiError> {
+    let mut errors = Vec::new();
+    let variant = input.variant.unwrap_or_default();
+    if !valid_action_name(&variant) {
+        errors.push(FieldError::new(
+            "variant",
+            "must be 1-100 characters of [A-Za-z0-9_.:-] and not a UUID",
+        ));
+    }
+    let alias = input.alias.unwrap_or_default();
+    for (i, a) in alias.iter().enumerate() {
+        if !valid_action_name(a) {
+            errors.push(FieldError::new(
+                format!("alias[{i}]"),
+                "must be 1-100 characters of [A-Za-z0-9_.:-] and not a UUID",
+            ));
+        } else if *a == variant || alias[..i].contains(a) {
+            errors.push(FieldError::new(format!("alias[{i}]"), "repeats a name"));
+        }
+    }
+    if alias.len() + 1 > MAX_NAMES {
+        errors.push(FieldError::new(
+            "alias",
+            format!("must have at most {} names", MAX_NAMES - 1),
+        ));
+    }
+    let schema = match input.schema {
+        None => {
+            errors.push(FieldError::new("schema", "is required"));
+            String::new()
+        }
+        Some(raw) if raw.get().len() > MAX_JSON => {
+            errors.push(FieldError::new(
+                "schema",
+                format!("must be at most {MAX_JSON} bytes"),
+            ));
+            String::new()
+        }
+        Some(raw) => {
+            let parsed: serde_json::Value = serde_json::from_str(raw.get()).unwrap_or_default();
+            if !(parsed.is_object() || parsed.is_boolean()) {
+                errors.push(FieldError::new(
+                    "schema",
+                    "must be a JSON object or boolean",
+                ));
+            } else if let Err(e) = compile_schema(&parsed) {
+                errors.push(FieldError::new("schema", e));
+            }
+            raw.get().to_owned()
+        }
+    };
+    let links = input.destinations.unwrap_or_default();
+    if links.is_empty() {
+        errors.push(FieldError::new(
+            "destinations",
+            "must name at least one destination",
+        ));
+    }
+    if links.iter().filter(|l| l.is_default).count() > 1 {
+        errors.push(FieldError::new(
+            "destinations",
+            "may have one default at most",
+        ));
+    }
+    let mut destinations = Vec::with_capacity(links.len());
+    for (i, l) in links.iter().enumerate() {
+        let field = format!("destinations[{i}].destination_id");
+        let Ok(id) = Uuid::try_parse(&l.destination_id) else {
+            errors.push(FieldError::new(field, "must be a destination id"));
+            continue;
+        };
+        match state.store().get_destination(tenant, id).await? {
+            Some(d) if d.deleted_at.is_none() => {}
+            _ => {
+                errors.push(FieldError::new(
+                    field,
+                    "names no live destination of this org",
+                ));
+                continue;
+            }
+        }
+        if destinations
+            .iter()
+            .any(|d: &DefinitionDestination| d.destination_id == id)
+        {
+            errors.push(FieldError::new(field, "repeats a destination"));
+            continue;
+        }
+        let link_id = previous
+            .and_then(|p| p.destinations.iter().find(|d| d.destination_id == id))
+            .map_or_else(new_record_id, |d| d.id);
+        destinations.push(DefinitionDestination {
+            id: link_id,
+            destination_id: id,
+            is_default: l.is_default,
+        });
+    }
+    if errors.is_empty() {
+        Ok((variant, alias, schema, destinations))
+    } else {
+        Err(ApiError::fields(errors))
+    }
+}
+
+fn definition_audit(d: &ActionDefinition) -> serde_json::Value {
+    json!({
+        "variant": d.variant,
+        "version": d.version,
+        "alias": d.alias,
+        "destinations": d.destinations.iter().map(|l| l.destination_id.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+/// Create an action definition (scope admin).
+#[utoipa::path(
+    post, path = "/v1/action-definitions", tag = "actions",
+    request_body = DefinitionInput,
+    responses((status = 201, body = DefinitionBody), (status = 400, body = NativeErrorBody), (status = 409, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn create_definition(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<DefinitionBody>)> {
+    caller.require(Scope::Admin)?;
+    let input: DefinitionInput = json_body(&body)?;
+    let (variant, alias, schema, destinations) =
+        definition_fields(&state, &caller.tenant, input, None).await?;
+    let at = now();
+    let d = ActionDefinition {
+        id: new_record_id(),
+        variant,
+        version: 1,
+        alias,
+        schema,
+        destinations,
+        created_at: at,
+        updated_at: at,
+        deleted_at: None,
+    };
+    let entry = audit(
+        Some(&caller),
+        "create",
+        "action_definition",
+        d.id.to_string(),
+        definition_audit(&d),
+    );
+    state
+        .store()
+        .put_action_definition(&caller.tenant, &d, true, &entry)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DefinitionBody::new(caller.tenant.org_id(), &d)),
+    ))
+}
+
+/// List the org's action definitions, latest versions (scope admin).
+#[utoipa::path(
+    get, path = "/v1/action-definitions", tag = "actions",
+    params(("include_deleted" = Option<bool>, Query, description = "Also list deleted definitions")),
+    responses((status = 200, body = DefinitionList), (status = 400, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn list_definitions(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DefinitionList>> {
+    caller.require(Scope::Admin)?;
+    let include_deleted = Params::parse(query.as_deref())
+        .bool("include_deleted")?
+        .unwrap_or(false);
+    let all = state
+        .store()
+        .list_action_definitions(&caller.tenant, include_deleted)
+        .await?;
+    Ok(Json(DefinitionList {
+        data: all
+            .iter()
+            .map(|d| DefinitionBody::new(caller.tenant.org_id(), d))
+            .collect(),
+        pagination: Pagination {
+            has_more: false,
+            next_cursor: None,
+        },
+    }))
+}
+
+async fn find_definition(
+    state: &AppState,
+    caller: &OrgCaller,
+    id: &str,
+    version: Option<u32>,
+) -> std::result::Result<ActionDefinition, ApiError> {
+    let id = parse_id(id, "action definition")?;
+    state
+        .store()
+        .get_action_definition(&caller.tenant, id, version)
+        .await?
+        .ok_or_else(|| not_found("action definition"))
+}
+
+/// Get an action definition: the latest version, or `version` (scope admin).
+#[utoipa::path(
+    get, path = "/v1/action-definitions/{id}", tag = "actions",
+    params(("id" = String, Path, description = "The definition's id"), ("version" = Option<u32>, Query, description = "A version (default: the latest)")),
+    responses((status = 200, body = DefinitionBody), (status = 404, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn get_definition(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<DefinitionBody>> {
+    caller.require(Scope::Admin)?;
+    let version = Params::parse(query.as_deref()).int::<u32>("version", 1..=u32::MAX)?;
+    let d = find_definition(&state, &caller, &id, version).await?;
+    Ok(Json(DefinitionBody::new(caller.tenant.org_id(), &d)))
+}
+
+/// Replace an action definition; a changed schema makes the next version (scope admin).
+#[utoipa::path(
+    put, path = "/v1/action-definitions/{id}", tag = "actions",
+    params(("id" = String, Path, description = "The definition's id")),
+    request_body = DefinitionInput,
+    responses((status = 200, body = DefinitionBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody), (status = 409, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn replace_definition(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<DefinitionBody>> {
+    caller.require(Scope::Admin)?;
+    let input: DefinitionInput = json_body(&body)?;
+    let current = find_definition(&state, &caller, &id, None).await?;
+    if current.deleted_at.is_some() {
+        return Err(ApiError::new(ErrorKind::Conflict, "the action definition is deleted").into());
+    }
+    let (variant, alias, schema, destinations) =
+        definition_fields(&state, &caller.tenant, input, Some(&current)).await?;
+    let same_schema = serde_json::from_str::<serde_json::Value>(&schema).ok()
+        == serde_json::from_str::<serde_json::Value>(&current.schema).ok();
+    let at = now();
+    let d = ActionDefinition {
+        id: current.id,
+        variant,
+        version: current.version + u32::from(!same_schema),
+        alias,
+        schema,
+        destinations,
+        created_at: if same_schema { current.created_at } else { at },
+        updated_at: at,
+        deleted_at: None,
+    };
+    let entry = audit(
+        Some(&caller),
+        "update",
+        "action_definition",
+        d.id.to_string(),
+        definition_audit(&d),
+    );
+    state
+        .store()
+        .put_action_definition(&caller.tenant, &d, !same_schema, &entry)
+        .await?;
+    Ok(Json(DefinitionBody::new(caller.tenant.org_id(), &d)))
+}
+
+/// Delete an action definition: every version is marked, its names are freed; records keep
+/// theirs (scope admin).
+#[utoipa::path(
+    delete, path = "/v1/action-definitions/{id}", tag = "actions",
+    params(("id" = String, Path, description = "The definition's id")),
+    responses((status = 200, body = DefinitionBody), (status = 404, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn delete_definition(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(id): Path<String>,
+) -> Result<Json<DefinitionBody>> {
+    caller.require(Scope::Admin)?;
+    let mut d = find_definition(&state, &caller, &id, None).await?;
+    if d.deleted_at.is_none() {
+        let at = now();
+        d.deleted_at = Some(at);
+        d.updated_at = at;
+        let entry = audit(
+            Some(&caller),
+            "delete",
+            "action_definition",
+            d.id.to_string(),
+            json!({}),
+        );
+        state
+            .store()
+            .put_action_definition(&caller.tenant, &d, false, &entry)
+            .await?;
+    }
+    Ok(Json(DefinitionBody::new(caller.tenant.org_id(), &d)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Records: trigger and signal
+
+/// Triggers an action.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerInput {
+    /// The definition: its variant, an alias, or its id.
+    action: Option<String>,
+    /// A version of the definition (default: the latest).
+    version: Option<u32>,
+    /// The input, checked against the version's schema.
+    #[schema(value_type = Object)]
+    input: Option<Box<RawValue>>,
+    /// Seconds a signaling destination has, after acknowledging, to signal (default 300).
+    timeout: Option<u32>,
+    /// Labels.
+    tags: Option<BTreeMap<String, String>>,
+    /// A live destination of the org (default: the definition's default).
+    destination_id: Option<String>,
+}
+
+/// A record's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StateBody {
+    /// pending, acknowledged, succeeded, failed or timed_out.
+    pub status: &'static str,
+    /// Delivery attempts started.
+    pub attempt: u32,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// RFC 3339: when the next attempt is due.
+    pub available_at: String,
+    /// RFC 3339: when an acknowledgement times out.
+    pub timeout_at: Option<String>,
+    /// RFC 3339: the first attempt.
+    pub started_at: Option<String>,
+    /// RFC 3339: the final status.
+    pub completed_at: Option<String>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+}
+
+impl From<&ActionState> for StateBody {
+    fn from(s: &ActionState) -> Self {
+        Self {
+            status: s.status.as_str(),
+            attempt: s.attempt,
+            updated_at: s.updated_at.to_rfc3339(),
+            available_at: s.available_at.to_rfc3339(),
+            timeout_at: s.timeout_at.map(Timestamp::to_rfc3339),
+            started_at: s.started_at.map(Timestamp::to_rfc3339),
+            completed_at: s.completed_at.map(Timestamp::to_rfc3339),
+            error_message: s.error_message.clone(),
+        }
+    }
+}
+
+/// An action record, as the native routes print it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordBody {
+    /// UUIDv7 (the deliveries' `webhook-id`).
+    id: String,
+    /// The org.
+    org_id: String,
+    /// The definition.
+    action_definition_id: String,
+    /// The definition's variant.
+    variant: String,
+    /// The definition's version it was made with.
+    version: u32,
+    /// The input.
+    #[schema(value_type = Object)]
+    input: Box<RawValue>,
+    /// Seconds to signal after acknowledging.
+    timeout: u32,
+    /// Labels.
+    tags: Tags,
+    /// Where it is delivered.
+    destination_id: String,
+    /// The request that created it.
+    request_id: Option<String>,
+    /// RFC 3339.
+    created_at: String,
+    /// The current state.
+    state: StateBody,
+}
+
+impl RecordBody {
+    fn new(org: &OrgId, r: &ActionRecord) -> Self {
+        Self {
+            id: r.id.to_string(),
+            org_id: org.to_string(),
+            action_definition_id: r.definition_id.to_string(),
+            variant: r.variant.clone(),
+            version: r.version,
+            input: raw(&r.input),
+            timeout: r.timeout_secs,
+            tags: r.tags.clone(),
+            destination_id: r.destination_id.to_string(),
+            request_id: r.request_id.clone(),
+            created_at: r.created_at.to_rfc3339(),
+            state: (&r.state).into(),
+        }
+    }
+}
+
+/// The path's org must be the caller's; any other (or malformed) id is a 404, so that other
+/// orgs' existence never shows.
+fn own_org(caller: &OrgCaller, org_id: &str) -> std::result::Result<(), ApiError> {
+    if caller.tenant.org_id().as_str() == org_id {
+        Ok(())
+    } else {
+        Err(not_found("org"))
+    }
+}
+
+/// The definition a trigger names.
+async fn resolve_definition(
+    state: &AppState,
+    tenant: &Tenant,
+    action: &str,
+    version: Option<u32>,
+) -> std::result::Result<ActionDefinition, ApiError> {
+    let latest = match Uuid::try_parse(action) {
+        Ok(id) => state
+            .store()
+            .get_action_definition(tenant, id, None)
+            .await?
+            .filter(|d| d.deleted_at.is_none()),
+        Err(_) => state.store().find_action_definition(tenant, action).await?,
+    };
+    let unknown = || {
+        ApiError::fields(vec![FieldError::new(
+            "action",
+            "names no live action definition of this org (variant, alias or id)",
+        )])
+    };
+    let latest = latest.ok_or_else(unknown)?;
+    match version {
+        None => Ok(latest),
+        Some(v) if v == latest.version => Ok(latest),
+        Some(v) => state
+            .store()
+            .get_action_definition(tenant, latest.id, Some(v))
+            .await?
+            .ok_or_else(|| {
+                ApiError::fields(vec![FieldError::new(
+                    "version",
+                    format!("the definition has no version {v}"),
+                )])
+            }),
+    }
+}
+
+/// Create an action record (scope write): checked against the definition's schema, then
+/// `pending` until the dispatcher delivers it.
+#[utoipa::path(
+    post, path = "/v1/orgs/{org_id}/actions", tag = "actions",
+    params(("org_id" = String, Path, description = "The caller's org")),
+    request_body = TriggerInput,
+    responses((status = 201, body = RecordBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn trigger_action(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path(org_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<RecordBody>)> {
+    own_org(&caller, &org_id)?;
+    caller.require(Scope::Write)?;
+    let input: TriggerInput = json_body(&body)?;
+    let Some(action) = input.action.filter(|a| !a.is_empty()) else {
+        return Err(ApiError::fields(vec![FieldError::new("action", "is required")]).into());
+    };
+    let Some(raw_input) = input.input else {
+        return Err(ApiError::fields(vec![FieldError::new("input", "is required")]).into());
+    };
+    let mut errors = Vec::new();
+    if raw_input.get().len() > MAX_JSON {
+        errors.push(FieldError::new(
+            "input",
+            format!("must be at most {MAX_JSON} bytes"),
+        ));
+    }
+    let timeout = input.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if !(1..=MAX_TIMEOUT_SECS).contains(&timeout) {
+        errors.push(FieldError::new(
+            "timeout",
+            format!("must be 1-{MAX_TIMEOUT_SECS} seconds"),
+        ));
+    }
+    let tags = input.tags.unwrap_or_default();
+    check_map(&mut errors, "tags", &tags);
+    if !errors.is_empty() {
+        return Err(ApiError::fields(errors).into());
+    }
+    let definition = resolve_definition(&state, &caller.tenant, &action, input.version).await?;
+    let destination_id = match input.destination_id {
+        None => definition.default_destination(),
+        Some(raw) => Some(
+            match Uuid::try_parse(&raw) {
+                Ok(id) => state.store().get_destination(&caller.tenant, id).await?,
+                Err(_) => None,
+            }
+            .filter(|d| d.deleted_at.is_none())
+            .map(|d| d.id)
+            .ok_or_else(|| {
+                ApiError::fields(vec![FieldError::new(
+                    "destination_id",
+                    "names no live destination of this org",
+                )])
+            })?,
+        ),
+    };
+    let Some(destination_id) = destination_id else {
+        return Err(ApiError::fields(vec![FieldError::new(
+            "action",
+            "the definition has no destination",
+        )])
+        .into());
+    };
+    let value: serde_json::Value = serde_json::from_str(raw_input.get())
+        .map_err(|e| ApiError::fields(vec![FieldError::new("input", e.to_string())]))?;
+    let schema: serde_json::Value = serde_json::from_str(&definition.schema)
+        .map_err(|e| ApiError::internal(&format!("stored schema unreadable: {e}")))?;
+    let validator = compile_schema(&schema).map_err(|e| ApiError::internal(&e))?;
+    let violations: Vec<FieldError> = validator
+        .iter_errors(&value)
+        .map(|e| {
+            let path = e.instance_path().as_str().to_owned();
+            FieldError::new(format!("input{path}"), e.to_string())
+        })
+        .collect();
+    if !violations.is_empty() {
+        let mut err = ApiError::fields(violations);
+        err.message = format!(
+            "the input does not match the schema of {} version {}: {}",
+            definition.variant, definition.version, err.message
+        );
+        return Err(err.into());
+    }
+    let at = now();
+    let record = ActionRecord {
+        id: new_record_id(),
+        definition_id: definition.id,
+        version: definition.version,
+        variant: definition.variant.clone(),
+        input: raw_input.get().to_owned(),
+        timeout_secs: timeout,
+        tags,
+        destination_id,
+        request_id: Some(context::request_id()),
+        created_at: at,
+        state: ActionState {
+            status: ActionStatus::Pending,
+            attempt: 0,
+            updated_at: at,
+            available_at: at,
+            timeout_at: None,
+            started_at: None,
+            completed_at: None,
+            error_message: None,
+        },
+    };
+    let event = ActionEvent::of(&record, "created", None);
+    state
+        .store()
+        .create_action_record(&caller.tenant, &record, &event)
+        .await?;
+    state.config().dispatch_wake.notify_one();
+    Ok((
+        StatusCode::CREATED,
+        Json(RecordBody::new(caller.tenant.org_id(), &record)),
+    ))
+}
+
+/// A signaling destination's report of an acknowledged record's outcome.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalInput {
+    /// `succeeded` or `failed`.
+    status: Option<String>,
+    /// A detail, kept in the event (and as `error_message` when failed).
+    message: Option<String>,
+    /// Any JSON, kept in the event.
+    #[schema(value_type = Object)]
+    data: Option<Box<RawValue>>,
+}
+
+/// Report the outcome of an acknowledged record (scope write).
+#[utoipa::path(
+    post, path = "/v1/orgs/{org_id}/actions/records/{id}/signal", tag = "actions",
+    params(("org_id" = String, Path, description = "The caller's org"), ("id" = String, Path, description = "The record's id")),
+    request_body = SignalInput,
+    responses((status = 200, body = RecordBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody), (status = 409, description = "The record is not waiting for a signal", body = NativeErrorBody)),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn signal_action(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Native>,
+    Path((org_id, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<RecordBody>> {
+    own_org(&caller, &org_id)?;
+    caller.require(Scope::Write)?;
+    let input: SignalInput = json_body(&body)?;
+    let status = match input.status.as_deref() {
+        Some("succeeded") => ActionStatus::Succeeded,
+        Some("failed") => ActionStatus::Failed,
+        _ => {
+            return Err(ApiError::fields(vec![FieldError::new(
+                "status",
+                "must be succeeded or failed",
+            )])
+            .into());
+        }
+    };
+    if input.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT) {
+        return Err(ApiError::fields(vec![FieldError::new(
+            "message",
+            format!("must be at most {MAX_TEXT} characters"),
+        )])
+        .into());
+    }
+    if input
+        .data
+        .as_ref()
+        .is_some_and(|d| d.get().len() > MAX_JSON)
+    {
+        return Err(ApiError::fields(vec![FieldError::new(
+            "data",
+            format!("must be at most {MAX_JSON} bytes"),
+        )])
+        .into());
+    }
+    let id = parse_id(&id, "action record")?;
+    let mut record = state
+        .store()
+        .get_action_record(&caller.tenant, id)
+        .await?
+        .ok_or_else(|| not_found("action record"))?;
+    let conflict = |r: &ActionRecord| {
+        ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "the action record is {}, not acknowledged: only an acknowledged record takes a signal",
+                r.state.status
+            ),
+        )
+    };
+    if record.state.status != ActionStatus::Acknowledged {
+        return Err(conflict(&record).into());
+    }
+    let expected = Expected {
+        status: ActionStatus::Acknowledged,
+        attempt: record.state.attempt,
+        lease_owner: None,
+    };
+    let at = now();
+    record.state.status = status;
+    record.state.updated_at = at;
+    record.state.completed_at = Some(at);
+    record.state.error_message = match status {
+        ActionStatus::Failed => Some(
+            input
+                .message
+                .clone()
+                .unwrap_or_else(|| "the destination signaled failure".into()),
+        ),
+        _ => None,
+    };
+    let mut event = ActionEvent::of(&record, "signaled", input.message);
+    event.data = input.data.map(|d| d.get().to_owned());
+    if !state
+        .store()
+        .transition_action(&caller.tenant, id, &expected, &record.state, &event)
+        .await?
+    {
+        let now = state
+            .store()
+            .get_action_record(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| not_found("action record"))?;
+        return Err(conflict(&now).into());
+    }
+    Ok(Json(RecordBody::new(caller.tenant.org_id(), &record)))
+}
