@@ -164,7 +164,8 @@ fn insert_event(conn: &Connection, org: i64, e: &ActionEvent) -> rusqlite::Resul
 fn json_path(keys: &[String]) -> String {
     keys.iter().fold("$".to_owned(), |mut p, k| {
         p.push_str(".\"");
-        p.push_str(k);
+        // SQLite decodes JSON escapes inside a quoted label: a backslash must be doubled.
+        p.push_str(&k.replace('\\', "\\\\"));
         p.push('"');
         p
     })
@@ -704,7 +705,8 @@ impl ActionStore for SqliteStore {
                     )
                     .map_err(backend)?;
                 let mut events = Vec::new();
-                for id in records {
+                let mut seen = std::collections::HashSet::new();
+                for id in records.into_iter().filter(|id| seen.insert(*id)) {
                     let rows = st
                         .query_map(params![org, id.as_bytes()], event_from_row)
                         .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)

@@ -4,7 +4,8 @@
 //! (it lists every org) and checks behaviour only through the [`Store`] trait, so the same
 //! stories run unchanged against SQLite, PostgreSQL or any later backend. Expected results
 //! are computed from the reference model in `apitrail-model` ([`LogFilter::matches`],
-//! [`Sort::before`]) over the records a story stored, never hard-coded.
+//! [`Sort::before`], [`ActionFilter::matches`]) over the records a story stored, never
+//! hard-coded.
 //!
 //! A backend runs the whole suite with one macro call in an integration test:
 //!
@@ -21,10 +22,12 @@
 //! [`Store`]: apitrail_store::Store
 //! [`LogFilter::matches`]: apitrail_model::LogFilter::matches
 //! [`Sort::before`]: apitrail_model::Sort::before
+//! [`ActionFilter::matches`]: apitrail_model::ActionFilter::matches
 
 // Test code: a failed expectation is a panic with a message.
 #![allow(clippy::unwrap_used)]
 
+mod actions;
 mod audit;
 mod concurrency;
 mod ingest;
@@ -37,6 +40,13 @@ mod paging;
 mod retention;
 pub mod support;
 
+pub use actions::{
+    action_credentials_and_destinations_round_trip,
+    action_definitions_are_versioned_with_unique_names,
+    action_records_list_and_search_like_the_reference_model, action_tenants_never_see_each_other,
+    action_transitions_compare_and_set, concurrent_leasing_hands_out_each_record_once,
+    due_actions_are_leased_until_the_lease_expires, expired_acknowledgements_are_found_across_orgs,
+};
 pub use audit::{
     audit_chains_stay_linked_under_concurrent_writes, audit_entries_list_newest_first,
     audit_ingest_is_idempotent_and_chained, audit_pages_walk_with_filters,
@@ -83,6 +93,14 @@ macro_rules! store_conformance {
             audit_chains_stay_linked_under_concurrent_writes,
             shutdown_refuses_new_writes,
             purge_removes_only_expired_logs_of_one_org,
+            action_credentials_and_destinations_round_trip,
+            action_definitions_are_versioned_with_unique_names,
+            action_records_list_and_search_like_the_reference_model,
+            action_transitions_compare_and_set,
+            due_actions_are_leased_until_the_lease_expires,
+            concurrent_leasing_hands_out_each_record_once,
+            expired_acknowledgements_are_found_across_orgs,
+            action_tenants_never_see_each_other,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {
