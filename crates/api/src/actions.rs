@@ -76,6 +76,13 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// Reads any JSON value, `null` included, as present (a missing field stays `None`).
+fn present<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
 fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str) {
     if value.trim().is_empty() || value.len() > MAX_TEXT {
         errors.push(FieldError::new(
@@ -402,9 +409,7 @@ async fn apply_destination(
     if let Some(label) = input.label {
         d.label = label;
     }
-    if create || !d.label.is_empty() {
-        check_text(&mut errors, "label", &d.label);
-    }
+    check_text(&mut errors, "label", &d.label);
     match input.kind.as_deref() {
         None | Some("webhook") => {}
         Some(_) => errors.push(FieldError::new("type", "must be webhook")),
@@ -1122,7 +1127,8 @@ pub struct TriggerInput {
     action: Option<String>,
     /// A version of the definition (default: the latest).
     version: Option<u32>,
-    /// The input, checked against the version's schema.
+    /// The input, checked against the version's schema (`null` is an input too).
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Object)]
     input: Option<Box<RawValue>>,
     /// Seconds a signaling destination has, after acknowledging, to signal (default 300).
@@ -1466,12 +1472,23 @@ pub async fn signal_action(
     if record.state.status != ActionStatus::Acknowledged {
         return Err(conflict(&record).into());
     }
+    let at = now();
+    if let Some(deadline) = record.state.timeout_at.filter(|t| *t <= at) {
+        // The dispatcher marks it timed_out at its next pass; the signal is late either way.
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!(
+                "the signal came after timeout_at ({}); the action record times out",
+                deadline.to_rfc3339()
+            ),
+        )
+        .into());
+    }
     let expected = Expected {
         status: ActionStatus::Acknowledged,
         attempt: record.state.attempt,
         lease_owner: None,
     };
-    let at = now();
     record.state.status = status;
     record.state.updated_at = at;
     record.state.completed_at = Some(at);

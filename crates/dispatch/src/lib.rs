@@ -341,7 +341,16 @@ async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (Ou
             "no response within response_time_sla_ms ({} ms)",
             destination.config.response_time_sla_ms
         )),
-        Err(e) => Outcome::Failed(describe(&e)),
+        Err(e) => {
+            let why = describe(&e);
+            // A name that resolves only to refused addresses will not change its mind on
+            // retry: refused at once, like an address.
+            if why.contains(NO_PUBLIC_ADDRESS) {
+                Outcome::Refused(why)
+            } else {
+                Outcome::Failed(why)
+            }
+        }
     };
     (outcome, signaling)
 }
@@ -382,6 +391,9 @@ fn describe(e: &reqwest::Error) -> String {
     text
 }
 
+/// The resolver's refusal, recognized in delivery errors.
+const NO_PUBLIC_ADDRESS: &str = "resolves to no public address";
+
 /// Resolves names for the webhook client, dropping loopback and private addresses unless
 /// they are allowed (a name resolving only to such addresses fails the attempt).
 #[derive(Debug)]
@@ -402,7 +414,7 @@ impl Resolve for GuardedResolver {
                 .collect();
             if allowed.is_empty() {
                 return Err(format!(
-                    "{host} resolves to no public address (loopback and private addresses need --allow-private-destinations)"
+                    "{host} {NO_PUBLIC_ADDRESS} (loopback and private addresses need --allow-private-destinations)"
                 )
                 .into());
             }

@@ -194,7 +194,12 @@ fn where_clause(filter: &ActionFilter, args: &mut Args) -> String {
             sql += &format!(" AND (r.tags::jsonb ->> {k}) = {v}");
         }
         Some(ActionSearch::Input(path, v)) => {
-            let p = push(args, path.clone());
+            // `->` with a text key only ever reads an object's field (on an array it yields
+            // NULL), unlike `#>`, which takes integer-like keys as array indexes.
+            let mut value = "r.input::jsonb".to_owned();
+            for key in path {
+                value += &format!(" -> {}::text", push(args, key.clone()));
+            }
             let text = push(args, v.clone());
             let num = push(args, search_number(v));
             let boolean = push(
@@ -202,12 +207,9 @@ fn where_clause(filter: &ActionFilter, args: &mut Args) -> String {
                 matches!(v.as_str(), "true" | "false").then(|| v.clone()),
             );
             sql += &format!(
-                " AND ((jsonb_typeof(r.input::jsonb #> {p}::text[]) = 'string' \
-                   AND r.input::jsonb #>> {p}::text[] = {text}) \
-                 OR (jsonb_typeof(r.input::jsonb #> {p}::text[]) = 'number' \
-                   AND (r.input::jsonb #>> {p}::text[])::float8 = {num}) \
-                 OR (jsonb_typeof(r.input::jsonb #> {p}::text[]) = 'boolean' \
-                   AND r.input::jsonb #>> {p}::text[] = {boolean}))"
+                " AND ((jsonb_typeof({value}) = 'string' AND ({value}) #>> '{{}}' = {text}) \
+                 OR (jsonb_typeof({value}) = 'number' AND (({value}) #>> '{{}}')::float8 = {num}) \
+                 OR (jsonb_typeof({value}) = 'boolean' AND ({value}) #>> '{{}}' = {boolean}))"
             );
         }
     }

@@ -55,6 +55,9 @@ pub struct Options {
     pub queue_capacity: usize,
     /// Body cap in bytes.
     pub body_cap_bytes: usize,
+    /// Accept webhook destinations on loopback/private addresses
+    /// (`--allow-private-destinations`); off by default, as in `serve`.
+    pub allow_private_destinations: bool,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             admin_token: true,
             queue_capacity: 200_000,
             body_cap_bytes: 64 * 1024,
+            allow_private_destinations: false,
         }
     }
 }
@@ -97,6 +101,58 @@ pub struct TestKey {
 }
 
 impl TestServer {
+    /// Moves a pending action record to `acknowledged` (timing out in an hour) behind the
+    /// API, as the dispatcher does after a 2xx from a signaling destination: the test server
+    /// runs no dispatcher.
+    pub async fn acknowledge_action(&self, org: &str, id: &str) {
+        use apitrail_model::{
+            ActionEvent, ActionState, ActionStatus, OrgId, Timestamp, new_record_id,
+        };
+        let tenant = self
+            .store
+            .tenant(&OrgId::parse(org).expect("org id"))
+            .await
+            .expect("store")
+            .expect("org exists");
+        let now = Timestamp::now();
+        let timeout_at = Some(now.add_millis(3_600_000));
+        let record_id = uuid::Uuid::parse_str(id).expect("record id");
+        let state = ActionState {
+            status: ActionStatus::Acknowledged,
+            attempt: 1,
+            updated_at: now,
+            available_at: now,
+            timeout_at,
+            started_at: Some(now),
+            completed_at: None,
+            error_message: None,
+        };
+        let event = ActionEvent {
+            id: new_record_id(),
+            record_id,
+            kind: "acknowledged".into(),
+            status: ActionStatus::Acknowledged,
+            attempt: 1,
+            available_at: None,
+            timeout_at,
+            message: Some("202".into()),
+            data: None,
+            created_at: now,
+        };
+        let expected = apitrail_store::Expected {
+            status: ActionStatus::Pending,
+            attempt: 0,
+            lease_owner: None,
+        };
+        assert!(
+            self.store
+                .transition_action(&tenant, record_id, &expected, &state, &event)
+                .await
+                .expect("store"),
+            "record {id} was not pending"
+        );
+    }
+
     /// Starts a server with default options (self-logging off, so lists hold only what the
     /// test ingested).
     pub async fn start() -> Self {
@@ -141,6 +197,7 @@ impl TestServer {
                 .then(|| AdminToken::new(ADMIN_TOKEN).expect("token")),
             self_log: options.self_log,
             body_cap_bytes: options.body_cap_bytes,
+            allow_private_destinations: options.allow_private_destinations,
             ..ApiConfig::default()
         };
         let app = App::build(Arc::clone(&store), config, "127.0.0.1:0".parse().unwrap())

@@ -91,3 +91,19 @@ pub fn stop(mut child: Child) {
     assert_eq!(rc, 0);
     assert!(child.wait().unwrap().success());
 }
+
+/// Creates org `id` (named after it) and a key on it with `scopes` (comma-separated, e.g.
+/// `read,write,admin`) through the CLI; returns the key's secret.
+pub fn org_with_key(at: At<'_>, id: &str, scopes: &str) -> String {
+    json_out(&apitrail(
+        at,
+        &["orgs", "create", "--id", id, "--name", &format!("Org {id}")],
+    ));
+    let key = json_out(&apitrail(
+        at,
+        &[
+            "keys", "create", "--org", id, "--name", "tests", "--scopes", scopes,
+        ],
+    ));
+    key["secret"].as_str().expect("the key's secret").to_owned()
+}
