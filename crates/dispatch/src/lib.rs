@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apitrail_model::action::{is_local_name, is_private_address, webhook_target};
@@ -59,7 +60,7 @@ impl Default for DispatchConfig {
 /// A running dispatcher.
 #[derive(Debug)]
 pub struct Dispatcher {
-    stop: Arc<Notify>,
+    stop: Arc<Stop>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,7 +79,7 @@ impl Dispatcher {
             }))
             .user_agent(concat!("apitrail/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let stop = Arc::new(Notify::new());
+        let stop = Arc::new(Stop::default());
         let task = tokio::spawn(run(
             Arc::new(Worker {
                 store,
@@ -94,12 +95,20 @@ impl Dispatcher {
     /// Stops leasing and waits (at most `grace`) for deliveries in flight to finish; those
     /// still running are abandoned, and their records delivered again once the lease expires.
     pub async fn stop(self, grace: Duration) {
-        self.stop.notify_one();
+        self.stop.flag.store(true, Ordering::Release);
+        self.stop.notify.notify_one();
         let mut task = self.task;
         if tokio::time::timeout(grace, &mut task).await.is_err() {
             task.abort();
         }
     }
+}
+
+/// A stop request: the flag for a loop that is busy, the notification for one that waits.
+#[derive(Debug, Default)]
+struct Stop {
+    flag: AtomicBool,
+    notify: Notify,
 }
 
 struct Worker {
@@ -108,15 +117,18 @@ struct Worker {
     config: DispatchConfig,
 }
 
-async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Notify>) {
+async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Stop>) {
     let permits = Arc::new(Semaphore::new(worker.config.concurrency.max(1)));
     let mut deliveries = JoinSet::new();
     let mut busy = false;
     let mut last_expiry = tokio::time::Instant::now();
     loop {
+        if stop.flag.load(Ordering::Acquire) {
+            break;
+        }
         if !busy {
             tokio::select! {
-                _ = stop.notified() => break,
+                _ = stop.notify.notified() => break,
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(worker.config.poll) => {}
             }
@@ -134,7 +146,7 @@ async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Notify>) {
         if free == 0 {
             // Wait for a delivery to finish before leasing more.
             tokio::select! {
-                _ = stop.notified() => break,
+                _ = stop.notify.notified() => break,
                 _ = deliveries.join_next() => {}
             }
             busy = true;

@@ -770,6 +770,21 @@ impl ActionStore for SqliteStore {
         owner: &str,
         limit: u32,
     ) -> Result<Vec<Leased>, StoreError> {
+        // Most polls find nothing due: a read says so without a write transaction.
+        let due = self
+            .readers
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM action_records WHERE status = 'pending' \
+                     AND available_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1))",
+                )
+                .and_then(|mut st| st.query_row([now.millis()], |r| r.get::<_, bool>(0)))
+                .map_err(backend)
+            })
+            .await?;
+        if !due {
+            return Ok(Vec::new());
+        }
         let owner = owner.to_owned();
         let found = self
             .writer
