@@ -786,9 +786,11 @@ impl ActionStore for SqliteStore {
             return Ok(Vec::new());
         }
         let owner = owner.to_owned();
+        // A lease lost to a power failure only means the record is leased again: no fsync
+        // on the way to the delivery.
         let found = self
             .writer
-            .submit(0, move |conn| {
+            .submit_volatile(move |conn| {
                 let found = leased_with_tenant(
                     conn,
                     &format!(

@@ -29,10 +29,14 @@ trait Job: Send {
     fn apply(&mut self, conn: &Connection) -> bool;
     /// Reports the outcome once the group's fate is known.
     fn finish(self: Box<Self>, committed: Result<(), String>);
+    /// Whether the answer waits for the WAL's fsync (everything acknowledged to a client
+    /// does); a job that may be lost with a power failure is answered at commit.
+    fn durable(&self) -> bool;
 }
 
 struct TypedJob<T, F> {
     records: usize,
+    durable: bool,
     work: Option<F>,
     result: Option<Result<T, StoreError>>,
     reply: oneshot::Sender<Result<T, StoreError>>,
@@ -45,6 +49,10 @@ where
 {
     fn records(&self) -> usize {
         self.records
+    }
+
+    fn durable(&self) -> bool {
+        self.durable
     }
 
     fn apply(&mut self, conn: &Connection) -> bool {
@@ -154,9 +162,34 @@ impl Writer {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit_job(records, true, work).await
+    }
+
+    /// Like [`Writer::submit`], but answered as soon as the group commits (visible to every
+    /// reader, safe from `kill -9`), without waiting for the fsync: for bookkeeping whose
+    /// loss to a power failure is harmless (an action lease: the record is leased again).
+    pub async fn submit_volatile<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit_job(0, false, work).await
+    }
+
+    async fn submit_job<T, F>(
+        &self,
+        records: usize,
+        durable: bool,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, wait) = oneshot::channel();
         let job = Box::new(TypedJob {
             records,
+            durable,
             work: Some(work),
             result: None,
             reply,
@@ -240,8 +273,13 @@ fn run(
                     .fetch_add(records as u64, Ordering::Relaxed);
                 stats.commit_seconds.observe(elapsed);
                 stats.group_records.observe(records as f64);
-                let jobs = std::mem::take(&mut group);
-                if let Err(lost) = synced.send(Committed { jobs }) {
+                let (jobs, volatile): (Vec<_>, Vec<_>) = std::mem::take(&mut group)
+                    .into_iter()
+                    .partition(|j| j.durable());
+                finish_all(volatile, &Ok(()), stats);
+                if jobs.is_empty() {
+                    // Nothing waits for an fsync.
+                } else if let Err(lost) = synced.send(Committed { jobs }) {
                     // The syncer is gone (it only stops after the writer): answer here.
                     finish_all(lost.0.jobs, &Err("the syncer stopped".into()), stats);
                 }
