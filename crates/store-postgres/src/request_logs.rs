@@ -5,7 +5,8 @@ use apitrail_model::{
     LogFilter, PageRequest, PageStart, RequestLog, Sort, SortDir, SortKey, Timestamp,
 };
 use apitrail_store::{Page, StoreError};
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
 use crate::{Args, backend, corrupt, params, push, ts};
@@ -58,102 +59,118 @@ fn log_from_row(r: &Row) -> Result<RequestLog, StoreError> {
     })
 }
 
-/// Inserts one org's logs in one statement (one array per column); returns how many were new.
-pub(crate) async fn insert(
+/// Milliseconds in a UTC day, the width of a partition.
+pub(crate) const DAY_MS: i64 = 86_400_000;
+
+/// The partition (UTC day since 1970-01-01) a `created_at` falls in.
+pub(crate) fn day_of(created_at_ms: i64) -> i64 {
+    created_at_ms.div_euclid(DAY_MS)
+}
+
+/// Claims client-supplied ids in `request_log_ids`; returns those that were new. `claims` are
+/// `(org, id, created_at)`, sorted by `(org, id)` without repeats, so that concurrent
+/// transactions take their locks in one order and cannot deadlock.
+pub(crate) async fn claim(
     tx: &impl GenericClient,
-    org: i64,
-    logs: &[RequestLog],
-) -> Result<u64, StoreError> {
-    // In id order: concurrent transactions inserting overlapping ids then take their index
-    // locks in the same order and cannot deadlock.
-    let mut sorted: Vec<&RequestLog> = logs.iter().collect();
-    sorted.sort_by_key(|l| l.id);
-    let logs = sorted.as_slice();
-    fn col<T, F: Fn(&RequestLog) -> T>(logs: &[&RequestLog], f: F) -> Vec<T> {
-        logs.iter().map(|l| f(l)).collect()
+    claims: &[(i64, Uuid, i64)],
+) -> Result<Vec<(i64, Uuid)>, StoreError> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
     }
-    let ids = col(logs, |l| l.id);
-    let created = col(logs, |l| l.created_at.millis());
-    let duration = col(logs, |l| l.duration_ms.unwrap_or(-1));
-    let status = col(logs, |l| i32::from(l.status_code));
-    let method = col(logs, |l| l.method.clone());
-    let path = col(logs, |l| l.path.clone());
-    let text = |f: fn(&RequestLog) -> &Option<String>| col(logs, move |l| f(l).clone());
-    let route = text(|l| &l.route_pattern);
-    let request_id = text(|l| &l.request_id);
-    let auth_type = text(|l| &l.auth_type);
-    let error_code = text(|l| &l.error_code);
-    let query = text(|l| &l.query);
-    let started = col(logs, |l| l.started_at.map(Timestamp::millis));
-    let completed = col(logs, |l| l.completed_at.map(Timestamp::millis));
-    let ip = col(logs, |l| l.client_ip.map(|ip| ip.to_string()));
-    let user_agent = text(|l| &l.user_agent);
-    let origin = text(|l| &l.origin);
-    let principal_type = text(|l| &l.principal_type);
-    let principal_id = text(|l| &l.principal_id);
-    let user_id = text(|l| &l.user_id);
-    let email = text(|l| &l.email);
-    let api_key_id = text(|l| &l.api_key_id);
-    let service_account_id = text(|l| &l.service_account_id);
-    let price = text(|l| &l.price);
-    let minutes = col(logs, |l| l.minutes);
-    let seconds = col(logs, |l| l.seconds);
-    let invoice = text(|l| &l.stripe_invoice_item_id);
-    let req_cut = col(logs, |l| l.request_body_truncated);
-    let resp_cut = col(logs, |l| l.response_body_truncated);
-    let metadata = text(|l| &l.metadata);
-    let req_body = text(|l| &l.request_body);
-    let resp_body = text(|l| &l.response_body);
-    let inserted = tx
-        .execute(
-            &format!(
-                "INSERT INTO request_logs (org, {COLUMNS}) \
-                 SELECT $1, * FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::int[], \
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-                 $12::text[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], \
-                 $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], \
-                 $23::text[], $24::text[], $25::bigint[], $26::bigint[], $27::text[], \
-                 $28::bool[], $29::bool[], $30::text[], $31::text[], $32::text[]) \
-                 ON CONFLICT (org, id) DO NOTHING"
-            ),
-            &[
-                &org,
-                &ids,
-                &created,
-                &duration,
-                &status,
-                &method,
-                &path,
-                &route,
-                &request_id,
-                &auth_type,
-                &error_code,
-                &query,
-                &started,
-                &completed,
-                &ip,
-                &user_agent,
-                &origin,
-                &principal_type,
-                &principal_id,
-                &user_id,
-                &email,
-                &api_key_id,
-                &service_account_id,
-                &price,
-                &minutes,
-                &seconds,
-                &invoice,
-                &req_cut,
-                &resp_cut,
-                &metadata,
-                &req_body,
-                &resp_body,
-            ],
+    let orgs: Vec<i64> = claims.iter().map(|c| c.0).collect();
+    let ids: Vec<Uuid> = claims.iter().map(|c| c.1).collect();
+    let created: Vec<i64> = claims.iter().map(|c| c.2).collect();
+    let rows = tx
+        .query(
+            "INSERT INTO request_log_ids (org, id, created_at) \
+             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[]) \
+             ON CONFLICT (org, id) DO NOTHING RETURNING org, id",
+            &[&orgs, &ids, &created],
         )
         .await
         .map_err(backend)?;
-    Ok(inserted)
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The types of the columns [`copy`] writes: `org`, then [`COLUMNS`] in order.
+#[rustfmt::skip]
+const COPY_TYPES: [Type; 32] = {
+    const TX: Type = Type::TEXT;
+    const I8: Type = Type::INT8;
+    const B: Type = Type::BOOL;
+    [
+        I8, Type::UUID, I8, I8, Type::INT4, // org, id, created_at, duration_ms, status_code
+        TX, TX, TX, TX, TX, TX, TX,         // method .. query
+        I8, I8,                             // started_at, completed_at
+        TX, TX, TX, TX, TX, TX, TX, TX, TX, TX, // client_ip .. price
+        I8, I8, TX,                         // minutes, seconds, stripe_invoice_item_id
+        B, B, TX, TX, TX,                   // truncation flags, metadata, bodies
+    ]
+};
+
+/// Writes `(org, log)` rows with one binary COPY into the partitioned table (PostgreSQL
+/// routes each row to its day's partition, which must exist).
+pub(crate) async fn copy(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[(i64, &RequestLog)],
+) -> Result<u64, StoreError> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::ToSql;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(&format!(
+            "COPY request_logs (org, {COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
+        .await
+        .map_err(backend)?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let mut writer = std::pin::pin!(writer);
+    for (org, l) in rows {
+        let created = l.created_at.millis();
+        let duration = l.duration_ms.unwrap_or(-1);
+        let status = i32::from(l.status_code);
+        let started = l.started_at.map(Timestamp::millis);
+        let completed = l.completed_at.map(Timestamp::millis);
+        let ip = l.client_ip.map(|ip| ip.to_string());
+        let values: [&(dyn ToSql + Sync); 32] = [
+            org,
+            &l.id,
+            &created,
+            &duration,
+            &status,
+            &l.method,
+            &l.path,
+            &l.route_pattern,
+            &l.request_id,
+            &l.auth_type,
+            &l.error_code,
+            &l.query,
+            &started,
+            &completed,
+            &ip,
+            &l.user_agent,
+            &l.origin,
+            &l.principal_type,
+            &l.principal_id,
+            &l.user_id,
+            &l.email,
+            &l.api_key_id,
+            &l.service_account_id,
+            &l.price,
+            &l.minutes,
+            &l.seconds,
+            &l.stripe_invoice_item_id,
+            &l.request_body_truncated,
+            &l.response_body_truncated,
+            &l.metadata,
+            &l.request_body,
+            &l.response_body,
+        ];
+        writer.as_mut().write(&values).await.map_err(backend)?;
+    }
+    writer.as_mut().finish().await.map_err(backend)
 }
 
 /// The SQL column of a sort key.
@@ -172,6 +189,39 @@ pub(crate) async fn list(
     sort: Sort,
     page: PageRequest,
 ) -> Result<Page<RequestLog>, StoreError> {
+    let (sql, args) = list_query(org, filter, sort, page);
+    let rows = c.query(&sql, &params(&args)).await.map_err(backend)?;
+    let mut items = rows
+        .iter()
+        .map(log_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_more = items.len() > page.limit as usize;
+    items.truncate(page.limit as usize);
+    Ok(Page { items, has_more })
+}
+
+/// The plan PostgreSQL chooses for the statement `list` runs (`EXPLAIN`, without costs).
+pub(crate) async fn explain_list(
+    c: &impl GenericClient,
+    org: i64,
+    filter: &LogFilter,
+    sort: Sort,
+    page: PageRequest,
+) -> Result<String, StoreError> {
+    let (sql, args) = list_query(org, filter, sort, page);
+    let rows = c
+        .query(&format!("EXPLAIN (COSTS OFF) {sql}"), &params(&args))
+        .await
+        .map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// The statement of one list page and its parameters.
+fn list_query(org: i64, filter: &LogFilter, sort: Sort, page: PageRequest) -> (String, Args) {
     let mut args: Args = vec![Box::new(org)];
     // Every condition but the status range, which the skip-scan form handles itself.
     let mut conds = String::new();
@@ -226,6 +276,11 @@ pub(crate) async fn list(
             };
             let id = push(&mut args, pos.id);
             conds.push_str(&format!(" AND ({key}, id) {cmp} ({k}, {id})"));
+            if sort.key == SortKey::CreatedAt {
+                // Implied by the row comparison, but only a plain bound lets the planner skip
+                // the partitions the cursor has passed.
+                conds.push_str(&format!(" AND created_at {cmp}= {k}"));
+            }
         }
         PageStart::Offset(n) => offset = Some(i64::try_from(n).unwrap_or(i64::MAX)),
     }
@@ -273,14 +328,7 @@ pub(crate) async fn list(
         }
         sql
     };
-    let rows = c.query(&sql, &params(&args)).await.map_err(backend)?;
-    let mut items = rows
-        .iter()
-        .map(log_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    (sql, args)
 }
 
 pub(crate) async fn get(
@@ -288,9 +336,13 @@ pub(crate) async fn get(
     org: i64,
     id: Uuid,
 ) -> Result<Option<RequestLog>, StoreError> {
+    // The id alone does not name a partition: each one's primary key is probed, oldest first.
     let row = c
         .query_opt(
-            &format!("SELECT {COLUMNS} FROM request_logs WHERE org = $1 AND id = $2"),
+            &format!(
+                "SELECT {COLUMNS} FROM request_logs WHERE org = $1 AND id = $2 \
+                 ORDER BY created_at LIMIT 1"
+            ),
             &[&org, &id],
         )
         .await
@@ -298,19 +350,150 @@ pub(crate) async fn get(
     row.as_ref().map(log_from_row).transpose()
 }
 
+/// Deletes up to `max` of the org's logs created before `before`, oldest first, with their
+/// id claims, in one statement (a claim never outlives its record, so a retry of a purged id
+/// is stored again, as on SQLite).
 pub(crate) async fn purge(
     c: &impl GenericClient,
     org: i64,
     before: Timestamp,
     max: u32,
 ) -> Result<u64, StoreError> {
+    // The bounds on created_at come from the chosen rows (an initplan), so that execution
+    // visits only the partitions that hold them.
+    let n: i64 = c
+        .query_one(
+            "WITH doomed AS MATERIALIZED ( \
+               SELECT created_at, id FROM request_logs \
+                WHERE org = $1 AND created_at < $2 ORDER BY created_at, id LIMIT $3), \
+             gone AS ( \
+               DELETE FROM request_logs \
+                WHERE org = $1 \
+                  AND created_at >= (SELECT min(created_at) FROM doomed) \
+                  AND created_at <= (SELECT max(created_at) FROM doomed) \
+                  AND (created_at, id) IN (SELECT created_at, id FROM doomed) \
+               RETURNING id), \
+             unclaimed AS ( \
+               DELETE FROM request_log_ids WHERE org = $1 AND id IN (SELECT id FROM gone)) \
+             SELECT count(*) FROM gone",
+            &[&org, &before.millis(), &i64::from(max)],
+        )
+        .await
+        .map_err(backend)?
+        .get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Deletes up to `max` of the org's id claims for records created before `before` (left by
+/// partitions retention dropped whole); returns how many.
+pub(crate) async fn prune_claims(
+    c: &impl GenericClient,
+    org: i64,
+    before: Timestamp,
+    max: u32,
+) -> Result<u64, StoreError> {
     c.execute(
-        "DELETE FROM request_logs WHERE org = $1 AND id IN (SELECT id FROM request_logs \
-         WHERE org = $1 AND created_at < $2 ORDER BY created_at, id LIMIT $3)",
+        "DELETE FROM request_log_ids WHERE org = $1 AND id IN ( \
+           SELECT id FROM request_log_ids WHERE org = $1 AND created_at < $2 LIMIT $3)",
         &[&org, &before.millis(), &i64::from(max)],
     )
     .await
     .map_err(backend)
+}
+
+/// The partitions of `request_logs`: `(table name, first day, day after the last)` in ms.
+pub(crate) async fn partitions(
+    c: &impl GenericClient,
+) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) \
+               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+              WHERE i.inhparent = 'request_logs'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(backend)?;
+    rows.iter()
+        .map(|r| {
+            let name: String = r.get(0);
+            let bound: String = r.get(1);
+            let (lo, hi) = range_bound(&bound)
+                .ok_or_else(|| corrupt(format!("partition {name} has the bound {bound:?}")))?;
+            Ok((name, lo, hi))
+        })
+        .collect()
+}
+
+/// Reads `FOR VALUES FROM ('lo') TO ('hi')`.
+fn range_bound(bound: &str) -> Option<(i64, i64)> {
+    let number = |s: &str| -> Option<i64> {
+        s.trim()
+            .trim_matches(|c| c == '(' || c == ')' || c == '\'')
+            .parse()
+            .ok()
+    };
+    let rest = bound.strip_prefix("FOR VALUES FROM ")?;
+    let (lo, hi) = rest.split_once(" TO ")?;
+    Some((number(lo)?, number(hi)?))
+}
+
+/// Drops a partition retention has emptied of live days. Waits at most a few seconds for
+/// the exclusive lock on the parent (long reads would otherwise queue every query behind
+/// the DROP); a partition not dropped now is dropped by the next pass.
+pub(crate) async fn drop_partition(client: &mut Client, name: &str) -> Result<bool, StoreError> {
+    let tx = crate::begin(client).await?;
+    tx.batch_execute("SET LOCAL lock_timeout = '5s'")
+        .await
+        .map_err(backend)?;
+    let sql = format!("DROP TABLE IF EXISTS \"{}\"", name.replace('"', "\"\""));
+    match tx.batch_execute(&sql).await {
+        Ok(()) => {
+            tx.commit().await.map_err(backend)?;
+            Ok(true)
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            tracing::info!(
+                partition = name,
+                "retention: partition busy, dropped next time"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// Makes the partition of `day` unless it exists (see migration 0003). Another server making
+/// the same day at the same moment waits for it on an advisory lock; the few errors a race
+/// can still raise are retried.
+pub(crate) async fn make_partition(c: &impl GenericClient, day: i64) -> Result<(), StoreError> {
+    use tokio_postgres::error::SqlState;
+    let mut attempt = 0;
+    loop {
+        match c
+            .execute("SELECT apitrail_request_log_partition($1)", &[&day])
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if attempt < 5
+                    && e.code().is_some_and(|code| {
+                        [
+                            SqlState::DUPLICATE_TABLE,
+                            SqlState::UNIQUE_VIOLATION,
+                            SqlState::T_R_DEADLOCK_DETECTED,
+                            SqlState::INVALID_OBJECT_DEFINITION,
+                            SqlState::WRONG_OBJECT_TYPE,
+                        ]
+                        .contains(code)
+                    }) =>
+            {
+                attempt += 1;
+                tracing::debug!(day, error = %e, "making a partition raced; retrying");
+            }
+            Err(e) => return Err(backend(e)),
+        }
+    }
 }
 
 pub(crate) async fn count(c: &impl GenericClient, org: i64) -> Result<u64, StoreError> {

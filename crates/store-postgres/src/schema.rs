@@ -10,6 +10,7 @@ use crate::{backend, corrupt};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_status_created.sql"),
+    include_str!("../migrations/0003_partitions.sql"),
 ];
 
 /// An arbitrary constant naming apitrail's migration lock ("apitrail" in ASCII).
