@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
-use crate::{Args, backend, corrupt, params, push, ts};
+use crate::{Args, Reader, backend, corrupt, params, push, ts};
 
 /// The columns [`log_from_row`] reads, in its order.
 const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, route_pattern, \
@@ -183,7 +183,7 @@ fn column(key: SortKey) -> &'static str {
 }
 
 pub(crate) async fn list(
-    c: &impl GenericClient,
+    c: &Reader,
     org: i64,
     filter: &LogFilter,
     sort: Sort,
@@ -331,14 +331,10 @@ fn list_query(org: i64, filter: &LogFilter, sort: Sort, page: PageRequest) -> (S
     (sql, args)
 }
 
-pub(crate) async fn get(
-    c: &impl GenericClient,
-    org: i64,
-    id: Uuid,
-) -> Result<Option<RequestLog>, StoreError> {
+pub(crate) async fn get(c: &Reader, org: i64, id: Uuid) -> Result<Option<RequestLog>, StoreError> {
     // The id alone does not name a partition: each one's primary key is probed, oldest first.
-    let row = c
-        .query_opt(
+    let rows = c
+        .query(
             &format!(
                 "SELECT {COLUMNS} FROM request_logs WHERE org = $1 AND id = $2 \
                  ORDER BY created_at LIMIT 1"
@@ -347,7 +343,7 @@ pub(crate) async fn get(
         )
         .await
         .map_err(backend)?;
-    row.as_ref().map(log_from_row).transpose()
+    rows.first().map(log_from_row).transpose()
 }
 
 /// Deletes up to `max` of the org's logs created before `before`, oldest first, with their
@@ -496,11 +492,14 @@ pub(crate) async fn make_partition(c: &impl GenericClient, day: i64) -> Result<(
     }
 }
 
-pub(crate) async fn count(c: &impl GenericClient, org: i64) -> Result<u64, StoreError> {
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM request_logs WHERE org = $1", &[&org])
+pub(crate) async fn count(c: &Reader, org: i64) -> Result<u64, StoreError> {
+    let rows = c
+        .query("SELECT count(*) FROM request_logs WHERE org = $1", &[&org])
         .await
-        .map_err(backend)?
+        .map_err(backend)?;
+    let n: i64 = rows
+        .first()
+        .ok_or_else(|| corrupt("count returned no row".into()))?
         .get(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }

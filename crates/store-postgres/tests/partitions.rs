@@ -353,6 +353,34 @@ async fn list_plans_read_indexes_across_partitions() {
             },
         ),
         (
+            "route",
+            LogFilter {
+                route_pattern: Some("/v1/orders/{id}/items".into()),
+                ..LogFilter::default()
+            },
+        ),
+        (
+            "auth type",
+            LogFilter {
+                auth_type: Some("jwt".into()),
+                ..LogFilter::default()
+            },
+        ),
+        (
+            "user",
+            LogFilter {
+                user_id: Some("user_only_p".into()),
+                ..LogFilter::default()
+            },
+        ),
+        (
+            "api key",
+            LogFilter {
+                api_key_id: Some("key_x".into()),
+                ..LogFilter::default()
+            },
+        ),
+        (
             "request id",
             LogFilter {
                 request_id: Some("req_x".into()),
