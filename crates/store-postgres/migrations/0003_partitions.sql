@@ -97,6 +97,21 @@ CREATE TABLE request_log_ids (
 INSERT INTO request_log_ids (org, id, created_at) SELECT org, id, created_at FROM request_logs_v2;
 CREATE INDEX request_log_ids_by_created ON request_log_ids (org, created_at);
 
+-- Exact counts without scanning the org's days: how many of an org's logs of a day are
+-- stored, split over a few slots so that concurrent writers add to rows of their own (a
+-- writer's group adds to its slot; deletions subtract in slot 0). A count sums the org's
+-- rows. Kept in the same transactions as the rows they count; a dropped day's rows go with it.
+CREATE TABLE request_log_counts (
+    org  bigint  NOT NULL,
+    day  bigint  NOT NULL,
+    slot integer NOT NULL,
+    n    bigint  NOT NULL,
+    PRIMARY KEY (org, day, slot)
+);
+INSERT INTO request_log_counts (org, day, slot, n)
+SELECT org, floor(created_at / 86400000.0)::bigint, 0, count(*)
+  FROM request_logs_v2 GROUP BY 1, 2;
+
 DROP TABLE request_logs_v2;
 
 -- The indexes of version 2, now one per partition (made on each partition as it is

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
-    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
+    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, new_record_id,
 };
 use apitrail_store::{
     AuditBatch, Expired, Histogram, IdOrigin, InsertOutcome, LogBatch, Page, Store, StoreError,
@@ -309,13 +309,18 @@ impl PgStore {
             .await?;
         let (log_queue, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..options.log_writers.max(1) {
+        // Each writer adds to count rows of its own slot: 1..=64, from this process's random
+        // base (slot 0 is retention's), so writers of one server never share one.
+        let base = (new_record_id().as_u128() % 64) as i32;
+        for i in 0..options.log_writers.max(1) {
             let client = connect(url).await?;
+            let slot = (base + i32::try_from(i).unwrap_or(0)) % 64 + 1;
             tokio::spawn(log_writer(
                 client,
                 Arc::clone(&rx),
                 Arc::clone(&shared),
                 options.max_group_records.max(1),
+                slot,
             ));
         }
         let maintenance = tokio::spawn(maintain(url.to_owned()));
@@ -359,7 +364,7 @@ impl PgStore {
         sort: Sort,
         page: PageRequest,
     ) -> Result<String, StoreError> {
-        request_logs::explain_list(self.reader(), tenant.key(), filter, sort, page).await
+        request_logs::explain_list(self.prepared_reader(), tenant.key(), filter, sort, page).await
     }
 
     fn reader(&self) -> &Client {
@@ -607,7 +612,7 @@ impl Store for PgStore {
                 continue;
             }
             let (_open, mut client) = self.writer().await?;
-            if request_logs::drop_partition(&mut client, &name).await? {
+            if request_logs::drop_partition(&mut client, &name, (lo, hi)).await? {
                 self.shared
                     .known_partitions()
                     .remove(&request_logs::day_of(lo));
@@ -712,6 +717,7 @@ async fn log_writer(
     queue: Arc<Mutex<mpsc::UnboundedReceiver<LogJob>>>,
     shared: Arc<Shared>,
     max_records: usize,
+    slot: i32,
 ) {
     loop {
         let mut jobs = Vec::new();
@@ -732,17 +738,17 @@ async fn log_writer(
                 }
             }
         }
-        write_jobs(&mut client, jobs, &shared).await;
+        write_jobs(&mut client, jobs, &shared, slot).await;
     }
 }
 
 /// Writes a group and answers its calls. If the group fails before its commit was sent,
 /// each call is tried again alone, so that one bad batch cannot fail the others; if the
 /// commit itself failed, its outcome is unknown and every call gets the error.
-async fn write_jobs(client: &mut Client, jobs: Vec<LogJob>, shared: &Shared) {
+async fn write_jobs(client: &mut Client, jobs: Vec<LogJob>, shared: &Shared, slot: i32) {
     let started = Instant::now();
     let records = jobs.iter().map(|j| j.records).sum();
-    match write_group(client, &jobs, shared).await {
+    match write_group(client, &jobs, shared, slot).await {
         Ok(outcomes) => {
             shared.committed(records, started);
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
@@ -767,13 +773,14 @@ async fn write_jobs(client: &mut Client, jobs: Vec<LogJob>, shared: &Shared) {
             tracing::debug!(error = %e, calls = jobs.len(), "group failed; writing its calls one by one");
             for job in jobs {
                 let started = Instant::now();
-                let answer = match write_group(client, std::slice::from_ref(&job), shared).await {
-                    Ok(mut outcomes) => {
-                        shared.committed(job.records, started);
-                        Ok(outcomes.pop().unwrap_or_default())
-                    }
-                    Err(GroupError::Before(e) | GroupError::Commit(e)) => Err(e),
-                };
+                let answer =
+                    match write_group(client, std::slice::from_ref(&job), shared, slot).await {
+                        Ok(mut outcomes) => {
+                            shared.committed(job.records, started);
+                            Ok(outcomes.pop().unwrap_or_default())
+                        }
+                        Err(GroupError::Before(e) | GroupError::Commit(e)) => Err(e),
+                    };
                 let _ = job.done.send(answer);
             }
         }
@@ -794,6 +801,7 @@ async fn write_group(
     client: &mut Client,
     jobs: &[LogJob],
     shared: &Shared,
+    slot: i32,
 ) -> Result<Vec<InsertOutcome>, GroupError> {
     let days: HashSet<i64> = jobs
         .iter()
@@ -807,7 +815,7 @@ async fn write_group(
             .ensure_partitions(client, days.iter().copied())
             .await
             .map_err(GroupError::Before)?;
-        match try_write_group(client, jobs).await {
+        match try_write_group(client, jobs, slot).await {
             Err(GroupError::Before(StoreError::Backend(e)))
                 if attempt < 3 && is_missing_partition(e.as_ref()) =>
             {
@@ -832,6 +840,7 @@ fn is_missing_partition(e: &(dyn std::error::Error + 'static)) -> bool {
 async fn try_write_group(
     client: &mut Client,
     jobs: &[LogJob],
+    slot: i32,
 ) -> Result<Vec<InsertOutcome>, GroupError> {
     let before = GroupError::Before;
     // Client-supplied ids are claimed first; the first record (in call order) to carry an
@@ -875,6 +884,9 @@ async fn try_write_group(
         outcomes.push(outcome);
     }
     request_logs::copy(&tx, &rows).await.map_err(before)?;
+    request_logs::count_stored(&tx, slot, &rows)
+        .await
+        .map_err(before)?;
     tx.commit()
         .await
         .map_err(|e| GroupError::Commit(backend(e)))?;

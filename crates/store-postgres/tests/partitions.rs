@@ -255,6 +255,15 @@ async fn retention_drops_whole_days_and_keeps_newer_logs() {
         .unwrap()
         .get(0);
     assert_eq!(stale_claims, 0, "claims go with their records");
+    let dropped_counts: i64 = c
+        .query_one(
+            "SELECT count(*) FROM request_log_counts WHERE day < $1",
+            &[&((start + 5 * DAY).div_euclid(DAY))],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dropped_counts, 0, "the dropped days' counts go with them");
     let claims: i64 = c
         .query_one("SELECT count(*) FROM request_log_ids", &[])
         .await
