@@ -395,9 +395,7 @@ fn list_query(
     let ranged = filter.status_min.is_some() || filter.status_max.is_some();
     let fetch = i64::from(page.limit) + 1;
     let sql = if let Some(codes) = codes {
-        // One run per status code, each at most a page in created_at order, merged. Two
-        // prepared statements (the loose scan, then this) rather than one: as a single
-        // statement with a recursive CTE the generic plan took ~1.3 s at 5M rows.
+        // One run per status code, each at most a page in created_at order, merged.
         let codes = push(&mut args, codes);
         let limit = push(&mut args, fetch);
         let order = format!("ORDER BY {key} {dir}, id {dir} LIMIT {limit}");
