@@ -256,7 +256,7 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Msg>, dropped: Arc<At
         if !logs.is_empty() {
             let batches: Vec<LogBatch> = logs
                 .into_iter()
-                .map(|(tenant, logs)| LogBatch { tenant, logs })
+                .map(|(tenant, logs)| LogBatch::minted(tenant, logs))
                 .collect();
             write_logs(store.as_ref(), batches, &dropped).await;
         }

@@ -22,7 +22,10 @@
 //!    p50/p99 per filter for the first page and a deep page, and the time `verify` takes.
 //!
 //! `--postgres` runs sections 2-6 on PostgreSQL instead (a private durable server started
-//! from Debian's binaries by `apitrail-pgtest`).
+//! from Debian's binaries by `apitrail-pgtest`), and instead of section 1 the raw COPY
+//! ceiling: the same rows written by binary COPY straight into the partitioned table of a
+//! fresh database (no HTTP, no claims, no group commit), on one and on two connections; after
+//! the queries it also times `count_request_logs` for the org.
 //!
 //! Run: `cargo run --release -p apitrail-bench -- --rows 5000000`
 
@@ -141,6 +144,15 @@ fn main() {
         );
     }
 
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if !args.skip_raw && !args.skip_requests && args.postgres {
+        runtime.block_on(pg_raw_section(&mut report, &args));
+    }
+
     let rows = if args.skip_requests { 0 } else { args.rows };
     eprintln!("generating {rows} records of synthetic traffic...");
     let started = Instant::now();
@@ -200,11 +212,6 @@ fn main() {
         let _ = writeln!(report);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     runtime.block_on(async {
         let server_dir = work.path().join("server");
         let store: Arc<dyn Store> = if args.postgres {
@@ -343,6 +350,12 @@ async fn request_sections(
         for line in principal_queries(&base, &secret, args.samples).await {
             let _ = writeln!(report, "{line}");
         }
+
+        let _ = writeln!(
+            report,
+            "\n## COUNT: `count_request_logs` for the org ({total} rows, 30 calls, store-level)\n"
+        );
+        let _ = writeln!(report, "{}", count_latency(store, 30).await);
 
         let _ = writeln!(report, "\n## Self-logging overhead on a read endpoint\n");
         for line in selflog_overhead(
@@ -539,6 +552,153 @@ fn raw_ceiling(
         batch,
     );
     (n, busy.as_secs_f64())
+}
+
+/// p50 and p99 of `count_request_logs` for the bench org (the one COUNT the store offers).
+async fn count_latency(store: &Arc<dyn Store>, calls: usize) -> String {
+    let tenant = store
+        .tenant(&apitrail_model::OrgId::parse("bench").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ms = Vec::with_capacity(calls);
+    let mut n = 0;
+    for _ in 0..calls {
+        let t = Instant::now();
+        n = store.count_request_logs(&tenant).await.unwrap();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    format!(
+        "| rows counted | p50 | p99 |\n|---:|---:|---:|\n| {n} | {:.1} ms | {:.1} ms |",
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99)
+    )
+}
+
+/// The raw PostgreSQL ceiling: each variant COPYs the same rows into a fresh database.
+async fn pg_raw_section(report: &mut String, args: &Args) {
+    const CHUNK: usize = 10_000;
+    eprintln!(
+        "generating {} records for the raw COPY ceiling...",
+        args.rows
+    );
+    let mut chunks = Vec::new();
+    rows(args.rows, |logs| chunks.push(logs), CHUNK);
+    let chunks = Arc::new(chunks);
+    let _ = writeln!(
+        report,
+        "## Raw PostgreSQL ceiling (same rows, binary COPY, no HTTP)\n"
+    );
+    let _ = writeln!(
+        report,
+        "| variant | rows | seconds | rows/s |\n|---|---:|---:|---:|"
+    );
+    // One connection and the primary key alone on the first million rows (to keep the run
+    // short); two connections, as ingest's two log writers, on all of them.
+    let some = args.rows.min(1_000_000);
+    for (name, connections, indexes, rows) in [
+        ("all query indexes, 1 connection", 1, true, some),
+        ("all query indexes, 2 connections", 2, true, args.rows),
+        ("primary key only, 1 connection", 1, false, some),
+    ] {
+        let take = rows.div_ceil(CHUNK).min(chunks.len());
+        let (n, secs) = pg_raw_copy(Arc::clone(&chunks), take, connections, indexes).await;
+        let _ = writeln!(
+            report,
+            "| {name}; {CHUNK}-row transactions | {n} | {secs:.1} | {:.0} |",
+            n as f64 / secs
+        );
+        eprintln!("raw COPY ({name}): {:.0} rows/s", n as f64 / secs);
+    }
+    let _ = writeln!(report);
+}
+
+/// COPYs the first `take` of `chunks` (one transaction each) over `connections` connections
+/// into a fresh database migrated by the store (day partitions made first, as ahead of
+/// time); returns the rows and the wall-clock seconds of the copy. The database is dropped
+/// afterwards.
+async fn pg_raw_copy(
+    chunks: Arc<Vec<Vec<RequestLog>>>,
+    take: usize,
+    connections: usize,
+    indexes: bool,
+) -> (usize, f64) {
+    let server = PgServer::durable();
+    let url = server.fresh_database().await;
+    drop(PgStore::connect(&url, PgOptions::default()).await.unwrap());
+    let connect = || async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+    };
+    let admin = connect().await;
+    let now = Timestamp::now().millis();
+    admin
+        .execute(
+            "SELECT apitrail_request_log_partition(d) FROM generate_series($1::bigint, $2::bigint) d",
+            &[&((now - 31 * DAY_MS) / DAY_MS), &(now / DAY_MS + 1)],
+        )
+        .await
+        .unwrap();
+    if !indexes {
+        admin
+            .batch_execute(
+                "DROP INDEX request_logs_by_created, request_logs_by_duration, \
+                 request_logs_by_status, request_logs_by_method, request_logs_by_route, \
+                 request_logs_by_auth_type, request_logs_by_request_id, request_logs_by_user, \
+                 request_logs_by_api_key, request_logs_by_status_created",
+            )
+            .await
+            .unwrap();
+    }
+    admin
+        .execute(
+            "INSERT INTO orgs (id, name, created_at) VALUES ('raw', 'Raw', 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (next, chunks) = (Arc::clone(&next), Arc::clone(&chunks));
+        let mut client = connect().await;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(logs) = chunks.get(i).filter(|_| i < take) else {
+                    return n;
+                };
+                let tx = client.transaction().await.unwrap();
+                apitrail_store_postgres::copy_request_logs(&tx, 1, logs)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                n += logs.len();
+            }
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(admin);
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let (client, conn) = tokio_postgres::connect(&server.url("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+    (n, secs)
 }
 
 async fn setup(base: &str) -> String {

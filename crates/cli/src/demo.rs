@@ -115,10 +115,7 @@ pub async fn prepare(store: &dyn Store) -> Result<Demo, String> {
             Traffic::with_key_ids(42, ids).spread(DEMO_LOGS, now.add_millis(-30 * DAY_MS), now);
         for chunk in logs.chunks(5_000) {
             store
-                .insert_request_logs(vec![LogBatch {
-                    tenant: tenant.clone(),
-                    logs: chunk.to_vec(),
-                }])
+                .insert_request_logs(vec![LogBatch::new(tenant.clone(), chunk.to_vec())])
                 .await
                 .map_err(|e| e.to_string())?;
         }

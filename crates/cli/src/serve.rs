@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use apitrail_api::{AdminToken, ApiConfig, App};
 use apitrail_dispatch::{DispatchConfig, Dispatcher};
-use apitrail_model::{OrgId, Timestamp};
+use apitrail_model::Timestamp;
 use apitrail_store::Store;
 use apitrail_store_sqlite::SqliteOptions;
 use tracing_subscriber::EnvFilter;
@@ -127,49 +127,25 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: draining in-flight requests and the write queue");
 }
 
-/// Deletes request logs older than `days`, every minute, in bounded batches so ingest keeps
-/// its share of the single writer.
+/// Removes request logs older than `days`, every minute. The store deletes in bounded
+/// batches (each its own write, so ingest interleaves); PostgreSQL drops whole days.
 async fn retention(store: Arc<dyn Store>, days: u32) {
     const BATCH: u32 = 10_000;
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
         let cutoff = Timestamp::now().add_millis(-i64::from(days) * 86_400_000);
-        let mut after: Option<OrgId> = None;
-        loop {
-            let page = match store.list_orgs(after.as_ref(), 500).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "retention: cannot list orgs");
-                    break;
-                }
-            };
-            for org in &page.items {
-                let Ok(Some(tenant)) = store.tenant(&org.id).await else {
-                    continue;
-                };
-                loop {
-                    match store.purge_request_logs(&tenant, cutoff, BATCH).await {
-                        Ok(n) if n == u64::from(BATCH) => {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        Ok(n) => {
-                            if n > 0 {
-                                tracing::info!(org = %org.id, deleted = n, "retention: expired request logs removed");
-                            }
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(org = %org.id, error = %e, "retention: purge failed");
-                            break;
-                        }
-                    }
+        match store.expire_request_logs(cutoff, BATCH).await {
+            Ok(expired) => {
+                if expired.records > 0 || expired.partitions > 0 {
+                    tracing::info!(
+                        deleted = expired.records,
+                        partitions_dropped = expired.partitions,
+                        "retention: expired request logs removed"
+                    );
                 }
             }
-            match page.items.last() {
-                Some(last) if page.has_more => after = Some(last.id.clone()),
-                _ => break,
-            }
+            Err(e) => tracing::warn!(error = %e, "retention: expiry failed"),
         }
     }
 }

@@ -45,11 +45,8 @@ async fn walk(client: &reqwest::Client, base: &str, secret: &str, limit: u32) ->
     }
 }
 
-#[test]
-fn two_servers_share_one_database() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = rt.block_on(PgServer::shared().fresh_database());
-    let at = At::Url(&url);
+/// Creates the org `acme` and a key with `scopes` through the CLI; returns the key's secret.
+fn acme_with_key(at: At<'_>, scopes: &str) -> String {
     json_out(&apitrail(
         at,
         &["orgs", "create", "--id", "acme", "--name", "Acme"],
@@ -57,17 +54,18 @@ fn two_servers_share_one_database() {
     let key = json_out(&apitrail(
         at,
         &[
-            "keys",
-            "create",
-            "--org",
-            "acme",
-            "--name",
-            "ci",
-            "--scopes",
-            "read,write,admin",
+            "keys", "create", "--org", "acme", "--name", "ci", "--scopes", scopes,
         ],
     ));
-    let secret = key["secret"].as_str().unwrap().to_owned();
+    key["secret"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn two_servers_share_one_database() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(PgServer::shared().fresh_database());
+    let at = At::Url(&url);
+    let secret = acme_with_key(at, "read,write,admin");
     let listed = json_out(&apitrail(at, &["keys", "list", "--org", "acme"]));
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
 
@@ -203,4 +201,92 @@ fn two_servers_share_one_database() {
     // The CLI verifies the same chain on the database.
     let cli = json_out(&apitrail(at, &["audit", "verify", "--org", "acme"]));
     assert_eq!(cli["ok"], true, "{cli}");
+}
+
+/// `serve --retention-days` on PostgreSQL drops the partitions of expired days (gone from
+/// the catalog) and keeps the newer logs, which list exactly as before.
+#[test]
+fn retention_days_drops_expired_days() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(PgServer::shared().fresh_database());
+    let at = At::Url(&url);
+    let secret = acme_with_key(at, "read,write");
+    // Logs from January 2020 (with ids) and from now (without), through a server that keeps
+    // everything.
+    let (plain, base, _) = serve(at, &["--no-self-log"]);
+    let client = reqwest::Client::new();
+    let kept: Vec<String> = rt.block_on(async {
+        let old: Vec<Value> = (0..6)
+            .map(|i| {
+                json!({"id": format!("0190f5a2-7b3c-7def-8123-00000000000{i}"), "method": "GET",
+                       "path": format!("/old/{i}"), "status_code": 200,
+                       "created_at": format!("2020-01-0{}T10:00:00Z", 1 + i % 3)})
+            })
+            .collect();
+        let new: Vec<Value> = (0..5)
+            .map(|i| json!({"method": "GET", "path": format!("/new/{i}"), "status_code": 200}))
+            .collect();
+        for records in [&old, &new] {
+            let got = expect(
+                client
+                    .post(format!("{base}/v1/ingest/requests"))
+                    .header("x-api-key", &secret)
+                    .json(records)
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::ACCEPTED,
+            )
+            .await;
+            assert_eq!(got["accepted"], records.len());
+        }
+        let all = walk(&client, &base, &secret, 4).await;
+        assert_eq!(all.len(), 11);
+        all[..5].to_vec()
+    });
+    stop(plain);
+
+    let days = [
+        "request_logs_20200101",
+        "request_logs_20200102",
+        "request_logs_20200103",
+    ];
+    rt.block_on(async {
+        let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let count_old = || async {
+            db.query_one(
+                "SELECT count(*) FROM pg_class WHERE relname = ANY($1)",
+                &[&days.to_vec()],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        };
+        assert_eq!(count_old().await, 3, "one partition per old day");
+        // The retention task runs at start-up, then every minute.
+        let (retaining, base, _) = serve(at, &["--no-self-log", "--retention-days", "30"]);
+        let started = Instant::now();
+        while count_old().await > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the expired days' partitions were not dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let attached: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'request_logs'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(attached >= 9, "the coming days stay: {attached}");
+        let listed = walk(&client, &base, &secret, 2).await;
+        assert_eq!(listed, kept, "the newer logs list as before");
+        stop(retaining);
+    });
 }

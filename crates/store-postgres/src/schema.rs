@@ -10,6 +10,7 @@ use crate::{backend, corrupt};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_init.sql"),
     include_str!("../migrations/0002_status_created.sql"),
+    include_str!("../migrations/0003_partitions.sql"),
     include_str!("../migrations/0004_actions.sql"),
 ];
 

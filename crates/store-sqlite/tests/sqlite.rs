@@ -48,10 +48,7 @@ async fn a_full_queue_refuses_whole_batches_and_recovers() {
     // A batch larger than the whole queue can never be admitted; one that fills it exactly can.
     let too_big = generator.logs(1001);
     match store
-        .insert_request_logs(vec![LogBatch {
-            tenant: a.clone(),
-            logs: too_big.clone(),
-        }])
+        .insert_request_logs(vec![LogBatch::new(a.clone(), too_big.clone())])
         .await
     {
         Err(StoreError::Overloaded { retry_after_secs }) => assert!(retry_after_secs >= 1),
@@ -64,12 +61,11 @@ async fn a_full_queue_refuses_whole_batches_and_recovers() {
     // Many large batches at once: the queue admits what fits (at least three of 300 records)
     // and refuses the rest whole.
     let batches: Vec<Vec<RequestLog>> = (0..24).map(|_| heavy_logs(&mut generator, 300)).collect();
-    let outcomes = join_all(batches.iter().map(|logs| {
-        store.insert_request_logs(vec![LogBatch {
-            tenant: a.clone(),
-            logs: logs.clone(),
-        }])
-    }))
+    let outcomes = join_all(
+        batches
+            .iter()
+            .map(|logs| store.insert_request_logs(vec![LogBatch::new(a.clone(), logs.clone())])),
+    )
     .await;
     let mut stored = exact;
     let mut refused = Vec::new();
@@ -144,10 +140,7 @@ async fn an_answered_batch_frees_its_queue_space_at_once() {
     for round in 0..150 {
         let logs = generator.logs(50);
         match store
-            .insert_request_logs(vec![LogBatch {
-                tenant: a.clone(),
-                logs,
-            }])
+            .insert_request_logs(vec![LogBatch::new(a.clone(), logs)])
             .await
         {
             Ok(outcome) => assert_eq!(outcome.accepted, 50),
@@ -179,14 +172,8 @@ async fn a_failing_call_stores_nothing_and_spares_the_rest_of_its_group() {
     let mut poisoned_b = generator.logs(10);
     poisoned_b[6].path = "/poison".into();
     let poisoned_call = vec![
-        LogBatch {
-            tenant: a.clone(),
-            logs: first_a.clone(),
-        },
-        LogBatch {
-            tenant: b.clone(),
-            logs: poisoned_b.clone(),
-        },
+        LogBatch::new(a.clone(), first_a.clone()),
+        LogBatch::new(b.clone(), poisoned_b.clone()),
     ];
     match store.insert_request_logs(poisoned_call.clone()).await {
         Err(StoreError::Backend(_)) => {}
@@ -207,12 +194,7 @@ async fn a_failing_call_stores_nothing_and_spares_the_rest_of_its_group() {
     let healthy: Vec<Vec<RequestLog>> = (0..6).map(|_| generator.logs(20)).collect();
     let calls = healthy
         .iter()
-        .map(|logs| {
-            vec![LogBatch {
-                tenant: a.clone(),
-                logs: logs.clone(),
-            }]
-        })
+        .map(|logs| vec![LogBatch::new(a.clone(), logs.clone())])
         .chain(std::iter::once(poisoned_call.clone()));
     let outcomes = join_all(calls.map(|call| store.insert_request_logs(call))).await;
     let (poisoned, fine) = outcomes.split_last().unwrap();

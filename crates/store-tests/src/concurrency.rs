@@ -45,15 +45,9 @@ pub async fn concurrent_batches_are_all_committed_once(store: &dyn Store) {
                     Vec::new()
                 };
                 let n = (logs_a.len() + logs_b.len()) as u64;
-                let mut call = vec![LogBatch {
-                    tenant: a.clone(),
-                    logs: logs_a.clone(),
-                }];
+                let mut call = vec![LogBatch::new(a.clone(), logs_a.clone())];
                 if !logs_b.is_empty() {
-                    call.push(LogBatch {
-                        tenant: b.clone(),
-                        logs: logs_b.clone(),
-                    });
+                    call.push(LogBatch::new(b.clone(), logs_b.clone()));
                 }
                 let outcome = store
                     .insert_request_logs(call.clone())
@@ -119,13 +113,11 @@ pub async fn racing_retries_store_each_record_once(store: &dyn Store) {
                 call.extend(stored.iter().take(10).cloned());
             }
         }
-        let outcomes = join_all(calls.iter().map(|logs| {
-            store.insert_request_logs(vec![LogBatch {
-                tenant: a.clone(),
-                logs: logs.clone(),
-            }])
-        }))
-        .await;
+        let outcomes =
+            join_all(calls.iter().map(|logs| {
+                store.insert_request_logs(vec![LogBatch::new(a.clone(), logs.clone())])
+            }))
+            .await;
         let mut accepted = 0;
         for (call, outcome) in calls.iter().zip(outcomes) {
             let outcome = outcome.expect("a racing retry succeeds");

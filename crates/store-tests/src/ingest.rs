@@ -58,18 +58,9 @@ pub async fn ingest_is_idempotent_per_org(store: &dyn Store) {
     }
     let more_a = generator.logs(10);
     let both = vec![
-        LogBatch {
-            tenant: b.clone(),
-            logs: in_b.clone(),
-        },
-        LogBatch {
-            tenant: a.clone(),
-            logs: more_a.clone(),
-        },
-        LogBatch {
-            tenant: a.clone(),
-            logs: Vec::new(),
-        },
+        LogBatch::new(b.clone(), in_b.clone()),
+        LogBatch::new(a.clone(), more_a.clone()),
+        LogBatch::new(a.clone(), Vec::new()),
     ];
     assert_eq!(
         store.insert_request_logs(both).await.expect("insert"),
@@ -100,14 +91,8 @@ pub async fn ingest_is_idempotent_per_org(store: &dyn Store) {
     // One record twice in one call is stored once.
     let twice = generator.logs(1);
     let call = vec![
-        LogBatch {
-            tenant: b.clone(),
-            logs: vec![twice[0].clone(), twice[0].clone()],
-        },
-        LogBatch {
-            tenant: b.clone(),
-            logs: twice.clone(),
-        },
+        LogBatch::new(b.clone(), vec![twice[0].clone(), twice[0].clone()]),
+        LogBatch::new(b.clone(), twice.clone()),
     ];
     assert_eq!(
         store.insert_request_logs(call).await.expect("insert"),
@@ -266,4 +251,68 @@ pub async fn request_logs_round_trip_every_field(store: &dyn Store) {
             &format!("round trip through the list in {sort:?}"),
         );
     }
+}
+
+/// A retry of a client id is a duplicate even when it would land on another day (a retry
+/// without `created_at` gets a fresh one), also within one call and when the first copy
+/// is years old; the stored record keeps its first `created_at`.
+pub async fn retries_on_another_day_are_duplicates(store: &dyn Store) {
+    const DAY: i64 = 86_400_000;
+    let a = new_org(store, "retry-days").await;
+    let mut generator = LogGen::new(31, "a");
+    let mut first = generator.logs(20);
+    for (i, log) in first.iter_mut().enumerate() {
+        log.created_at = at(-(i as i64) * 400 * DAY);
+    }
+    assert_eq!(insert(store, &a, &first).await, outcome(20, 0));
+    let moved: Vec<RequestLog> = first
+        .iter()
+        .map(|l| RequestLog {
+            created_at: at(3 * DAY),
+            ..l.clone()
+        })
+        .collect();
+    assert_eq!(insert(store, &a, &moved).await, outcome(0, 20));
+    // One call carrying the same new id on two days stores the first copy only.
+    let mut twice = generator.logs(1);
+    let mut later = twice[0].clone();
+    later.created_at = at(9 * DAY);
+    twice[0].created_at = at(-9 * DAY);
+    let call = vec![
+        LogBatch::new(a.clone(), twice.clone()),
+        LogBatch::new(a.clone(), vec![later]),
+    ];
+    assert_eq!(
+        store.insert_request_logs(call).await.expect("insert"),
+        outcome(1, 1)
+    );
+    // Records with minted ids are stored without a check and found like any other.
+    let minted = generator.logs(5);
+    assert_eq!(
+        store
+            .insert_request_logs(vec![LogBatch::minted(a.clone(), minted.clone())])
+            .await
+            .expect("insert"),
+        outcome(5, 0)
+    );
+    assert_eq!(store.count_request_logs(&a).await.expect("count"), 26);
+    let mut all = first.clone();
+    all.extend(twice);
+    all.extend(minted);
+    for log in &all {
+        assert_eq!(
+            store
+                .get_request_log(&a, log.id)
+                .await
+                .expect("get")
+                .as_ref(),
+            Some(log)
+        );
+    }
+    let listed = walk(store, &a, &LogFilter::default(), Sort::NEWEST_FIRST, 7).await;
+    assert_same_logs(
+        &listed.items,
+        &reference(&all, &LogFilter::default(), Sort::NEWEST_FIRST),
+        &"after retries on other days",
+    );
 }

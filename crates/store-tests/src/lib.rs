@@ -54,7 +54,10 @@ pub use audit::{
 pub use concurrency::{
     concurrent_batches_are_all_committed_once, racing_retries_store_each_record_once,
 };
-pub use ingest::{ingest_is_idempotent_per_org, request_logs_round_trip_every_field};
+pub use ingest::{
+    ingest_is_idempotent_per_org, request_logs_round_trip_every_field,
+    retries_on_another_day_are_duplicates,
+};
 pub use isolation::tenants_never_see_each_other;
 pub use keys::api_keys_authenticate_until_revoked;
 pub use lifecycle::shutdown_refuses_new_writes;
@@ -66,7 +69,9 @@ pub use paging::{
     keyset_resumes_after_any_position, keyset_walks_match_the_reference_model,
     offset_pages_match_the_reference_model,
 };
-pub use retention::purge_removes_only_expired_logs_of_one_org;
+pub use retention::{
+    expire_removes_old_logs_of_every_org, purge_removes_only_expired_logs_of_one_org,
+};
 
 /// Expands to one `#[tokio::test]` per story of the suite, each running against a fresh store
 /// made by `$factory` (an expression whose `.await` yields something that dereferences to a
@@ -101,6 +106,8 @@ macro_rules! store_conformance {
             concurrent_leasing_hands_out_each_record_once,
             expired_acknowledgements_are_found_across_orgs,
             action_tenants_never_see_each_other,
+            expire_removes_old_logs_of_every_org,
+            retries_on_another_day_are_duplicates,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {

@@ -26,10 +26,7 @@ pub async fn shutdown_refuses_new_writes(store: &dyn Store) {
     let logs = generator.logs(5);
     assert_closed(
         store
-            .insert_request_logs(vec![apitrail_store::LogBatch {
-                tenant: a.clone(),
-                logs,
-            }])
+            .insert_request_logs(vec![apitrail_store::LogBatch::new(a.clone(), logs)])
             .await,
         "insert_request_logs",
     );

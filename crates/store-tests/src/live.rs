@@ -174,14 +174,8 @@ pub async fn walks_stay_ordered_under_concurrent_inserts(store: &dyn Store) {
                 };
                 let outcome = store
                     .insert_request_logs(vec![
-                        LogBatch {
-                            tenant: a.clone(),
-                            logs: logs_a.clone(),
-                        },
-                        LogBatch {
-                            tenant: b.clone(),
-                            logs: logs_b,
-                        },
+                        LogBatch::new(a.clone(), logs_a.clone()),
+                        LogBatch::new(b.clone(), logs_b),
                     ])
                     .await
                     .expect("insert");

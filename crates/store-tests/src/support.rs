@@ -150,10 +150,7 @@ pub async fn store_key(
 /// Inserts `logs` as one batch of `tenant`.
 pub async fn insert(store: &dyn Store, tenant: &Tenant, logs: &[RequestLog]) -> InsertOutcome {
     store
-        .insert_request_logs(vec![LogBatch {
-            tenant: tenant.clone(),
-            logs: logs.to_vec(),
-        }])
+        .insert_request_logs(vec![LogBatch::new(tenant.clone(), logs.to_vec())])
         .await
         .unwrap_or_else(|e| panic!("insert_request_logs of {} logs failed: {e:?}", logs.len()))
 }

@@ -89,6 +89,51 @@ pub struct LogBatch {
     pub tenant: Tenant,
     /// The logs, already validated and with ids assigned.
     pub logs: Vec<RequestLog>,
+    /// Where the logs' ids come from.
+    pub ids: IdOrigin,
+}
+
+impl LogBatch {
+    /// A batch whose ids came from the client, so any of them may repeat a stored one.
+    pub fn new(tenant: Tenant, logs: Vec<RequestLog>) -> Self {
+        Self {
+            tenant,
+            logs,
+            ids: IdOrigin::Client,
+        }
+    }
+
+    /// A batch whose ids were all just minted by this process (`new_record_id`).
+    pub fn minted(tenant: Tenant, logs: Vec<RequestLog>) -> Self {
+        Self {
+            tenant,
+            logs,
+            ids: IdOrigin::Minted,
+        }
+    }
+}
+
+/// Where a batch's record ids come from. A backend that cannot check every id for a
+/// duplicate cheaply (PostgreSQL's partitioned table) checks only [`IdOrigin::Client`] ids;
+/// a backend with one unique index checks all alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdOrigin {
+    /// Sent by the client: a retry may repeat an id already stored, which must be counted as
+    /// a duplicate.
+    Client,
+    /// Minted by the server for records that came without one (time-ordered UUIDv7s): they
+    /// cannot repeat a stored id, so no duplicate check is needed.
+    Minted,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expired {
+    /// Records deleted one by one (by [`Store::purge_request_logs`] or its equivalent).
+    pub records: u64,
+    /// Whole time partitions dropped (backends that partition by time; their records are not
+    /// counted in `records`).
+    pub partitions: u64,
 }
 
 /// Audit entries of one org, written as part of one atomic batch.
@@ -248,6 +293,40 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
         before: Timestamp,
         max: u32,
     ) -> Result<u64, StoreError>;
+
+    /// Removes every org's request logs created before `before` (the global retention
+    /// policy), deleting at most `batch` records per statement so that no write holds locks
+    /// long. The default purges org by org; a backend that partitions by time drops whole
+    /// partitions instead and deletes record by record only in the boundary partition.
+    async fn expire_request_logs(
+        &self,
+        before: Timestamp,
+        batch: u32,
+    ) -> Result<Expired, StoreError> {
+        let batch = batch.max(1);
+        let mut expired = Expired::default();
+        let mut after: Option<OrgId> = None;
+        loop {
+            let page = self.list_orgs(after.as_ref(), 500).await?;
+            for org in &page.items {
+                let Some(tenant) = self.tenant(&org.id).await? else {
+                    continue;
+                };
+                // Each call is its own write, so ingest interleaves with a long purge.
+                loop {
+                    let n = self.purge_request_logs(&tenant, before, batch).await?;
+                    expired.records += n;
+                    if n < u64::from(batch) {
+                        break;
+                    }
+                }
+            }
+            match page.items.last() {
+                Some(last) if page.has_more => after = Some(last.id.clone()),
+                _ => return Ok(expired),
+            }
+        }
+    }
 
     /// Counts the org's request logs (for diagnostics and tests).
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError>;

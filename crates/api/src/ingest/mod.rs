@@ -12,7 +12,7 @@ mod requests;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
-use apitrail_model::{AuditEntry, OrgId, RequestLog, Scope, Tenant, Timestamp};
+use apitrail_model::{AuditEntry, OrgId, Scope, Tenant, Timestamp};
 use apitrail_store::{AuditBatch, InsertOutcome, LogBatch, StoreError};
 use axum::Json;
 use axum::body::Body;
@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 pub use audit::IngestAuditEvent;
 pub use requests::IngestLog;
+use requests::IngestedLog;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorKind, Failure, Native, RecordError};
@@ -111,11 +112,21 @@ pub async fn ingest_requests(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<IngestResult>), Failure<Native>> {
-    let groups = receive::<RequestLog>(&state, &caller, &headers, body).await?;
-    let batches = groups
-        .into_iter()
-        .map(|(tenant, logs)| LogBatch { tenant, logs })
-        .collect();
+    let groups = receive::<IngestedLog>(&state, &caller, &headers, body).await?;
+    // Records that came without an id are split from those that came with one: only the
+    // latter can repeat a stored id (the store may skip the duplicate check for the former).
+    // Both go in one call, so the whole request stays atomic.
+    let mut batches = Vec::new();
+    for (tenant, records) in groups {
+        let (minted, client): (Vec<_>, Vec<_>) = records.into_iter().partition(|r| r.minted_id);
+        let logs = |rs: Vec<IngestedLog>| rs.into_iter().map(|r| r.log).collect::<Vec<_>>();
+        if !client.is_empty() {
+            batches.push(LogBatch::new(tenant.clone(), logs(client)));
+        }
+        if !minted.is_empty() {
+            batches.push(LogBatch::minted(tenant, logs(minted)));
+        }
+    }
     let outcome = state.store().insert_request_logs(batches).await;
     acknowledge(&state, outcome)
 }

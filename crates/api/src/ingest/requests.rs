@@ -81,15 +81,28 @@ pub struct IngestLog {
     metadata: Option<BTreeMap<String, String>>,
 }
 
-impl Ingestible for RequestLog {
+/// A validated request log and whether its id was minted here (the record came without one).
+#[derive(Debug)]
+pub(crate) struct IngestedLog {
+    pub log: RequestLog,
+    /// The id is a fresh `new_record_id()`, so it cannot repeat a stored one.
+    pub minted_id: bool,
+}
+
+impl Ingestible for IngestedLog {
     type Wire = IngestLog;
 
     fn id(&self) -> Uuid {
-        self.id
+        self.log.id
     }
 
     fn validate(rec: IngestLog, limits: &Limits) -> Parsed<Self> {
-        validate(rec, limits.body_cap, limits.now)
+        let minted_id = matches!(rec.id.as_deref(), None | Some(""));
+        let parsed = validate(rec, limits.body_cap, limits.now);
+        Parsed {
+            org_id: parsed.org_id,
+            record: parsed.record.map(|log| IngestedLog { log, minted_id }),
+        }
     }
 }
 
@@ -287,8 +300,32 @@ mod tests {
     }
 
     fn parse(raw: &str) -> Result<(Option<String>, RequestLog), Problems> {
-        let p = parse_record::<RequestLog>(raw, &limits());
-        p.record.map(|log| (p.org_id, log))
+        let p = parse_record::<IngestedLog>(raw, &limits());
+        p.record.map(|r| (p.org_id, r.log))
+    }
+
+    #[test]
+    fn only_a_record_without_an_id_gets_a_minted_one() {
+        let minted = |raw: &str| {
+            parse_record::<IngestedLog>(raw, &limits())
+                .record
+                .map(|r| r.minted_id)
+                .ok()
+        };
+        assert_eq!(
+            minted(r#"{"method":"GET","path":"/","status_code":200}"#),
+            Some(true)
+        );
+        assert_eq!(
+            minted(r#"{"id":"","method":"GET","path":"/","status_code":200}"#),
+            Some(true)
+        );
+        assert_eq!(
+            minted(
+                r#"{"id":"0190f5a2-7b3c-7def-8123-000000000004","method":"GET","path":"/","status_code":200}"#
+            ),
+            Some(false)
+        );
     }
 
     fn fields(raw: &str) -> Vec<Option<String>> {
@@ -377,7 +414,7 @@ mod tests {
 
     #[test]
     fn the_org_is_read_even_from_an_invalid_record() {
-        let p = parse_record::<RequestLog>(
+        let p = parse_record::<IngestedLog>(
             r#"{"org_id":"acme","path":"/","status_code":"bad"}"#,
             &limits(),
         );
