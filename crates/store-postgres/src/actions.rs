@@ -139,29 +139,6 @@ fn event_from_row(r: &Row) -> Result<ActionEvent, StoreError> {
     })
 }
 
-async fn insert_event(c: &impl GenericClient, org: i64, e: &ActionEvent) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO action_events (org, record_id, id, kind, status, attempt, available_at, \
-         timeout_at, message, data, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        &[
-            &org,
-            &e.record_id,
-            &e.id,
-            &e.kind,
-            &e.status.as_str(),
-            &i64::from(e.attempt),
-            &e.available_at.map(Timestamp::millis),
-            &e.timeout_at.map(Timestamp::millis),
-            &e.message,
-            &e.data,
-            &e.created_at.millis(),
-        ],
-    )
-    .await
-    .map(drop)
-    .map_err(backend)
-}
-
 /// The WHERE clause (after `r.org = $1`) for `filter`; `args` already holds `$1`.
 fn where_clause(filter: &ActionFilter, args: &mut Args) -> String {
     let mut sql = String::new();
@@ -566,39 +543,53 @@ impl ActionStore for PgStore {
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         let (org, r, s) = (tenant.key(), record, &record.state);
-        let (_open, mut client) = self.writer().await?;
-        let tx = begin(&mut client).await?;
-        tx.execute(
-            "INSERT INTO action_records (org, id, definition_id, version, variant, input, \
-             timeout_secs, tags, destination_id, request_id, created_at, status, attempt, \
-             updated_at, available_at, timeout_at, started_at, completed_at, error_message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-            &[
-                &org,
-                &r.id,
-                &r.definition_id,
-                &i64::from(r.version),
-                &r.variant,
-                &r.input,
-                &i64::from(r.timeout_secs),
-                &tags_json(&r.tags),
-                &r.destination_id,
-                &r.request_id,
-                &r.created_at.millis(),
-                &s.status.as_str(),
-                &i64::from(s.attempt),
-                &s.updated_at.millis(),
-                &s.available_at.millis(),
-                &s.timeout_at.map(Timestamp::millis),
-                &s.started_at.map(Timestamp::millis),
-                &s.completed_at.map(Timestamp::millis),
-                &s.error_message,
-            ],
-        )
-        .await
-        .map_err(backend)?;
-        insert_event(&tx, org, event).await?;
-        tx.commit().await.map_err(backend)?;
+        let e = event;
+        let (_open, client) = self.writer().await?;
+        // One statement: the record and its first event, atomically.
+        client
+            .execute(
+                "WITH made AS ( \
+                   INSERT INTO action_records (org, id, definition_id, version, variant, input, \
+                     timeout_secs, tags, destination_id, request_id, created_at, status, attempt, \
+                     updated_at, available_at, timeout_at, started_at, completed_at, error_message) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                     $17, $18, $19) RETURNING org) \
+                 INSERT INTO action_events (org, record_id, id, kind, status, attempt, \
+                   available_at, timeout_at, message, data, created_at) \
+                 SELECT org, $2, $20, $21, $22, $23, $24, $25, $26, $27, $28 FROM made",
+                &[
+                    &org,
+                    &r.id,
+                    &r.definition_id,
+                    &i64::from(r.version),
+                    &r.variant,
+                    &r.input,
+                    &i64::from(r.timeout_secs),
+                    &tags_json(&r.tags),
+                    &r.destination_id,
+                    &r.request_id,
+                    &r.created_at.millis(),
+                    &s.status.as_str(),
+                    &i64::from(s.attempt),
+                    &s.updated_at.millis(),
+                    &s.available_at.millis(),
+                    &s.timeout_at.map(Timestamp::millis),
+                    &s.started_at.map(Timestamp::millis),
+                    &s.completed_at.map(Timestamp::millis),
+                    &s.error_message,
+                    &e.id,
+                    &e.kind,
+                    &e.status.as_str(),
+                    &i64::from(e.attempt),
+                    &e.available_at.map(Timestamp::millis),
+                    &e.timeout_at.map(Timestamp::millis),
+                    &e.message,
+                    &e.data,
+                    &e.created_at.millis(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
         self.committed(1, started);
         Ok(())
     }
@@ -687,16 +678,27 @@ impl ActionStore for PgStore {
         event: &ActionEvent,
     ) -> Result<bool, StoreError> {
         let started = Instant::now();
-        let (org, s) = (tenant.key(), state);
-        let (_open, mut client) = self.writer().await?;
-        let tx = begin(&mut client).await?;
-        let changed = tx
+        let (org, s, e) = (tenant.key(), state, event);
+        // A delivery's outcome, recorded under its lease, is the dispatcher's own bookkeeping
+        // (a volatile writer); anything acknowledged to a client (a signal) waits for the WAL
+        // flush. One statement: the update and its event, atomically.
+        let (_open, client) = if expected.lease_owner.is_some() {
+            self.volatile_writer().await?
+        } else {
+            self.writer().await?
+        };
+        let changed = client
             .execute(
-                "UPDATE action_records SET status = $5, attempt = $6, updated_at = $7, \
-                 available_at = $8, timeout_at = $9, started_at = $10, completed_at = $11, \
-                 error_message = $12, lease_owner = NULL, lease_until = NULL \
-                 WHERE org = $1 AND id = $2 AND status = $3 AND attempt = $4 \
-                 AND ($13::text IS NULL OR lease_owner = $13)",
+                "WITH moved AS ( \
+                   UPDATE action_records SET status = $5, attempt = $6, updated_at = $7, \
+                     available_at = $8, timeout_at = $9, started_at = $10, completed_at = $11, \
+                     error_message = $12, lease_owner = NULL, lease_until = NULL \
+                   WHERE org = $1 AND id = $2 AND status = $3 AND attempt = $4 \
+                     AND ($13::text IS NULL OR lease_owner = $13) \
+                   RETURNING org) \
+                 INSERT INTO action_events (org, record_id, id, kind, status, attempt, \
+                   available_at, timeout_at, message, data, created_at) \
+                 SELECT org, $2, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM moved",
                 &[
                     &org,
                     &id,
@@ -711,14 +713,19 @@ impl ActionStore for PgStore {
                     &s.completed_at.map(Timestamp::millis),
                     &s.error_message,
                     &expected.lease_owner,
+                    &e.id,
+                    &e.kind,
+                    &e.status.as_str(),
+                    &i64::from(e.attempt),
+                    &e.available_at.map(Timestamp::millis),
+                    &e.timeout_at.map(Timestamp::millis),
+                    &e.message,
+                    &e.data,
+                    &e.created_at.millis(),
                 ],
             )
             .await
             .map_err(backend)?;
-        if changed == 1 {
-            insert_event(&tx, org, event).await?;
-        }
-        tx.commit().await.map_err(backend)?;
         self.committed(0, started);
         Ok(changed == 1)
     }
@@ -730,7 +737,8 @@ impl ActionStore for PgStore {
         owner: &str,
         limit: u32,
     ) -> Result<Vec<Leased>, StoreError> {
-        let (_open, client) = self.writer().await?;
+        // A lease lost to a PostgreSQL crash only means the record is leased again.
+        let (_open, client) = self.volatile_writer().await?;
         // SKIP LOCKED: records another server is leasing right now are left to it; a row it
         // leased meanwhile fails the re-checked WHERE (lease_until is in the future).
         client

@@ -116,6 +116,10 @@ pub struct PgStore {
     next_reader: AtomicUsize,
     writers: Vec<Mutex<Client>>,
     next_writer: AtomicUsize,
+    /// Writers with `synchronous_commit = off`, for the action dispatcher's own bookkeeping
+    /// (leases, delivery outcomes): losing their last commits to a PostgreSQL crash only
+    /// means a record is delivered again.
+    volatile_writers: Vec<Mutex<Client>>,
     /// `false` once shut down; writes hold a read guard until they are answered, so shutdown
     /// (which takes the write lock) waits for them, queued ingest included.
     open: Arc<RwLock<bool>>,
@@ -304,6 +308,15 @@ impl PgStore {
         for _ in 0..options.writers.max(1) {
             writers.push(Mutex::new(connect(url).await?));
         }
+        let mut volatile_writers = Vec::new();
+        for _ in 0..options.writers.max(1) {
+            let client = connect(url).await?;
+            client
+                .batch_execute("SET synchronous_commit = off")
+                .await
+                .map_err(backend)?;
+            volatile_writers.push(Mutex::new(client));
+        }
         let shared = Arc::new(Shared {
             partitions: std::sync::Mutex::new(HashSet::new()),
             commits: AtomicU64::new(0),
@@ -337,6 +350,7 @@ impl PgStore {
             next_reader: AtomicUsize::new(0),
             writers,
             next_writer: AtomicUsize::new(0),
+            volatile_writers,
             open: Arc::new(RwLock::new(true)),
             queued: Arc::new(AtomicUsize::new(0)),
             capacity: options.queue_capacity,
@@ -388,18 +402,32 @@ impl PgStore {
     async fn writer(
         &self,
     ) -> Result<(OwnedRwLockReadGuard<bool>, MutexGuard<'_, Client>), StoreError> {
+        self.pick_writer(&self.writers).await
+    }
+
+    /// Like [`PgStore::writer`], from the writers that do not wait for the WAL flush.
+    async fn volatile_writer(
+        &self,
+    ) -> Result<(OwnedRwLockReadGuard<bool>, MutexGuard<'_, Client>), StoreError> {
+        self.pick_writer(&self.volatile_writers).await
+    }
+
+    async fn pick_writer<'a>(
+        &'a self,
+        pool: &'a [Mutex<Client>],
+    ) -> Result<(OwnedRwLockReadGuard<bool>, MutexGuard<'a, Client>), StoreError> {
         let open = Arc::clone(&self.open).read_owned().await;
         if !*open {
             return Err(StoreError::Closed);
         }
         let start = self.next_writer.fetch_add(1, Ordering::Relaxed);
-        let n = self.writers.len();
+        let n = pool.len();
         for i in 0..n {
-            if let Ok(client) = self.writers[(start + i) % n].try_lock() {
+            if let Ok(client) = pool[(start + i) % n].try_lock() {
                 return Ok((open, client));
             }
         }
-        Ok((open, self.writers[start % n].lock().await))
+        Ok((open, pool[start % n].lock().await))
     }
 }
 

@@ -726,41 +726,47 @@ impl ActionStore for SqliteStore {
         state: &ActionState,
         event: &ActionEvent,
     ) -> Result<bool, StoreError> {
+        let expected_under_lease = expected.lease_owner.is_some();
         let (org, expected, s, e) = (tenant.key(), expected.clone(), state.clone(), event.clone());
-        self.writer
-            .submit(0, move |conn| {
-                let changed = conn
-                    .prepare_cached(
-                        "UPDATE action_records SET status = ?5, attempt = ?6, updated_at = ?7, \
+        let work = move |conn: &Connection| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE action_records SET status = ?5, attempt = ?6, updated_at = ?7, \
                          available_at = ?8, timeout_at = ?9, started_at = ?10, completed_at = ?11, \
                          error_message = ?12, lease_owner = NULL, lease_until = NULL \
                          WHERE org = ?1 AND id = ?2 AND status = ?3 AND attempt = ?4 \
                          AND (?13 IS NULL OR lease_owner = ?13)",
-                    )
-                    .and_then(|mut st| {
-                        st.execute(params![
-                            org,
-                            id.as_bytes(),
-                            expected.status.as_str(),
-                            expected.attempt,
-                            s.status.as_str(),
-                            s.attempt,
-                            s.updated_at.millis(),
-                            s.available_at.millis(),
-                            s.timeout_at.map(Timestamp::millis),
-                            s.started_at.map(Timestamp::millis),
-                            s.completed_at.map(Timestamp::millis),
-                            s.error_message,
-                            expected.lease_owner,
-                        ])
-                    })
-                    .map_err(backend)?;
-                if changed == 1 {
-                    insert_event(conn, org, &e).map_err(backend)?;
-                }
-                Ok(changed == 1)
-            })
-            .await
+                )
+                .and_then(|mut st| {
+                    st.execute(params![
+                        org,
+                        id.as_bytes(),
+                        expected.status.as_str(),
+                        expected.attempt,
+                        s.status.as_str(),
+                        s.attempt,
+                        s.updated_at.millis(),
+                        s.available_at.millis(),
+                        s.timeout_at.map(Timestamp::millis),
+                        s.started_at.map(Timestamp::millis),
+                        s.completed_at.map(Timestamp::millis),
+                        s.error_message,
+                        expected.lease_owner,
+                    ])
+                })
+                .map_err(backend)?;
+            if changed == 1 {
+                insert_event(conn, org, &e).map_err(backend)?;
+            }
+            Ok(changed == 1)
+        };
+        if expected_under_lease {
+            // A delivery's outcome, recorded under its lease, is the dispatcher's own
+            // bookkeeping: lost to a power failure, the record is only delivered again.
+            self.writer.submit_volatile(work).await
+        } else {
+            self.writer.submit(0, work).await
+        }
     }
 
     async fn lease_due_actions(
