@@ -1052,6 +1052,53 @@ fn schema_violations_are_listed_per_field_path() {
     server.stop();
 }
 
+/// An `https://` destination is spoken to over TLS: against the loopback receiver, which
+/// only speaks plain HTTP, the handshake fails (a TLS error, not an unsupported scheme) and
+/// the request never reaches the receiver's handler.
+#[test]
+fn https_destinations_are_spoken_to_over_tls() {
+    let rx = Receiver::start(&[]);
+    let (dir, key) = sqlite_org("4205");
+    let server = Server::start(
+        At::Dir(dir.path()),
+        &["--allow-private-destinations", "--retry-schedule", ""],
+    );
+    let api = Api::new(&server.base, "4205", &key);
+    runtime().block_on(async {
+        let plain = rx.url("/tls");
+        let https = plain.replacen("http://", "https://", 1);
+        let destination = api.webhook(&https, false, None).await;
+        api.simple_definition("tls.check", &destination).await;
+        let record = api
+            .trigger(json!({"action": "tls.check", "input": {}}))
+            .await;
+        let record = api.wait_status(&id_of(&record), "failed").await;
+        let error = record["state"]["error_message"]
+            .as_str()
+            .unwrap()
+            .to_ascii_lowercase();
+        assert!(
+            !error.contains("scheme") && !error.contains("builder"),
+            "https must be supported: {error}"
+        );
+        assert!(
+            [
+                "tls",
+                "ssl",
+                "handshake",
+                "certificate",
+                "record",
+                "connect"
+            ]
+            .iter()
+            .any(|w| error.contains(w)),
+            "{error}"
+        );
+        assert!(rx.hits().is_empty(), "{:?}", rx.hits());
+    });
+    server.stop();
+}
+
 // ---------------------------------------------------------------------------------------
 // SSRF
 
