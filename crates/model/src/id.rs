@@ -61,8 +61,15 @@ impl fmt::Debug for OrgId {
 /// within one millisecond: time-ordered ids keep every index that ends in `id` append-only.
 static LAST_V7: Mutex<u128> = Mutex::new(0);
 
-/// A fresh UUIDv7: 48 bits of Unix milliseconds, then random bits, strictly increasing within
-/// this process.
+/// The low 16 bits of every id [`new_record_id`] mints. A store that checks client-sent ids
+/// against a claim table rather than against every stored record (PostgreSQL's partitioned
+/// request logs) uses it to tell which ids may belong to a record stored without a claim: a
+/// client that sends back an id this server minted. A client's own random id carries the
+/// mark by chance once in 65,536; it is then merely checked the slower way.
+const MINTED_MARK: u128 = 0xa7a1;
+
+/// A fresh UUIDv7: 48 bits of Unix milliseconds, then random bits ending in a fixed 16-bit
+/// mark ([`is_minted_record_id`]), strictly increasing within this process.
 pub fn new_record_id() -> Uuid {
     let ms = Timestamp::now().millis().max(0) as u128 & ((1 << 48) - 1);
     let mut rand = [0u8; 10];
@@ -71,20 +78,27 @@ pub fn new_record_id() -> Uuid {
     for b in rand {
         tail = (tail << 8) | u128::from(b);
     }
-    // 48 bits of milliseconds over 74 random bits; the version and variant are inserted
-    // last, so a carry out of the random bits simply moves on to the next millisecond.
-    let candidate = (ms << 74) | (tail & ((1 << 74) - 1));
+    // 48 bits of milliseconds over 58 random bits and the 16-bit mark; the version and
+    // variant are inserted last, so a carry out of the random bits simply moves on to the
+    // next millisecond.
+    let candidate = (ms << 74) | (tail & (((1 << 58) - 1) << 16)) | MINTED_MARK;
     let value = {
         let mut last = LAST_V7.lock().unwrap_or_else(|e| e.into_inner());
         let next = if candidate > *last {
             candidate
         } else {
-            *last + 1
+            *last + (1 << 16)
         };
         *last = next;
         next
     };
     uuid::Builder::from_u128(set_v7_bits(value)).into_uuid()
+}
+
+/// Whether `id` looks like one [`new_record_id`] minted: a UUIDv7 ending in the mark. Every
+/// minted id does; other ids rarely do (see [`MINTED_MARK`]).
+pub fn is_minted_record_id(id: &Uuid) -> bool {
+    id.get_version_num() == 7 && id.as_u128() & 0xffff == MINTED_MARK
 }
 
 /// Spreads 122 bits (48 of milliseconds, 74 random) around the fixed version (`0111`) and
@@ -185,12 +199,24 @@ mod tests {
             assert!(w[0] < w[1], "{} !< {}", w[0], w[1]);
         }
         for id in &ids {
+            assert!(is_minted_record_id(id), "{id} lacks the mark");
             assert_eq!(id.get_version_num(), 7);
             assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
         }
         let ms = ids[0].get_timestamp().map(|t| t.to_unix());
         let now = Timestamp::now().millis() / 1000;
         assert!(ms.is_some_and(|(s, _)| (s as i64 - now).abs() < 5));
+    }
+
+    #[test]
+    fn only_marked_v7_ids_count_as_minted() {
+        let minted = new_record_id();
+        let unmarked = Uuid::from_u128(minted.as_u128() ^ 1);
+        assert!(!is_minted_record_id(&unmarked));
+        // The same low bits on a random (v4) id are not a mint.
+        let v4 = Uuid::from_u128((0x4 << 76) | (0b10 << 62) | MINTED_MARK);
+        assert_eq!(v4.get_version_num(), 4);
+        assert!(!is_minted_record_id(&v4));
     }
 
     #[test]

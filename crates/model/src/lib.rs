@@ -25,7 +25,7 @@ pub use action::{
 pub use audit::{AuditAfter, AuditEntry, AuditFilter, NewAuditEntry};
 pub use chain::{ChainHash, ChainHead, ChainLink, ChainReport, ChainVerifier};
 pub use cursor::{Cursor, CursorError, CursorKind};
-pub use id::{OrgId, RequestId, new_record_id};
+pub use id::{OrgId, RequestId, is_minted_record_id, new_record_id};
 pub use key::{ApiKey, NewApiKey, PrincipalType, Scope, Scopes, Secret, SecretHash};
 pub use org::{NewOrg, Org, Tenant};
 pub use query::{LogFilter, PageRequest, PageStart, Position, Sort, SortDir, SortKey};

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
-    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, new_record_id,
+    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, is_minted_record_id,
+    new_record_id,
 };
 use apitrail_store::{
     AuditBatch, Expired, Histogram, IdOrigin, InsertOutcome, LogBatch, Page, Store, StoreError,
@@ -891,16 +892,33 @@ async fn try_write_group(
             }
         }
     }
+    let tx = begin(client).await.map_err(before)?;
+    // Minted ids are stored without a claim, so a client sending one back (a record it read,
+    // re-sent) is looked up among the records: such a record is a duplicate, and gets the
+    // claim it lacked, with its own created_at so that retention removes both together.
+    let sent_back: Vec<(i64, Uuid)> = first
+        .keys()
+        .filter(|(_, id)| is_minted_record_id(id))
+        .copied()
+        .collect();
+    let mut stored = HashSet::new();
+    for (org, id, created) in request_logs::stored_among(&tx, &sent_back)
+        .await
+        .map_err(before)?
+    {
+        first.insert((org, id), created);
+        stored.insert((org, id));
+    }
     let mut claims: Vec<(i64, Uuid, i64)> = first
         .into_iter()
         .map(|((org, id), created)| (org, id, created))
         .collect();
     claims.sort_unstable();
-    let tx = begin(client).await.map_err(before)?;
     let mut claimed: HashSet<(i64, Uuid)> = request_logs::claim(&tx, &claims)
         .await
         .map_err(before)?
         .into_iter()
+        .filter(|key| !stored.contains(key))
         .collect();
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut rows = Vec::new();

@@ -92,6 +92,34 @@ pub(crate) async fn claim(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Which of `(org, id)` are stored records, with their `created_at`. Probes the primary key
+/// of every partition, so it is only asked about ids that may be stored without a claim: ids
+/// this server minted, sent back by a client.
+pub(crate) async fn stored_among(
+    tx: &impl GenericClient,
+    keys: &[(i64, Uuid)],
+) -> Result<Vec<(i64, Uuid, i64)>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let orgs: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
+    let rows = tx
+        .query(
+            // LATERAL: one probe of each partition's primary key per id, never a scan.
+            "SELECT k.org, k.id, l.created_at FROM unnest($1::bigint[], $2::uuid[]) AS k(org, id), \
+             LATERAL (SELECT created_at FROM request_logs \
+                      WHERE org = k.org AND id = k.id ORDER BY created_at LIMIT 1) l",
+            &[&orgs, &ids],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// The types of the columns [`copy`] writes: `org`, then [`COLUMNS`] in order.
 #[rustfmt::skip]
 const COPY_TYPES: [Type; 32] = {

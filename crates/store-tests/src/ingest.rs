@@ -255,7 +255,8 @@ pub async fn request_logs_round_trip_every_field(store: &dyn Store) {
 
 /// A retry of a client id is a duplicate even when it would land on another day (a retry
 /// without `created_at` gets a fresh one), also within one call and when the first copy
-/// is years old; the stored record keeps its first `created_at`.
+/// is years old; the stored record keeps its first `created_at`. Records stored under ids the
+/// server minted are duplicates too when a client sends them back.
 pub async fn retries_on_another_day_are_duplicates(store: &dyn Store) {
     const DAY: i64 = 86_400_000;
     let a = new_org(store, "retry-days").await;
@@ -287,7 +288,10 @@ pub async fn retries_on_another_day_are_duplicates(store: &dyn Store) {
         outcome(1, 1)
     );
     // Records with minted ids are stored without a check and found like any other.
-    let minted = generator.logs(5);
+    let mut minted = generator.logs(5);
+    for log in &mut minted {
+        log.id = new_record_id();
+    }
     assert_eq!(
         store
             .insert_request_logs(vec![LogBatch::minted(a.clone(), minted.clone())])
@@ -295,10 +299,22 @@ pub async fn retries_on_another_day_are_duplicates(store: &dyn Store) {
             .expect("insert"),
         outcome(5, 0)
     );
-    assert_eq!(store.count_request_logs(&a).await.expect("count"), 26);
+    // A client sending those records back, as read (same created_at) or moved to another
+    // day, repeats stored ids: duplicates, in a call with a new record, on every backend.
+    let mut sent_back: Vec<RequestLog> = minted[..3].to_vec();
+    sent_back.push(RequestLog {
+        created_at: at(-40 * DAY),
+        ..minted[3].clone()
+    });
+    let fresh = generator.logs(1);
+    sent_back.extend(fresh.iter().cloned());
+    assert_eq!(insert(store, &a, &sent_back).await, outcome(1, 4));
+    assert_eq!(insert(store, &a, &sent_back).await, outcome(0, 5));
+    assert_eq!(store.count_request_logs(&a).await.expect("count"), 27);
     let mut all = first.clone();
     all.extend(twice);
     all.extend(minted);
+    all.extend(fresh);
     for log in &all {
         assert_eq!(
             store
