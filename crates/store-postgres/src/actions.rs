@@ -297,6 +297,8 @@ impl ActionStore for PgStore {
         id: Uuid,
     ) -> Result<Option<Credential>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query_opt(
                 "SELECT id, label, secret, created_at FROM credentials WHERE org = $1 AND id = $2",
                 &[&tenant.key(), &id],
@@ -310,6 +312,8 @@ impl ActionStore for PgStore {
 
     async fn list_credentials(&self, tenant: &Tenant) -> Result<Vec<Credential>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query(
                 "SELECT id, label, secret, created_at FROM credentials WHERE org = $1 \
                  ORDER BY created_at, id",
@@ -374,6 +378,8 @@ impl ActionStore for PgStore {
         id: Uuid,
     ) -> Result<Option<Destination>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query_opt(
                 &format!(
                     "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = $1 AND id = $2"
@@ -393,6 +399,8 @@ impl ActionStore for PgStore {
         include_deleted: bool,
     ) -> Result<Vec<Destination>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query(
                 &format!(
                     "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = $1 \
@@ -474,6 +482,8 @@ impl ActionStore for PgStore {
         version: Option<u32>,
     ) -> Result<Option<ActionDefinition>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query_opt(
                 &format!(
                     "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
@@ -495,6 +505,8 @@ impl ActionStore for PgStore {
         name: &str,
     ) -> Result<Option<ActionDefinition>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query_opt(
                 &format!(
                     "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
@@ -517,6 +529,8 @@ impl ActionStore for PgStore {
         include_deleted: bool,
     ) -> Result<Vec<ActionDefinition>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query(
                 &format!(
                     "SELECT {DEFINITION_COLUMNS} FROM action_definitions d \
@@ -600,6 +614,8 @@ impl ActionStore for PgStore {
         id: Uuid,
     ) -> Result<Option<ActionRecord>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query_opt(
                 &format!(
                     "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = $1 AND r.id = $2"
@@ -620,7 +636,8 @@ impl ActionStore for PgStore {
         skip: u64,
         take: u32,
     ) -> Result<(Vec<ActionRecord>, u64), StoreError> {
-        let c = self.reader();
+        let reader = self.reader().await?;
+        let c = &reader.client;
         let total = count(c, tenant.key(), filter).await?;
         let mut args: Args = vec![Box::new(tenant.key())];
         let clause = where_clause(filter, &mut args);
@@ -647,7 +664,7 @@ impl ActionStore for PgStore {
         tenant: &Tenant,
         filter: &ActionFilter,
     ) -> Result<u64, StoreError> {
-        count(self.reader(), tenant.key(), filter).await
+        count(&self.reader().await?.client, tenant.key(), filter).await
     }
 
     async fn action_events(
@@ -656,6 +673,8 @@ impl ActionStore for PgStore {
         records: &[Uuid],
     ) -> Result<Vec<ActionEvent>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query(
                 "SELECT record_id, id, kind, status, attempt, available_at, timeout_at, message, \
                  data, created_at FROM action_events WHERE org = $1 AND record_id = ANY($2) \
@@ -769,6 +788,8 @@ impl ActionStore for PgStore {
         limit: u32,
     ) -> Result<Vec<Leased>, StoreError> {
         self.reader()
+            .await?
+            .client
             .query(
                 &format!(
                     "SELECT {RECORD_COLUMNS}, r.org, o.id FROM action_records r \

@@ -11,9 +11,13 @@
 //! retention drops them whole. Ingest is group-committed: concurrent calls queue, and each
 //! of a few log writers takes everything queued into one transaction (claims for client ids,
 //! then one binary COPY) and answers the calls only after COMMIT returned.
+//!
+//! Every connection reopens itself when it is found closed (`conn.rs`), so the store
+//! recovers by itself when PostgreSQL restarts, fails over or drops connections.
 
 mod actions;
 mod audit;
+mod conn;
 mod orgs;
 mod request_logs;
 mod schema;
@@ -33,9 +37,11 @@ use apitrail_store::{
     StoreStats,
 };
 use async_trait::async_trait;
-use tokio::sync::{Mutex, MutexGuard, OwnedRwLockReadGuard, RwLock, mpsc, oneshot};
-use tokio_postgres::{Client, NoTls};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc, oneshot};
+use tokio_postgres::Client;
 use uuid::Uuid;
+
+use crate::conn::{Conn, connect};
 
 /// Tuning of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -70,11 +76,21 @@ impl Default for PgOptions {
 /// A statement planned anew for every call plans every day partition (~0.1 ms each; 3-4 ms
 /// for a month of days), where a prepared statement's generic plan is made once and prunes
 /// partitions at execution from its parameters. Readers run with `plan_cache_mode =
-/// force_generic_plan`, which only prepared statements heed.
+/// force_generic_plan`, which only prepared statements heed. A prepared statement lives in
+/// its connection, so a reader made for a new connection starts with an empty cache.
 #[derive(Debug)]
 pub(crate) struct Reader {
     client: Client,
     statements: std::sync::Mutex<HashMap<String, tokio_postgres::Statement>>,
+}
+
+impl From<Client> for Reader {
+    fn from(client: Client) -> Self {
+        Self {
+            client,
+            statements: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl Reader {
@@ -110,17 +126,25 @@ impl Reader {
     }
 }
 
+/// A writer connection: one transaction at a time.
+type Writer = Conn<Mutex<Client>>;
+/// A writer connection held for a transaction.
+type WriterGuard = OwnedMutexGuard<Client>;
+
 /// The PostgreSQL-backed [`Store`].
+///
+/// Every connection is a [`Conn`], reopened when found closed, so the store recovers by
+/// itself when PostgreSQL restarts or drops connections.
 #[derive(Debug)]
 pub struct PgStore {
-    readers: Vec<Reader>,
+    readers: Vec<Conn<Reader>>,
     next_reader: AtomicUsize,
-    writers: Vec<Mutex<Client>>,
+    writers: Vec<Writer>,
     next_writer: AtomicUsize,
     /// Writers with `synchronous_commit = off`, for the action dispatcher's own bookkeeping
     /// (leases, delivery outcomes): losing their last commits to a PostgreSQL crash only
     /// means a record is delivered again.
-    volatile_writers: Vec<Mutex<Client>>,
+    volatile_writers: Vec<Writer>,
     /// `false` once shut down; writes hold a read guard until they are answered, so shutdown
     /// (which takes the write lock) waits for them, queued ingest included.
     open: Arc<RwLock<bool>>,
@@ -267,56 +291,21 @@ async fn begin(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, S
         .map_err(backend)
 }
 
-async fn connect(url: &str) -> Result<Client, StoreError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.map_err(backend)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed");
-        }
-    });
-    // No JIT: every statement here reads or writes a page of rows, and a generic plan's
-    // estimates over a month of day partitions crossed the JIT threshold, which made the
-    // status-run statement spend ~300 ms compiling expressions for a 3 ms query.
-    client
-        .batch_execute("SET jit = off")
-        .await
-        .map_err(backend)?;
-    Ok(client)
-}
-
 impl PgStore {
     /// Connects to `url` (`postgres://...`), migrating the schema. Must be called within a
     /// Tokio runtime (each connection runs as a task).
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
-        let mut first = connect(url).await?;
-        schema::migrate(&mut first).await?;
-        let mut clients = vec![first];
-        for _ in 1..options.readers.max(1) {
-            clients.push(connect(url).await?);
-        }
-        let mut readers = Vec::new();
-        for client in clients {
-            client
-                .batch_execute("SET plan_cache_mode = force_generic_plan")
-                .await
-                .map_err(backend)?;
-            readers.push(Reader {
-                client,
-                statements: std::sync::Mutex::new(HashMap::new()),
-            });
+        schema::migrate(&mut connect(url, conn::PLAIN).await?).await?;
+        let url: Arc<str> = url.into();
+        let mut readers: Vec<Conn<Reader>> = Vec::new();
+        for _ in 0..options.readers.max(1) {
+            readers.push(Conn::open(&url, conn::READER).await?);
         }
         let mut writers = Vec::new();
-        for _ in 0..options.writers.max(1) {
-            writers.push(Mutex::new(connect(url).await?));
-        }
         let mut volatile_writers = Vec::new();
         for _ in 0..options.writers.max(1) {
-            let client = connect(url).await?;
-            client
-                .batch_execute("SET synchronous_commit = off")
-                .await
-                .map_err(backend)?;
-            volatile_writers.push(Mutex::new(client));
+            writers.push(Conn::open(&url, conn::PLAIN).await?);
+            volatile_writers.push(Conn::open(&url, conn::VOLATILE).await?);
         }
         let shared = Arc::new(Shared {
             partitions: std::sync::Mutex::new(HashSet::new()),
@@ -326,8 +315,9 @@ impl PgStore {
             group_records: Histogram::new(Histogram::RECORDS),
         });
         // The coming days' partitions exist before the first write needs them.
+        let reader = readers[0].current();
         shared
-            .ensure_partitions(&readers[0].client, days_ahead())
+            .ensure_partitions(&reader.client, days_ahead())
             .await?;
         let (log_queue, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
@@ -335,17 +325,17 @@ impl PgStore {
         // base (slot 0 is retention's), so writers of one server never share one.
         let base = (new_record_id().as_u128() % 64) as i32;
         for i in 0..options.log_writers.max(1) {
-            let client = connect(url).await?;
+            let conn = Conn::open(&url, conn::PLAIN).await?;
             let slot = (base + i32::try_from(i).unwrap_or(0)) % 64 + 1;
             tokio::spawn(log_writer(
-                client,
+                conn,
                 Arc::clone(&rx),
                 Arc::clone(&shared),
                 options.max_group_records.max(1),
                 slot,
             ));
         }
-        let maintenance = tokio::spawn(maintain(url.to_owned()));
+        let maintenance = tokio::spawn(maintain(url));
         Ok(Self {
             readers,
             next_reader: AtomicUsize::new(0),
@@ -387,36 +377,33 @@ impl PgStore {
         sort: Sort,
         page: PageRequest,
     ) -> Result<String, StoreError> {
-        request_logs::explain_list(self.prepared_reader(), tenant.key(), filter, sort, page).await
+        request_logs::explain_list(&*self.reader().await?, tenant.key(), filter, sort, page).await
     }
 
-    fn reader(&self) -> &Client {
-        &self.prepared_reader().client
-    }
-
-    fn prepared_reader(&self) -> &Reader {
+    /// The next read connection (round robin), reopened first if it is closed.
+    async fn reader(&self) -> Result<Arc<Reader>, StoreError> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        &self.readers[i]
+        self.readers[i].reader().await
     }
 
     /// A permit to write (refused once shut down) and an idle writer connection.
-    async fn writer(
-        &self,
-    ) -> Result<(OwnedRwLockReadGuard<bool>, MutexGuard<'_, Client>), StoreError> {
+    async fn writer(&self) -> Result<(OwnedRwLockReadGuard<bool>, WriterGuard), StoreError> {
         self.pick_writer(&self.writers).await
     }
 
     /// Like [`PgStore::writer`], from the writers that do not wait for the WAL flush.
     async fn volatile_writer(
         &self,
-    ) -> Result<(OwnedRwLockReadGuard<bool>, MutexGuard<'_, Client>), StoreError> {
+    ) -> Result<(OwnedRwLockReadGuard<bool>, WriterGuard), StoreError> {
         self.pick_writer(&self.volatile_writers).await
     }
 
-    async fn pick_writer<'a>(
-        &'a self,
-        pool: &'a [Mutex<Client>],
-    ) -> Result<(OwnedRwLockReadGuard<bool>, MutexGuard<'a, Client>), StoreError> {
+    /// An idle connection of `pool` if there is one, else the next one once it is free;
+    /// reopened first if it is closed.
+    async fn pick_writer(
+        &self,
+        pool: &[Writer],
+    ) -> Result<(OwnedRwLockReadGuard<bool>, WriterGuard), StoreError> {
         let open = Arc::clone(&self.open).read_owned().await;
         if !*open {
             return Err(StoreError::Closed);
@@ -424,11 +411,12 @@ impl PgStore {
         let start = self.next_writer.fetch_add(1, Ordering::Relaxed);
         let n = pool.len();
         for i in 0..n {
-            if let Ok(client) = pool[(start + i) % n].try_lock() {
-                return Ok((open, client));
+            let conn = &pool[(start + i) % n];
+            if let Some(client) = conn.try_lock() {
+                return Ok((open, conn.live(client).await?));
             }
         }
-        Ok((open, pool[start % n].lock().await))
+        Ok((open, pool[start % n].lock().await?))
     }
 }
 
@@ -436,6 +424,8 @@ impl PgStore {
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.reader()
+            .await?
+            .client
             .simple_query("SELECT 1")
             .await
             .map(drop)
@@ -460,15 +450,15 @@ impl Store for PgStore {
     }
 
     async fn list_orgs(&self, after: Option<&OrgId>, limit: u32) -> Result<Page<Org>, StoreError> {
-        orgs::list_orgs(self.reader(), after, limit).await
+        orgs::list_orgs(&self.reader().await?.client, after, limit).await
     }
 
     async fn tenant(&self, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
-        orgs::find_tenant(self.reader(), id).await
+        orgs::find_tenant(&self.reader().await?.client, id).await
     }
 
     async fn org(&self, tenant: &Tenant) -> Result<Org, StoreError> {
-        orgs::get_org(self.reader(), tenant.key()).await
+        orgs::get_org(&self.reader().await?.client, tenant.key()).await
     }
 
     async fn create_api_key(
@@ -495,11 +485,11 @@ impl Store for PgStore {
     }
 
     async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
-        orgs::list_keys(self.reader(), tenant).await
+        orgs::list_keys(&self.reader().await?.client, tenant).await
     }
 
     async fn get_api_key(&self, tenant: &Tenant, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
-        orgs::get_key(self.reader(), tenant, id).await
+        orgs::get_key(&self.reader().await?.client, tenant, id).await
     }
 
     async fn revoke_api_key(
@@ -531,7 +521,7 @@ impl Store for PgStore {
         &self,
         hash: &SecretHash,
     ) -> Result<Option<(Tenant, ApiKey)>, StoreError> {
-        orgs::authenticate(self.reader(), hash).await
+        orgs::authenticate(&self.reader().await?.client, hash).await
     }
 
     async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError> {
@@ -568,7 +558,7 @@ impl Store for PgStore {
         sort: Sort,
         page: PageRequest,
     ) -> Result<Page<RequestLog>, StoreError> {
-        request_logs::list(self.prepared_reader(), tenant.key(), filter, sort, page).await
+        request_logs::list(&*self.reader().await?, tenant.key(), filter, sort, page).await
     }
 
     async fn get_request_log(
@@ -576,7 +566,7 @@ impl Store for PgStore {
         tenant: &Tenant,
         id: Uuid,
     ) -> Result<Option<RequestLog>, StoreError> {
-        request_logs::get(self.prepared_reader(), tenant.key(), id).await
+        request_logs::get(&*self.reader().await?, tenant.key(), id).await
     }
 
     async fn list_audit_entries(
@@ -586,7 +576,14 @@ impl Store for PgStore {
         after: Option<AuditAfter>,
         limit: u32,
     ) -> Result<Page<AuditEntry>, StoreError> {
-        audit::list(self.reader(), tenant.key(), filter, after, limit).await
+        audit::list(
+            &self.reader().await?.client,
+            tenant.key(),
+            filter,
+            after,
+            limit,
+        )
+        .await
     }
 
     async fn insert_audit_entries(
@@ -618,11 +615,11 @@ impl Store for PgStore {
         after: u64,
         limit: u32,
     ) -> Result<Vec<ChainLink>, StoreError> {
-        audit::chain(self.reader(), tenant.key(), after, limit).await
+        audit::chain(&self.reader().await?.client, tenant.key(), after, limit).await
     }
 
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
-        audit::head(self.reader(), tenant.key()).await
+        audit::head(&self.reader().await?.client, tenant.key()).await
     }
 
     async fn purge_request_logs(
@@ -643,7 +640,7 @@ impl Store for PgStore {
         let batch = batch.max(1);
         let mut expired = Expired::default();
         // Whole days before the cutoff: dropped, not deleted row by row.
-        let partitions = request_logs::partitions(self.reader()).await?;
+        let partitions = request_logs::partitions(&self.reader().await?.client).await?;
         for (name, lo, hi) in partitions {
             if hi > before.millis() {
                 continue;
@@ -660,6 +657,8 @@ impl Store for PgStore {
         // what is deleted; then the claims the dropped partitions' records leave behind.
         let orgs = self
             .reader()
+            .await?
+            .client
             .query("SELECT seq FROM orgs ORDER BY seq", &[])
             .await
             .map_err(backend)?;
@@ -686,7 +685,7 @@ impl Store for PgStore {
     }
 
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
-        request_logs::count(self.prepared_reader(), tenant.key()).await
+        request_logs::count(&*self.reader().await?, tenant.key()).await
     }
 
     fn stats(&self) -> StoreStats {
@@ -729,13 +728,13 @@ fn days_ahead() -> std::ops::RangeInclusive<i64> {
 }
 
 /// Makes the coming days' partitions every hour, so that the write path rarely has to.
-async fn maintain(url: String) {
+async fn maintain(url: Arc<str>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     tick.tick().await;
     loop {
         tick.tick().await;
         let made = async {
-            let client = connect(&url).await?;
+            let client = connect(&url, conn::PLAIN).await?;
             for day in days_ahead() {
                 request_logs::make_partition(&client, day).await?;
             }
@@ -750,7 +749,7 @@ async fn maintain(url: String) {
 /// A log writer: takes every queued ingest call (up to `max_records` records) into one
 /// transaction, commits, and only then answers them. Ends when the store is dropped.
 async fn log_writer(
-    mut client: Client,
+    conn: Writer,
     queue: Arc<Mutex<mpsc::UnboundedReceiver<LogJob>>>,
     shared: Arc<Shared>,
     max_records: usize,
@@ -775,17 +774,23 @@ async fn log_writer(
                 }
             }
         }
-        write_jobs(&mut client, jobs, &shared, slot).await;
+        write_jobs(&conn, jobs, &shared, slot).await;
     }
 }
 
-/// Writes a group and answers its calls. If the group fails before its commit was sent,
-/// each call is tried again alone, so that one bad batch cannot fail the others; if the
-/// commit itself failed, its outcome is unknown and every call gets the error.
-async fn write_jobs(client: &mut Client, jobs: Vec<LogJob>, shared: &Shared, slot: i32) {
+/// Writes a group and answers its calls. If the group fails before its commit was sent
+/// (nothing was stored), each call is tried again alone, on a reopened connection if the
+/// group's was closed, so that one bad batch cannot fail the others and a dropped
+/// connection fails none; if the commit itself failed, its outcome is unknown and every call
+/// gets the error (a COMMIT is never retried).
+async fn write_jobs(conn: &Writer, jobs: Vec<LogJob>, shared: &Shared, slot: i32) {
     let started = Instant::now();
     let records = jobs.iter().map(|j| j.records).sum();
-    match write_group(client, &jobs, shared, slot).await {
+    let mut client = match conn.lock().await {
+        Ok(client) => client,
+        Err(e) => return fail_all(jobs, &e),
+    };
+    match write_group(&mut client, &jobs, shared, slot).await {
         Ok(outcomes) => {
             shared.committed(records, started);
             for (job, outcome) in jobs.into_iter().zip(outcomes) {
@@ -794,33 +799,51 @@ async fn write_jobs(client: &mut Client, jobs: Vec<LogJob>, shared: &Shared, slo
         }
         Err(GroupError::Commit(e)) => {
             tracing::warn!(error = %e, calls = jobs.len(), "ingest commit failed");
-            let message = e.to_string();
-            for job in jobs {
-                let _ = job
-                    .done
-                    .send(Err(StoreError::backend(GroupFailed(message.clone()))));
-            }
-        }
-        Err(GroupError::Before(e)) if jobs.len() == 1 => {
-            if let Some(job) = jobs.into_iter().next() {
-                let _ = job.done.send(Err(e));
-            }
+            fail_all(jobs, &e);
         }
         Err(GroupError::Before(e)) => {
+            let lost = client.is_closed() || conn::ended_session(&e);
+            if jobs.len() == 1 && !lost {
+                if let Some(job) = jobs.into_iter().next() {
+                    let _ = job.done.send(Err(e));
+                }
+                return;
+            }
             tracing::debug!(error = %e, calls = jobs.len(), "group failed; writing its calls one by one");
+            if lost {
+                // If no new connection opens, the calls below are told why.
+                let _ = conn.replace(client).await;
+            } else {
+                drop(client);
+            }
             for job in jobs {
                 let started = Instant::now();
-                let answer =
-                    match write_group(client, std::slice::from_ref(&job), shared, slot).await {
-                        Ok(mut outcomes) => {
-                            shared.committed(job.records, started);
-                            Ok(outcomes.pop().unwrap_or_default())
-                        }
-                        Err(GroupError::Before(e) | GroupError::Commit(e)) => Err(e),
-                    };
+                let written = match conn.lock().await {
+                    Ok(mut client) => {
+                        write_group(&mut client, std::slice::from_ref(&job), shared, slot).await
+                    }
+                    Err(e) => Err(GroupError::Before(e)),
+                };
+                let answer = match written {
+                    Ok(mut outcomes) => {
+                        shared.committed(job.records, started);
+                        Ok(outcomes.pop().unwrap_or_default())
+                    }
+                    Err(GroupError::Before(e) | GroupError::Commit(e)) => Err(e),
+                };
                 let _ = job.done.send(answer);
             }
         }
+    }
+}
+
+/// Answers every call of a group that failed with `e`.
+fn fail_all(jobs: Vec<LogJob>, e: &StoreError) {
+    let message = e.to_string();
+    for job in jobs {
+        let _ = job
+            .done
+            .send(Err(StoreError::backend(GroupFailed(message.clone()))));
     }
 }
 
