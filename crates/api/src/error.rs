@@ -172,6 +172,17 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => {
                 Self::new(ErrorKind::Conflict, format!("{what} already exists"))
             }
+            StoreError::Unavailable(cause) => {
+                // The cause names the database host: logs only.
+                tracing::warn!(error = %cause, request_id = %context::request_id(), "the database is unreachable");
+                Self {
+                    retry_after: Some(1),
+                    ..Self::new(
+                        ErrorKind::Unavailable,
+                        "the database is unreachable; retry after the Retry-After delay",
+                    )
+                }
+            }
             StoreError::Backend(cause) => Self::internal(&cause),
         }
     }
@@ -255,4 +266,26 @@ pub fn render<D: Envelope>(err: &ApiError) -> Response {
     }
     response.extensions_mut().insert(ErrorCode(code));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after_and_no_detail() {
+        let cause = std::io::Error::other("connect to db.internal:5432 refused");
+        let err = ApiError::from(StoreError::unavailable(cause));
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+        assert_eq!(err.retry_after, Some(1));
+        assert!(!err.message.contains("db.internal"), "{}", err.message);
+        let internal = ApiError::from(StoreError::backend(std::io::Error::other("boom")));
+        assert_eq!(
+            internal.status_and_code().0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
 }

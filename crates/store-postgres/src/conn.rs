@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_postgres::{Client, NoTls};
 
-use crate::{Reader, backend};
+use crate::Reader;
 use apitrail_store::StoreError;
 
 /// The session of every connection. No JIT: every statement here reads or writes a page of
@@ -39,7 +39,13 @@ const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// Opens a connection to `url` and runs `session` (one of [`PLAIN`], [`READER`],
 /// [`VOLATILE`]) on it.
 pub(crate) async fn connect(url: &str, session: &str) -> Result<Client, StoreError> {
-    try_connect(url, session).await.map_err(backend)
+    try_connect(url, session)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            // The server answered and refused (bad password, no such database): not a blip.
+            Some(_) => StoreError::backend(e),
+            None => StoreError::unavailable(e),
+        })
 }
 
 async fn try_connect(url: &str, session: &str) -> Result<Client, tokio_postgres::Error> {
@@ -106,7 +112,7 @@ impl<C: From<Client>> Conn<C> {
         if let Some((at, why)) = &*failed
             && at.elapsed() < RETRY_AFTER
         {
-            return Err(StoreError::backend(Unreachable(Arc::clone(why))));
+            return Err(StoreError::unavailable(Unreachable(Arc::clone(why))));
         }
         let opened = tokio::time::timeout(OPEN_TIMEOUT, try_connect(&self.url, self.session)).await;
         match opened {
@@ -130,7 +136,7 @@ impl<C: From<Client>> Conn<C> {
         tracing::warn!(error = %why, "cannot reopen a PostgreSQL connection");
         let why: Arc<str> = why.into();
         *last = Some((Instant::now(), Arc::clone(&why)));
-        StoreError::backend(Unreachable(why))
+        StoreError::unavailable(Unreachable(why))
     }
 }
 
@@ -182,19 +188,12 @@ impl Conn<Mutex<Client>> {
     }
 }
 
-/// Whether `e` ended the session it came from: PostgreSQL sends a FATAL error as it closes
-/// a session (a terminated backend, a shutdown), which the client may report before it has
-/// seen the socket close.
+/// Whether `e` ended the session it came from: [`crate::backend`] makes a closed
+/// connection, and a FATAL error (PostgreSQL sends one as it closes a session: a terminated
+/// backend, a shutdown; the client may report it before it has seen the socket close),
+/// [`StoreError::Unavailable`].
 pub(crate) fn ended_session(e: &StoreError) -> bool {
-    use tokio_postgres::error::Severity;
-    let StoreError::Backend(e) = e else {
-        return false;
-    };
-    let severity = e
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::as_db_error)
-        .and_then(tokio_postgres::error::DbError::parsed_severity);
-    matches!(severity, Some(Severity::Fatal | Severity::Panic))
+    matches!(e, StoreError::Unavailable(_))
 }
 
 /// An error with its sources: tokio-postgres's own message is only "error connecting to

@@ -243,8 +243,20 @@ struct LogJob {
 #[error("the group commit failed: {0}")]
 struct GroupFailed(String);
 
+/// A database error as the store's: a lost connection (closed, or ended by the server with a
+/// FATAL error: a terminated backend, a shutdown) is [`StoreError::Unavailable`], which the
+/// API answers with 503 and which the connection pools take as the cue to reopen.
 pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
-    StoreError::backend(e)
+    use tokio_postgres::error::Severity;
+    let fatal = e
+        .as_db_error()
+        .and_then(tokio_postgres::error::DbError::parsed_severity)
+        .is_some_and(|s| matches!(s, Severity::Fatal | Severity::Panic));
+    if e.is_closed() || fatal {
+        StoreError::unavailable(e)
+    } else {
+        StoreError::backend(e)
+    }
 }
 
 /// A stored value the model refuses: the database was altered by something else.
@@ -840,10 +852,14 @@ async fn write_jobs(conn: &Writer, jobs: Vec<LogJob>, shared: &Shared, slot: i32
 /// Answers every call of a group that failed with `e`.
 fn fail_all(jobs: Vec<LogJob>, e: &StoreError) {
     let message = e.to_string();
+    let unavailable = matches!(e, StoreError::Unavailable(_));
     for job in jobs {
-        let _ = job
-            .done
-            .send(Err(StoreError::backend(GroupFailed(message.clone()))));
+        let failed = GroupFailed(message.clone());
+        let _ = job.done.send(Err(if unavailable {
+            StoreError::unavailable(failed)
+        } else {
+            StoreError::backend(failed)
+        }));
     }
 }
 

@@ -38,6 +38,10 @@ pub enum StoreError {
     /// The store is shutting down and accepts no more writes.
     #[error("the store is shutting down")]
     Closed,
+    /// The database cannot be reached right now (a server store whose connection was lost
+    /// or cannot be opened); nothing of the call was stored, and a retry may succeed.
+    #[error("the database is unreachable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The backend failed; details are for the logs, never for clients.
     #[error("storage backend failure: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -47,6 +51,11 @@ impl StoreError {
     /// Wraps a backend error.
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(e))
+    }
+
+    /// Wraps the error of a database that cannot be reached.
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(e))
     }
 }
 
