@@ -169,6 +169,9 @@ struct Shared {
     /// Days whose partition is known to exist (a cache: a day dropped by another server is
     /// noticed when a write fails and the days are checked again).
     partitions: std::sync::Mutex<HashSet<i64>>,
+    /// Rows of `request_log_values` known to exist (they are never removed), so that ingest
+    /// adds only new ones.
+    values: std::sync::Mutex<HashSet<request_logs::Value>>,
     commits: AtomicU64,
     committed_records: AtomicU64,
     commit_seconds: Histogram,
@@ -204,6 +207,35 @@ impl Shared {
             self.known_partitions().insert(day);
         }
         Ok(())
+    }
+
+    /// Those of `values` not known to be in `request_log_values` already.
+    fn new_values(&self, mut values: Vec<request_logs::Value>) -> Vec<request_logs::Value> {
+        let known = self.known_values();
+        values.retain(|v| !known.contains(v));
+        values
+    }
+
+    /// Remembers `values` as stored: called only once their transaction committed, since a
+    /// value wrongly thought stored would hide records from the filters that check it.
+    fn noted_values(&self, values: Vec<request_logs::Value>) {
+        let mut known = self.known_values();
+        // Client-chosen strings: the cache stays bounded whatever they send (values are
+        // never removed from the table, so forgetting them only costs a redundant insert).
+        if known.len() + values.len() > Self::MAX_KNOWN_VALUES {
+            known.clear();
+        }
+        known.extend(values);
+    }
+
+    /// Values remembered at most by [`Shared::noted_values`].
+    const MAX_KNOWN_VALUES: usize = 100_000;
+
+    fn known_values(&self) -> std::sync::MutexGuard<'_, HashSet<request_logs::Value>> {
+        // Only a cache; a panic elsewhere cannot leave it inconsistent.
+        self.values
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn known_partitions(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
@@ -321,6 +353,7 @@ impl PgStore {
         }
         let shared = Arc::new(Shared {
             partitions: std::sync::Mutex::new(HashSet::new()),
+            values: std::sync::Mutex::new(HashSet::new()),
             commits: AtomicU64::new(0),
             committed_records: AtomicU64::new(0),
             commit_seconds: Histogram::new(Histogram::SECONDS),
@@ -730,7 +763,9 @@ pub async fn copy_request_logs(
     logs: &[RequestLog],
 ) -> Result<u64, StoreError> {
     let rows: Vec<(i64, &RequestLog)> = logs.iter().map(|l| (org, l)).collect();
-    request_logs::copy(tx, &rows).await
+    let copied = request_logs::copy(tx, &rows).await?;
+    request_logs::note_values(tx, &request_logs::values_of(&rows)).await?;
+    Ok(copied)
 }
 
 /// The days whose partitions are kept ready: yesterday (clocks differ) to a week ahead.
@@ -891,7 +926,7 @@ async fn write_group(
             .ensure_partitions(client, days.iter().copied())
             .await
             .map_err(GroupError::Before)?;
-        match try_write_group(client, jobs, slot).await {
+        match try_write_group(client, jobs, shared, slot).await {
             Err(GroupError::Before(StoreError::Backend(e)))
                 if attempt < 3 && is_missing_partition(e.as_ref()) =>
             {
@@ -916,6 +951,7 @@ fn is_missing_partition(e: &(dyn std::error::Error + 'static)) -> bool {
 async fn try_write_group(
     client: &mut Client,
     jobs: &[LogJob],
+    shared: &Shared,
     slot: i32,
 ) -> Result<Vec<InsertOutcome>, GroupError> {
     let before = GroupError::Before;
@@ -980,8 +1016,13 @@ async fn try_write_group(
     request_logs::count_stored(&tx, slot, &rows)
         .await
         .map_err(before)?;
+    let values = shared.new_values(request_logs::values_of(&rows));
+    request_logs::note_values(&tx, &values)
+        .await
+        .map_err(before)?;
     tx.commit()
         .await
         .map_err(|e| GroupError::Commit(backend(e)))?;
+    shared.noted_values(values);
     Ok(outcomes)
 }

@@ -1,5 +1,7 @@
 //! Request logs: batched inserts, the list query of every request dialect, retention.
 
+use std::collections::HashSet;
+
 use apitrail_model::query::request_id_variants;
 use apitrail_model::{
     LogFilter, PageRequest, PageStart, RequestLog, Sort, SortDir, SortKey, Timestamp,
@@ -118,6 +120,68 @@ pub(crate) async fn stored_among(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+/// Which column a row of `request_log_values` names (migration 0005).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(i16)]
+pub(crate) enum Field {
+    Status = 1,
+    ApiKey = 2,
+    ServiceAccount = 3,
+}
+
+/// One value an org's request logs hold: `(org, field, value)`.
+pub(crate) type Value = (i64, Field, String);
+
+/// The values of `rows` that `request_log_values` must hold, without repeats, sorted (so
+/// that concurrent transactions add them in one order and cannot deadlock).
+pub(crate) fn values_of(rows: &[(i64, &RequestLog)]) -> Vec<Value> {
+    let mut seen: HashSet<(i64, Field, &str)> = HashSet::new();
+    let mut codes: HashSet<(i64, u16)> = HashSet::new();
+    for (org, log) in rows {
+        codes.insert((*org, log.status_code));
+        if let Some(k) = &log.api_key_id {
+            seen.insert((*org, Field::ApiKey, k));
+        }
+        if let Some(s) = &log.service_account_id {
+            seen.insert((*org, Field::ServiceAccount, s));
+        }
+    }
+    let mut values: Vec<Value> = seen
+        .into_iter()
+        .map(|(org, field, v)| (org, field, v.to_owned()))
+        .chain(
+            codes
+                .into_iter()
+                .map(|(org, code)| (org, Field::Status, code.to_string())),
+        )
+        .collect();
+    values.sort_unstable();
+    values
+}
+
+/// Adds `values` (sorted, without repeats) to `request_log_values`, in the transaction that
+/// stores the records holding them.
+pub(crate) async fn note_values(
+    tx: &impl GenericClient,
+    values: &[Value],
+) -> Result<(), StoreError> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let orgs: Vec<i64> = values.iter().map(|v| v.0).collect();
+    let fields: Vec<i16> = values.iter().map(|v| v.1 as i16).collect();
+    let texts: Vec<&str> = values.iter().map(|v| v.2.as_str()).collect();
+    tx.execute(
+        "INSERT INTO request_log_values (org, field, value) \
+         SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[]) \
+         ON CONFLICT DO NOTHING",
+        &[&orgs, &fields, &texts],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// The types of the columns [`copy`] writes: `org`, then [`COLUMNS`] in order.
@@ -250,11 +314,8 @@ pub(crate) async fn list(
 ) -> Result<Page<RequestLog>, StoreError> {
     let codes = match status_runs(filter, sort, page) {
         Some((lo, hi)) => {
-            let rows = c
-                .query(STATUS_CODES, &[&org, &lo, &hi])
-                .await
-                .map_err(backend)?;
-            let codes: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+            let rows = c.query(STATUS_CODES, &[&org]).await.map_err(backend)?;
+            let codes = codes_in(&rows, lo, hi);
             if codes.is_empty() {
                 return Ok(Page {
                     items: Vec::new(),
@@ -276,16 +337,22 @@ pub(crate) async fn list(
     Ok(Page { items, has_more })
 }
 
-/// The status codes of the org in `[$2, $3]`, found by a loose scan of the status index (one
-/// seek per code present).
-const STATUS_CODES: &str = "WITH RECURSIVE codes(c) AS ( \
-       SELECT min(status_code) FROM request_logs \
-        WHERE org = $1 AND status_code >= $2 AND status_code <= $3 \
-       UNION ALL \
-       SELECT (SELECT min(status_code) FROM request_logs \
-                WHERE org = $1 AND status_code > codes.c AND status_code <= $3) \
-         FROM codes WHERE codes.c IS NOT NULL) \
-     SELECT c FROM codes WHERE c IS NOT NULL";
+/// The status codes the org's logs have held (`request_log_values`), a few dozen at most;
+/// the range is applied by [`codes_in`]. A code no stored record has any more gives an empty
+/// run.
+const STATUS_CODES: &str =
+    "SELECT value FROM request_log_values WHERE org = $1 AND field = 1 ORDER BY value";
+
+/// The codes of `rows` (of [`STATUS_CODES`]) within `[lo, hi]`, ascending.
+fn codes_in(rows: &[Row], lo: i32, hi: i32) -> Vec<i32> {
+    let mut codes: Vec<i32> = rows
+        .iter()
+        .filter_map(|r| r.get::<_, &str>(0).parse().ok())
+        .filter(|c| (lo..=hi).contains(c))
+        .collect();
+    codes.sort_unstable();
+    codes
+}
 
 /// The status range `[lo, hi]` of a page served as merged runs, one per status code: a range
 /// in created_at order with no equality filter, paged by keyset. A B-tree cannot give
@@ -329,17 +396,10 @@ pub(crate) async fn explain_list(
     let codes = match status_runs(filter, sort, page) {
         Some((lo, hi)) => {
             let sql = format!("EXPLAIN (COSTS OFF) {STATUS_CODES}");
-            let rows = c
-                .client
-                .query(&sql, &[&org, &lo, &hi])
-                .await
-                .map_err(backend)?;
+            let rows = c.client.query(&sql, &[&org]).await.map_err(backend)?;
             plans = explain(rows) + "\n";
-            let rows = c
-                .query(STATUS_CODES, &[&org, &lo, &hi])
-                .await
-                .map_err(backend)?;
-            Some(rows.iter().map(|r| r.get(0)).collect())
+            let rows = c.query(STATUS_CODES, &[&org]).await.map_err(backend)?;
+            Some(codes_in(&rows, lo, hi))
         }
         None => None,
     };
@@ -376,6 +436,20 @@ fn list_query(
         if let Some(v) = value {
             let p = push(&mut args, v.clone());
             conds.push_str(&format!(" AND {name} = {p}"));
+            let field = match name {
+                "api_key_id" => Some(Field::ApiKey),
+                "service_account_id" => Some(Field::ServiceAccount),
+                _ => None,
+            };
+            if let Some(field) = field {
+                // Not correlated with the row: an initplan, run once, and when false no
+                // partition is read at all.
+                conds.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM request_log_values \
+                     WHERE org = $1 AND field = {} AND value = {p})",
+                    field as i16
+                ));
+            }
         }
     }
     if let Some(r) = &filter.request_id {

@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_status_created.sql"),
     include_str!("../migrations/0003_partitions.sql"),
     include_str!("../migrations/0004_actions.sql"),
+    include_str!("../migrations/0005_request_log_values.sql"),
 ];
 
 /// An arbitrary constant naming apitrail's migration lock ("apitrail" in ASCII).
