@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_partitions.sql"),
     include_str!("../migrations/0004_actions.sql"),
     include_str!("../migrations/0005_request_log_values.sql"),
+    include_str!("../migrations/0006_error_durations.sql"),
 ];
 
 /// An arbitrary constant naming apitrail's migration lock ("apitrail" in ASCII).
