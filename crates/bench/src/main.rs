@@ -114,28 +114,12 @@ fn main() {
     let work = tempfile::tempdir_in(&base_dir).unwrap();
     let mut report = String::new();
     let _ = writeln!(report, "{}", machine());
+    // The arguments as given (defaults apply to the rest), so the line reruns this run.
+    let given: Vec<String> = std::env::args().skip(1).collect();
     let _ = writeln!(
         report,
-        "Command: `cargo run --release -p apitrail-bench -- {}--clients {} --batch {} --samples {} --audit-rows {}{}{}`\n",
-        if args.skip_requests {
-            String::new()
-        } else {
-            format!("--rows {} ", args.rows)
-        },
-        args.clients,
-        args.batch,
-        args.samples,
-        args.audit_rows,
-        if args.random_request_ids {
-            " --random-request-ids"
-        } else {
-            ""
-        },
-        if args.skip_requests {
-            " --skip-requests"
-        } else {
-            ""
-        }
+        "Command: `cargo run --release -p apitrail-bench -- {}`\n",
+        given.join(" ")
     );
     if args.postgres {
         let _ = writeln!(

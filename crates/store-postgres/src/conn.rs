@@ -36,6 +36,32 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// connection attempts when it comes back. It bounds how long recovery can lag behind.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
+/// tokio-postgres's default TCP keepalive idle time (libpq's, and the kernel's), which the
+/// URL's `keepalives_idle` overrides.
+const LIBPQ_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// The keepalive settings used where the URL leaves the defaults: a dead peer is noticed
+/// after about a minute (30 s idle, then 3 probes 10 s apart).
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVES_RETRIES: u32 = 3;
+
+/// The connection settings of `url`, with TCP keepalives tightened where it leaves them at
+/// their defaults: a connection whose peer vanished without closing it (a failover, a dropped
+/// network path) is otherwise only noticed when TCP gives up, after more than two hours.
+fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_keepalives_idle() == LIBPQ_KEEPALIVES_IDLE {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    Ok(config)
+}
+
 /// Opens a connection to `url` and runs `session` (one of [`PLAIN`], [`READER`],
 /// [`VOLATILE`]) on it.
 pub(crate) async fn connect(url: &str, session: &str) -> Result<Client, StoreError> {
@@ -49,7 +75,7 @@ pub(crate) async fn connect(url: &str, session: &str) -> Result<Client, StoreErr
 }
 
 async fn try_connect(url: &str, session: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let (client, connection) = config(url)?.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed");
@@ -206,4 +232,24 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalives_are_tightened_unless_the_url_sets_them() {
+        let tight = config("postgres://u@db.example/apitrail").expect("url");
+        assert_eq!(tight.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(tight.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(tight.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        let own = config(
+            "postgres://u@db.example/apitrail?keepalives_idle=600&keepalives_interval=5&keepalives_retries=9",
+        )
+        .expect("url");
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(600));
+        assert_eq!(own.get_keepalives_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(own.get_keepalives_retries(), Some(9));
+    }
 }
