@@ -129,6 +129,7 @@ pub(crate) enum Field {
     Status = 1,
     ApiKey = 2,
     ServiceAccount = 3,
+    Email = 4,
 }
 
 /// One value an org's request logs hold: `(org, field, value)`.
@@ -146,6 +147,9 @@ pub(crate) fn values_of(rows: &[(i64, &RequestLog)]) -> Vec<Value> {
         }
         if let Some(s) = &log.service_account_id {
             seen.insert((*org, Field::ServiceAccount, s));
+        }
+        if let Some(e) = &log.email {
+            seen.insert((*org, Field::Email, e));
         }
     }
     let mut values: Vec<Value> = seen
@@ -442,6 +446,7 @@ fn list_query(
             let field = match name {
                 "api_key_id" => Some(Field::ApiKey),
                 "service_account_id" => Some(Field::ServiceAccount),
+                "email" => Some(Field::Email),
                 _ => None,
             };
             if let Some(field) = field {

@@ -1,5 +1,6 @@
 //! Request logs: batched inserts and keyset-paged queries.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use apitrail_model::query::request_id_variants;
@@ -27,6 +28,21 @@ const INSERT: &str = "INSERT INTO request_logs (org, id, created_at, duration_ms
      ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32) \
      ON CONFLICT (org, id) DO NOTHING";
 
+/// The fields of `request_log_values` (migration 0005; numbered as in the PostgreSQL store).
+const FIELD_API_KEY: i64 = 2;
+const FIELD_SERVICE_ACCOUNT: i64 = 3;
+const FIELD_EMAIL: i64 = 4;
+
+/// Whether the org's logs have ever held `value` in `field` ([`FIELD_API_KEY`] …): `false`
+/// means a filter on it matches nothing.
+fn value_seen(conn: &Connection, org: i64, field: i64, value: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM request_log_values WHERE org = ?1 AND field = ?2 AND value = ?3)",
+    )
+    .and_then(|mut st| st.query_row(params![org, field, value], |r| r.get(0)))
+    .map_err(backend)
+}
+
 /// Inserts every log of every batch, and its side keys into the first level; an id already
 /// stored for the org is a duplicate.
 pub(crate) fn insert(
@@ -48,6 +64,13 @@ pub(crate) fn insert(
         "?1, ?2, ?3, ?4, ?5",
     )?;
     let mut by_request_id = side(SideKey::RequestId, "org, k, id, seq", "?1, ?2, ?3, ?4")?;
+    let mut note_value = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO request_log_values (org, field, value) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(backend)?;
+    // The batch's values, each noted once (a batch repeats the same few keys).
+    let mut noted: HashSet<(i64, i64, &str)> = HashSet::new();
     let mut with_request_id = 0;
     let mut outcome = InsertOutcome::default();
     for batch in batches {
@@ -108,6 +131,19 @@ pub(crate) fn insert(
                         .execute(params![org, rid, id, seq])
                         .map_err(backend)?;
                     with_request_id += 1;
+                }
+                for (field, value) in [
+                    (FIELD_API_KEY, &log.api_key_id),
+                    (FIELD_SERVICE_ACCOUNT, &log.service_account_id),
+                    (FIELD_EMAIL, &log.email),
+                ] {
+                    if let Some(v) = value
+                        && noted.insert((org, field, v.as_str()))
+                    {
+                        note_value
+                            .execute(params![org, field, v])
+                            .map_err(backend)?;
+                    }
                 }
             } else {
                 outcome.duplicates += 1;
@@ -380,6 +416,19 @@ fn plan(
     sort: Sort,
     page: PageRequest,
 ) -> Result<Option<ListStatement>, StoreError> {
+    // A service account or an email is not indexed: one the org never logged would walk
+    // its whole history to find nothing.
+    for (field, value) in [
+        (FIELD_API_KEY, &filter.api_key_id),
+        (FIELD_SERVICE_ACCOUNT, &filter.service_account_id),
+        (FIELD_EMAIL, &filter.email),
+    ] {
+        if let Some(v) = value
+            && !value_seen(conn, org, field, v)?
+        {
+            return Ok(None);
+        }
+    }
     // A small time window is cheapest read in created_at order and sorted; a large one is
     // cheapest walked in the sort key's own order. Which one it is gets counted, not guessed.
     let small_window = sort.key != SortKey::CreatedAt

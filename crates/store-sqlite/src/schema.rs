@@ -30,6 +30,10 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0004_actions.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("../migrations/0005_request_log_values.sql"),
+        then: None,
+    },
 ];
 
 /// Errors while migrating.

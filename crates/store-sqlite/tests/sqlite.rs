@@ -387,6 +387,19 @@ async fn list_queries_seek_an_index() {
     // Some data, so that the plans are those of a live database.
     let a = new_org(&store, "plans").await;
     insert_all_new(&store, &a, &LogGen::new(1, "a").logs(500), 500).await;
+    // The filter values below exist, so that each statement is planned (a value the org has
+    // never logged is answered without a statement: see the end).
+    let named: Vec<RequestLog> = LogGen::new(2, "n")
+        .logs(3)
+        .into_iter()
+        .map(|l| RequestLog {
+            api_key_id: Some("k".into()),
+            service_account_id: Some("sa".into()),
+            email: Some("someone@example.com".into()),
+            ..l
+        })
+        .collect();
+    insert_all_new(&store, &a, &named, 3).await;
     let after = PageStart::After(apitrail_model::Position {
         key: 0,
         id: new_record_id(),
@@ -541,6 +554,28 @@ async fn list_queries_seek_an_index() {
             }
         }
     }
+    // A key, service account or email the org has never logged: no statement at all.
+    for filter in [
+        LogFilter {
+            api_key_id: text("never"),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            service_account_id: text("never"),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            email: text("never@example.com"),
+            ..LogFilter::default()
+        },
+    ] {
+        let page = apitrail_model::PageRequest::first(50);
+        let steps = store
+            .explain_list(&a, &filter, Sort::NEWEST_FIRST, page)
+            .await
+            .unwrap();
+        assert!(steps.is_empty(), "{filter:?}: {steps:?}");
+    }
     store.shutdown().await.unwrap();
 }
 
@@ -690,5 +725,53 @@ async fn an_upgraded_audit_log_is_chained_and_edits_are_found() {
         "a hash of the wrong type is a broken link, not an error"
     );
     assert_eq!(report.first_bad_id, Some(retyped));
+    store.shutdown().await.unwrap();
+}
+
+/// A database from before `request_log_values` (schema version 4) gets the values of its
+/// stored logs on upgrade, so filters on an unindexed service account or email still find
+/// them (the list answers a value missing from that table as empty without reading logs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_notes_the_values_of_stored_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SqliteOptions::default());
+    let tenant = new_org(&store, "values-upgrade").await;
+    let logs: Vec<RequestLog> = LogGen::new(5, "u")
+        .logs(30)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| RequestLog {
+            service_account_id: Some(format!("sa_{}", i % 3)),
+            email: Some(format!("u{}@example.com", i % 2)),
+            ..l
+        })
+        .collect();
+    insert_all_new(&store, &tenant, &logs, 30).await;
+    store.shutdown().await.unwrap();
+    drop(store);
+    // As version 4 left it: no values table.
+    let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
+    conn.execute_batch("DROP TABLE request_log_values; PRAGMA user_version = 4;")
+        .unwrap();
+    drop(conn);
+    let store = open(dir.path(), SqliteOptions::default());
+    for filter in [
+        LogFilter {
+            service_account_id: Some("sa_1".into()),
+            ..LogFilter::default()
+        },
+        LogFilter {
+            email: Some("u0@example.com".into()),
+            ..LogFilter::default()
+        },
+    ] {
+        let listed = walk(&store, &tenant, &filter, Sort::NEWEST_FIRST, 4).await;
+        assert_same_logs(
+            &listed.items,
+            &reference(&logs, &filter, Sort::NEWEST_FIRST),
+            &format!("{filter:?} after the upgrade"),
+        );
+        assert!(!listed.items.is_empty(), "{filter:?}");
+    }
     store.shutdown().await.unwrap();
 }

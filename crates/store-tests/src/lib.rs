@@ -67,7 +67,7 @@ pub use live::{
 pub use orgs::orgs_are_created_listed_and_resolved;
 pub use paging::{
     keyset_resumes_after_any_position, keyset_walks_match_the_reference_model,
-    offset_pages_match_the_reference_model,
+    offset_pages_match_the_reference_model, unseen_filter_values_are_empty_until_logged,
 };
 pub use retention::{
     expire_removes_old_logs_of_every_org, purge_removes_only_expired_logs_of_one_org,
@@ -108,6 +108,7 @@ macro_rules! store_conformance {
             action_tenants_never_see_each_other,
             expire_removes_old_logs_of_every_org,
             retries_on_another_day_are_duplicates,
+            unseen_filter_values_are_empty_until_logged,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {

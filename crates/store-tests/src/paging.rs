@@ -385,3 +385,76 @@ pub async fn keyset_resumes_after_any_position(store: &dyn Store) {
         }
     }
 }
+
+/// A filter on an API key, a service account or an email the org has never logged answers
+/// empty (backends may answer it without reading the logs); one logged later, also in another
+/// org first or by a retry, is found from then on; a value purged with its logs is simply
+/// empty again.
+pub async fn unseen_filter_values_are_empty_until_logged(store: &dyn Store) {
+    use apitrail_model::Timestamp;
+
+    let a = new_org(store, "values-a").await;
+    let b = new_org(store, "values-b").await;
+    let mut generator = LogGen::new(77, "v");
+    let with = |log: &RequestLog, n: usize| RequestLog {
+        api_key_id: Some(format!("key_{n}")),
+        service_account_id: Some(format!("sa_{n}")),
+        email: Some(format!("user{n}@example.com")),
+        ..log.clone()
+    };
+    let filters = |n: usize| {
+        [
+            LogFilter {
+                api_key_id: Some(format!("key_{n}")),
+                ..LogFilter::default()
+            },
+            LogFilter {
+                service_account_id: Some(format!("sa_{n}")),
+                ..LogFilter::default()
+            },
+            LogFilter {
+                email: Some(format!("user{n}@example.com")),
+                ..LogFilter::default()
+            },
+        ]
+    };
+    let check = |tenant: &Tenant, n: usize, expected: Vec<RequestLog>, what: &'static str| {
+        let tenant = tenant.clone();
+        async move {
+            for filter in filters(n) {
+                for sort in ALL_SORTS {
+                    let listed = walk(store, &tenant, &filter, sort, 3).await;
+                    assert_same_logs(
+                        &listed.items,
+                        &reference(&expected, &filter, sort),
+                        &format!("{what}: {filter:?} {sort:?}"),
+                    );
+                }
+            }
+        }
+    };
+    // Org b logs value 1 first: org a has still never logged it.
+    let in_b: Vec<RequestLog> = generator.logs(4).iter().map(|l| with(l, 1)).collect();
+    insert_all_new(store, &b, &in_b, 4).await;
+    check(&a, 1, Vec::new(), "a value only another org logged").await;
+    check(&b, 1, in_b.clone(), "the other org's own value").await;
+    let first: Vec<RequestLog> = generator.logs(5).iter().map(|l| with(l, 1)).collect();
+    insert_all_new(store, &a, &first, 2).await;
+    check(&a, 1, first.clone(), "logged in a now").await;
+    check(&a, 2, Vec::new(), "never logged").await;
+    // A new value arriving in a later batch, next to known ones.
+    let mut later: Vec<RequestLog> = generator.logs(3).iter().map(|l| with(l, 2)).collect();
+    later.push(with(&generator.logs(1)[0], 1));
+    insert_all_new(store, &a, &later, 4).await;
+    check(&a, 2, later[..3].to_vec(), "logged later").await;
+    let mut ones = first.clone();
+    ones.push(later[3].clone());
+    check(&a, 1, ones, "known value, more logs").await;
+    // Purged with its logs, a value lists nothing (and is found again once logged anew).
+    let cutoff = Timestamp::from_millis(MAX_MS).unwrap_or_else(Timestamp::now);
+    store
+        .purge_request_logs(&a, cutoff, 10_000)
+        .await
+        .unwrap_or_else(|e| panic!("purge failed: {e:?}"));
+    check(&a, 1, Vec::new(), "after the purge").await;
+}
