@@ -299,7 +299,45 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// The lease statement (`$1` now, `$2` limit, `$3` owner, `$4` lease end). SKIP LOCKED:
+/// records another server is leasing right now are left to it; a row it leased meanwhile
+/// fails the re-checked WHERE (lease_until is in the future). Run on a volatile writer, whose
+/// session makes it walk `action_records_due` in order (see `conn::VOLATILE`).
+fn lease_sql() -> String {
+    format!(
+        "WITH due AS ( \
+           SELECT org, id FROM action_records \
+           WHERE status = 'pending' AND available_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) \
+           ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE action_records r SET attempt = r.attempt + 1, \
+           started_at = coalesce(r.started_at, $1), lease_owner = $3, lease_until = $4 \
+         FROM due WHERE r.org = due.org AND r.id = due.id \
+         RETURNING {RECORD_COLUMNS}, r.org, (SELECT o.id FROM orgs o WHERE o.seq = r.org)"
+    )
+}
+
 impl PgStore {
+    /// The plan of the lease statement as the dispatcher's connections run it (`EXPLAIN`,
+    /// without costs; nothing is leased), so a test can check that it walks the due index in
+    /// order rather than reading every due row (see `conn::VOLATILE`).
+    #[doc(hidden)]
+    pub async fn explain_lease(&self, now: Timestamp, limit: u32) -> Result<String, StoreError> {
+        let (_open, client) = self.volatile_writer().await?;
+        let rows = client
+            .query(
+                &format!("EXPLAIN (COSTS OFF) {}", lease_sql()),
+                &[&now.millis(), &i64::from(limit), &"explain", &now.millis()],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     /// Appends `audit` to the transaction that made the change it records, and commits.
     async fn commit_audited(
         &self,
@@ -909,21 +947,9 @@ impl ActionStore for PgStore {
     ) -> Result<Vec<Leased>, StoreError> {
         // A lease lost to a PostgreSQL crash only means the record is leased again.
         let (_open, client) = self.volatile_writer().await?;
-        // SKIP LOCKED: records another server is leasing right now are left to it; a row it
-        // leased meanwhile fails the re-checked WHERE (lease_until is in the future).
         client
             .query(
-                &format!(
-                    "WITH due AS ( \
-                       SELECT org, id FROM action_records \
-                       WHERE status = 'pending' AND available_at <= $1 \
-                         AND (lease_until IS NULL OR lease_until < $1) \
-                       ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                     UPDATE action_records r SET attempt = r.attempt + 1, \
-                       started_at = coalesce(r.started_at, $1), lease_owner = $3, lease_until = $4 \
-                     FROM due WHERE r.org = due.org AND r.id = due.id \
-                     RETURNING {RECORD_COLUMNS}, r.org, (SELECT o.id FROM orgs o WHERE o.seq = r.org)"
-                ),
+                &lease_sql(),
                 &[&now.millis(), &i64::from(limit), &owner, &until.millis()],
             )
             .await
