@@ -8,9 +8,17 @@
 //! again (delivery is at least once). The same loop times out acknowledged records whose
 //! signal did not come.
 //!
+//! Per delivery the store is asked as little as possible: destinations and their secrets are
+//! kept for a second ([`targets`]), and outcomes are recorded in batches, one
+//! `transition_actions` call for every delivery that finished while the previous batch was
+//! being written (a delivery still waits for its own outcome to be recorded before it counts
+//! as done).
+//!
 //! SSRF: the HTTP client resolves names through [`GuardedResolver`], which refuses loopback
 //! and private addresses (unless allowed), IP literals are checked before sending, and
 //! redirects are not followed.
+
+mod targets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +27,13 @@ use std::time::Duration;
 
 use apitrail_model::action::{is_local_name, is_private_address, webhook_target};
 use apitrail_model::{ActionEvent, ActionRecord, ActionStatus, RetrySchedule, Tenant, Timestamp};
-use apitrail_store::{Expected, Leased, Store};
+use apitrail_store::{Expected, Leased, Store, StoreError, Transition};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
+
+use crate::targets::{Target, Targets};
 
 /// Settings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -42,6 +52,10 @@ pub struct DispatchConfig {
     pub lease: Duration,
     /// This dispatcher's name in leases (unique per process).
     pub owner: String,
+    /// How long a destination (and its credential) read from the store is used for later
+    /// deliveries: a change or deletion is seen by deliveries at most this much later. Zero
+    /// reads them for every delivery.
+    pub destination_ttl: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -53,6 +67,7 @@ impl Default for DispatchConfig {
             poll: Duration::from_millis(100),
             lease: Duration::from_secs(150),
             owner: format!("{}-{}", std::process::id(), apitrail_model::new_record_id()),
+            destination_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -80,11 +95,17 @@ impl Dispatcher {
             .user_agent(concat!("apitrail/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let stop = Arc::new(Stop::default());
+        // The recorder ends when the worker (the last sender) is dropped, after the loop and
+        // every delivery in flight.
+        let (outcomes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(record_outcomes(Arc::clone(&store), queue));
         let task = tokio::spawn(run(
             Arc::new(Worker {
                 store,
                 client,
+                targets: Targets::new(config.destination_ttl),
                 config,
+                outcomes,
             }),
             wake,
             Arc::clone(&stop),
@@ -115,6 +136,69 @@ struct Worker {
     store: Arc<dyn Store>,
     client: reqwest::Client,
     config: DispatchConfig,
+    targets: Targets,
+    /// Outcomes to record, to the recorder ([`record_outcomes`]).
+    outcomes: mpsc::UnboundedSender<Outcome>,
+}
+
+/// A delivery's outcome to record, and the delivery waiting to hear whether it was.
+struct Outcome {
+    transition: Transition,
+    recorded: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// The most outcomes recorded in one call.
+const OUTCOME_BATCH: usize = 512;
+
+impl Worker {
+    /// Records `transition` (with the other outcomes waiting meanwhile); returns whether it
+    /// happened.
+    async fn record(&self, transition: Transition) -> Result<bool, StoreError> {
+        let (recorded, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(o)) = self.outcomes.send(Outcome {
+            transition,
+            recorded,
+        }) {
+            // No recorder (it cannot end while a worker lives, but if it did): alone.
+            return transition_alone(&*self.store, &o.transition).await;
+        }
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+/// Records the outcomes queued by deliveries: everything queued (up to [`OUTCOME_BATCH`]) in
+/// one `transition_actions` call, so outcomes cost one statement per batch instead of one
+/// round trip each; while a batch is written the next one queues. If a batch fails, its
+/// transitions are tried one by one, so one bad outcome cannot fail the others.
+async fn record_outcomes(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Outcome>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
+        let (transitions, waiting): (Vec<Transition>, Vec<_>) =
+            batch.drain(..).map(|o| (o.transition, o.recorded)).unzip();
+        match store.transition_actions(&transitions).await {
+            Ok(done) if done.len() == transitions.len() => {
+                for (recorded, done) in waiting.into_iter().zip(done) {
+                    let _ = recorded.send(Ok(done));
+                }
+            }
+            answer => {
+                if let Err(e) = answer {
+                    tracing::debug!(error = %e, outcomes = transitions.len(), "dispatcher: recording outcomes one by one");
+                }
+                for (t, recorded) in transitions.iter().zip(waiting) {
+                    let _ = recorded.send(transition_alone(&*store, t).await);
+                }
+            }
+        }
+    }
+}
+
+/// One transition on its own: the fallback when a batch failed, so that one outcome the
+/// batch statement could not take (or a lost connection) does not fail the others.
+async fn transition_alone(store: &dyn Store, t: &Transition) -> Result<bool, StoreError> {
+    store
+        .transition_action(&t.tenant, t.id, &t.expected, &t.state, &t.event)
+        .await
 }
 
 async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Stop>) {
@@ -183,29 +267,41 @@ async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Stop>) {
     while deliveries.join_next().await.is_some() {}
 }
 
-async fn expire_acknowledgements(worker: &Worker) -> Result<(), apitrail_store::StoreError> {
+async fn expire_acknowledgements(worker: &Worker) -> Result<(), StoreError> {
     let now = Timestamp::now();
-    for Leased { tenant, mut record } in worker.store.expired_acknowledgements(now, 500).await? {
-        let expected = Expected {
-            status: ActionStatus::Acknowledged,
-            attempt: record.state.attempt,
-            lease_owner: None,
-        };
-        record.state.status = ActionStatus::TimedOut;
-        record.state.updated_at = now;
-        record.state.completed_at = Some(now);
-        record.state.error_message = Some("no signal came before timeout_at".into());
-        let event = ActionEvent::of(&record, "timed_out", record.state.error_message.clone());
-        worker
-            .store
-            .transition_action(&tenant, record.id, &expected, &record.state, &event)
-            .await?;
+    let expired = worker.store.expired_acknowledgements(now, 500).await?;
+    if expired.is_empty() {
+        return Ok(());
     }
+    let transitions: Vec<Transition> = expired
+        .into_iter()
+        .map(|Leased { tenant, mut record }| {
+            let expected = Expected {
+                status: ActionStatus::Acknowledged,
+                attempt: record.state.attempt,
+                lease_owner: None,
+            };
+            record.state.status = ActionStatus::TimedOut;
+            record.state.updated_at = now;
+            record.state.completed_at = Some(now);
+            record.state.error_message = Some("no signal came before timeout_at".into());
+            let event = ActionEvent::of(&record, "timed_out", record.state.error_message.clone());
+            Transition {
+                tenant,
+                id: record.id,
+                expected,
+                state: record.state,
+                event,
+            }
+        })
+        .collect();
+    // One call for all of them; a signal that came meanwhile wins its compare-and-set.
+    worker.store.transition_actions(&transitions).await?;
     Ok(())
 }
 
 /// What one delivery attempt came to.
-enum Outcome {
+enum Attempt {
     /// 2xx.
     Delivered(u16),
     /// Worth another attempt.
@@ -227,17 +323,17 @@ async fn deliver(worker: &Worker, leased: Leased) {
     let s = &mut next.state;
     s.updated_at = now;
     let (kind, message) = match outcome {
-        Outcome::Delivered(code) if signaling => {
+        Attempt::Delivered(code) if signaling => {
             s.status = ActionStatus::Acknowledged;
             s.timeout_at = Some(now.add_millis(i64::from(record.timeout_secs) * 1000));
             ("acknowledged", format!("HTTP {code}"))
         }
-        Outcome::Delivered(code) => {
+        Attempt::Delivered(code) => {
             s.status = ActionStatus::Succeeded;
             s.completed_at = Some(now);
             ("delivered", format!("HTTP {code}"))
         }
-        Outcome::Failed(why) => match worker.config.retry.delay_after(record.state.attempt) {
+        Attempt::Failed(why) => match worker.config.retry.delay_after(record.state.attempt) {
             Some(delay) => {
                 // Jitter (±20%) keeps retries of a burst from arriving together.
                 let jittered = (delay as f64 * (0.8 + 0.4 * fastrand::f64())) as i64;
@@ -255,7 +351,7 @@ async fn deliver(worker: &Worker, leased: Leased) {
                 ("failed", why)
             }
         },
-        Outcome::Refused(why) => {
+        Attempt::Refused(why) => {
             s.status = ActionStatus::Failed;
             s.completed_at = Some(now);
             s.error_message = Some(why.clone());
@@ -263,11 +359,14 @@ async fn deliver(worker: &Worker, leased: Leased) {
         }
     };
     let event = ActionEvent::of(&next, kind, Some(message));
-    match worker
-        .store
-        .transition_action(&tenant, record.id, &expected, &next.state, &event)
-        .await
-    {
+    let transition = Transition {
+        tenant,
+        id: record.id,
+        expected,
+        state: next.state,
+        event,
+    };
+    match worker.record(transition).await {
         Ok(true) => {}
         Ok(false) => tracing::warn!(
             record = %record.id,
@@ -280,23 +379,38 @@ async fn deliver(worker: &Worker, leased: Leased) {
 }
 
 /// Sends one delivery; returns its outcome and whether the destination signals.
-async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (Outcome, bool) {
-    let store = &worker.store;
-    let destination = match store.get_destination(tenant, record.destination_id).await {
-        Ok(Some(d)) if d.deleted_at.is_none() => d,
-        Ok(_) => {
+async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (Attempt, bool) {
+    let target = match worker
+        .targets
+        .get(&*worker.store, tenant, record.destination_id)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return (Attempt::Failed(format!("store: {e}")), false),
+    };
+    let (destination, secret) = match &*target {
+        Target::Ready {
+            destination,
+            secret,
+        } => (destination, secret),
+        Target::Gone => {
             return (
-                Outcome::Refused("the destination was deleted".into()),
+                Attempt::Refused("the destination was deleted".into()),
                 false,
             );
         }
-        Err(e) => return (Outcome::Failed(format!("store: {e}")), false),
+        Target::NoCredential { signaling } => {
+            return (
+                Attempt::Refused("the destination's credential no longer exists".into()),
+                *signaling,
+            );
+        }
     };
     let signaling = destination.config.signaling;
     match webhook_target(&destination.config.url) {
         Err(e) => {
             return (
-                Outcome::Refused(format!("the destination URL {e}")),
+                Attempt::Refused(format!("the destination URL {e}")),
                 signaling,
             );
         }
@@ -305,25 +419,12 @@ async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (Ou
                 && (t.ip.is_some_and(is_private_address) || is_local_name(&t.host)) =>
         {
             return (
-                Outcome::Refused("the destination points to a loopback or private address".into()),
+                Attempt::Refused("the destination points to a loopback or private address".into()),
                 signaling,
             );
         }
         Ok(_) => {}
     }
-    let secret = match destination.credential_id {
-        None => None,
-        Some(id) => match store.get_credential(tenant, id).await {
-            Ok(Some(c)) => Some(c.secret),
-            Ok(None) => {
-                return (
-                    Outcome::Refused("the destination's credential no longer exists".into()),
-                    signaling,
-                );
-            }
-            Err(e) => return (Outcome::Failed(format!("store: {e}")), signaling),
-        },
-    };
     let body = webhook_body(record);
     let id = record.id.to_string();
     let timestamp = Timestamp::now().millis() / 1000;
@@ -346,10 +447,10 @@ async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (Ou
     }
     let outcome = match request.body(body).send().await {
         Ok(response) if response.status().is_success() => {
-            Outcome::Delivered(response.status().as_u16())
+            Attempt::Delivered(response.status().as_u16())
         }
-        Ok(response) => Outcome::Failed(format!("HTTP {}", response.status().as_u16())),
-        Err(e) if e.is_timeout() => Outcome::Failed(format!(
+        Ok(response) => Attempt::Failed(format!("HTTP {}", response.status().as_u16())),
+        Err(e) if e.is_timeout() => Attempt::Failed(format!(
             "no response within response_time_sla_ms ({} ms)",
             destination.config.response_time_sla_ms
         )),
@@ -358,9 +459,9 @@ async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (Ou
             // A name that resolves only to refused addresses will not change its mind on
             // retry: refused at once, like an address.
             if why.contains(NO_PUBLIC_ADDRESS) {
-                Outcome::Refused(why)
+                Attempt::Refused(why)
             } else {
-                Outcome::Failed(why)
+                Attempt::Failed(why)
             }
         }
     };
@@ -432,5 +533,120 @@ impl Resolve for GuardedResolver {
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apitrail_model::{ActionState, new_record_id};
+    use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
+    use apitrail_store_tests::support::{at, new_org};
+
+    use super::*;
+
+    /// Outcomes sent together are recorded (in batches) and each sender hears about its own:
+    /// those under this dispatcher's lease happen, with their events; one expecting another
+    /// owner's lease does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outcomes_are_recorded_in_batches_and_answered_one_by_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default()).expect("open"));
+        let tenant = new_org(&*store, "recorder").await;
+        for i in 0..40 {
+            let record = ActionRecord {
+                id: new_record_id(),
+                definition_id: new_record_id(),
+                version: 1,
+                variant: "notify".into(),
+                input: "{}".into(),
+                timeout_secs: 60,
+                tags: Default::default(),
+                destination_id: new_record_id(),
+                request_id: None,
+                created_at: at(i),
+                state: ActionState {
+                    status: ActionStatus::Pending,
+                    attempt: 0,
+                    updated_at: at(i),
+                    available_at: at(i),
+                    timeout_at: None,
+                    started_at: None,
+                    completed_at: None,
+                    error_message: None,
+                },
+            };
+            let event = ActionEvent::of(&record, "created", None);
+            store
+                .create_action_record(&tenant, &record, &event)
+                .await
+                .expect("create_action_record");
+        }
+        let now = at(1_000);
+        let leased = store
+            .lease_due_actions(now, now.add_millis(60_000), "me", 100)
+            .await
+            .expect("lease");
+        assert_eq!(leased.len(), 40);
+
+        let (outcomes, queue) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_outcomes(Arc::clone(&store), queue));
+        let mut answers = Vec::new();
+        for (i, Leased { tenant, record }) in leased.iter().cloned().enumerate() {
+            let mut next = record.clone();
+            next.state.status = ActionStatus::Succeeded;
+            next.state.completed_at = Some(now);
+            let owner = if i == 7 { "someone else" } else { "me" };
+            let (recorded, answer) = oneshot::channel();
+            let sent = outcomes.send(Outcome {
+                transition: Transition {
+                    tenant,
+                    id: record.id,
+                    expected: Expected {
+                        status: ActionStatus::Pending,
+                        attempt: record.state.attempt,
+                        lease_owner: Some(owner.into()),
+                    },
+                    event: ActionEvent::of(&next, "delivered", None),
+                    state: next.state,
+                },
+                recorded,
+            });
+            assert!(sent.is_ok(), "the recorder is running");
+            answers.push((record.id, i, answer));
+        }
+        drop(outcomes);
+        for (id, i, answer) in answers {
+            let happened = answer.await.expect("an answer").expect("recorded");
+            assert_eq!(happened, i != 7, "outcome {i}");
+            let stored = store
+                .get_action_record(&tenant, id)
+                .await
+                .expect("get")
+                .expect("stored");
+            let want = if i == 7 {
+                ActionStatus::Pending
+            } else {
+                ActionStatus::Succeeded
+            };
+            assert_eq!(stored.state.status, want, "record {i}");
+            let kinds: Vec<String> = store
+                .action_events(&tenant, &[id])
+                .await
+                .expect("events")
+                .into_iter()
+                .map(|e| e.kind)
+                .collect();
+            let want: &[&str] = if i == 7 {
+                &["created"]
+            } else {
+                &["created", "delivered"]
+            };
+            assert_eq!(kinds, want, "events of record {i}");
+        }
+        recorder
+            .await
+            .expect("the recorder ends with its last sender");
+        store.shutdown().await.expect("shutdown");
     }
 }

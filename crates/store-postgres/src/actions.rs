@@ -12,7 +12,7 @@ use apitrail_model::{
     ActionStatus, AuditEntry, Credential, Destination, OrgId, Tags, Tenant, Timestamp,
     WebhookConfig, WebhookSecret,
 };
-use apitrail_store::{ActionStore, Expected, Leased, StoreError};
+use apitrail_store::{ActionStore, Expected, Leased, StoreError, Transition};
 use async_trait::async_trait;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
@@ -240,7 +240,104 @@ async fn claim_names(
     Ok(())
 }
 
+/// A batch of transitions as the columns `transition_actions` sends (one array each).
+#[derive(Default)]
+struct Columns<'a> {
+    org: Vec<i64>,
+    id: Vec<Uuid>,
+    x_status: Vec<&'static str>,
+    x_attempt: Vec<i64>,
+    x_owner: Vec<Option<&'a str>>,
+    status: Vec<&'static str>,
+    attempt: Vec<i64>,
+    updated_at: Vec<i64>,
+    available_at: Vec<i64>,
+    timeout_at: Vec<Option<i64>>,
+    started_at: Vec<Option<i64>>,
+    completed_at: Vec<Option<i64>>,
+    error_message: Vec<Option<&'a str>>,
+    e_id: Vec<Uuid>,
+    e_kind: Vec<&'a str>,
+    e_status: Vec<&'static str>,
+    e_attempt: Vec<i64>,
+    e_available_at: Vec<Option<i64>>,
+    e_timeout_at: Vec<Option<i64>>,
+    e_message: Vec<Option<&'a str>>,
+    e_data: Vec<Option<&'a str>>,
+    e_created_at: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(transitions: impl Iterator<Item = &'a Transition>) -> Self {
+        let mut c = Self::default();
+        for t in transitions {
+            let (x, s, e) = (&t.expected, &t.state, &t.event);
+            c.org.push(t.tenant.key());
+            c.id.push(t.id);
+            c.x_status.push(x.status.as_str());
+            c.x_attempt.push(i64::from(x.attempt));
+            c.x_owner.push(x.lease_owner.as_deref());
+            c.status.push(s.status.as_str());
+            c.attempt.push(i64::from(s.attempt));
+            c.updated_at.push(s.updated_at.millis());
+            c.available_at.push(s.available_at.millis());
+            c.timeout_at.push(s.timeout_at.map(Timestamp::millis));
+            c.started_at.push(s.started_at.map(Timestamp::millis));
+            c.completed_at.push(s.completed_at.map(Timestamp::millis));
+            c.error_message.push(s.error_message.as_deref());
+            c.e_id.push(e.id);
+            c.e_kind.push(&e.kind);
+            c.e_status.push(e.status.as_str());
+            c.e_attempt.push(i64::from(e.attempt));
+            c.e_available_at.push(e.available_at.map(Timestamp::millis));
+            c.e_timeout_at.push(e.timeout_at.map(Timestamp::millis));
+            c.e_message.push(e.message.as_deref());
+            c.e_data.push(e.data.as_deref());
+            c.e_created_at.push(e.created_at.millis());
+        }
+        c
+    }
+}
+
+/// The lease statement (`$1` now, `$2` limit, `$3` owner, `$4` lease end). SKIP LOCKED:
+/// records another server is leasing right now are left to it; a row it leased meanwhile
+/// fails the re-checked WHERE (lease_until is in the future). Run on a volatile writer, whose
+/// session makes it walk `action_records_due` in order (see `conn::VOLATILE`).
+fn lease_sql() -> String {
+    format!(
+        "WITH due AS ( \
+           SELECT org, id FROM action_records \
+           WHERE status = 'pending' AND available_at <= $1 \
+             AND (lease_until IS NULL OR lease_until < $1) \
+           ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+         UPDATE action_records r SET attempt = r.attempt + 1, \
+           started_at = coalesce(r.started_at, $1), lease_owner = $3, lease_until = $4 \
+         FROM due WHERE r.org = due.org AND r.id = due.id \
+         RETURNING {RECORD_COLUMNS}, r.org, (SELECT o.id FROM orgs o WHERE o.seq = r.org)"
+    )
+}
+
 impl PgStore {
+    /// The plan of the lease statement as the dispatcher's connections run it (`EXPLAIN`,
+    /// without costs; nothing is leased), so a test can check that it walks the due index in
+    /// order rather than reading every due row (see `conn::VOLATILE`).
+    #[doc(hidden)]
+    pub async fn explain_lease(&self, now: Timestamp, limit: u32) -> Result<String, StoreError> {
+        let (_open, client) = self.volatile_writer().await?;
+        let rows = client
+            .query(
+                &format!("EXPLAIN (COSTS OFF) {}", lease_sql()),
+                &[&now.millis(), &i64::from(limit), &"explain", &now.millis()],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
     /// Appends `audit` to the transaction that made the change it records, and commits.
     async fn commit_audited(
         &self,
@@ -749,6 +846,98 @@ impl ActionStore for PgStore {
         Ok(changed == 1)
     }
 
+    async fn transition_actions(
+        &self,
+        transitions: &[Transition],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut done = vec![false; transitions.len()];
+        // Each record once (the first transition of it), in (org, id) order: concurrent
+        // batches then lock the rows they share in the same order and cannot deadlock.
+        let mut order: Vec<usize> = (0..transitions.len()).collect();
+        order.sort_by_key(|&i| (transitions[i].tenant.key(), transitions[i].id, i));
+        order.dedup_by_key(|&mut i| (transitions[i].tenant.key(), transitions[i].id));
+        if order.is_empty() {
+            return Ok(done);
+        }
+        let started = Instant::now();
+        let batch = Columns::of(order.iter().map(|&i| &transitions[i]));
+        // Outcomes under leases are the dispatcher's bookkeeping (a volatile writer); a batch
+        // with anything else waits for the WAL flush.
+        let (_open, client) = if transitions.iter().all(Transition::under_lease) {
+            self.volatile_writer().await?
+        } else {
+            self.writer().await?
+        };
+        // One statement: the updates and the events of those that happened, atomically.
+        let rows = client
+            .query(
+                "WITH t AS ( \
+                   SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], \
+                     $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], \
+                     $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::uuid[], \
+                     $15::text[], $16::text[], $17::bigint[], $18::bigint[], $19::bigint[], \
+                     $20::text[], $21::text[], $22::bigint[]) WITH ORDINALITY \
+                   AS t(org, id, x_status, x_attempt, x_owner, status, attempt, updated_at, \
+                     available_at, timeout_at, started_at, completed_at, error_message, e_id, \
+                     e_kind, e_status, e_attempt, e_available_at, e_timeout_at, e_message, \
+                     e_data, e_created_at, n)), \
+                 moved AS ( \
+                   UPDATE action_records r SET status = t.status, attempt = t.attempt, \
+                     updated_at = t.updated_at, available_at = t.available_at, \
+                     timeout_at = t.timeout_at, started_at = t.started_at, \
+                     completed_at = t.completed_at, error_message = t.error_message, \
+                     lease_owner = NULL, lease_until = NULL \
+                   FROM t WHERE r.org = t.org AND r.id = t.id AND r.status = t.x_status \
+                     AND r.attempt = t.x_attempt \
+                     AND (t.x_owner IS NULL OR r.lease_owner = t.x_owner) \
+                   RETURNING t.n), \
+                 events AS ( \
+                   INSERT INTO action_events (org, record_id, id, kind, status, attempt, \
+                     available_at, timeout_at, message, data, created_at) \
+                   SELECT t.org, t.id, t.e_id, t.e_kind, t.e_status, t.e_attempt, \
+                     t.e_available_at, t.e_timeout_at, t.e_message, t.e_data, t.e_created_at \
+                   FROM t JOIN moved ON moved.n = t.n) \
+                 SELECT n FROM moved",
+                &[
+                    &batch.org,
+                    &batch.id,
+                    &batch.x_status,
+                    &batch.x_attempt,
+                    &batch.x_owner,
+                    &batch.status,
+                    &batch.attempt,
+                    &batch.updated_at,
+                    &batch.available_at,
+                    &batch.timeout_at,
+                    &batch.started_at,
+                    &batch.completed_at,
+                    &batch.error_message,
+                    &batch.e_id,
+                    &batch.e_kind,
+                    &batch.e_status,
+                    &batch.e_attempt,
+                    &batch.e_available_at,
+                    &batch.e_timeout_at,
+                    &batch.e_message,
+                    &batch.e_data,
+                    &batch.e_created_at,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        for row in rows {
+            // `n` counts the batch's rows from 1, in the order sent.
+            let n: i64 = row.get(0);
+            let sent = usize::try_from(n - 1)
+                .ok()
+                .and_then(|k| order.get(k))
+                .ok_or_else(|| corrupt(format!("transition row {n} of {}", order.len())))?;
+            done[*sent] = true;
+        }
+        self.committed(0, started);
+        Ok(done)
+    }
+
     async fn lease_due_actions(
         &self,
         now: Timestamp,
@@ -758,21 +947,9 @@ impl ActionStore for PgStore {
     ) -> Result<Vec<Leased>, StoreError> {
         // A lease lost to a PostgreSQL crash only means the record is leased again.
         let (_open, client) = self.volatile_writer().await?;
-        // SKIP LOCKED: records another server is leasing right now are left to it; a row it
-        // leased meanwhile fails the re-checked WHERE (lease_until is in the future).
         client
             .query(
-                &format!(
-                    "WITH due AS ( \
-                       SELECT org, id FROM action_records \
-                       WHERE status = 'pending' AND available_at <= $1 \
-                         AND (lease_until IS NULL OR lease_until < $1) \
-                       ORDER BY available_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                     UPDATE action_records r SET attempt = r.attempt + 1, \
-                       started_at = coalesce(r.started_at, $1), lease_owner = $3, lease_until = $4 \
-                     FROM due WHERE r.org = due.org AND r.id = due.id \
-                     RETURNING {RECORD_COLUMNS}, r.org, (SELECT o.id FROM orgs o WHERE o.seq = r.org)"
-                ),
+                &lease_sql(),
                 &[&now.millis(), &i64::from(limit), &owner, &until.millis()],
             )
             .await

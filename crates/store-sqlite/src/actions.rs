@@ -8,7 +8,7 @@ use apitrail_model::{
     ActionStatus, AuditEntry, Credential, Destination, OrgId, Tenant, Timestamp, WebhookConfig,
     WebhookSecret,
 };
-use apitrail_store::{ActionStore, Expected, Leased, StoreError};
+use apitrail_store::{ActionStore, Expected, Leased, StoreError, Transition};
 use async_trait::async_trait;
 use rusqlite::types::{ToSql, Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
@@ -311,6 +311,44 @@ fn leased_with_tenant(
         Ok((org, id, record))
     })?;
     rows.collect()
+}
+
+/// One compare-and-set transition and, if it happened, its event (inside the caller's job).
+fn apply_transition(
+    conn: &Connection,
+    org: i64,
+    id: Uuid,
+    expected: &Expected,
+    s: &ActionState,
+    e: &ActionEvent,
+) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE action_records SET status = ?5, attempt = ?6, updated_at = ?7, \
+                 available_at = ?8, timeout_at = ?9, started_at = ?10, completed_at = ?11, \
+                 error_message = ?12, lease_owner = NULL, lease_until = NULL \
+                 WHERE org = ?1 AND id = ?2 AND status = ?3 AND attempt = ?4 \
+                 AND (?13 IS NULL OR lease_owner = ?13)",
+        )?
+        .execute(params![
+            org,
+            id.as_bytes(),
+            expected.status.as_str(),
+            expected.attempt,
+            s.status.as_str(),
+            s.attempt,
+            s.updated_at.millis(),
+            s.available_at.millis(),
+            s.timeout_at.map(Timestamp::millis),
+            s.started_at.map(Timestamp::millis),
+            s.completed_at.map(Timestamp::millis),
+            s.error_message,
+            expected.lease_owner,
+        ])?;
+    if changed == 1 {
+        insert_event(conn, org, e)?;
+    }
+    Ok(changed == 1)
 }
 
 #[async_trait]
@@ -729,40 +767,41 @@ impl ActionStore for SqliteStore {
         let expected_under_lease = expected.lease_owner.is_some();
         let (org, expected, s, e) = (tenant.key(), expected.clone(), state.clone(), event.clone());
         let work = move |conn: &Connection| {
-            let changed = conn
-                .prepare_cached(
-                    "UPDATE action_records SET status = ?5, attempt = ?6, updated_at = ?7, \
-                         available_at = ?8, timeout_at = ?9, started_at = ?10, completed_at = ?11, \
-                         error_message = ?12, lease_owner = NULL, lease_until = NULL \
-                         WHERE org = ?1 AND id = ?2 AND status = ?3 AND attempt = ?4 \
-                         AND (?13 IS NULL OR lease_owner = ?13)",
-                )
-                .and_then(|mut st| {
-                    st.execute(params![
-                        org,
-                        id.as_bytes(),
-                        expected.status.as_str(),
-                        expected.attempt,
-                        s.status.as_str(),
-                        s.attempt,
-                        s.updated_at.millis(),
-                        s.available_at.millis(),
-                        s.timeout_at.map(Timestamp::millis),
-                        s.started_at.map(Timestamp::millis),
-                        s.completed_at.map(Timestamp::millis),
-                        s.error_message,
-                        expected.lease_owner,
-                    ])
-                })
-                .map_err(backend)?;
-            if changed == 1 {
-                insert_event(conn, org, &e).map_err(backend)?;
-            }
-            Ok(changed == 1)
+            apply_transition(conn, org, id, &expected, &s, &e).map_err(backend)
         };
         if expected_under_lease {
             // A delivery's outcome, recorded under its lease, is the dispatcher's own
             // bookkeeping: lost to a power failure, the record is only delivered again.
+            self.writer.submit_volatile(work).await
+        } else {
+            self.writer.submit(0, work).await
+        }
+    }
+
+    async fn transition_actions(
+        &self,
+        transitions: &[Transition],
+    ) -> Result<Vec<bool>, StoreError> {
+        if transitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let under_lease = transitions.iter().all(Transition::under_lease);
+        let batch = transitions.to_vec();
+        // One job: the batch commits (or fails) as a whole, in one savepoint.
+        let work = move |conn: &Connection| {
+            let mut seen = std::collections::HashSet::with_capacity(batch.len());
+            let mut done = Vec::with_capacity(batch.len());
+            for t in &batch {
+                let org = t.tenant.key();
+                done.push(
+                    seen.insert((org, t.id))
+                        && apply_transition(conn, org, t.id, &t.expected, &t.state, &t.event)
+                            .map_err(backend)?,
+                );
+            }
+            Ok(done)
+        };
+        if under_lease {
             self.writer.submit_volatile(work).await
         } else {
             self.writer.submit(0, work).await

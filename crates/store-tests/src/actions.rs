@@ -1536,6 +1536,254 @@ pub async fn action_transitions_compare_and_set(store: &dyn Store) {
     );
 }
 
+/// `transition_actions` applies a batch as `transition_action` would one by one: each
+/// transition happens only from its expected state (status, attempt, lease owner) in its own
+/// org, appends its event if it happens and clears the lease, and the answers come back in
+/// the order sent, whatever the order of orgs and ids; a record appears once per batch (a
+/// later transition of it does not happen); batches under leases and batches without (which
+/// wait for the flush) behave alike; racing batches moving one record from one state: one
+/// happens.
+pub async fn action_transitions_apply_in_batches(store: &dyn Store) {
+    let a = new_org(store, "act-batch-a").await;
+    let b = new_org(store, "act-batch-b").await;
+    let def = new_record_id();
+    let now = at(20_000);
+    let mut model: HashMap<Uuid, (Tenant, ActionRecord, Vec<ActionEvent>)> = HashMap::new();
+    let mut ids = Vec::new();
+    for (i, tenant) in [&a, &a, &a, &a, &a, &a, &b].into_iter().enumerate() {
+        let r = pending(def, "batched", at(i as i64), at(i as i64));
+        let e = create_record(store, tenant, &r).await;
+        ids.push(r.id);
+        model.insert(r.id, (tenant.clone(), r, vec![e]));
+    }
+    let leased = store
+        .lease_due_actions(now, now.add_millis(60_000), "w1", 100)
+        .await
+        .expect("lease");
+    assert_eq!(leased.len(), ids.len(), "every record is leased");
+    for l in &leased {
+        let entry = model.get_mut(&l.record.id).expect("a record of the story");
+        entry.1 = leased_at(&entry.1, now);
+        assert_eq!(l.record, entry.1);
+    }
+    let rec = |model: &HashMap<Uuid, (Tenant, ActionRecord, Vec<ActionEvent>)>, i: usize| {
+        model[&ids[i]].1.clone()
+    };
+    async fn assert_model(
+        store: &dyn Store,
+        model: &HashMap<Uuid, (Tenant, ActionRecord, Vec<ActionEvent>)>,
+        ctx: &str,
+    ) {
+        for (id, (tenant, r, events)) in model {
+            assert_eq!(
+                get_record(store, tenant, *id).await.as_ref(),
+                Some(r),
+                "{ctx}: record {id}"
+            );
+            assert_eq!(
+                &events_of(store, tenant, *id).await,
+                events,
+                "{ctx}: events of {id}"
+            );
+        }
+    }
+    let transition = |tenant: &Tenant,
+                      r: &ActionRecord,
+                      expected: Expected,
+                      next: &(ActionRecord, ActionEvent)| {
+        apitrail_store::Transition {
+            tenant: tenant.clone(),
+            id: r.id,
+            expected,
+            state: next.0.state.clone(),
+            event: next.1.clone(),
+        }
+    };
+
+    assert_eq!(
+        store.transition_actions(&[]).await.expect("an empty batch"),
+        Vec::<bool>::new(),
+        "an empty batch answers nothing"
+    );
+
+    // Batch 1, in an order that is neither the orgs' nor the ids'; all but one under leases
+    // (so it waits for the flush).
+    let (r0, r1, r2, r3, r4, q) = (
+        rec(&model, 0),
+        rec(&model, 1),
+        rec(&model, 2),
+        rec(&model, 3),
+        rec(&model, 4),
+        rec(&model, 6),
+    );
+    let t = now.add_millis(100);
+    let r4_retry = {
+        let (mut next, ev) = moved(&r4, ActionStatus::Pending, t, "attempt_failed");
+        next.state.available_at = t.add_millis(50);
+        let ev = ActionEvent::of(&next, "attempt_failed", ev.message);
+        (next, ev)
+    };
+    let r0_done = moved(&r0, ActionStatus::Succeeded, t, "delivered");
+    let q_failed = moved(&q, ActionStatus::Failed, t, "failed");
+    let batch = vec![
+        // happens: back in the queue
+        transition(&a, &r4, expecting(&r4, Some("w1")), &r4_retry),
+        // happens
+        transition(&a, &r0, expecting(&r0, Some("w1")), &r0_done),
+        // another owner's lease: does not happen
+        transition(
+            &a,
+            &r1,
+            expecting(&r1, Some("w2")),
+            &moved(&r1, ActionStatus::Succeeded, t, "stale"),
+        ),
+        // the other org's record, in its org: happens
+        transition(&b, &q, expecting(&q, Some("w1")), &q_failed),
+        // the wrong attempt: does not happen
+        transition(
+            &a,
+            &r2,
+            Expected {
+                attempt: 7,
+                ..expecting(&r2, Some("w1"))
+            },
+            &moved(&r2, ActionStatus::Succeeded, t, "stale"),
+        ),
+        // r4 again, expecting the state its first transition above leaves (pending, the same
+        // attempt, any owner), which applied one by one would happen: a record appears once
+        // per batch, so it does not
+        transition(
+            &a,
+            &r4,
+            expecting(&r4_retry.0, None),
+            &moved(&r4_retry.0, ActionStatus::Failed, t, "twice"),
+        ),
+        // a record of org a asked for in org b: not found there
+        transition(
+            &b,
+            &r3,
+            expecting(&r3, Some("w1")),
+            &moved(&r3, ActionStatus::Succeeded, t, "elsewhere"),
+        ),
+        // no such record
+        transition(
+            &a,
+            &pending(def, "batched", at(0), at(0)),
+            expecting(&r3, Some("w1")),
+            &moved(&r3, ActionStatus::Succeeded, t, "nowhere"),
+        ),
+    ];
+    let done = store
+        .transition_actions(&batch)
+        .await
+        .expect("transition_actions");
+    assert_eq!(
+        done,
+        vec![true, true, false, true, false, false, false, false],
+        "which transitions of the batch happened, in the order sent"
+    );
+    for (id, next) in [(r4.id, &r4_retry), (r0.id, &r0_done), (q.id, &q_failed)] {
+        let entry = model.get_mut(&id).expect("a record of the story");
+        entry.1 = next.0.clone();
+        entry.2.push(next.1.clone());
+    }
+    assert_model(store, &model, "after the first batch").await;
+    // The batch cleared r4's lease: it is due again, with its next attempt.
+    let t2 = t.add_millis(60);
+    let again = store
+        .lease_due_actions(t2, t2.add_millis(60_000), "w2", 100)
+        .await
+        .expect("lease");
+    assert_eq!(
+        again.iter().map(|l| l.record.id).collect::<Vec<_>>(),
+        vec![r4.id],
+        "only the record put back by the batch is due again"
+    );
+    model.get_mut(&r4.id).expect("r4").1 = leased_at(&r4_retry.0, t2);
+
+    // Batch 2, without leases: expecting no owner matches any.
+    let (r1, r4) = (rec(&model, 1), rec(&model, 4));
+    let t3 = t2.add_millis(100);
+    let r1_ack = moved(&r1, ActionStatus::Acknowledged, t3, "acknowledged");
+    let r4_done = moved(&r4, ActionStatus::Succeeded, t3, "delivered");
+    let batch = vec![
+        transition(&a, &r1, expecting(&r1, None), &r1_ack),
+        // r0 left the state this expects
+        transition(
+            &a,
+            &r0,
+            expecting(&r0, Some("w1")),
+            &moved(&r0, ActionStatus::Failed, t3, "late"),
+        ),
+        transition(&a, &r4, expecting(&r4, None), &r4_done),
+    ];
+    let done = store
+        .transition_actions(&batch)
+        .await
+        .expect("transition_actions");
+    assert_eq!(done, vec![true, false, true], "a batch without leases");
+    for (id, next) in [(r1.id, &r1_ack), (r4.id, &r4_done)] {
+        let entry = model.get_mut(&id).expect("a record of the story");
+        entry.1 = next.0.clone();
+        entry.2.push(next.1.clone());
+    }
+    assert_model(store, &model, "after a batch without leases").await;
+
+    // Eight racing batches, each moving r5 (and r2, in the other order) from the same state:
+    // one batch's transition of each happens.
+    let (r2, r5) = (rec(&model, 2), rec(&model, 5));
+    let batches: Vec<Vec<apitrail_store::Transition>> = (0..8)
+        .map(|i| {
+            let when = t3.add_millis(10 + i);
+            let status = if i % 2 == 0 {
+                ActionStatus::Succeeded
+            } else {
+                ActionStatus::Failed
+            };
+            let one = transition(
+                &a,
+                &r5,
+                expecting(&r5, Some("w1")),
+                &moved(&r5, status, when, &format!("racer_{i}")),
+            );
+            let two = transition(
+                &a,
+                &r2,
+                expecting(&r2, Some("w1")),
+                &moved(&r2, status, when, &format!("racer_{i}")),
+            );
+            if i % 2 == 0 {
+                vec![one, two]
+            } else {
+                vec![two, one]
+            }
+        })
+        .collect();
+    let results = join_all(batches.iter().map(|b| store.transition_actions(b))).await;
+    for id in [r2.id, r5.id] {
+        let winners: Vec<&apitrail_store::Transition> = results
+            .iter()
+            .zip(&batches)
+            .flat_map(|(r, b)| {
+                let r = r.as_ref().expect("transition_actions");
+                r.iter()
+                    .zip(b)
+                    .filter(|(d, t)| **d && t.id == id)
+                    .map(|(_, t)| t)
+            })
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "exactly one racing transition of {id} happens"
+        );
+        let entry = model.get_mut(&id).expect("a record of the story");
+        entry.1.state = winners[0].state.clone();
+        entry.2.push(winners[0].event.clone());
+    }
+    assert_model(store, &model, "after the race").await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Story 5: leasing
 

@@ -44,8 +44,9 @@ pub use actions::{
     action_credentials_and_destinations_round_trip,
     action_definitions_are_versioned_with_unique_names,
     action_records_list_and_search_like_the_reference_model, action_tenants_never_see_each_other,
-    action_transitions_compare_and_set, concurrent_leasing_hands_out_each_record_once,
-    due_actions_are_leased_until_the_lease_expires, expired_acknowledgements_are_found_across_orgs,
+    action_transitions_apply_in_batches, action_transitions_compare_and_set,
+    concurrent_leasing_hands_out_each_record_once, due_actions_are_leased_until_the_lease_expires,
+    expired_acknowledgements_are_found_across_orgs,
 };
 pub use audit::{
     audit_chains_stay_linked_under_concurrent_writes, audit_entries_list_newest_first,
@@ -102,6 +103,7 @@ macro_rules! store_conformance {
             action_definitions_are_versioned_with_unique_names,
             action_records_list_and_search_like_the_reference_model,
             action_transitions_compare_and_set,
+            action_transitions_apply_in_batches,
             due_actions_are_leased_until_the_lease_expires,
             concurrent_leasing_hands_out_each_record_once,
             expired_acknowledgements_are_found_across_orgs,

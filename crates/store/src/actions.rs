@@ -30,6 +30,30 @@ pub struct Leased {
     pub record: ActionRecord,
 }
 
+/// One compare-and-set transition of a batch ([`ActionStore::transition_actions`]): what
+/// [`ActionStore::transition_action`] takes, with the record's org.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The record's org.
+    pub tenant: Tenant,
+    /// The record.
+    pub id: Uuid,
+    /// The state it must still be in.
+    pub expected: Expected,
+    /// The state it moves to.
+    pub state: ActionState,
+    /// The event recording the move.
+    pub event: ActionEvent,
+}
+
+impl Transition {
+    /// Whether this transition is recorded under a lease (a delivery's outcome), which need
+    /// not wait for the flush to disk: losing it only means the record is delivered again.
+    pub fn under_lease(&self) -> bool {
+        self.expected.lease_owner.is_some()
+    }
+}
+
 /// Storage of actions. Every mutation of a credential, destination or definition is written
 /// with its audit entry in one transaction.
 #[async_trait]
@@ -159,6 +183,16 @@ pub trait ActionStore: Send + Sync {
         state: &ActionState,
         event: &ActionEvent,
     ) -> Result<bool, StoreError>;
+
+    /// Applies each of `transitions` as [`ActionStore::transition_action`] would, in one
+    /// statement or transaction, and returns whether each happened, in order. The dispatcher
+    /// records the outcomes of the deliveries that finished meanwhile in one call, instead of
+    /// one round trip and one commit each. A record appears at most once per call: a later
+    /// transition of a record already in it does not happen (`false`). Atomic: on an error
+    /// none happened. Waits for the flush to disk unless every transition is under a lease
+    /// ([`Transition::under_lease`]), like `transition_action`.
+    async fn transition_actions(&self, transitions: &[Transition])
+    -> Result<Vec<bool>, StoreError>;
 
     /// Leases up to `limit` pending records due at `now` (of any org) that no live lease
     /// holds, for `owner` until `until`: each one's attempt is counted and its `started_at`

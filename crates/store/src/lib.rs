@@ -20,7 +20,7 @@ use apitrail_model::{
 use async_trait::async_trait;
 use uuid::Uuid;
 
-pub use actions::{ActionStore, Expected, Leased};
+pub use actions::{ActionStore, Expected, Leased, Transition};
 pub use stats::{Histogram, HistogramSnapshot, StoreStats};
 
 /// Errors every backend maps its failures into.
