@@ -81,7 +81,8 @@ impl Default for PgOptions {
 #[derive(Debug)]
 pub(crate) struct Reader {
     client: Client,
-    statements: std::sync::Mutex<HashMap<String, tokio_postgres::Statement>>,
+    /// Each statement with the time it was prepared.
+    statements: std::sync::Mutex<HashMap<String, (tokio_postgres::Statement, Instant)>>,
 }
 
 impl From<Client> for Reader {
@@ -97,20 +98,33 @@ impl Reader {
     /// Statements kept per connection at most; the list query has a few hundred shapes.
     const MAX_STATEMENTS: usize = 2_000;
 
-    /// Runs `sql` as a prepared statement, preparing it on first use.
+    /// How long a prepared statement (and so its generic plan) is kept. A generic plan is
+    /// made from the statistics of the moment it is first run: one made while the newest day
+    /// was nearly empty or not yet analyzed (just after midnight UTC, or right after a burst
+    /// of ingest) may read that day by a bitmap scan and a sort, which grows with the day.
+    /// Preparing again now and then lets plans follow the statistics.
+    const PLAN_TTL: Duration = Duration::from_secs(300);
+
+    /// Runs `sql` as a prepared statement, preparing it on first use and again once it is
+    /// older than [`Reader::PLAN_TTL`].
     pub(crate) async fn query(
         &self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        let cached = self.cache().get(sql).cloned();
+        let cached = self
+            .cache()
+            .get(sql)
+            .filter(|(_, prepared)| prepared.elapsed() < Self::PLAN_TTL)
+            .map(|(st, _)| st.clone());
         let statement = match cached {
             Some(st) => st,
             None => {
                 let st = self.client.prepare(sql).await?;
                 let mut cache = self.cache();
-                if cache.len() < Self::MAX_STATEMENTS {
-                    cache.insert(sql.to_owned(), st.clone());
+                if cache.len() < Self::MAX_STATEMENTS || cache.contains_key(sql) {
+                    // Replacing drops the old statement, which closes it on the server.
+                    cache.insert(sql.to_owned(), (st.clone(), Instant::now()));
                 }
                 st
             }
@@ -118,7 +132,9 @@ impl Reader {
         self.client.query(&statement, params).await
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio_postgres::Statement>> {
+    fn cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (tokio_postgres::Statement, Instant)>> {
         // A cache only: a panic elsewhere cannot leave it inconsistent.
         self.statements
             .lock()
