@@ -538,9 +538,9 @@ impl Resolve for GuardedResolver {
 
 #[cfg(test)]
 mod tests {
-    use apitrail_model::{ActionState, new_record_id};
+    use apitrail_model::new_record_id;
     use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
-    use apitrail_store_tests::support::{at, new_org};
+    use apitrail_store_tests::support::{at, create_record, new_org, pending};
 
     use super::*;
 
@@ -554,33 +554,8 @@ mod tests {
             Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default()).expect("open"));
         let tenant = new_org(&*store, "recorder").await;
         for i in 0..40 {
-            let record = ActionRecord {
-                id: new_record_id(),
-                definition_id: new_record_id(),
-                version: 1,
-                variant: "notify".into(),
-                input: "{}".into(),
-                timeout_secs: 60,
-                tags: Default::default(),
-                destination_id: new_record_id(),
-                request_id: None,
-                created_at: at(i),
-                state: ActionState {
-                    status: ActionStatus::Pending,
-                    attempt: 0,
-                    updated_at: at(i),
-                    available_at: at(i),
-                    timeout_at: None,
-                    started_at: None,
-                    completed_at: None,
-                    error_message: None,
-                },
-            };
-            let event = ActionEvent::of(&record, "created", None);
-            store
-                .create_action_record(&tenant, &record, &event)
-                .await
-                .expect("create_action_record");
+            let record = pending(new_record_id(), "notify", at(i), at(i));
+            create_record(&*store, &tenant, &record).await;
         }
         let now = at(1_000);
         let leased = store

@@ -793,57 +793,16 @@ impl ActionStore for PgStore {
         state: &ActionState,
         event: &ActionEvent,
     ) -> Result<bool, StoreError> {
-        let started = Instant::now();
-        let (org, s, e) = (tenant.key(), state, event);
-        // A delivery's outcome, recorded under its lease, is the dispatcher's own bookkeeping
-        // (a volatile writer); anything acknowledged to a client (a signal) waits for the WAL
-        // flush. One statement: the update and its event, atomically.
-        let (_open, client) = if expected.lease_owner.is_some() {
-            self.volatile_writer().await?
-        } else {
-            self.writer().await?
+        // A batch of one: the same statement, writer choice and compare-and-set.
+        let one = Transition {
+            tenant: tenant.clone(),
+            id,
+            expected: expected.clone(),
+            state: state.clone(),
+            event: event.clone(),
         };
-        let changed = client
-            .execute(
-                "WITH moved AS ( \
-                   UPDATE action_records SET status = $5, attempt = $6, updated_at = $7, \
-                     available_at = $8, timeout_at = $9, started_at = $10, completed_at = $11, \
-                     error_message = $12, lease_owner = NULL, lease_until = NULL \
-                   WHERE org = $1 AND id = $2 AND status = $3 AND attempt = $4 \
-                     AND ($13::text IS NULL OR lease_owner = $13) \
-                   RETURNING org) \
-                 INSERT INTO action_events (org, record_id, id, kind, status, attempt, \
-                   available_at, timeout_at, message, data, created_at) \
-                 SELECT org, $2, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM moved",
-                &[
-                    &org,
-                    &id,
-                    &expected.status.as_str(),
-                    &i64::from(expected.attempt),
-                    &s.status.as_str(),
-                    &i64::from(s.attempt),
-                    &s.updated_at.millis(),
-                    &s.available_at.millis(),
-                    &s.timeout_at.map(Timestamp::millis),
-                    &s.started_at.map(Timestamp::millis),
-                    &s.completed_at.map(Timestamp::millis),
-                    &s.error_message,
-                    &expected.lease_owner,
-                    &e.id,
-                    &e.kind,
-                    &e.status.as_str(),
-                    &i64::from(e.attempt),
-                    &e.available_at.map(Timestamp::millis),
-                    &e.timeout_at.map(Timestamp::millis),
-                    &e.message,
-                    &e.data,
-                    &e.created_at.millis(),
-                ],
-            )
-            .await
-            .map_err(backend)?;
-        self.committed(0, started);
-        Ok(changed == 1)
+        let done = self.transition_actions(std::slice::from_ref(&one)).await?;
+        Ok(done.first().copied().unwrap_or(false))
     }
 
     async fn transition_actions(

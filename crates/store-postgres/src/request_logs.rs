@@ -344,8 +344,7 @@ pub(crate) async fn list(
 /// The status codes the org's logs have held (`request_log_values`), a few dozen at most;
 /// the range is applied by [`codes_in`]. A code no stored record has any more gives an empty
 /// run.
-const STATUS_CODES: &str =
-    "SELECT value FROM request_log_values WHERE org = $1 AND field = 1 ORDER BY value";
+const STATUS_CODES: &str = "SELECT value FROM request_log_values WHERE org = $1 AND field = 1";
 
 /// The codes of `rows` (of [`STATUS_CODES`]) within `[lo, hi]`, ascending.
 fn codes_in(rows: &[Row], lo: i32, hi: i32) -> Vec<i32> {
@@ -431,25 +430,24 @@ fn list_query(
     let mut args: Args = vec![Box::new(org)];
     // Every condition but the status range, which the skip-scan form handles itself.
     let mut conds = String::new();
-    for (name, value) in [
-        ("method", &filter.method),
-        ("route_pattern", &filter.route_pattern),
-        ("auth_type", &filter.auth_type),
-        ("api_key_id", &filter.api_key_id),
-        ("service_account_id", &filter.service_account_id),
-        ("user_id", &filter.user_id),
-        ("email", &filter.email),
+    // Each equality filter, and the `request_log_values` field that guards it, if any.
+    for (name, value, guard) in [
+        ("method", &filter.method, None),
+        ("route_pattern", &filter.route_pattern, None),
+        ("auth_type", &filter.auth_type, None),
+        ("api_key_id", &filter.api_key_id, Some(Field::ApiKey)),
+        (
+            "service_account_id",
+            &filter.service_account_id,
+            Some(Field::ServiceAccount),
+        ),
+        ("user_id", &filter.user_id, None),
+        ("email", &filter.email, Some(Field::Email)),
     ] {
         if let Some(v) = value {
             let p = push(&mut args, v.clone());
             conds.push_str(&format!(" AND {name} = {p}"));
-            let field = match name {
-                "api_key_id" => Some(Field::ApiKey),
-                "service_account_id" => Some(Field::ServiceAccount),
-                "email" => Some(Field::Email),
-                _ => None,
-            };
-            if let Some(field) = field {
+            if let Some(field) = guard {
                 // Not correlated with the row: an initplan, run once, and when false no
                 // partition is read at all.
                 conds.push_str(&format!(

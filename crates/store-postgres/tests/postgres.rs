@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use apitrail_pgtest::PgServer;
-use apitrail_store::{ActionStore, Store, StoreError};
+use apitrail_store::{Store, StoreError};
 use apitrail_store_postgres::{PgOptions, PgStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,39 +95,14 @@ async fn writes_do_not_depend_on_the_default_isolation() {
 /// indexed (BENCHMARKS.md, Actions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lease_walks_the_due_index_in_order() {
-    use apitrail_model::{ActionEvent, ActionRecord, ActionState, ActionStatus, new_record_id};
-    use apitrail_store_tests::support::{at, new_org};
+    use apitrail_model::new_record_id;
+    use apitrail_store_tests::support::{at, create_record, new_org, pending};
     let url = PgServer::shared().fresh_database().await;
     let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
     let tenant = new_org(&store, "lease-plan").await;
     for i in 0..2_000 {
-        let record = ActionRecord {
-            id: new_record_id(),
-            definition_id: new_record_id(),
-            version: 1,
-            variant: "notify".into(),
-            input: "{}".into(),
-            timeout_secs: 60,
-            tags: Default::default(),
-            destination_id: new_record_id(),
-            request_id: None,
-            created_at: at(i),
-            state: ActionState {
-                status: ActionStatus::Pending,
-                attempt: 0,
-                updated_at: at(i),
-                available_at: at(i),
-                timeout_at: None,
-                started_at: None,
-                completed_at: None,
-                error_message: None,
-            },
-        };
-        let event = ActionEvent::of(&record, "created", None);
-        store
-            .create_action_record(&tenant, &record, &event)
-            .await
-            .unwrap();
+        let record = pending(new_record_id(), "notify", at(i), at(i));
+        create_record(&store, &tenant, &record).await;
     }
     let plan = store.explain_lease(at(10_000), 256).await.unwrap();
     assert!(

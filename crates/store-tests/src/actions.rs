@@ -18,7 +18,7 @@ use fastrand::Rng;
 use uuid::Uuid;
 
 use crate::audit::newest_first;
-use crate::support::{at, audit_entry, join_all, new_org, random_id};
+use crate::support::{at, audit_entry, create_record, join_all, new_org, pending, random_id};
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -68,47 +68,6 @@ fn definition(
         updated_at: created_at,
         deleted_at: None,
     }
-}
-
-/// A pending record of `definition_id`, due at `available_at`.
-fn pending(
-    definition_id: Uuid,
-    variant: &str,
-    created_at: Timestamp,
-    available_at: Timestamp,
-) -> ActionRecord {
-    ActionRecord {
-        id: new_record_id(),
-        definition_id,
-        version: 1,
-        variant: variant.into(),
-        input: r#"{"to":"ann@example.com","amount":1.5,"note":"Zoë ✓"}"#.into(),
-        timeout_secs: 300,
-        tags: tags(&[("team", "payments")]),
-        destination_id: new_record_id(),
-        request_id: Some("req_actions".into()),
-        created_at,
-        state: ActionState {
-            status: ActionStatus::Pending,
-            attempt: 0,
-            updated_at: created_at,
-            available_at,
-            timeout_at: None,
-            started_at: None,
-            completed_at: None,
-            error_message: None,
-        },
-    }
-}
-
-/// Stores `record` with its `created` event; returns the event.
-async fn create_record(store: &dyn Store, tenant: &Tenant, record: &ActionRecord) -> ActionEvent {
-    let event = ActionEvent::of(record, "created", None);
-    store
-        .create_action_record(tenant, record, &event)
-        .await
-        .unwrap_or_else(|e| panic!("create_action_record({}) failed: {e:?}", record.id));
-    event
 }
 
 /// `record` moved to `status` at `when`, and the event recording the move.

@@ -12,8 +12,9 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use apitrail_model::{
-    ApiKey, AuditEntry, LogFilter, Org, OrgId, PageRequest, PageStart, PrincipalType, RequestId,
-    RequestLog, Scope, Secret, Sort, SortDir, SortKey, Tenant, Timestamp, new_record_id,
+    ActionEvent, ActionRecord, ActionState, ActionStatus, ApiKey, AuditEntry, LogFilter, Org,
+    OrgId, PageRequest, PageStart, PrincipalType, RequestId, RequestLog, Scope, Secret, Sort,
+    SortDir, SortKey, Tenant, Timestamp, new_record_id,
 };
 use apitrail_store::{InsertOutcome, LogBatch, Store};
 use fastrand::Rng;
@@ -469,4 +470,51 @@ pub async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F:
         .into_iter()
         .map(|o| o.expect("every future completed"))
         .collect()
+}
+
+/// A pending record of `definition_id`, due at `available_at`.
+pub fn pending(
+    definition_id: Uuid,
+    variant: &str,
+    created_at: Timestamp,
+    available_at: Timestamp,
+) -> ActionRecord {
+    ActionRecord {
+        id: new_record_id(),
+        definition_id,
+        version: 1,
+        variant: variant.into(),
+        input: r#"{"to":"ann@example.com","amount":1.5,"note":"Zoë ✓"}"#.into(),
+        timeout_secs: 300,
+        tags: [("team".to_owned(), "payments".to_owned())]
+            .into_iter()
+            .collect(),
+        destination_id: new_record_id(),
+        request_id: Some("req_actions".into()),
+        created_at,
+        state: ActionState {
+            status: ActionStatus::Pending,
+            attempt: 0,
+            updated_at: created_at,
+            available_at,
+            timeout_at: None,
+            started_at: None,
+            completed_at: None,
+            error_message: None,
+        },
+    }
+}
+
+/// Stores `record` with its `created` event; returns the event.
+pub async fn create_record(
+    store: &dyn Store,
+    tenant: &Tenant,
+    record: &ActionRecord,
+) -> ActionEvent {
+    let event = ActionEvent::of(record, "created", None);
+    store
+        .create_action_record(tenant, record, &event)
+        .await
+        .unwrap_or_else(|e| panic!("create_action_record({}) failed: {e:?}", record.id));
+    event
 }
