@@ -69,7 +69,7 @@ pub struct ApiCallWithPrice {
     /// EXTENSION.
     method: &'static str,
     /// Billable minutes.
-    minutes: Option<i64>,
+    minutes: Option<i32>,
     /// The org's id; null when the org's id is not a UUID.
     #[schema(format = "uuid")]
     org_id: Option<String>,
@@ -85,7 +85,7 @@ pub struct ApiCallWithPrice {
     /// The response body (capped at ingest).
     response_body: Option<String>,
     /// Billable seconds.
-    seconds: Option<i64>,
+    seconds: Option<i32>,
     /// When the platform started handling the call.
     started_at: Option<String>,
     /// The HTTP status code.
@@ -147,14 +147,16 @@ impl ApiCallWithPrice {
             id: log.id.to_string(),
             ip_address: log.client_ip.map(|ip| ip.to_string()),
             method,
-            minutes: log.minutes,
+            // The official clients read these as 32-bit integers; a value stored before
+            // ingest bounded them is printed as null rather than one they cannot parse.
+            minutes: log.minutes.and_then(|n| i32::try_from(n).ok()),
             org_id: org_id.map(str::to_owned),
             origin: log.origin,
             price: log.price.as_deref().and_then(price_number),
             request_body: log.request_body,
             request_query_params: log.query,
             response_body: log.response_body,
-            seconds: log.seconds,
+            seconds: log.seconds.and_then(|n| i32::try_from(n).ok()),
             started_at: log.started_at.map(Timestamp::to_rfc3339),
             status_code: log.status_code,
             stripe_invoice_item_id: log.stripe_invoice_item_id,

@@ -1002,7 +1002,7 @@ async fn prices_are_decimals_as_strings_or_numbers() {
         (json!(16.74), "16.74"),
         (json!(3), "3"),
         (json!("3"), "3"),
-        (json!("-0.5"), "-0.5"),
+        (json!("0.5"), "0.5"),
         (json!(0), "0"),
         (json!("0.000001"), "0.000001"),
     ];
@@ -1037,6 +1037,9 @@ async fn prices_are_decimals_as_strings_or_numbers() {
         json!("5."),
         json!("1.2.3"),
         json!("--1"),
+        // A price is never negative (a refund is a record of its own kind, not a call).
+        json!("-0.5"),
+        json!(-3),
         json!("16,74"),
         json!(" 16.74"),
         json!(true),
@@ -1374,4 +1377,88 @@ async fn a_record_with_a_repeated_field_is_refused_not_dropped() {
         "nothing of a refused batch is stored: {audit:?}"
     );
     server.stop().await;
+}
+
+/// Issue 13: the values a hostile or careless client sent that broke others or itself are
+/// refused by name: times outside the ingest window (a record dated 9999 sat on top of every
+/// newest-first list), a duration derived from absurd times, counts the zoo dialect's 32-bit
+/// clients cannot read, negative prices. Nothing of a refused batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_counts_and_prices_outside_their_bounds_are_refused() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("bounds").await;
+    let base = json!({"method": "GET", "path": "/b", "status_code": 200});
+    let with = |extra: Value| {
+        let mut r = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        r
+    };
+    let cases = [
+        (
+            json!({"created_at": "9999-12-31T23:59:59Z"}),
+            vec!["created_at"],
+        ),
+        (
+            json!({"created_at": "1999-12-31T23:59:59Z"}),
+            vec!["created_at"],
+        ),
+        (
+            json!({"started_at": "0001-01-01T00:00:00Z", "completed_at": "9999-12-31T00:00:00Z"}),
+            vec!["completed_at", "started_at"],
+        ),
+        (
+            json!({"started_at": "2024-01-01T00:00:00Z", "completed_at": "2025-01-01T00:00:00Z"}),
+            vec!["completed_at"],
+        ),
+        (json!({"minutes": 3_000_000_000_i64}), vec!["minutes"]),
+        (json!({"seconds": 3_000_000_000_i64}), vec!["seconds"]),
+        (json!({"price": "-1.50"}), vec!["price"]),
+    ];
+    for (extra, fields) in cases {
+        let resp = server
+            .request(Method::POST, "/v1/ingest/requests")
+            .header("x-api-key", &key.secret)
+            .json(&json!([with(extra.clone()), base.clone()]))
+            .send()
+            .await
+            .unwrap();
+        let body =
+            expect_native_error(resp, StatusCode::BAD_REQUEST, "invalid_records", None).await;
+        let got: BTreeSet<(u64, Option<String>)> = detail_pairs(&body).into_iter().collect();
+        let want: BTreeSet<(u64, Option<String>)> =
+            fields.iter().map(|f| (0, Some((*f).to_owned()))).collect();
+        assert_eq!(got, want, "{extra}: {body}");
+    }
+    assert_eq!(stored_count(&server, "bounds").await, 0);
+    // The bounds themselves are accepted.
+    let now = apitrail_model::Timestamp::now();
+    let edge = [
+        with(json!({"created_at": "2000-01-01T00:00:00Z", "minutes": 2_147_483_647, "price": "0"})),
+        with(json!({"created_at": now.add_millis(60_000).to_rfc3339(), "seconds": 0})),
+    ];
+    server
+        .ingest(
+            &key.secret,
+            &Value::Array(edge.to_vec()),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    assert_eq!(stored_count(&server, "bounds").await, 2);
+
+    // Audit events obey the same window.
+    let resp = server
+        .request(Method::POST, "/v1/ingest/audit-events")
+        .header("x-api-key", &key.secret)
+        .json(&json!([{"action": "a", "resource_type": "r", "created_at": "9999-01-01T00:00:00Z"}]))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_native_error(resp, StatusCode::BAD_REQUEST, "invalid_records", None).await;
+    assert_eq!(
+        detail_pairs(&body),
+        vec![(0, Some("created_at".to_owned()))],
+        "{body}"
+    );
 }

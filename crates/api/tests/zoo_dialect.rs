@@ -564,7 +564,8 @@ async fn a_walk_sees_every_record_once_while_new_ones_arrive() {
             }
             // Between pages, new calls arrive at both ends of time (ids unseen by the model).
             round += 1;
-            let fresh: Vec<Value> = [("2020-01-01T00:00:00Z", 0), ("2030-01-01T00:00:00Z", 1)]
+            let now = apitrail_model::Timestamp::now().to_rfc3339();
+            let fresh: Vec<Value> = [("2020-01-01T00:00:00Z", 0), (now.as_str(), 1)]
                 .iter()
                 .map(|(at, n)| {
                     json!({"method": "GET", "path": format!("/fresh/{round}/{n}"),
@@ -838,4 +839,40 @@ async fn self_logged_calls_carry_their_call_id_and_are_listed() {
         assert!(ids.contains(&call_id), "{route}: {ids:?}");
     }
     server.stop().await;
+}
+
+/// A count stored before ingest bounded `minutes` and `seconds` (issue 13) is printed as
+/// null, never as a value the official clients' 32-bit integers cannot hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_beyond_32_bits_stored_earlier_print_as_null() {
+    use apitrail_model::{OrgId, RequestLog, Timestamp};
+    use apitrail_store::LogBatch;
+    let server = TestServer::start().await;
+    let key = server.org_with_key("wide-counts").await;
+    let tenant = server
+        .store
+        .tenant(&OrgId::parse("wide-counts").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = RequestLog {
+        id: apitrail_model::new_record_id(),
+        method: "GET".into(),
+        path: "/old".into(),
+        status_code: 200,
+        created_at: Timestamp::now(),
+        minutes: Some(3_000_000_000),
+        seconds: Some(2_147_483_647),
+        ..RequestLog::default()
+    };
+    server
+        .store
+        .insert_request_logs(vec![LogBatch::minted(tenant, vec![log.clone()])])
+        .await
+        .unwrap();
+    let page = ok(&server, &key.secret, "/org/api-calls").await;
+    let item = &page["items"][0];
+    assert_eq!(item["id"], log.id.to_string());
+    assert_eq!(item["minutes"], Value::Null, "{item}");
+    assert_eq!(item["seconds"], 2_147_483_647, "{item}");
 }

@@ -41,6 +41,17 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// PostgreSQL: request logs dated up to this many days back get a partition of their own
+    /// day; older ones share a coarse partition, so the number of partitions never follows
+    /// the dates clients send.
+    #[arg(
+        long,
+        env = "APITRAIL_PARTITION_WINDOW_DAYS",
+        default_value_t = 31,
+        value_parser = clap::value_parser!(u32).range(1..=3660),
+        global = true
+    )]
+    pub partition_window_days: u32,
 }
 
 /// Where a store lives, from `--data-dir` / `--database-url`.
@@ -100,7 +111,11 @@ impl StoreArgs {
                 Ok(Arc::new(store))
             }
             Location::Postgres(url) => {
-                let store = PgStore::connect(&url, PgOptions::default())
+                let options = PgOptions {
+                    partition_window_days: self.partition_window_days,
+                    ..PgOptions::default()
+                };
+                let store = PgStore::connect(&url, options)
                     .await
                     .map_err(|e| format!("cannot open the store ({}): {e}", self.describe()))?;
                 Ok(Arc::new(store))
@@ -297,6 +312,7 @@ mod tests {
         let args = |url: Option<&str>| StoreArgs {
             data_dir: PathBuf::from("/d"),
             database_url: url.map(str::to_owned),
+            partition_window_days: 31,
         };
         assert_eq!(
             args(None).location().unwrap(),

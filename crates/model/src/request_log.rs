@@ -117,10 +117,12 @@ pub mod rules {
         s.parse().map_err(|_| "must be an IPv4 or IPv6 address")
     }
 
-    /// A decimal price such as `16.74` or `-0.5`.
+    /// A decimal price such as `16.74`; never negative.
     pub fn price(s: &str) -> Result<String, &'static str> {
-        let digits = s.strip_prefix('-').unwrap_or(s);
-        let (int, frac) = digits.split_once('.').unwrap_or((digits, "0"));
+        if s.starts_with('-') {
+            return Err("must not be negative");
+        }
+        let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
         let ok = !int.is_empty()
             && !frac.is_empty()
             && int.len() <= 18
@@ -147,14 +149,27 @@ pub mod rules {
         (body, true)
     }
 
-    /// `completed_at - started_at`, when both are known and in order.
+    /// A billable count (`minutes`, `seconds`): a 32-bit integer that is not negative,
+    /// since the official clients of the zoo dialect read them as 32-bit integers.
+    pub fn count(n: i64) -> Result<i64, &'static str> {
+        if (0..=i64::from(i32::MAX)).contains(&n) {
+            Ok(n)
+        } else {
+            Err("must be between 0 and 2147483647")
+        }
+    }
+
+    /// `completed_at - started_at`, when both are known and in order. A derived duration
+    /// obeys the bound of an explicit `duration_ms`.
     pub fn derived_duration(
         started: Option<Timestamp>,
         completed: Option<Timestamp>,
-    ) -> Option<i64> {
+    ) -> Result<Option<i64>, &'static str> {
         match (started, completed) {
-            (Some(s), Some(c)) if c >= s => Some(c.millis() - s.millis()),
-            _ => None,
+            (Some(s), Some(c)) if c >= s => duration_ms(c.millis() - s.millis())
+                .map(Some)
+                .map_err(|_| "must be at most 2147483647 ms after started_at"),
+            _ => Ok(None),
         }
     }
 }
@@ -187,9 +202,34 @@ mod tests {
         assert!(price("16.74").is_ok());
         assert!(price("-0.5").is_ok());
         assert!(price("3").is_ok());
-        for bad in ["", ".5", "5.", "1e3", "abc", "1.2.3", "--1"] {
+        for bad in ["", ".5", "5.", "1e3", "abc", "1.2.3", "--1", "-0.5", "-0"] {
             assert!(price(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn counts_fit_32_bit_clients() {
+        assert_eq!(count(0), Ok(0));
+        assert_eq!(count(2_147_483_647), Ok(2_147_483_647));
+        assert!(count(2_147_483_648).is_err());
+        assert!(count(3_000_000_000).is_err());
+        assert!(count(-1).is_err());
+    }
+
+    #[test]
+    fn derived_durations_are_bounded_like_explicit_ones() {
+        use crate::time::Timestamp;
+        let at = |s: &str| Timestamp::parse(s).ok();
+        assert_eq!(
+            derived_duration(at("2024-01-01T00:00:00Z"), at("2024-01-01T00:00:00.250Z")),
+            Ok(Some(250))
+        );
+        assert_eq!(
+            derived_duration(at("2024-01-01T00:00:01Z"), at("2024-01-01T00:00:00Z")),
+            Ok(None)
+        );
+        assert!(derived_duration(at("0001-01-01T00:00:00Z"), at("9999-01-01T00:00:00Z")).is_err());
+        assert!(derived_duration(at("2024-01-01T00:00:00Z"), at("2024-02-01T00:00:00Z")).is_err());
     }
 
     #[test]

@@ -27,6 +27,29 @@ pub enum TimeError {
     OutOfRange,
 }
 
+/// The earliest time ingest accepts for a record (`created_at`, `started_at`, `completed_at`):
+/// 2000-01-01T00:00:00Z. Older times are almost always a unit or parsing mistake, and a store
+/// must not be made to lay out storage for arbitrary centuries.
+pub const INGEST_FLOOR: Timestamp = Timestamp(946_684_800_000);
+
+/// How far ahead of the server's clock an ingested time may lie. A record dated far in the
+/// future would sit on top of every newest-first list until that date.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// Checks that an ingested time lies in `[INGEST_FLOOR, now + MAX_CLOCK_SKEW_MS]`.
+pub fn ingest_window(t: Timestamp, now: Timestamp) -> Result<Timestamp, String> {
+    if t < INGEST_FLOOR {
+        Err(format!("must not be before {INGEST_FLOOR}"))
+    } else if t > now.add_millis(MAX_CLOCK_SKEW_MS) {
+        Err(format!(
+            "must not be more than {} minutes ahead of the server's clock ({now})",
+            MAX_CLOCK_SKEW_MS / 60_000
+        ))
+    } else {
+        Ok(t)
+    }
+}
+
 /// Milliseconds at 0001-01-01T00:00:00Z and just after 9999-12-31T23:59:59.999Z.
 const MIN_MS: i64 = -62_135_596_800_000;
 const MAX_MS: i64 = 253_402_300_799_999;
@@ -108,6 +131,29 @@ impl fmt::Debug for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ingest_times_lie_between_the_floor_and_a_little_after_now() {
+        let now = Timestamp::parse("2026-12-07T12:00:00Z").unwrap();
+        let at = |s: &str| Timestamp::parse(s).unwrap();
+        assert_eq!(INGEST_FLOOR.to_string(), "2000-01-01T00:00:00.000Z");
+        for ok in [
+            "2000-01-01T00:00:00Z",
+            "2026-12-07T12:05:00Z",
+            "2026-12-07T12:00:00Z",
+            "2013-05-01T00:00:00Z",
+        ] {
+            assert_eq!(ingest_window(at(ok), now), Ok(at(ok)), "{ok}");
+        }
+        for bad in [
+            "1999-12-31T23:59:59.999Z",
+            "0001-01-01T00:00:00Z",
+            "2026-12-07T12:05:00.001Z",
+            "9999-12-31T00:00:00Z",
+        ] {
+            assert!(ingest_window(at(bad), now).is_err(), "{bad}");
+        }
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -46,12 +46,16 @@ pub struct PgServer {
 
 static SHARED: OnceLock<Result<PgServer, String>> = OnceLock::new();
 static DURABLE: OnceLock<Result<PgServer, String>> = OnceLock::new();
+static STOCK: OnceLock<Result<PgServer, String>> = OnceLock::new();
 
 /// How a server runs.
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     /// `fsync=on` and the data dir on disk (never `/dev/shm`): what production runs.
     durable: bool,
+    /// PostgreSQL's own `max_connections` (100), hence its stock lock table
+    /// (`max_locks_per_transaction` × `max_connections`), instead of the shared server's 300.
+    stock_locks: bool,
 }
 static DATABASES: AtomicU64 = AtomicU64::new(0);
 
@@ -62,7 +66,11 @@ impl PgServer {
     /// it may be called from any test, async or not. If start-up fails, every call panics
     /// with the same message.
     pub fn shared() -> &'static PgServer {
-        match SHARED.get_or_init(|| start_on_dedicated_thread(Settings { durable: false })) {
+        let settings = Settings {
+            durable: false,
+            stock_locks: false,
+        };
+        match SHARED.get_or_init(|| start_on_dedicated_thread(settings)) {
             Ok(server) => server,
             Err(message) => panic!("apitrail-pgtest: {message}"),
         }
@@ -72,7 +80,25 @@ impl PgServer {
     /// durable (`fsync=on`, data on disk in the system temp dir, `shared_buffers=1GB`), so
     /// commit and ingest figures mean what they would in production.
     pub fn durable() -> &'static PgServer {
-        match DURABLE.get_or_init(|| start_on_dedicated_thread(Settings { durable: true })) {
+        let settings = Settings {
+            durable: true,
+            stock_locks: false,
+        };
+        match DURABLE.get_or_init(|| start_on_dedicated_thread(settings)) {
+            Ok(server) => server,
+            Err(message) => panic!("apitrail-pgtest: {message}"),
+        }
+    }
+
+    /// A third server with PostgreSQL's stock `max_connections` and
+    /// `max_locks_per_transaction`, so its shared lock table is as small as a default
+    /// installation's: for tests of what runs out of locks. Started on first call.
+    pub fn stock() -> &'static PgServer {
+        let settings = Settings {
+            durable: false,
+            stock_locks: true,
+        };
+        match STOCK.get_or_init(|| start_on_dedicated_thread(settings)) {
             Ok(server) => server,
             Err(message) => panic!("apitrail-pgtest: {message}"),
         }
@@ -220,7 +246,11 @@ fn start(settings: Settings) -> Result<(PgServer, Child, ChildStdin), String> {
             .arg("-k")
             .arg(&socket_dir)
             .args(["-p", &port.to_string(), "-h", "127.0.0.1"])
-            .args(["-c", "max_connections=300"])
+            .args(if settings.stock_locks {
+                ["-c", "max_connections=100"]
+            } else {
+                ["-c", "max_connections=300"]
+            })
             .args(if settings.durable {
                 ["-c", "fsync=on", "-c", "shared_buffers=1GB"]
             } else {

@@ -22,7 +22,7 @@ mod orgs;
 mod request_logs;
 mod schema;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -57,6 +57,10 @@ pub struct PgOptions {
     pub queue_capacity: usize,
     /// The most records a log writer takes into one transaction.
     pub max_group_records: usize,
+    /// How many days back from today a request log still gets a partition of its own day;
+    /// older ones go into a coarse partition spanning the gap below the window, so the number
+    /// of partitions does not follow the dates clients send.
+    pub partition_window_days: u32,
 }
 
 impl Default for PgOptions {
@@ -67,6 +71,7 @@ impl Default for PgOptions {
             log_writers: 2,
             queue_capacity: 200_000,
             max_group_records: 50_000,
+            partition_window_days: 31,
         }
     }
 }
@@ -182,9 +187,11 @@ impl Drop for PgStore {
 /// State the log writers and the store share.
 #[derive(Debug)]
 struct Shared {
-    /// Days whose partition is known to exist (a cache: a day dropped by another server is
-    /// noticed when a write fails and the days are checked again).
-    partitions: std::sync::Mutex<HashSet<i64>>,
+    /// Partitions known to exist, as `lo -> hi` in Unix ms (a cache: a partition dropped by
+    /// another server is noticed when a write fails, and the cache is read again).
+    partitions: std::sync::Mutex<BTreeMap<i64, i64>>,
+    /// See [`PgOptions::partition_window_days`].
+    window_days: i64,
     /// Rows of `request_log_values` known to exist (they are never removed), so that ingest
     /// adds only new ones.
     values: std::sync::Mutex<HashSet<request_logs::Value>>,
@@ -204,25 +211,35 @@ impl Shared {
         self.group_records.observe(records as f64);
     }
 
-    /// Makes sure the partitions of `days` exist, asking the database only about days not
-    /// already known.
+    /// Makes sure partitions hold `days`, asking the database only about days no known
+    /// partition holds. A day inside the window gets its own partition; an older one the
+    /// coarse partition of its gap, which then holds the other days of that gap too.
     async fn ensure_partitions(
         &self,
         client: &Client,
         days: impl IntoIterator<Item = i64>,
     ) -> Result<(), StoreError> {
-        let missing: Vec<i64> = {
-            let known = self.known_partitions();
-            let mut days: Vec<i64> = days.into_iter().filter(|d| !known.contains(d)).collect();
-            days.sort_unstable();
-            days.dedup();
-            days
-        };
-        for day in missing {
-            request_logs::make_partition(client, day).await?;
-            self.known_partitions().insert(day);
+        let mut days: Vec<i64> = days.into_iter().collect();
+        days.sort_unstable();
+        days.dedup();
+        let first_day = request_logs::day_of(Timestamp::now().millis()) - self.window_days;
+        for day in days {
+            if self.holds(day) {
+                continue;
+            }
+            let (lo, hi) = request_logs::make_home(client, day, first_day).await?;
+            self.known_partitions().insert(lo, hi);
         }
         Ok(())
+    }
+
+    /// Whether a known partition holds `day`.
+    fn holds(&self, day: i64) -> bool {
+        let at = day.saturating_mul(request_logs::DAY_MS);
+        self.known_partitions()
+            .range(..=at)
+            .next_back()
+            .is_some_and(|(_, hi)| at < *hi)
     }
 
     /// Those of `values` not known to be in `request_log_values` already.
@@ -254,7 +271,7 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn known_partitions(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+    fn known_partitions(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, i64>> {
         // The set is only a cache; a panic elsewhere cannot leave it inconsistent.
         self.partitions
             .lock()
@@ -368,7 +385,8 @@ impl PgStore {
             volatile_writers.push(Conn::open(&url, conn::VOLATILE).await?);
         }
         let shared = Arc::new(Shared {
-            partitions: std::sync::Mutex::new(HashSet::new()),
+            partitions: std::sync::Mutex::new(BTreeMap::new()),
+            window_days: i64::from(options.partition_window_days),
             values: std::sync::Mutex::new(HashSet::new()),
             commits: AtomicU64::new(0),
             committed_records: AtomicU64::new(0),
@@ -396,7 +414,7 @@ impl PgStore {
                 slot,
             ));
         }
-        let maintenance = tokio::spawn(maintain(url));
+        let maintenance = tokio::spawn(maintain(url, Arc::clone(&shared)));
         Ok(Self {
             readers,
             next_reader: AtomicUsize::new(0),
@@ -708,9 +726,7 @@ impl Store for PgStore {
             }
             let (_open, mut client) = self.writer().await?;
             if request_logs::drop_partition(&mut client, &name, (lo, hi)).await? {
-                self.shared
-                    .known_partitions()
-                    .remove(&request_logs::day_of(lo));
+                self.shared.known_partitions().remove(&lo);
                 expired.partitions += 1;
             }
         }
@@ -791,17 +807,14 @@ fn days_ahead() -> std::ops::RangeInclusive<i64> {
 }
 
 /// Makes the coming days' partitions every hour, so that the write path rarely has to.
-async fn maintain(url: Arc<str>) {
+async fn maintain(url: Arc<str>, shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     tick.tick().await;
     loop {
         tick.tick().await;
         let made = async {
             let client = connect(&url, conn::PLAIN).await?;
-            for day in days_ahead() {
-                request_logs::make_partition(&client, day).await?;
-            }
-            Ok::<_, StoreError>(())
+            shared.ensure_partitions(&client, days_ahead()).await
         };
         if let Err(e) = made.await {
             tracing::warn!(error = %e, "could not make the coming days' partitions");
@@ -947,10 +960,7 @@ async fn write_group(
                 if attempt < 3 && is_missing_partition(e.as_ref()) =>
             {
                 attempt += 1;
-                let mut known = shared.known_partitions();
-                for day in &days {
-                    known.remove(day);
-                }
+                shared.known_partitions().clear();
             }
             other => return other,
         }

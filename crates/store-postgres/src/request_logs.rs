@@ -615,41 +615,21 @@ pub(crate) async fn prune_claims(
     .map_err(backend)
 }
 
-/// The partitions of `request_logs`: `(table name, first day, day after the last)` in ms.
+/// The partitions of `request_logs`: `(table name, lo, hi)`, holding `[lo, hi)` in Unix ms.
 pub(crate) async fn partitions(
     c: &impl GenericClient,
 ) -> Result<Vec<(String, i64, i64)>, StoreError> {
     let rows = c
         .query(
-            "SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid) \
-               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-              WHERE i.inhparent = 'request_logs'::regclass ORDER BY 1",
+            "SELECT name, lo, hi FROM apitrail_request_log_bounds() ORDER BY lo",
             &[],
         )
         .await
         .map_err(backend)?;
-    rows.iter()
-        .map(|r| {
-            let name: String = r.get(0);
-            let bound: String = r.get(1);
-            let (lo, hi) = range_bound(&bound)
-                .ok_or_else(|| corrupt(format!("partition {name} has the bound {bound:?}")))?;
-            Ok((name, lo, hi))
-        })
-        .collect()
-}
-
-/// Reads `FOR VALUES FROM ('lo') TO ('hi')`.
-fn range_bound(bound: &str) -> Option<(i64, i64)> {
-    let number = |s: &str| -> Option<i64> {
-        s.trim()
-            .trim_matches(|c| c == '(' || c == ')' || c == '\'')
-            .parse()
-            .ok()
-    };
-    let rest = bound.strip_prefix("FOR VALUES FROM ")?;
-    let (lo, hi) = rest.split_once(" TO ")?;
-    Some((number(lo)?, number(hi)?))
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// Drops a partition retention has emptied of live days. Waits at most a few seconds for
@@ -689,18 +669,26 @@ pub(crate) async fn drop_partition(
     }
 }
 
-/// Makes the partition of `day` unless it exists (see migration 0003). Another server making
-/// the same day at the same moment waits for it on an advisory lock; the few errors a race
-/// can still raise are retried.
-pub(crate) async fn make_partition(c: &impl GenericClient, day: i64) -> Result<(), StoreError> {
+/// Makes sure a partition holds UTC day `day` and returns its bounds `[lo, hi)` in Unix ms:
+/// the day's own when `day >= first_day`, else the coarse partition of the gap below the
+/// window (see migration 0007). Servers racing for the same day are serialized in the
+/// database; the few errors a race with a version-6 server can still raise are retried.
+pub(crate) async fn make_home(
+    c: &impl GenericClient,
+    day: i64,
+    first_day: i64,
+) -> Result<(i64, i64), StoreError> {
     use tokio_postgres::error::SqlState;
     let mut attempt = 0;
     loop {
         match c
-            .execute("SELECT apitrail_request_log_partition($1)", &[&day])
+            .query_one(
+                "SELECT lo, hi FROM apitrail_request_log_home($1, $2)",
+                &[&day, &first_day],
+            )
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(row) => return Ok((row.get(0), row.get(1))),
             Err(e)
                 if attempt < 5
                     && e.code().is_some_and(|code| {

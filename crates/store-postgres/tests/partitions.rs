@@ -1,7 +1,9 @@
 //! Time partitions of request logs on a real PostgreSQL server: a version-2 database is
 //! migrated with its logs moved into day partitions; servers racing to make the same day
 //! all write; retention drops whole days (gone from the catalog) and keeps newer logs
-//! intact; list statements read indexes across partitions.
+//! intact; list statements read indexes across partitions, and only the partitions a time
+//! window reaches; days older than the window of day partitions share coarse partitions, so
+//! scattered dates cannot multiply partitions.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +19,15 @@ use apitrail_store_tests::support::{
 use tokio_postgres::{Client, NoTls};
 
 const DAY: i64 = 86_400_000;
+
+/// Options whose window of day partitions reaches back to 1926: the tests of day partitions
+/// use fixed dates in the past.
+fn every_day_its_own() -> PgOptions {
+    PgOptions {
+        partition_window_days: 36_500,
+        ..PgOptions::default()
+    }
+}
 
 async fn sql(url: &str) -> Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
@@ -151,7 +162,7 @@ async fn servers_racing_to_make_a_day_all_write() {
     let url = PgServer::shared().fresh_database().await;
     let mut stores = Vec::new();
     for _ in 0..4 {
-        stores.push(PgStore::connect(&url, PgOptions::default()).await.unwrap());
+        stores.push(PgStore::connect(&url, every_day_its_own()).await.unwrap());
     }
     let tenant = new_org(&stores[0], "race").await;
     // 1999-01-01 and the two days after: no partition exists for them yet.
@@ -215,7 +226,7 @@ async fn servers_racing_to_make_a_day_all_write() {
 async fn retention_drops_whole_days_and_keeps_newer_logs() {
     let url = PgServer::shared().fresh_database().await;
     let c = sql(&url).await;
-    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let store = PgStore::connect(&url, every_day_its_own()).await.unwrap();
     let a = new_org(&store, "keep-a").await;
     let b = new_org(&store, "keep-b").await;
     // Eight days from 2024-04-27, a log every 40 minutes in each org; half of org a's sent
@@ -337,7 +348,7 @@ async fn retention_drops_whole_days_and_keeps_newer_logs() {
 async fn list_plans_read_indexes_across_partitions() {
     let url = PgServer::shared().fresh_database().await;
     let c = sql(&url).await;
-    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let store = PgStore::connect(&url, every_day_its_own()).await.unwrap();
     let tenant = new_org(&store, "plans").await;
     let other = new_org(&store, "other").await;
     // Six days of 5,000 logs for each of two orgs, so that the planner sees real tables.
@@ -488,6 +499,16 @@ async fn list_plans_read_indexes_across_partitions() {
                     assert!(plan.contains("One-Time Filter"), "{ctx}");
                     assert!(plan.contains("request_log_values"), "{ctx}");
                 }
+                if *name == "window" {
+                    // A time window reads the partitions it reaches, and no other.
+                    if start == PageStart::First {
+                        assert!(plan.contains(&partition_of(at(2 * DAY).millis())), "{ctx}");
+                    }
+                    for day in [0, 1, 3, 4, 5] {
+                        let other = partition_of(at(day * DAY).millis());
+                        assert!(!plan.contains(&other), "{other} pruned: {ctx}");
+                    }
+                }
                 if let (SortKey::CreatedAt, PageStart::After(_), "none") = (sort.key, start, *name)
                 {
                     // The cursor's bound prunes the partitions it has passed.
@@ -500,5 +521,164 @@ async fn list_plans_read_indexes_across_partitions() {
             }
         }
     }
+    store.shutdown().await.unwrap();
+}
+
+/// The names and bounds of the partitions, oldest first.
+async fn bounds(c: &Client) -> Vec<(String, i64, i64)> {
+    c.query(
+        "SELECT name, lo, hi FROM apitrail_request_log_bounds() ORDER BY lo",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scattered_old_days_share_coarse_partitions() {
+    let url = PgServer::shared().fresh_database().await;
+    let c = sql(&url).await;
+    // A store that gave every day its own partition made these three days (as version 6
+    // did for any day): 2010-01-01, 2015-01-01 and 2020-01-01.
+    let wide = PgStore::connect(&url, every_day_its_own()).await.unwrap();
+    let tenant = new_org(&wide, "scatter").await;
+    let mut expected = Vec::new();
+    let mut generator = LogGen::new(3, "s");
+    for day in [14_610, 16_436, 18_262] {
+        let mut logs = generator.logs(3);
+        for (i, l) in logs.iter_mut().enumerate() {
+            l.created_at = ts(day * DAY + i as i64 * 1_000);
+        }
+        expected.extend(logs.clone());
+        insert(&wide, &tenant, &logs).await;
+    }
+    wide.shutdown().await.unwrap();
+    let made_before = bounds(&c).await.len();
+
+    // Now with a week's window: 600 records on 600 different days between 2003 and last
+    // month, in one batch, and a record on each of the last three days.
+    let store = PgStore::connect(
+        &url,
+        PgOptions {
+            partition_window_days: 7,
+            ..PgOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let today = apitrail_model::Timestamp::now().millis().div_euclid(DAY);
+    let mut old = generator.logs(600);
+    for (i, l) in old.iter_mut().enumerate() {
+        // Every 13th day back from 31 days ago: 7,800 days, to early 2005.
+        l.created_at = ts((today - 31 - i as i64 * 13) * DAY + 3_600_000);
+    }
+    let mut recent = generator.logs(3);
+    for (i, l) in recent.iter_mut().enumerate() {
+        l.created_at = ts((today - i as i64) * DAY + 60_000);
+    }
+    assert_eq!(insert(&store, &tenant, &old).await.accepted, 600);
+    assert_eq!(insert(&store, &tenant, &recent).await.accepted, 3);
+    expected.extend(old.clone());
+    expected.extend(recent.clone());
+
+    let parts = bounds(&c).await;
+    let coarse: Vec<&(String, i64, i64)> = parts
+        .iter()
+        .filter(|(name, _, _)| name.starts_with("request_logs_upto_"))
+        .collect();
+    // The three old days cut the time below the window into four gaps; each got at most one
+    // partition, whatever the number of days sent into it.
+    assert!(!coarse.is_empty() && coarse.len() <= 4, "{parts:?}");
+    assert!(
+        parts.len() <= made_before + 4 + 3,
+        "{} partitions: {parts:?}",
+        parts.len()
+    );
+    // Partitions never overlap, and the coarse ones end at the window or at the next one.
+    for pair in parts.windows(2) {
+        assert!(pair[0].2 <= pair[1].1, "{pair:?}");
+    }
+    let window = (today - 7) * DAY;
+    for (name, _, hi) in &coarse {
+        assert!(
+            *hi <= window && parts.iter().any(|(_, lo, _)| lo == hi) || *hi == window,
+            "{name} ends at {hi}"
+        );
+    }
+    // Days in the window got their own partitions.
+    for l in &recent {
+        let name = partition_of(l.created_at.millis());
+        assert!(
+            parts.iter().any(|(n, _, _)| *n == name),
+            "{name}: {parts:?}"
+        );
+    }
+
+    // More old days into the same gaps make nothing new; ids stay idempotent across them.
+    let mut more = generator.logs(50);
+    for (i, l) in more.iter_mut().enumerate() {
+        l.created_at = ts((today - 40 - i as i64 * 97) * DAY);
+    }
+    insert(&store, &tenant, &more).await;
+    expected.extend(more);
+    assert_eq!(
+        bounds(&c).await,
+        parts,
+        "no partition for days already covered"
+    );
+    assert_eq!(
+        insert(&store, &tenant, &old[..10]).await,
+        InsertOutcome {
+            accepted: 0,
+            duplicates: 10
+        }
+    );
+
+    // Every walk sees every record once, across day and coarse partitions.
+    for sort in ALL_SORTS {
+        let listed = walk(&store, &tenant, &LogFilter::default(), sort, 97).await;
+        assert_same_logs(
+            &listed.items,
+            &reference(&expected, &LogFilter::default(), sort),
+            &format!("{sort:?} across coarse partitions"),
+        );
+    }
+    assert_eq!(
+        store.count_request_logs(&tenant).await.unwrap(),
+        expected.len() as u64
+    );
+
+    // Retention drops coarse partitions whole once they are past the cutoff.
+    let cutoff = ts((today - 20) * DAY);
+    let expired = store.expire_request_logs(cutoff, 1_000).await.unwrap();
+    assert!(expired.partitions >= 1, "{expired:?}");
+    assert!(
+        bounds(&c)
+            .await
+            .iter()
+            .all(|(_, _, hi)| *hi > cutoff.millis()),
+        "no partition left wholly before the cutoff"
+    );
+    let kept: Vec<RequestLog> = expected
+        .iter()
+        .filter(|l| l.created_at >= cutoff)
+        .cloned()
+        .collect();
+    let listed = walk(
+        &store,
+        &tenant,
+        &LogFilter::default(),
+        Sort::NEWEST_FIRST,
+        50,
+    )
+    .await;
+    assert_same_logs(
+        &listed.items,
+        &reference(&kept, &LogFilter::default(), Sort::NEWEST_FIRST),
+        &"after retention",
+    );
     store.shutdown().await.unwrap();
 }

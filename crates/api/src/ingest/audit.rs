@@ -1,6 +1,7 @@
 //! Audit events as ingest accepts them: the wire record and its validation.
 
 use apitrail_model::request_log::rules;
+use apitrail_model::time::ingest_window;
 use apitrail_model::{AuditEntry, Timestamp, new_record_id};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -57,10 +58,13 @@ impl Ingestible for AuditEntry {
         };
         let created_at = match rec.created_at.as_deref() {
             None | Some("") => limits.now,
-            Some(s) => Timestamp::parse(s).unwrap_or_else(|e| {
-                bad("created_at", &e.to_string());
-                limits.now
-            }),
+            Some(s) => Timestamp::parse(s)
+                .map_err(|e| e.to_string())
+                .and_then(|t| ingest_window(t, limits.now))
+                .unwrap_or_else(|e| {
+                    bad("created_at", &e);
+                    limits.now
+                }),
         };
         let ip_address = match rec.ip_address.as_deref() {
             None | Some("") => None,
@@ -166,10 +170,13 @@ mod tests {
     use super::*;
     use crate::ingest::parse_record;
 
+    /// The server's clock in these tests: 2026-01-01T00:00:00Z.
+    const NOW_MS: i64 = 1_767_225_600_000;
+
     fn parse(raw: &str) -> Result<AuditEntry, Problems> {
         let limits = Limits {
             body_cap: 16,
-            now: Timestamp::from_millis(1_000).unwrap_or_default(),
+            now: Timestamp::from_millis(NOW_MS).unwrap_or_default(),
         };
         parse_record::<AuditEntry>(raw, &limits).record
     }
@@ -186,9 +193,23 @@ mod tests {
     }
 
     #[test]
+    fn created_at_lies_in_the_ingest_window() {
+        for at in [
+            "9999-12-31T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "2026-01-01T00:10:00Z",
+        ] {
+            let raw = format!(r#"{{"action":"a","resource_type":"r","created_at":"{at}"}}"#);
+            assert_eq!(fields(&raw), vec![Some("created_at".to_owned())], "{at}");
+        }
+        let raw = r#"{"action":"a","resource_type":"r","created_at":"2025-12-31T23:00:00+01:00"}"#;
+        assert!(parse(raw).is_ok());
+    }
+
+    #[test]
     fn a_minimal_event_gets_defaults() {
         let e = parse(r#"{"action":"create","resource_type":"source"}"#).expect("valid");
-        assert_eq!(e.created_at.millis(), 1_000);
+        assert_eq!(e.created_at.millis(), NOW_MS);
         assert_eq!(e.id.get_version_num(), 7);
         assert_eq!(
             (e.user_id, e.resource_id, e.details, e.ip_address),

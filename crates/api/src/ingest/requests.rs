@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use apitrail_model::request_log::rules;
+use apitrail_model::time::ingest_window;
 use apitrail_model::{RequestLog, Timestamp, new_record_id};
 use serde::Deserialize;
 use serde_json::Value;
@@ -152,7 +153,9 @@ fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed<RequestLo
     let mut time = |field: &str, v: Option<String>| match v.as_deref() {
         None | Some("") => None,
         Some(s) => Timestamp::parse(s)
-            .map_err(|e| bad(field, &e.to_string()))
+            .map_err(|e| e.to_string())
+            .and_then(|t| ingest_window(t, now))
+            .map_err(|e| bad(field, &e))
             .ok(),
     };
     let started_at = time("started_at", rec.started_at);
@@ -162,7 +165,10 @@ fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed<RequestLo
         Some(n) => rules::duration_ms(n)
             .map_err(|e| bad("duration_ms", e))
             .ok(),
-        None => rules::derived_duration(started_at, completed_at),
+        None => rules::derived_duration(started_at, completed_at)
+            .map_err(|e| bad("completed_at", e))
+            .ok()
+            .flatten(),
     };
     let client_ip = match rec.client_ip.as_deref() {
         None | Some("") => None,
@@ -180,12 +186,8 @@ fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed<RequestLo
         },
         Some(raw) => rules::price(raw).map_err(|e| bad("price", e)).ok(),
     };
-    let mut count = |field: &str, v: Option<i64>| match v {
-        Some(n) if n < 0 => {
-            bad(field, "must not be negative");
-            None
-        }
-        v => v,
+    let mut count = |field: &str, v: Option<i64>| {
+        v.and_then(|n| rules::count(n).map_err(|e| bad(field, e)).ok())
     };
     let minutes = count("minutes", rec.minutes);
     let seconds = count("seconds", rec.seconds);
@@ -292,10 +294,13 @@ mod tests {
     use super::*;
     use crate::ingest::parse_record;
 
+    /// The server's clock in these tests: 2026-01-01T00:00:00Z.
+    const NOW_MS: i64 = 1_767_225_600_000;
+
     fn limits() -> Limits {
         Limits {
             body_cap: 8,
-            now: Timestamp::from_millis(1_000).unwrap(),
+            now: Timestamp::from_millis(NOW_MS).unwrap_or_default(),
         }
     }
 
@@ -337,10 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn times_counts_and_prices_are_bounded() {
+        let rec =
+            |extra: &str| format!(r#"{{"method":"GET","path":"/","status_code":200,{extra}}}"#);
+        for (extra, field) in [
+            (r#""created_at":"9999-12-31T00:00:00Z""#, "created_at"),
+            (r#""created_at":"2026-01-01T00:05:00.001Z""#, "created_at"),
+            (r#""created_at":"1999-12-31T23:59:59Z""#, "created_at"),
+            (r#""started_at":"0001-01-01T00:00:00Z""#, "started_at"),
+            (r#""completed_at":"9999-12-31T00:00:00Z""#, "completed_at"),
+            (
+                r#""started_at":"2024-01-01T00:00:00Z","completed_at":"2025-06-01T00:00:00Z""#,
+                "completed_at",
+            ),
+            (r#""price":"-0.01""#, "price"),
+            (r#""price":-3"#, "price"),
+            (r#""minutes":3000000000"#, "minutes"),
+            (r#""seconds":2147483648"#, "seconds"),
+            (r#""seconds":-1"#, "seconds"),
+        ] {
+            assert_eq!(fields(&rec(extra)), vec![Some(field.to_owned())], "{extra}");
+        }
+        for extra in [
+            r#""created_at":"2026-01-01T00:05:00Z""#,
+            r#""created_at":"2000-01-01T00:00:00Z""#,
+            r#""minutes":2147483647,"seconds":0,"price":"0""#,
+            r#""started_at":"2025-12-01T00:00:00Z","completed_at":"2025-12-25T20:31:23.647Z""#,
+        ] {
+            assert!(parse(&rec(extra)).is_ok(), "{extra}");
+        }
+    }
+
+    #[test]
     fn minimal_record_gets_defaults() {
         let p = parse(r#"{"method":"get","path":"/a","status_code":200}"#).unwrap();
         assert_eq!(p.1.method, "GET");
-        assert_eq!(p.1.created_at.millis(), 1_000);
+        assert_eq!(p.1.created_at.millis(), NOW_MS);
         assert_eq!(p.1.id.get_version_num(), 7);
         assert_eq!(p.0, None);
     }
