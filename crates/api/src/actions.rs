@@ -538,6 +538,8 @@ pub async fn create_destination(
         },
         credential_id: None,
         tags: Tags::new(),
+        // No decision recorded yet.
+        allow_private: None,
         created_at: at,
         updated_at: at,
         deleted_at: None,
