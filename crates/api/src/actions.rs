@@ -437,13 +437,15 @@ async fn apply_destination(
         None if create => errors.push(FieldError::new("config", "is required")),
         None => {}
     }
+    let allow_private = state.config().allow_private_destinations;
     if d.config.url.is_empty() {
         errors.push(FieldError::new("config.url", "is required"));
-    } else if let Some(problem) =
-        url_problem(&d.config.url, state.config().allow_private_destinations).await
-    {
+    } else if let Some(problem) = url_problem(&d.config.url, allow_private).await {
         errors.push(FieldError::new("config.url", problem));
     }
+    // The decision travels with the destination: every dispatcher sharing the store delivers
+    // it by this server's setting, whichever of them leases the record.
+    d.allow_private = Some(allow_private);
     check_map(&mut errors, "config.headers", &d.config.headers);
     for name in d.config.headers.keys() {
         let lower = name.to_ascii_lowercase();
@@ -509,6 +511,7 @@ fn destination_audit(d: &Destination) -> serde_json::Value {
         "response_time_sla_ms": d.config.response_time_sla_ms,
         "credential_id": d.credential_id.map(|c| c.to_string()),
         "tags": d.tags,
+        "allow_private_addresses": d.allow_private,
     })
 }
 
@@ -538,6 +541,8 @@ pub async fn create_destination(
         },
         credential_id: None,
         tags: Tags::new(),
+        // Set by apply_destination.
+        allow_private: None,
         created_at: at,
         updated_at: at,
         deleted_at: None,

@@ -22,7 +22,8 @@ pub struct ApiConfig {
     pub max_ingest_bytes: usize,
     /// Most records accepted in one ingest call.
     pub max_ingest_records: usize,
-    /// Whether webhook destinations may point to loopback/private addresses.
+    /// Whether webhook destinations created or changed here may point to loopback/private
+    /// addresses (recorded with each destination, which dispatchers follow).
     pub allow_private_destinations: bool,
     /// Woken when an action record is created, so the dispatcher starts at once.
     pub dispatch_wake: Arc<tokio::sync::Notify>,

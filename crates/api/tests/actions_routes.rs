@@ -674,6 +674,102 @@ async fn private_destinations_need_the_server_flag() {
     server.stop().await;
 }
 
+/// The server's `--allow-private-destinations` is recorded with every destination it creates
+/// or changes (every dispatcher sharing the store delivers by it), and shown in the audit
+/// details, not in the destination's JSON. A destination from before decisions were recorded
+/// gets one at its next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_record_the_servers_private_address_decision() {
+    for allow in [false, true] {
+        let server = TestServer::start_with(Options {
+            allow_private_destinations: allow,
+            ..Options::default()
+        })
+        .await;
+        let key = server.org_with_key("decision-org").await;
+        let s = key.secret.as_str();
+        let tenant = server
+            .store
+            .tenant(&apitrail_model::OrgId::parse("decision-org").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let created = create(
+            &server,
+            s,
+            "/v1/destinations",
+            &json!({"label": "hook", "config": {"url": PUBLIC_URL}}),
+        )
+        .await;
+        assert_eq!(keys(&created), DESTINATION_KEYS, "not shown: {created}");
+        let id = Uuid::parse_str(&id_of(&created)).unwrap();
+        let stored = server
+            .store
+            .get_destination(&tenant, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.allow_private, Some(allow), "recorded at creation");
+
+        // As stored before decisions were recorded.
+        let undecided = apitrail_model::Destination {
+            allow_private: None,
+            ..stored
+        };
+        let entry = apitrail_model::AuditEntry {
+            id: apitrail_model::new_record_id(),
+            user_id: None,
+            action: "update".into(),
+            resource_type: "destination".into(),
+            resource_id: Some(id.to_string()),
+            details: None,
+            ip_address: None,
+            request_id: None,
+            created_at: undecided.updated_at,
+        };
+        server
+            .store
+            .put_destination(&tenant, &undecided, false, &entry)
+            .await
+            .unwrap();
+        let path = format!("/v1/destinations/{id}");
+        ok(
+            &server,
+            s,
+            Method::PATCH,
+            &path,
+            Some(&json!({"label": "renamed"})),
+            StatusCode::OK,
+        )
+        .await;
+        let stored = server
+            .store
+            .get_destination(&tenant, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.allow_private, Some(allow), "recorded by a change");
+
+        let audit = get(
+            &server,
+            s,
+            &format!("/v1/audit-log?resource_type=destination&resource_id={id}"),
+        )
+        .await;
+        let entries = audit["audit_log"].as_array().unwrap();
+        let made_here: Vec<Value> = entries
+            .iter()
+            .filter(|e| e["details"].is_string())
+            .map(|e| serde_json::from_str(e["details"].as_str().unwrap()).unwrap())
+            .collect();
+        assert_eq!(made_here.len(), 2, "create and update: {audit:#}");
+        for details in made_here {
+            assert_eq!(details["allow_private_addresses"], allow, "{details}");
+        }
+        server.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destinations_change_in_part_and_delete_softly() {
     let server = TestServer::start().await;

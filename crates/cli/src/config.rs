@@ -168,7 +168,9 @@ pub struct ServeArgs {
     /// Do not log apitrail's own API calls into the caller's org.
     #[arg(long, env = "APITRAIL_NO_SELF_LOG")]
     pub no_self_log: bool,
-    /// Allow webhook destinations on loopback and private addresses (action dispatch).
+    /// Allow webhook destinations on loopback and private addresses (action dispatch). The
+    /// decision is stored with each destination created or changed through this server, and
+    /// every server sharing the store delivers by it.
     #[arg(long, env = "APITRAIL_ALLOW_PRIVATE_DESTINATIONS")]
     pub allow_private_destinations: bool,
     /// Delays between delivery attempts of actions, e.g. `5s,30s,2m` (units ms, s, m, h);

@@ -8,9 +8,11 @@
 //! - failures: retried with growing gaps until a 2xx, or `failed` after the last attempt;
 //! - signaling: acknowledged, then signaled succeeded/failed, or timed out; 409 otherwise;
 //! - schema violations listed per field path;
-//! - SSRF: refused at creation without the flag, and at delivery time;
+//! - SSRF: refused at creation without the flag, and at delivery time by the destination's
+//!   recorded decision (the delivering server's flag only for destinations from before it);
 //! - SIGKILL mid-delivery: every record still ends final, redelivered after its lease;
-//! - PostgreSQL: two `serve` processes dispatch 10,000 records, never one record twice at once.
+//! - PostgreSQL: two `serve` processes dispatch 10,000 records, never one record twice at once;
+//!   two with different `--allow-private-destinations` deliver (or refuse) every record alike.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1166,11 +1168,14 @@ fn loopback_host_name() -> Option<String> {
     (!addrs.is_empty() && addrs.iter().all(|a| a.is_ipv4() && a.ip().is_loopback())).then_some(name)
 }
 
-/// A loopback destination made while the flag was on is refused again at delivery time by a
-/// server without it: the record fails, and the receiver never sees it. Both by address and,
-/// where the host name resolves to loopback, by a name (the check happens at resolution).
+/// At delivery time a destination is judged by the decision recorded when it was made or last
+/// changed, not by the delivering server's flag: a loopback destination made while the flag
+/// was on is still delivered by a server restarted without it. One from before decisions were
+/// recorded (the column is NULL) is judged by the delivering server's flag: refused without
+/// it, so the record fails and the receiver never sees it. Both by address and, where the
+/// host name resolves to loopback, by a name (the check happens at resolution).
 #[test]
-fn loopback_destinations_are_refused_at_delivery_time_without_the_flag() {
+fn loopback_destinations_are_judged_at_delivery_time_by_their_recorded_decision() {
     let rx = Receiver::start(&[]);
     let (dir, key) = sqlite_org("4206");
     let at = At::Dir(dir.path());
@@ -1209,8 +1214,28 @@ fn loopback_destinations_are_refused_at_delivery_time_without_the_flag() {
         by_name
     });
     with_flag.stop();
-    let before = rx.hits().len();
 
+    // The decision travels with the destination.
+    let without = Server::start(at, &["--retry-schedule", "100ms,200ms"]);
+    let api = Api::new(&without.base, "4206", &key);
+    rt.block_on(async {
+        let id = id_of(
+            &api.trigger(json!({"action": "scan.host", "input": {}}))
+                .await,
+        );
+        api.wait_status(&id, "succeeded").await;
+        assert_eq!(rx.hits_for(&id).len(), 1);
+    });
+    without.stop();
+
+    // As a destination stored before the decision was recorded.
+    let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
+    let undecided = conn
+        .execute("UPDATE destinations SET allow_private = NULL", [])
+        .unwrap();
+    assert_eq!(undecided, 1 + usize::from(by_name.is_some()));
+    drop(conn);
+    let before = rx.hits().len();
     let without = Server::start(at, &["--retry-schedule", "100ms,200ms"]);
     let api = Api::new(&without.base, "4206", &key);
     rt.block_on(async {
@@ -1526,6 +1551,197 @@ fn two_dispatchers_on_postgres_never_deliver_one_record_twice_at_once() {
             && by_server.get(&b.pid()).is_some_and(|&n| n > 0),
         "both servers dispatch: {by_server:?} (unattributed {unattributed})"
     );
+    a.stop();
+    b.stop();
+}
+
+// ---------------------------------------------------------------------------------------
+// PostgreSQL: servers with different --allow-private-destinations on one database
+
+/// Polls until every one of `n` records is final; panics at once if one failed (naming it) or
+/// after the deadline. `api` reads the org's records.
+async fn wait_all_succeeded(api: &Api, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let failed = api
+            .records(&[
+                ("include_state", "true"),
+                ("search[field]", "state.status"),
+                ("search[value]", "failed"),
+            ])
+            .await;
+        assert_eq!(
+            failed["data"]["count"], 0,
+            "records failed: {:#}",
+            failed["data"]["items"][0]
+        );
+        let done = api.count_status("succeeded").await;
+        if done == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {n} records succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two `serve` processes on one PostgreSQL database, A with `--allow-private-destinations` and
+/// B without. A loopback destination made through A (B still refuses to make one) is delivered
+/// whichever server leases its records: 200 records triggered through both, both dispatching,
+/// every one succeeds and none is refused; B delivers some of them itself.
+#[test]
+fn servers_with_different_private_settings_deliver_alike() {
+    const RECORDS: usize = 200;
+    let rx = Receiver::start(&[("/mixed", vec![Reply::Status(200)])]);
+    let rt = runtime();
+    let url = rt.block_on(PgServer::shared().fresh_database());
+    let at = At::Url(&url);
+    let key = org_with_key(at, "4209", "read,write,admin");
+    let a = Server::start(
+        at,
+        &[
+            "--allow-private-destinations",
+            "--retry-schedule",
+            "100ms,200ms",
+        ],
+    );
+    let b = Server::start(at, &["--retry-schedule", "100ms,200ms"]);
+    let apis = [
+        Api::new(&a.base, "4209", &key),
+        Api::new(&b.base, "4209", &key),
+    ];
+    let ids = rt.block_on(async {
+        let destination = apis[0].webhook(&rx.url("/mixed"), false, None).await;
+        // Making one is still refused by the server without the flag.
+        let refused = expect(
+            apis[1]
+                .post(
+                    "/v1/destinations",
+                    &json!({"label": "b", "type": "webhook", "config": {"url": rx.url("/mixed")}}),
+                )
+                .await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert_eq!(
+            refused["error"]["details"][0]["field"], "config.url",
+            "{refused:#}"
+        );
+        apis[0].simple_definition("mixed.job", &destination).await;
+        let mut ids = Vec::with_capacity(RECORDS);
+        for i in 0..RECORDS {
+            // Each server's trigger wakes its own dispatcher: both lease.
+            let record = apis[i % 2]
+                .trigger(json!({"action": "mixed.job", "input": {"i": i}}))
+                .await;
+            ids.push(id_of(&record));
+        }
+        wait_all_succeeded(&apis[1], RECORDS as u64).await;
+        for id in ids.iter().step_by(17) {
+            let record = apis[0].record(id).await;
+            assert_eq!(event_kinds(&record), ["created", "delivered"], "{record:#}");
+        }
+        ids
+    });
+    let hits = rx.hits();
+    let delivered: HashSet<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+    for id in &ids {
+        assert!(delivered.contains(id.as_str()), "{id} was never delivered");
+    }
+    // Which server delivered what: the receiver's peer port → the process holding it.
+    let owners = connections_to(&[a.pid(), b.pid()], rx.port);
+    let by_b = hits
+        .iter()
+        .filter(|h| owners.get(&h.peer.port()) == Some(&b.pid()))
+        .count();
+    eprintln!(
+        "mixed settings: {} deliveries, {by_b} by the server without the flag",
+        hits.len()
+    );
+    assert!(
+        by_b > 0,
+        "the server without the flag delivered nothing: the test did not exercise it"
+    );
+    a.stop();
+    b.stop();
+}
+
+/// The converse: a destination made through a server without `--allow-private-destinations`
+/// that later points at loopback (its URL rewritten in the database, as a name rebound to
+/// loopback would; and by a name resolving to loopback where the machine has one) is refused by
+/// the server with the flag too: every record fails at once with the refusal, through either
+/// server, and the receiver never sees one.
+#[test]
+fn a_destination_refused_where_it_was_made_is_refused_by_every_server() {
+    const RECORDS: usize = 20;
+    let rx = Receiver::start(&[]);
+    let rt = runtime();
+    let url = rt.block_on(PgServer::shared().fresh_database());
+    let at = At::Url(&url);
+    let key = org_with_key(at, "4210", "read,write,admin");
+    let a = Server::start(
+        at,
+        &[
+            "--allow-private-destinations",
+            "--retry-schedule",
+            "100ms,200ms",
+        ],
+    );
+    let b = Server::start(at, &["--retry-schedule", "100ms,200ms"]);
+    let apis = [
+        Api::new(&a.base, "4210", &key),
+        Api::new(&b.base, "4210", &key),
+    ];
+    let mut targets = vec![rx.url("/rebound-ip")];
+    targets.extend(loopback_host_name().map(|h| format!("http://{h}:{}/rebound-name", rx.port)));
+    let ids = rt.block_on(async {
+        let (sql, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut destinations = Vec::new();
+        for target in &targets {
+            let id = apis[1]
+                .webhook("http://93.184.216.34/hook", false, None)
+                .await;
+            let changed = sql
+                .execute(
+                    "UPDATE destinations SET url = $1 WHERE id = $2::text::uuid",
+                    &[target, &id],
+                )
+                .await
+                .unwrap();
+            assert_eq!(changed, 1);
+            destinations.push(id);
+        }
+        apis[1]
+            .simple_definition("rebound.job", &destinations[0])
+            .await;
+        let mut ids = Vec::new();
+        for i in 0..RECORDS {
+            let destination = &destinations[i % destinations.len()];
+            let record = apis[i % 2]
+                .trigger(json!({"action": "rebound.job", "input": {"i": i},
+                                "destination_id": destination}))
+                .await;
+            ids.push(id_of(&record));
+        }
+        for id in &ids {
+            let record = apis[0].wait_status(id, "failed").await;
+            let error = record["state"]["error_message"].as_str().unwrap();
+            assert!(error.contains("private"), "{error}");
+            // Refused at once, not retried.
+            assert_eq!(event_kinds(&record), ["created", "failed"], "{record:#}");
+        }
+        // A delivery that slipped through would have arrived by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ids
+    });
+    assert_eq!(ids.len(), RECORDS);
+    let hits = rx.hits();
+    assert!(hits.is_empty(), "the receiver saw {hits:#?}");
     a.stop();
     b.stop();
 }

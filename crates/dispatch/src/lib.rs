@@ -14,9 +14,15 @@
 //! being written (a delivery still waits for its own outcome to be recorded before it counts
 //! as done).
 //!
-//! SSRF: the HTTP client resolves names through [`GuardedResolver`], which refuses loopback
-//! and private addresses (unless allowed), IP literals are checked before sending, and
-//! redirects are not followed.
+//! SSRF: whether a delivery may reach loopback and private addresses is its destination's
+//! recorded decision ([`Destination::allow_private`], made by the server that created or last
+//! changed it), so every dispatcher sharing the store treats a record alike whatever its own
+//! flag; only destinations stored before decisions were recorded fall back to this
+//! dispatcher's [`DispatchConfig::allow_private`]. A destination not allowed them is sent
+//! through a client whose [`GuardedResolver`] drops loopback and private addresses; an allowed
+//! one through a second client whose resolver keeps them (its own connection pool, so no
+//! connection to a private address is ever reused for a destination not allowed one). IP
+//! literals are checked before sending, and redirects are not followed.
 
 mod targets;
 
@@ -26,7 +32,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apitrail_model::action::{is_local_name, is_private_address, webhook_target};
-use apitrail_model::{ActionEvent, ActionRecord, ActionStatus, RetrySchedule, Tenant, Timestamp};
+use apitrail_model::{
+    ActionEvent, ActionRecord, ActionStatus, Destination, RetrySchedule, Tenant, Timestamp,
+};
 use apitrail_store::{Expected, Leased, Store, StoreError, Transition};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::value::RawValue;
@@ -40,7 +48,9 @@ use crate::targets::{Target, Targets};
 pub struct DispatchConfig {
     /// Delays between attempts.
     pub retry: RetrySchedule,
-    /// Whether destinations may resolve to loopback/private addresses.
+    /// Whether destinations without a recorded decision ([`Destination::allow_private`] is
+    /// `None`: stored before decisions were recorded) may reach loopback/private addresses.
+    /// Every other destination is delivered by its own recorded decision.
     pub allow_private: bool,
     /// Deliveries in flight at once.
     pub concurrency: usize,
@@ -86,14 +96,10 @@ impl Dispatcher {
         config: DispatchConfig,
         wake: Arc<Notify>,
     ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver {
-                allow_private: config.allow_private,
-            }))
-            .user_agent(concat!("apitrail/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let clients = Clients {
+            guarded: webhook_client(false)?,
+            open: webhook_client(true)?,
+        };
         let stop = Arc::new(Stop::default());
         // The recorder ends when the worker (the last sender) is dropped, after the loop and
         // every delivery in flight.
@@ -102,7 +108,7 @@ impl Dispatcher {
         let task = tokio::spawn(run(
             Arc::new(Worker {
                 store,
-                client,
+                clients,
                 targets: Targets::new(config.destination_ttl),
                 config,
                 outcomes,
@@ -132,9 +138,43 @@ struct Stop {
     notify: Notify,
 }
 
+/// The webhook client for destinations that may not reach private addresses, and the one for
+/// those that may: separate clients, so that their pooled connections are never shared.
+struct Clients {
+    guarded: reqwest::Client,
+    open: reqwest::Client,
+}
+
+impl Clients {
+    fn get(&self, allow_private: bool) -> &reqwest::Client {
+        if allow_private {
+            &self.open
+        } else {
+            &self.guarded
+        }
+    }
+}
+
+/// A webhook client: no redirects, no proxy, names resolved by a [`GuardedResolver`].
+fn webhook_client(allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+        .user_agent(concat!("apitrail/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Whether deliveries to `destination` may reach loopback/private addresses: its recorded
+/// decision, or `fallback` (the dispatcher's own flag) for one stored before decisions were
+/// recorded.
+fn allows_private(destination: &Destination, fallback: bool) -> bool {
+    destination.allow_private.unwrap_or(fallback)
+}
+
 struct Worker {
     store: Arc<dyn Store>,
-    client: reqwest::Client,
+    clients: Clients,
     config: DispatchConfig,
     targets: Targets,
     /// Outcomes to record, to the recorder ([`record_outcomes`]).
@@ -407,6 +447,7 @@ async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (At
         }
     };
     let signaling = destination.config.signaling;
+    let allow_private = allows_private(destination, worker.config.allow_private);
     match webhook_target(&destination.config.url) {
         Err(e) => {
             return (
@@ -415,7 +456,7 @@ async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (At
             );
         }
         Ok(t)
-            if !worker.config.allow_private
+            if !allow_private
                 && (t.ip.is_some_and(is_private_address) || is_local_name(&t.host)) =>
         {
             return (
@@ -429,7 +470,8 @@ async fn attempt(worker: &Worker, tenant: &Tenant, record: &ActionRecord) -> (At
     let id = record.id.to_string();
     let timestamp = Timestamp::now().millis() / 1000;
     let mut request = worker
-        .client
+        .clients
+        .get(allow_private)
         .post(&destination.config.url)
         .timeout(
             Duration::from_millis(u64::from(destination.config.response_time_sla_ms))
@@ -527,7 +569,8 @@ impl Resolve for GuardedResolver {
                 .collect();
             if allowed.is_empty() {
                 return Err(format!(
-                    "{host} {NO_PUBLIC_ADDRESS} (loopback and private addresses need --allow-private-destinations)"
+                    "{host} {NO_PUBLIC_ADDRESS} (loopback and private addresses need a destination \
+                     created or changed through a server with --allow-private-destinations)"
                 )
                 .into());
             }

@@ -149,6 +149,7 @@ mod tests {
             },
             credential_id,
             tags: Default::default(),
+            allow_private: None,
             created_at: at(0),
             updated_at: at(0),
             deleted_at: None,

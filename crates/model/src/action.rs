@@ -107,6 +107,11 @@ pub struct Destination {
     pub credential_id: Option<Uuid>,
     /// Labels.
     pub tags: Tags,
+    /// Whether its deliveries may reach loopback/private addresses: the
+    /// `--allow-private-destinations` of the server that created or last changed it, so that
+    /// every server sharing the store delivers it alike. `None` for a destination stored
+    /// before the decision was recorded: the delivering server's own setting decides.
+    pub allow_private: Option<bool>,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.

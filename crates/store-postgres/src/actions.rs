@@ -45,7 +45,7 @@ fn credential_from_row(r: &Row) -> Result<Credential, StoreError> {
 }
 
 const DESTINATION_COLUMNS: &str = "id, label, url, headers, signaling, response_time_sla_ms, \
-     credential_id, tags, created_at, updated_at, deleted_at";
+     credential_id, tags, created_at, updated_at, deleted_at, allow_private";
 
 fn destination_from_row(r: &Row) -> Result<Destination, StoreError> {
     let sla: i64 = r.get(5);
@@ -63,6 +63,7 @@ fn destination_from_row(r: &Row) -> Result<Destination, StoreError> {
         created_at: ts(r.get(8))?,
         updated_at: ts(r.get(9))?,
         deleted_at: opt_ts(r.get(10))?,
+        allow_private: r.get(11),
     })
 }
 
@@ -439,12 +440,14 @@ impl ActionStore for PgStore {
         {
             let sql = if create {
                 "INSERT INTO destinations (org, id, label, url, headers, signaling, \
-                     response_time_sla_ms, credential_id, tags, created_at, updated_at, deleted_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                     response_time_sla_ms, credential_id, tags, created_at, updated_at, deleted_at, \
+                     allow_private) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
             } else {
                 "UPDATE destinations SET label = $3, url = $4, headers = $5, signaling = $6, \
                      response_time_sla_ms = $7, credential_id = $8, tags = $9, created_at = $10, \
-                     updated_at = $11, deleted_at = $12 WHERE org = $1 AND id = $2"
+                     updated_at = $11, deleted_at = $12, allow_private = $13 \
+                     WHERE org = $1 AND id = $2"
             };
             tx.execute(
                 sql,
@@ -461,6 +464,7 @@ impl ActionStore for PgStore {
                     &d.created_at.millis(),
                     &d.updated_at.millis(),
                     &d.deleted_at.map(Timestamp::millis),
+                    &d.allow_private,
                 ],
             )
             .await

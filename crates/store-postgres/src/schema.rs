@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_request_log_values.sql"),
     include_str!("../migrations/0006_error_durations.sql"),
     include_str!("../migrations/0007_bounded_partitions.sql"),
+    include_str!("../migrations/0008_destination_private.sql"),
 ];
 
 /// An arbitrary constant naming apitrail's migration lock ("apitrail" in ASCII).

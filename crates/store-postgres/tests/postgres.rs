@@ -115,3 +115,48 @@ async fn the_lease_walks_the_due_index_in_order() {
     );
     store.shutdown().await.unwrap();
 }
+
+/// A database from before destinations recorded their SSRF decision (schema version 6): its
+/// destinations read back with none (`allow_private: None`, the delivering server's flag
+/// decides), and a change records one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_destinations_have_no_recorded_decision() {
+    use apitrail_store_tests::support::{assert_upgraded_destination, old_destination, org_id};
+    let url = PgServer::shared().fresh_database().await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for sql in [
+        include_str!("../migrations/0001_init.sql"),
+        include_str!("../migrations/0002_status_created.sql"),
+        include_str!("../migrations/0003_partitions.sql"),
+        include_str!("../migrations/0004_actions.sql"),
+        include_str!("../migrations/0005_request_log_values.sql"),
+        include_str!("../migrations/0006_error_durations.sql"),
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let old = old_destination(uuid::Uuid::now_v7(), "http://127.0.0.1:9/old");
+    client
+        .batch_execute(
+            "CREATE TABLE apitrail_schema (version integer NOT NULL); \
+             INSERT INTO apitrail_schema VALUES (6); \
+             INSERT INTO orgs (id, name, created_at) VALUES ('old-dest', 'Old', 0);",
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            "INSERT INTO destinations (org, id, label, url, headers, signaling, \
+             response_time_sla_ms, credential_id, tags, created_at, updated_at, deleted_at) \
+             SELECT seq, $1, 'old hook', $2, '{}', false, 5000, NULL, '{}', 1000, 1000, NULL \
+               FROM orgs WHERE id = 'old-dest'",
+            &[&old.id, &old.config.url],
+        )
+        .await
+        .unwrap();
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let tenant = store.tenant(&org_id("old-dest")).await.unwrap().unwrap();
+    assert_upgraded_destination(&store, &tenant, &old).await;
+}

@@ -54,7 +54,7 @@ fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<Credential> {
 }
 
 const DESTINATION_COLUMNS: &str = "id, label, url, headers, signaling, response_time_sla_ms, \
-     credential_id, tags, created_at, updated_at, deleted_at";
+     credential_id, tags, created_at, updated_at, deleted_at, allow_private";
 
 fn destination_from_row(row: &Row<'_>) -> rusqlite::Result<Destination> {
     let headers: String = row.get(3)?;
@@ -72,6 +72,7 @@ fn destination_from_row(row: &Row<'_>) -> rusqlite::Result<Destination> {
         created_at: ts(row.get(8)?)?,
         updated_at: ts(row.get(9)?)?,
         deleted_at: opt_ts(row, 10)?,
+        allow_private: row.get(11)?,
     })
 }
 
@@ -429,12 +430,14 @@ impl ActionStore for SqliteStore {
             .submit(0, move |conn| {
                 let sql = if create {
                     "INSERT INTO destinations (org, id, label, url, headers, signaling, \
-                     response_time_sla_ms, credential_id, tags, created_at, updated_at, deleted_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                     response_time_sla_ms, credential_id, tags, created_at, updated_at, deleted_at, \
+                     allow_private) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                 } else {
                     "UPDATE destinations SET label = ?3, url = ?4, headers = ?5, signaling = ?6, \
                      response_time_sla_ms = ?7, credential_id = ?8, tags = ?9, created_at = ?10, \
-                     updated_at = ?11, deleted_at = ?12 WHERE org = ?1 AND id = ?2"
+                     updated_at = ?11, deleted_at = ?12, allow_private = ?13 \
+                     WHERE org = ?1 AND id = ?2"
                 };
                 conn.prepare_cached(sql)
                     .and_then(|mut st| {
@@ -451,6 +454,7 @@ impl ActionStore for SqliteStore {
                             d.created_at.millis(),
                             d.updated_at.millis(),
                             d.deleted_at.map(Timestamp::millis),
+                            d.allow_private,
                         ])
                     })
                     .map_err(backend)?;

@@ -34,6 +34,10 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0005_request_log_values.sql"),
         then: None,
     },
+    Migration {
+        sql: include_str!("../migrations/0006_destination_private.sql"),
+        then: None,
+    },
 ];
 
 /// Errors while migrating.

@@ -775,3 +775,47 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
     }
     store.shutdown().await.unwrap();
 }
+
+/// A database from before destinations recorded their SSRF decision (schema version 5): its
+/// destinations read back with none (`allow_private: None`, the delivering server's flag
+/// decides), and a change records one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_destinations_have_no_recorded_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(apitrail_store_sqlite::DB_FILE);
+    let old =
+        apitrail_store_tests::support::old_destination(new_record_id(), "http://127.0.0.1:9/old");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in [
+            include_str!("../migrations/0001_init.sql"),
+            include_str!("../migrations/0002_principal_indexes.sql"),
+            include_str!("../migrations/0003_audit_chain.sql"),
+            include_str!("../migrations/0004_actions.sql"),
+            include_str!("../migrations/0005_request_log_values.sql"),
+        ] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute(
+            "INSERT INTO orgs (seq, id, name, created_at) VALUES (1, 'old-dest', 'Old', 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO destinations (org, id, label, url, headers, signaling, \
+             response_time_sla_ms, credential_id, tags, created_at, updated_at, deleted_at) \
+             VALUES (1, ?1, 'old hook', ?2, '{}', 0, 5000, NULL, '{}', 1000, 1000, NULL)",
+            rusqlite::params![old.id.as_bytes(), old.config.url],
+        )
+        .unwrap();
+    }
+    let store = open(dir.path(), SqliteOptions::default());
+    let tenant = store
+        .tenant(&apitrail_store_tests::support::org_id("old-dest"))
+        .await
+        .unwrap()
+        .unwrap();
+    apitrail_store_tests::support::assert_upgraded_destination(&store, &tenant, &old).await;
+    store.shutdown().await.unwrap();
+}

@@ -191,7 +191,8 @@ async fn assert_audited(store: &dyn Store, tenant: &Tenant, written: &[AuditEntr
 // Story 1: credentials and destinations
 
 /// Credentials and destinations come back with every field as written (secret bytes, header
-/// and tag maps, optional fields), listed oldest first (ties by id); a destination is replaced
+/// and tag maps, optional fields, the SSRF decision: allowed, refused or none recorded), listed
+/// oldest first (ties by id); a destination is replaced
 /// in place and soft-deleted (then listed only with `include_deleted`, still readable); every
 /// mutation writes its audit entry in the org's chain, and a refused one writes none.
 pub async fn action_credentials_and_destinations_round_trip(store: &dyn Store) {
@@ -270,6 +271,7 @@ pub async fn action_credentials_and_destinations_round_trip(store: &dyn Store) {
             },
             credential_id: Some(credentials[0].id),
             tags: tags(&[("team", "payments"), ("env", "prod"), ("a.b", "dotted key")]),
+            allow_private: Some(true),
             created_at: at(200),
             updated_at: at(250),
             deleted_at: None,
@@ -285,6 +287,8 @@ pub async fn action_credentials_and_destinations_round_trip(store: &dyn Store) {
             },
             credential_id: None,
             tags: Tags::new(),
+            // Stored before the SSRF decision was recorded.
+            allow_private: None,
             created_at: at(100),
             updated_at: at(100),
             deleted_at: None,
@@ -300,6 +304,7 @@ pub async fn action_credentials_and_destinations_round_trip(store: &dyn Store) {
             },
             credential_id: Some(credentials[1].id),
             tags: tags(&[("team", "growth")]),
+            allow_private: Some(false),
             created_at: at(100),
             updated_at: at(100),
             deleted_at: None,
@@ -338,6 +343,7 @@ pub async fn action_credentials_and_destinations_round_trip(store: &dyn Store) {
         },
         credential_id: None,
         tags: tags(&[("team", "billing")]),
+        allow_private: Some(false),
         updated_at: at(600),
         ..destinations[0].clone()
     };
@@ -2195,6 +2201,7 @@ pub async fn action_tenants_never_see_each_other(store: &dyn Store) {
         },
         credential_id: Some(cred.id),
         tags: tags(&[("team", "a")]),
+        allow_private: Some(false),
         created_at: at(20),
         updated_at: at(20),
         deleted_at: None,

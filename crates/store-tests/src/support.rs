@@ -12,9 +12,9 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use apitrail_model::{
-    ActionEvent, ActionRecord, ActionState, ActionStatus, ApiKey, AuditEntry, LogFilter, Org,
-    OrgId, PageRequest, PageStart, PrincipalType, RequestId, RequestLog, Scope, Secret, Sort,
-    SortDir, SortKey, Tenant, Timestamp, new_record_id,
+    ActionEvent, ActionRecord, ActionState, ActionStatus, ApiKey, AuditEntry, Destination,
+    LogFilter, Org, OrgId, PageRequest, PageStart, PrincipalType, RequestId, RequestLog, Scope,
+    Secret, Sort, SortDir, SortKey, Tags, Tenant, Timestamp, WebhookConfig, new_record_id,
 };
 use apitrail_store::{InsertOutcome, LogBatch, Store};
 use fastrand::Rng;
@@ -517,4 +517,72 @@ pub async fn create_record(
         .await
         .unwrap_or_else(|e| panic!("create_action_record({}) failed: {e:?}", record.id));
     event
+}
+
+/// The destination a backend's upgrade test writes in the schema from before the SSRF decision
+/// was recorded: `id`, labelled `old hook`, at `url`, no headers, tags or credential, signaling
+/// off, a 5,000 ms SLA, created and updated at Unix millisecond 1,000, not deleted.
+pub fn old_destination(id: Uuid, url: &str) -> Destination {
+    Destination {
+        id,
+        label: "old hook".into(),
+        config: WebhookConfig {
+            url: url.into(),
+            headers: Tags::new(),
+            signaling: false,
+            response_time_sla_ms: 5_000,
+        },
+        credential_id: None,
+        tags: Tags::new(),
+        allow_private: None,
+        created_at: ts(1_000),
+        updated_at: ts(1_000),
+        deleted_at: None,
+    }
+}
+
+/// After an upgrade, `old` (an [`old_destination`] of `tenant`) reads back whole with no
+/// recorded decision (`allow_private: None`, so the delivering server's flag decides), and a
+/// change records one.
+pub async fn assert_upgraded_destination(store: &dyn Store, tenant: &Tenant, old: &Destination) {
+    assert_eq!(
+        old.allow_private, None,
+        "a fixture from before the decision"
+    );
+    let read = store
+        .get_destination(tenant, old.id)
+        .await
+        .expect("get_destination");
+    assert_eq!(read.as_ref(), Some(old), "read after the upgrade");
+    let listed = store
+        .list_destinations(tenant, false)
+        .await
+        .expect("list_destinations");
+    assert_eq!(
+        listed,
+        std::slice::from_ref(old),
+        "listed after the upgrade"
+    );
+    let changed = Destination {
+        allow_private: Some(true),
+        updated_at: ts(2_000),
+        ..old.clone()
+    };
+    store
+        .put_destination(
+            tenant,
+            &changed,
+            false,
+            &audit_entry("update", "destination", &old.id.to_string(), ts(2_000)),
+        )
+        .await
+        .expect("put_destination");
+    assert_eq!(
+        store
+            .get_destination(tenant, old.id)
+            .await
+            .expect("get_destination"),
+        Some(changed),
+        "a change records the decision"
+    );
 }
