@@ -749,10 +749,13 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
     insert_all_new(&store, &tenant, &logs, 30).await;
     store.shutdown().await.unwrap();
     drop(store);
-    // As version 4 left it: no values table.
+    // As version 4 left it: no values table (nor what later versions added).
     let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
-    conn.execute_batch("DROP TABLE request_log_values; PRAGMA user_version = 4;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE request_log_values; ALTER TABLE destinations DROP COLUMN allow_private; \
+         PRAGMA user_version = 4;",
+    )
+    .unwrap();
     drop(conn);
     let store = open(dir.path(), SqliteOptions::default());
     for filter in [
