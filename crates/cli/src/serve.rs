@@ -30,7 +30,18 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
             ..SqliteOptions::default()
         })
         .await?;
+    let mut serve = args.serve_config();
+    match apitrail_api::serve::fit_to_fd_limit(&mut serve) {
+        Ok((limit, true)) => tracing::warn!(
+            open_file_limit = limit,
+            max_connections = serve.max_connections,
+            "--max-connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
     let config = ApiConfig {
+        serve: serve.clone(),
         admin_token,
         self_log: !args.no_self_log,
         body_cap_bytes: args.body_cap_bytes,
@@ -57,7 +68,8 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     let base = format!("http://{addr}");
     tracing::info!(%addr, store = %store_args.describe(), self_log = !args.no_self_log,
         operator_api = has_admin, retry_schedule = ?args.retry_schedule,
-        allow_private_destinations = args.allow_private_destinations, "apitrail listening");
+        allow_private_destinations = args.allow_private_destinations,
+        max_connections = serve.max_connections, "apitrail listening");
 
     println!(
         "apitrail is listening on {base} ({})",
