@@ -465,6 +465,19 @@ fn split_records<'a>(
 /// `(field, message)` pairs; `None` when the whole record is at fault.
 pub(crate) type Problems = Vec<(Option<String>, String)>;
 
+/// A record's `org_id`; an empty one is a problem of the record (SPEC §11: an empty string
+/// is not an absent field), not the key's own org.
+pub(crate) fn empty_org_id(org_id: Option<String>, problems: &mut Problems) -> Option<String> {
+    if org_id.as_deref() == Some("") {
+        problems.push((
+            Some("org_id".to_owned()),
+            "must not be empty; leave it out to use the key's org".to_owned(),
+        ));
+        return None;
+    }
+    org_id
+}
+
 /// One record after parsing: the org it names (if that could be read) and either the valid
 /// record or every problem found.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
-//! Compressed ingest: `Content-Encoding: gzip` and `zstd` bodies are decoded (and held to the
-//! 16 MiB limit while decoding, so a decompression bomb is refused without being inflated),
-//! other codings are 415, and a body that is not what its coding says is 400.
+//! Ingest bodies. Compressed ingest: `Content-Encoding: gzip` and `zstd` bodies are decoded
+//! (and held to the 16 MiB limit while decoding, so a decompression bomb is refused without
+//! being inflated), other codings are 415, and a body that is not what its coding says is 400.
+//! And an empty `org_id` is an invalid record, not the key's org (SPEC §11).
 
 #![allow(clippy::unwrap_used)]
 
@@ -333,6 +334,36 @@ async fn a_body_that_is_not_what_its_encoding_says_is_400() {
             v["error"]["message"].as_str().unwrap().contains(encoding),
             "{v}"
         );
+    }
+    assert!(stored_paths(&server, &key).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_org_id_is_an_invalid_record_not_the_keys_org() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("empty").await;
+    let log = json!({"org_id": "", "method": "GET", "path": "/e", "status_code": 200});
+    let event = json!({"org_id": "", "action": "create", "resource_type": "thing"});
+    for (route, record) in [
+        ("/v1/ingest/requests", &log),
+        ("/v1/ingest/audit-events", &event),
+    ] {
+        for operator in [false, true] {
+            let rb = server.request(Method::POST, route);
+            let rb = if operator {
+                rb.bearer_auth(apitrail_testkit::ADMIN_TOKEN)
+            } else {
+                rb.header("x-api-key", &key.secret)
+            };
+            let resp = rb.json(&json!([record])).send().await.unwrap();
+            let body =
+                expect_native_error(resp, StatusCode::BAD_REQUEST, "invalid_records", None).await;
+            let details = body["error"]["details"].as_array().unwrap();
+            assert_eq!(details.len(), 1, "{route}: {body}");
+            assert_eq!(details[0]["index"], 0, "{body}");
+            assert_eq!(details[0]["field"], "org_id", "{body}");
+        }
     }
     assert!(stored_paths(&server, &key).await.is_empty());
     server.stop().await;
