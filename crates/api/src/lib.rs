@@ -72,6 +72,14 @@ pub fn router(state: AppState) -> Router {
             get(zoo::get_api_call_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
         )
         .route(
+            "/api-calls",
+            get(zoo::list_api_calls).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
+            "/api-calls/{id}",
+            get(zoo::get_api_call).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
             "/users/{id}/api-calls",
             get(zoo::list_api_calls_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
         )
