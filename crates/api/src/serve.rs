@@ -16,6 +16,9 @@
 //!   request is marked (see [`BodyWatch`]) so the application can answer `408`, and the
 //!   response closes the connection.
 //!
+//! On shutdown the loop stops accepting; connections with a request in flight finish it
+//! (keep-alive off), the others close at once.
+//!
 //! At the connection cap the accept loop stops accepting (further clients wait in the
 //! kernel's backlog, holding no descriptor of ours) and asks one idle connection to close to
 //! make room; connections in the other phases are never cut for room, and they end by
@@ -90,7 +93,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Raises the soft open-file limit to the hard one and fits `max_connections` under it, with
 /// [`RESERVED_FDS`] to spare, so that the process never runs out of descriptors. Returns the
 /// limit and whether `max_connections` was lowered.
-pub fn fit_to_fd_limit(config: &mut ServeConfig) -> io::Result<(u64, bool)> {
+pub fn fit_to_fd_limit(config: &mut ServeConfig) -> (u64, bool) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     if let (Some(cur), max) = (limit.current, limit.maximum)
@@ -112,9 +115,9 @@ pub fn fit_to_fd_limit(config: &mut ServeConfig) -> io::Result<(u64, bool)> {
     let fits = usize::try_from(fits).unwrap_or(usize::MAX);
     if config.max_connections > fits {
         config.max_connections = fits;
-        return Ok((available, true));
+        return (available, true);
     }
-    Ok((available, false))
+    (available, false)
 }
 
 /// Counters of the serving loop, for `/metrics`.
@@ -303,6 +306,7 @@ enum Closed {
     HeaderTimeout,
     KeepAliveTimeout,
     Shed,
+    Shutdown,
 }
 
 #[derive(Debug)]
@@ -666,8 +670,13 @@ impl Connection {
         let closed = poll_fn(|cx| {
             if !stopped && stopping.as_mut().poll(cx).is_ready() {
                 stopped = true;
-                // Idle connections close at once, busy ones after their response.
+                // Busy connections close after their response.
                 conn.as_mut().graceful_shutdown();
+            }
+            if stopped && !matches!(state.phase(), Phase::Busy { .. }) {
+                // Idle, or half a request head: nothing is in flight, close now rather than
+                // wait for the header timeout.
+                return Poll::Ready(Some(Closed::Shutdown));
             }
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 if let Err(e) = result {
@@ -706,7 +715,7 @@ impl Connection {
         })
         .await;
         let counter = match closed {
-            None => return,
+            None | Some(Closed::Shutdown) => return,
             Some(Closed::HeaderTimeout) => &self.stats.header_timeouts,
             Some(Closed::KeepAliveTimeout) => &self.stats.keep_alive_timeouts,
             Some(Closed::Shed) => &self.stats.shed,

@@ -284,17 +284,54 @@ async fn a_dripping_body_is_cut_off_at_the_body_deadline() {
     server.stop().await;
 }
 
+/// An ingest call whose handler is reading its (1,000-byte) body: the interim `100 Continue`
+/// is sent when the handler starts reading, so the request is surely in flight.
+async fn in_flight_ingest(server: &TestServer, secret: &str) -> TcpStream {
+    let mut s = connect(server).await;
+    let head = format!(
+        "POST /v1/ingest/requests HTTP/1.1\r\nHost: test\r\nX-API-Key: {secret}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\
+         Expect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = Vec::new();
+    tokio::time::timeout(SLACK, async {
+        while !interim.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed");
+            interim.push(byte[0]);
+        }
+    })
+    .await
+    .expect("no 100 Continue");
+    assert!(interim.starts_with(b"HTTP/1.1 100"), "{interim:?}");
+    s
+}
+
+/// Closes the test client's pooled connection, so that it holds no slot under a cap.
+async fn close_pooled(server: &TestServer) {
+    let resp = server
+        .request(Method::GET, "/healthz")
+        .header("connection", "close")
+        .send()
+        .await
+        .unwrap();
+    expect(resp, StatusCode::OK).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_new_connections_wait_for_a_busy_one_to_end() {
-    let timeout = Duration::from_secs(2);
+    let stall = Duration::from_secs(2);
     let server = TestServer::start_with(limits(|c| {
         c.max_connections = 2;
-        c.header_read_timeout = timeout;
+        c.body_read_timeout = stall;
     }))
     .await;
-    // Two connections in the middle of a request head: not idle, so never closed for room.
-    let mut a = half_head_connection(&server).await;
-    let mut b = half_head_connection(&server).await;
+    let key = server.org_with_key("cap").await;
+    close_pooled(&server).await;
+    // Two requests in flight: never closed for room.
+    let mut a = in_flight_ingest(&server, &key.secret).await;
+    let mut b = in_flight_ingest(&server, &key.secret).await;
     let client = reqwest::Client::new();
     let start = Instant::now();
     let waiting = tokio::spawn({
@@ -302,19 +339,19 @@ async fn at_the_connection_cap_new_connections_wait_for_a_busy_one_to_end() {
         let url = format!("{}/healthz", server.base);
         async move { client.get(url).send().await.unwrap().status() }
     });
-    // The third waits until the header timeout frees a slot, then is served.
-    let status = tokio::time::timeout(timeout + SLACK, waiting)
+    // The third waits until the stalled bodies time out and free their slots, then is served.
+    let status = tokio::time::timeout(stall + SLACK, waiting)
         .await
         .expect("the waiting connection was never served")
         .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(
-        start.elapsed() >= timeout / 2,
+        start.elapsed() >= stall / 2,
         "served after {:?}, before a slot was free",
         start.elapsed()
     );
-    closed_within(&mut a, SLACK).await;
-    closed_within(&mut b, SLACK).await;
+    expect_408(&mut a, SLACK, "stalled").await;
+    expect_408(&mut b, SLACK, "stalled").await;
     assert!(
         metric(
             &server,
@@ -330,9 +367,11 @@ async fn at_the_connection_cap_new_connections_wait_for_a_busy_one_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_an_idle_connection_is_closed_to_make_room() {
     let server = TestServer::start_with(limits(|c| c.max_connections = 2)).await;
+    let key = server.org_with_key("shed").await;
+    close_pooled(&server).await;
     let mut idle = idle_connection(&server).await;
-    let mut busy = half_head_connection(&server).await;
-    // Served at once (the keep-alive and header timeouts are 30 s): the idle one made room.
+    let mut busy = in_flight_ingest(&server, &key.secret).await;
+    // Served at once (the keep-alive and body timeouts are 30 s): the idle one made room.
     let client = reqwest::Client::new();
     let resp = tokio::time::timeout(SLACK, client.get(format!("{}/healthz", server.base)).send())
         .await
@@ -341,8 +380,11 @@ async fn at_the_connection_cap_an_idle_connection_is_closed_to_make_room() {
     expect(resp, StatusCode::OK).await;
     closed_within(&mut idle, SLACK).await;
     // The connection in the middle of a request was left alone: it finishes its request.
-    busy.write_all(b"st\r\n\r\n").await.unwrap();
-    assert_eq!(read_response(&mut busy, SLACK).await.status, 200);
+    let mut body = br#"[{"method":"GET","path":"/kept","status_code":200}]"#.to_vec();
+    body.resize(1000, b' ');
+    busy.write_all(&body).await.unwrap();
+    let r = read_response(&mut busy, SLACK).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     drop(busy);
     assert_eq!(
         metric(&server, &client, "apitrail_http_connections_shed_total").await,
@@ -361,16 +403,49 @@ async fn at_the_connection_cap_an_idle_connection_is_closed_to_make_room() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_closes_idle_connections_at_once() {
+async fn graceful_shutdown_closes_connections_without_a_request_in_flight_at_once() {
+    // The timeouts (30 s) are far longer than the shutdown may take.
     let server = TestServer::start_with(limits(|_| {})).await;
     let mut idle = idle_connection(&server).await;
+    let mut half = half_head_connection(&server).await;
     let mut fresh = connect(&server).await;
     healthz_ok(&server).await;
     tokio::time::timeout(SLACK, server.stop())
         .await
-        .expect("shutdown waited for idle connections");
+        .expect("shutdown waited for connections with nothing in flight");
     closed_within(&mut idle, SLACK).await;
+    closed_within(&mut half, SLACK).await;
     closed_within(&mut fresh, SLACK).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_a_request_in_flight_finish() {
+    let server = TestServer::start_with(limits(|_| {})).await;
+    let key = server.org_with_key("inflight").await;
+    let mut body = br#"[{"method":"GET","path":"/late","status_code":200}]"#.to_vec();
+    body.resize(1000, b' ');
+    let mut conn = in_flight_ingest(&server, &key.secret).await;
+    let addr = server.addr;
+    let stopping = tokio::spawn(server.stop());
+    // The listener is gone (the shutdown has begun) while the request is still in flight.
+    let deadline = Instant::now() + SLACK;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the server kept accepting");
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !stopping.is_finished(),
+        "the shutdown did not wait for the request"
+    );
+    conn.write_all(&body).await.unwrap();
+    let r = read_response(&mut conn, SLACK).await;
+    assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("connection"), Some("close"));
+    closed_within(&mut conn, SLACK).await;
+    tokio::time::timeout(SLACK, stopping)
+        .await
+        .expect("the shutdown did not end after the request")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

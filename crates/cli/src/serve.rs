@@ -31,14 +31,13 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         })
         .await?;
     let mut serve = args.serve_config();
-    match apitrail_api::serve::fit_to_fd_limit(&mut serve) {
-        Ok((limit, true)) => tracing::warn!(
-            open_file_limit = limit,
+    let (fd_limit, lowered) = apitrail_api::serve::fit_to_fd_limit(&mut serve);
+    if lowered {
+        tracing::warn!(
+            open_file_limit = fd_limit,
             max_connections = serve.max_connections,
             "--max-connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+        );
     }
     let config = ApiConfig {
         serve: serve.clone(),
