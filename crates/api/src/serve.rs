@@ -725,3 +725,28 @@ impl Connection {
         // Dropping the connection closes the socket.
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_under_the_open_file_limit() {
+        let mut small = ServeConfig {
+            max_connections: 8,
+            ..ServeConfig::default()
+        };
+        let (limit, lowered) = fit_to_fd_limit(&mut small);
+        assert!(!lowered || limit < 8 + RESERVED_FDS);
+        let mut huge = ServeConfig {
+            max_connections: usize::MAX,
+            ..ServeConfig::default()
+        };
+        let (limit, lowered) = fit_to_fd_limit(&mut huge);
+        assert!(lowered);
+        assert!(huge.max_connections as u64 + RESERVED_FDS <= limit.max(16 + RESERVED_FDS));
+        // The soft limit now is the one reported.
+        let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(now.current.unwrap_or(u64::MAX), limit);
+    }
+}
