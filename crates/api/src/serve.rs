@@ -517,6 +517,7 @@ where
     let config = Arc::new(config);
     let mut shutdown = pin!(shutdown);
     let mut warned: Option<Instant> = None;
+    let mut accept_warned: Option<Instant> = None;
     let mut unlogged = 0u64;
     loop {
         let accepted = tokio::select! {
@@ -529,7 +530,10 @@ where
             Err(e) => {
                 // Out of descriptors or memory: wait a moment rather than spin; the client
                 // stays in the backlog meanwhile.
-                tracing::warn!(error = %e, "cannot accept a connection");
+                if accept_warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    accept_warned = Some(Instant::now());
+                }
                 tokio::select! {
                     () = &mut shutdown => break,
                     () = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -564,7 +568,7 @@ where
             }
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
-        stats.open.fetch_add(1, Ordering::Relaxed);
+        let open = OpenGuard::new(Arc::clone(&stats), permit);
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             builder: Arc::clone(&builder),
@@ -576,8 +580,7 @@ where
         let service = service.clone();
         tokio::spawn(async move {
             conn.run(stream, peer, service).await;
-            conn.stats.open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
+            drop(open);
         });
     }
     drop(listener);
@@ -585,6 +588,29 @@ where
     // Every connection holds a permit until it closes.
     let _ = permits.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// A connection's slot: counted open, and released when the connection's task ends (a
+/// panic included).
+struct OpenGuard {
+    stats: Arc<ServeStats>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl OpenGuard {
+    fn new(stats: Arc<ServeStats>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Self {
+            stats,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Errors of one incoming connection, not of the listener.

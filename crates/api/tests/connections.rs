@@ -200,6 +200,10 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout() 
         metric(&server, &client, "apitrail_http_keep_alive_timeouts_total").await,
         1.0
     );
+    // This connection, the idle one (gone) and the one of healthz_ok.
+    assert!(metric(&server, &client, "apitrail_http_connections_total").await >= 3.0);
+    // At least the one asking.
+    assert!(metric(&server, &client, "apitrail_http_connections_open").await >= 1.0);
     server.stop().await;
 }
 
