@@ -11,9 +11,9 @@ use std::marker::PhantomData;
 
 use apitrail_model::{ApiKey, Scope, Secret, SecretHash, Tenant};
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName};
 
 use crate::error::{ApiError, Envelope, ErrorKind, Failure};
 use crate::state::AppState;
@@ -115,34 +115,51 @@ impl Carrier {
     }
 }
 
-/// Finds the presented credential, in carrier order.
-fn presented(headers: &HeaderMap) -> Option<(String, Carrier)> {
-    let header = |name: &str| {
+/// Finds the presented credential: the value of the first carrier in carrier order.
+/// Every carrier (and every repetition of one) is read: two different values make the request
+/// ambiguous, since which one would win is a guess the client cannot see (400). The same
+/// value in several carriers is one credential.
+fn presented(headers: &HeaderMap) -> Result<Option<(String, Carrier)>, ApiError> {
+    let mut found: Vec<(String, Carrier)> = Vec::new();
+    let values = |name: HeaderName| {
         headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
-    if let Some(v) = header(AUTHORIZATION.as_str()) {
+    for v in values(AUTHORIZATION) {
         let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
         if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-            return Some((token.trim().to_owned(), Carrier::Bearer));
+            found.push((token.trim().to_owned(), Carrier::Bearer));
         }
     }
     for name in ["x-api-key", "x-arklow-auth"] {
-        if let Some(v) = header(name) {
-            return Some((v.to_owned(), Carrier::Header));
-        }
+        found
+            .extend(values(HeaderName::from_static(name)).map(|v| (v.to_owned(), Carrier::Header)));
     }
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == "better-auth.session_token" && !value.is_empty())
-        .map(|(_, value)| (value.trim_matches('"').to_owned(), Carrier::Cookie))
+    found.extend(
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .filter(|(name, value)| *name == "better-auth.session_token" && !value.is_empty())
+            .map(|(_, value)| (value.trim_matches('"').to_owned(), Carrier::Cookie)),
+    );
+    let Some(first) = found.first() else {
+        return Ok(None);
+    };
+    if found.iter().any(|(token, _)| *token != first.0) {
+        return Err(ApiError::new(
+            ErrorKind::AmbiguousCredentials,
+            "the request carries two different credentials (Authorization, X-API-Key, \
+             x-arklow-auth or the better-auth.session_token cookie); send one",
+        ));
+    }
+    Ok(Some(first.clone()))
 }
 
 const MISSING: &str = "missing credentials: send an API key as Authorization: Bearer <key>, \
@@ -151,7 +168,7 @@ const MISSING: &str = "missing credentials: send an API key as Authorization: Be
 impl AppState {
     /// Authenticates an org key from any carrier.
     pub async fn authenticate_org(&self, headers: &HeaderMap) -> Result<OrgCaller, ApiError> {
-        let Some((token, carrier)) = presented(headers) else {
+        let Some((token, carrier)) = presented(headers)? else {
             return Err(ApiError::new(ErrorKind::Unauthorized, MISSING));
         };
         let auth_type = carrier.auth_type();
@@ -190,7 +207,7 @@ impl AppState {
             ));
         };
         // The operator token travels only as `Authorization: Bearer` (SPEC §11).
-        match presented(headers) {
+        match presented(headers)? {
             Some((token, Carrier::Bearer)) if admin.matches(&token) => Ok(()),
             Some((_, Carrier::Bearer)) => Err(ApiError::new(
                 ErrorKind::Unauthorized,
@@ -205,7 +222,7 @@ impl AppState {
 
     /// Authenticates either credential (ingest).
     pub async fn authenticate_any(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        match presented(headers) {
+        match presented(headers)? {
             Some((token, Carrier::Bearer)) if self.is_operator_token(&token) => {
                 Ok(Caller::Operator)
             }
@@ -285,23 +302,59 @@ mod tests {
         ];
         for ((name, value), (want, kind)) in cases {
             assert_eq!(
-                presented(&headers(&[(name, value)])).map(|(t, c)| (t, c.auth_type())),
+                presented(&headers(&[(name, value)]))
+                    .unwrap()
+                    .map(|(t, c)| (t, c.auth_type())),
                 Some((want.to_owned(), kind)),
                 "{name}: {value}"
             );
         }
-        assert_eq!(presented(&headers(&[("authorization", "Basic abc")])), None);
-        assert_eq!(presented(&headers(&[("cookie", "other=1")])), None);
-        assert_eq!(presented(&HeaderMap::new()), None);
+        let none = |h: &HeaderMap| presented(h).unwrap();
+        assert_eq!(none(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(none(&headers(&[("cookie", "other=1")])), None);
+        assert_eq!(none(&HeaderMap::new()), None);
     }
 
     #[test]
-    fn header_carriers_take_precedence_over_the_cookie() {
+    fn one_credential_in_several_carriers_is_one_credential() {
         let h = headers(&[
-            ("cookie", "better-auth.session_token=stale"),
-            ("x-api-key", "fresh"),
+            ("cookie", "better-auth.session_token=k1"),
+            ("x-api-key", "k1"),
+            ("authorization", "Bearer k1"),
+            ("x-arklow-auth", "k1"),
         ]);
-        assert_eq!(presented(&h), Some(("fresh".to_owned(), Carrier::Header)));
+        assert_eq!(
+            presented(&h).unwrap(),
+            Some(("k1".to_owned(), Carrier::Bearer))
+        );
+        let h = headers(&[
+            ("cookie", "better-auth.session_token=k1"),
+            ("x-api-key", "k1"),
+        ]);
+        assert_eq!(
+            presented(&h).unwrap(),
+            Some(("k1".to_owned(), Carrier::Header))
+        );
+    }
+
+    #[test]
+    fn two_different_credentials_are_ambiguous() {
+        for pairs in [
+            [("authorization", "Bearer k1"), ("x-api-key", "k2")],
+            [
+                ("x-api-key", "k1"),
+                ("cookie", "better-auth.session_token=k2"),
+            ],
+            [("x-arklow-auth", "k1"), ("x-api-key", "k2")],
+            [("x-api-key", "k1"), ("x-api-key", "k2")],
+            [
+                ("cookie", "better-auth.session_token=k1"),
+                ("cookie", "better-auth.session_token=k2"),
+            ],
+        ] {
+            let err = presented(&headers(&pairs)).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::AmbiguousCredentials, "{pairs:?}");
+        }
     }
 
     #[test]

@@ -37,8 +37,16 @@ pub enum ErrorKind {
     Conflict,
     /// The body or batch is larger than allowed.
     PayloadTooLarge,
-    /// The body's media type is not accepted.
+    /// The body's media type or content coding is not accepted.
     UnsupportedMediaType,
+    /// The request body stalled or took too long to arrive.
+    RequestTimeout,
+    /// The request target (path and query) is longer than accepted.
+    UriTooLong,
+    /// The request's header fields are too many or too large.
+    HeadersTooLarge,
+    /// The request carries two different credentials.
+    AmbiguousCredentials,
     /// The write queue is full; retry later.
     Overloaded,
     /// The store is unreachable or shutting down.
@@ -64,6 +72,13 @@ impl ErrorKind {
             ErrorKind::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            ErrorKind::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ErrorKind::UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            ErrorKind::HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
+            ErrorKind::AmbiguousCredentials => (StatusCode::BAD_REQUEST, "ambiguous_credentials"),
             ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),

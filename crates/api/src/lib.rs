@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 pub mod context;
 pub mod error;
+pub mod head;
 pub mod ingest;
 pub mod keys;
 pub mod logs;
@@ -22,6 +23,7 @@ pub mod openapi;
 pub mod ops;
 pub mod params;
 pub mod selflog;
+pub mod serve;
 pub mod state;
 pub mod wire;
 pub mod zoo;
@@ -68,6 +70,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/user/api-calls/{id}",
             get(zoo::get_api_call_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
+            "/api-calls",
+            get(zoo::list_api_calls).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
+        )
+        .route(
+            "/api-calls/{id}",
+            get(zoo::get_api_call).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
         )
         .route(
             "/users/{id}/api-calls",
@@ -176,18 +186,23 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then stops gracefully: stops accepting, lets
-    /// in-flight requests finish (each ingest waits for its commit), writes the pending
-    /// self-logs, and drains the store's write queue.
+    /// in-flight requests finish (each ingest waits for its commit; idle connections close at
+    /// once), writes the pending self-logs, and drains the store's write queue. Connections
+    /// are served by [`serve::serve`] with the limits of [`ApiConfig::serve`].
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let service =
-            router(self.state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Io)?;
+        let app = router(self.state.clone());
+        serve::serve(
+            self.listener,
+            app,
+            self.state.config().serve.clone(),
+            self.state.metrics().serve_stats(),
+            shutdown,
+        )
+        .await
+        .map_err(ServeError::Io)?;
         self.state.recorder().flush().await;
         self.store.shutdown().await.map_err(ServeError::Store)
     }

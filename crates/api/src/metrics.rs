@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use apitrail_store::{Histogram, HistogramSnapshot, StoreStats};
 
+use crate::serve::ServeStats;
+
 /// The registry.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -21,9 +23,16 @@ pub struct Metrics {
     pub ingest_invalid_batches: AtomicU64,
     /// Ingest calls refused because the write queue was full.
     pub ingest_overloaded: AtomicU64,
+    /// The listener's connection counters.
+    serve: Arc<ServeStats>,
 }
 
 impl Metrics {
+    /// The listener's connection counters, shared with the serving loop.
+    pub fn serve_stats(&self) -> Arc<ServeStats> {
+        Arc::clone(&self.serve)
+    }
+
     /// Counts one HTTP exchange. `route` is the matched route template, so label cardinality
     /// stays bounded whatever paths clients send.
     pub fn observe_http(&self, route: Option<&str>, method: &str, status: u16, took: Duration) {
@@ -108,6 +117,36 @@ impl Metrics {
                 self.ingest_overloaded.load(Ordering::Relaxed),
             ),
             (
+                "apitrail_http_connections_total",
+                "Connections accepted.",
+                self.serve.accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_http_connection_limit_reached_total",
+                "Connections that arrived while --max-connections were open (they waited for a free slot).",
+                self.serve.limit_reached.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_http_connections_shed_total",
+                "Idle connections closed to make room under --max-connections.",
+                self.serve.shed.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_http_header_timeouts_total",
+                "Connections closed because a request's headers did not arrive within --header-read-timeout-secs.",
+                self.serve.header_timeouts.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_http_keep_alive_timeouts_total",
+                "Idle kept-alive connections closed after --keep-alive-timeout-secs.",
+                self.serve.keep_alive_timeouts.load(Ordering::Relaxed),
+            ),
+            (
+                "apitrail_http_body_timeouts_total",
+                "Request bodies cut off with 408 (stalled for --body-read-timeout-secs, or not complete within --body-deadline-secs).",
+                self.serve.body_timeouts.load(Ordering::Relaxed),
+            ),
+            (
                 "apitrail_self_logs_dropped_total",
                 "Self-logs dropped because their queue was full.",
                 self_logs_dropped,
@@ -130,6 +169,11 @@ impl Metrics {
             );
         }
         let gauges = [
+            (
+                "apitrail_http_connections_open",
+                "Client connections open now.",
+                self.serve.open.load(Ordering::Relaxed),
+            ),
             (
                 "apitrail_write_queue_records",
                 "Records waiting in the write queue.",

@@ -23,6 +23,8 @@ use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire
         zoo::user_list_api_calls,
         zoo::get_api_call_for_user,
         zoo::list_api_calls_for_user,
+        zoo::list_api_calls,
+        zoo::get_api_call,
         audit::list_audit_log,
         audit::list_audit_log_unversioned,
         audit::verify_audit_log,

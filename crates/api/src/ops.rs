@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
+use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native, render};
 use crate::state::AppState;
 
 /// Liveness or readiness.
@@ -69,13 +69,18 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
-/// Unknown routes answer in the native envelope.
-pub async fn not_found(method: Method, uri: Uri) -> Failure<Native> {
-    ApiError::new(
+/// Unknown routes answer in the native envelope, or in the zoo envelope under the zoo
+/// dialect's prefixes (`/org`, `/user`, `/users`, `/api-calls`), whose clients read only that.
+pub async fn not_found(method: Method, uri: Uri) -> Response {
+    let err = ApiError::new(
         ErrorKind::RouteNotFound,
         format!("no route for {method} {}", uri.path()),
-    )
-    .into()
+    );
+    if crate::zoo::is_zoo_path(uri.path()) {
+        render::<crate::zoo::Zoo>(&err)
+    } else {
+        render::<Native>(&err)
+    }
 }
 
 /// Known routes with an unsupported method answer in the native envelope.

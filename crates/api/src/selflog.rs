@@ -28,7 +28,8 @@ use uuid::Uuid;
 
 use crate::auth::OrgCaller;
 use crate::context;
-use crate::error::ErrorCode;
+use crate::error::{ApiError, ErrorCode, ErrorKind, Native, render};
+use crate::serve::BodyWatch;
 use crate::state::AppState;
 
 /// Where the auth extractor leaves the caller for the middleware to find after the response.
@@ -82,7 +83,24 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         (header("user-agent"), header("origin"))
     };
 
-    let mut response = context::scope(request_id.clone(), peer, next.run(req)).await;
+    let head_error = crate::head::check(req.uri(), req.headers());
+    let body_watch = req.extensions().get::<BodyWatch>().cloned();
+    let mut response = context::scope(request_id.clone(), peer, async move {
+        if let Some(err) = head_error {
+            return render::<Native>(&err);
+        }
+        let response = next.run(req).await;
+        // A body cut off by a timeout is a 408 whatever the handler made of the failed read
+        // (the serving loop closes the connection after it).
+        match body_watch.and_then(|w| w.timed_out()) {
+            Some(timeout) => render::<Native>(&ApiError::new(
+                ErrorKind::RequestTimeout,
+                format!("{timeout}; the connection is closed"),
+            )),
+            None => response,
+        }
+    })
+    .await;
 
     let elapsed = started.elapsed();
     let status = response.status().as_u16();

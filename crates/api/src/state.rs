@@ -8,6 +8,7 @@ use apitrail_store::Store;
 use crate::auth::AdminToken;
 use crate::metrics::Metrics;
 use crate::selflog::Recorder;
+use crate::serve::ServeConfig;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct ApiConfig {
     pub allow_private_destinations: bool,
     /// Woken when an action record is created, so the dispatcher starts at once.
     pub dispatch_wake: Arc<tokio::sync::Notify>,
+    /// Connection limits and timeouts of the listener.
+    pub serve: ServeConfig,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +42,7 @@ impl Default for ApiConfig {
             max_ingest_records: 10_000,
             allow_private_destinations: false,
             dispatch_wake: Arc::new(tokio::sync::Notify::new()),
+            serve: ServeConfig::default(),
         }
     }
 }

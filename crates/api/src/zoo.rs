@@ -446,6 +446,74 @@ pub async fn get_api_call_for_user(
     Ok(fetch(&state, &caller, id, |log| own.matches(log)).await?)
 }
 
+/// List API calls.
+///
+/// Every API call made in the caller's org, as `GET /org/api-calls` lists them (the same
+/// parameters, order and page shape). Needs the `admin` scope.
+#[utoipa::path(
+    get,
+    path = "/api-calls",
+    tag = "zoo",
+    operation_id = "list_api_calls",
+    params(ApiCallsQuery),
+    responses(
+        (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
+        (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
+        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
+        (status = 403, description = "The key lacks the admin scope", body = ZooError),
+    ),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn list_api_calls(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Zoo>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<ApiCallWithPriceResultsPage>, Failure<Zoo>> {
+    caller.require(Scope::Admin)?;
+    Ok(list(&state, &caller, LogFilter::default(), query.as_deref()).await?)
+}
+
+/// Get an API call.
+///
+/// One of the caller's user's calls, as `GET /user/api-calls/{id}` (scope `read`); with the
+/// `admin` scope, any call of the caller's org.
+#[utoipa::path(
+    get,
+    path = "/api-calls/{id}",
+    tag = "zoo",
+    operation_id = "get_api_call",
+    params(("id" = String, Path, description = "The API call's id (a UUID)")),
+    responses(
+        (status = 200, description = "The API call", body = ApiCallWithPrice),
+        (status = 400, description = "The id is not a UUID", body = ZooError),
+        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
+        (status = 403, description = "The key has neither the read nor the admin scope", body = ZooError),
+        (status = 404, description = "No such call of the caller's user (or, with admin, of the org)", body = ZooError),
+    ),
+    security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
+)]
+pub async fn get_api_call(
+    State(state): State<AppState>,
+    Authed(caller, _): Authed<Zoo>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ApiCallWithPrice>, Failure<Zoo>> {
+    if caller.require(Scope::Admin).is_ok() {
+        return Ok(fetch(&state, &caller, id, |_| true).await?);
+    }
+    caller.require(Scope::Read)?;
+    let own = own_filter(&caller);
+    Ok(fetch(&state, &caller, id, |log| own.matches(log)).await?)
+}
+
+/// Whether `path` lies under the zoo dialect's prefixes, whose unknown routes answer in the
+/// zoo envelope.
+pub fn is_zoo_path(path: &str) -> bool {
+    ["/org", "/user", "/users"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+        || path.starts_with("/api-calls")
+}
+
 /// List API calls for a user.
 ///
 /// The calls of one user of the caller's org: `id` is a user id, an email (matched against
@@ -583,6 +651,29 @@ mod tests {
         };
         assert_eq!(item("PATCH"), "PATCH");
         assert_eq!(item("PROPFIND"), "EXTENSION");
+    }
+
+    #[test]
+    fn the_zoo_prefixes_are_recognised() {
+        for p in [
+            "/org",
+            "/org/x",
+            "/user/api-calls/x/y",
+            "/users",
+            "/api-calls",
+            "/api-calls/a/b",
+        ] {
+            assert!(is_zoo_path(p), "{p}");
+        }
+        for p in [
+            "/organisations",
+            "/v1/org/x",
+            "/userz",
+            "/",
+            "/admin/v1/orgs",
+        ] {
+            assert!(!is_zoo_path(p), "{p}");
+        }
     }
 
     #[test]

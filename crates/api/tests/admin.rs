@@ -179,6 +179,8 @@ async fn bad_org_creations_are_refused_by_field() {
     assert_eq!(audit_entries(&server, "taken").await.len(), before);
 
     for (body, param) in [
+        // An empty id is not an absent one (SPEC §11).
+        (json!({"id": "", "name": "n"}), "id"),
         (json!({"id": "a b", "name": "n"}), "id"),
         (json!({"id": "a/b", "name": "n"}), "id"),
         (json!({"id": "x".repeat(65), "name": "n"}), "id"),
@@ -482,6 +484,10 @@ async fn bad_key_creations_are_refused_by_field() {
         (without("principal_id"), "principal_id"),
         (with("principal_id", json!("")), "principal_id"),
         (with("email", json!("not-an-email")), "email"),
+        // Empty strings are not absent fields (SPEC §11).
+        (with("email", json!("")), "email"),
+        (with("user_id", json!("")), "user_id"),
+        (with("service_account_id", json!("")), "service_account_id"),
         (with("colour", json!("red")), "colour"),
         (
             with(

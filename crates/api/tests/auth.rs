@@ -715,3 +715,114 @@ async fn self_logged_calls_record_the_carrier_as_auth_type() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_different_credentials_are_400_in_the_routes_envelope() {
+    let server = TestServer::start().await;
+    // A numeric org id, so that the actions dialect's route takes it.
+    let a = server.org_with_key("4242").await;
+    let a2 = server.create_key("4242", &["read", "write"]).await;
+    let b = server.org_with_key("other").await;
+    let pairs = [
+        (
+            Carrier::Bearer,
+            a.secret.as_str(),
+            Carrier::XApiKey,
+            b.secret.as_str(),
+        ),
+        (
+            Carrier::XApiKey,
+            a.secret.as_str(),
+            Carrier::Cookie,
+            b.secret.as_str(),
+        ),
+        (
+            Carrier::Arklow,
+            a.secret.as_str(),
+            Carrier::XApiKey,
+            a2.secret.as_str(),
+        ),
+        (
+            Carrier::Cookie,
+            a.secret.as_str(),
+            Carrier::Bearer,
+            a2.secret.as_str(),
+        ),
+        (
+            Carrier::XApiKey,
+            a.secret.as_str(),
+            Carrier::Bearer,
+            ADMIN_TOKEN,
+        ),
+    ];
+    // Each route answers in its own dialect's envelope.
+    type IsEnvelope = fn(&Value) -> bool;
+    let routes: [(&str, IsEnvelope); 4] = [
+        ("/v1/logs", |v| {
+            v["error"]["code"] == "ambiguous_credentials"
+        }),
+        ("/org/api-calls", |v| {
+            v["error_code"] == "ambiguous_credentials"
+        }),
+        ("/v1/api-keys/requests", |v| {
+            v["code"] == 400 && v["data"].is_null()
+        }),
+        ("/v1/orgs/4242/actions/records", |v| {
+            v["errors"][0]["code"] == "ambiguous_credentials"
+        }),
+    ];
+    for (c1, s1, c2, s2) in pairs {
+        for (path, envelope) in &routes {
+            let rb = c2.apply(c1.apply(server.request(Method::GET, path), s1), s2);
+            let (status, _, body) = send(rb).await;
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{c1:?}+{c2:?} {path}: {body}"
+            );
+            assert!(envelope(&body), "{c1:?}+{c2:?} {path}: {body}");
+        }
+        // Ingest stores nothing for either credential.
+        let rb = c2.apply(
+            c1.apply(server.request(Method::POST, "/v1/ingest/requests"), s1),
+            s2,
+        );
+        let resp = rb.json(&json!([rec("/ambiguous")])).send().await.unwrap();
+        let body =
+            expect_native_error(resp, StatusCode::BAD_REQUEST, "ambiguous_credentials", None).await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("two different credentials"),
+            "{body}"
+        );
+    }
+    // The operator token beside an org key does not open the operator API either.
+    let resp = server
+        .operator(Method::GET, "/admin/v1/orgs")
+        .header("x-api-key", &a.secret)
+        .send()
+        .await
+        .unwrap();
+    expect_native_error(resp, StatusCode::BAD_REQUEST, "ambiguous_credentials", None).await;
+    for key in [&a, &b] {
+        let logs = server.logs(&key.secret, "").await;
+        assert_eq!(logs["data"].as_array().unwrap().len(), 0, "{logs}");
+    }
+    // The same key in every carrier is one credential.
+    let mut rb = server.request(Method::GET, "/v1/logs");
+    for carrier in Carrier::ALL {
+        rb = carrier.apply(rb, &a.secret);
+    }
+    expect(rb.send().await.unwrap(), StatusCode::OK).await;
+    // So is the operator token twice.
+    let resp = server
+        .operator(Method::GET, "/admin/v1/orgs")
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    expect(resp, StatusCode::OK).await;
+    server.stop().await;
+}

@@ -1,6 +1,7 @@
 //! The official `kittycad` Python client (PyPI) against a live apitrail (SPEC §3.1): it lists
 //! (auto-paging through `next_page`), sorts, and fetches single calls through the zoo
-//! dialect without error, and sees exactly the records that were ingested.
+//! dialect without error (`get_api_call_for_org`, `get_api_call_for_user`, and `get_api_call`
+//! on `/api-calls/{id}`), and sees exactly the records that were ingested.
 //!
 //! `./scripts/test` installs the pinned client (`tests/python/requirements.txt`) into a
 //! throwaway virtualenv and names its interpreter in `APITRAIL_KITTYCAD_PYTHON`.
@@ -128,6 +129,8 @@ async fn the_official_python_client_lists_pages_and_fetches() {
     let mut full: Vec<&Rec> = recs.iter().filter(|r| r.full).collect();
     full.sort_by(|a, b| (b.created_ms, &b.id).cmp(&(a.created_ms, &a.id)));
     let fetch_id = full[0].id.clone();
+    // Another user's newest call, for `get_api_call` with the admin key.
+    let other_call = ordered(Some(USER_2), false)[0].clone();
 
     let output = Command::new(&python)
         .arg(concat!(
@@ -138,6 +141,7 @@ async fn the_official_python_client_lists_pages_and_fetches() {
         .env("APITRAIL_TOKEN", &key.secret)
         .env("APITRAIL_OTHER_USER", USER_2)
         .env("APITRAIL_FETCH_ID", &fetch_id)
+        .env("APITRAIL_OTHER_CALL", &other_call)
         .env_remove("ZOO_HOST")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
@@ -198,6 +202,13 @@ async fn the_official_python_client_lists_pages_and_fetches() {
     );
     assert_eq!(
         seen["missing"],
+        json!({"status": 404, "error_code": "not_found"})
+    );
+    // `get_api_call` (GET /api-calls/{id}) sees the same call, and another user's.
+    assert_eq!(seen["fetched_any"], seen["fetched"]);
+    assert_eq!(seen["fetched_other_user"], other_call.as_str());
+    assert_eq!(
+        seen["missing_any"],
         json!({"status": 404, "error_code": "not_found"})
     );
     server.stop().await;

@@ -876,3 +876,137 @@ async fn counts_beyond_32_bits_stored_earlier_print_as_null() {
     assert_eq!(item["minutes"], Value::Null, "{item}");
     assert_eq!(item["seconds"], 2_147_483_647, "{item}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_calls_serve_the_python_clients_get_api_call_and_list_api_calls() {
+    let server = TestServer::start().await;
+    server.create_org(ORG).await;
+    let admin = user_key(&server, ORG, USER_1, &["read", "write", "admin"]).await;
+    let admin_only = user_key(&server, ORG, USER_2, &["admin"]).await;
+    let reader_2 = user_key(&server, ORG, USER_2, &["read"]).await;
+    let writer = user_key(&server, ORG, USER_2, &["write"]).await;
+    let recs = model(9);
+    ingest_model(&server, &admin.secret, &recs).await;
+    for r in &recs {
+        let path = format!("/api-calls/{}", r.id);
+        let item = ok(&server, &admin.secret, &format!("/org/api-calls/{}", r.id)).await;
+        // An admin key finds any call of its org, even without read.
+        assert_eq!(ok(&server, &admin.secret, &path).await, item);
+        assert_eq!(ok(&server, &admin_only.secret, &path).await, item);
+        // A read key finds only its user's calls, as /user/api-calls/{id}.
+        let resp = get(&server, &reader_2.secret, &path).await;
+        if r.user == USER_2 {
+            assert_eq!(expect(resp, StatusCode::OK).await, item);
+        } else {
+            expect_zoo_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+        }
+    }
+    expect_zoo_error(
+        get(&server, &admin.secret, &format!("/api-calls/{NIL}")).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_zoo_error(
+        get(&server, &admin.secret, "/api-calls/not-a-uuid").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    expect_zoo_error(
+        get(
+            &server,
+            &writer.secret,
+            &format!("/api-calls/{}", recs[0].id),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    // The list is /org/api-calls, for an admin key.
+    for query in ["limit=4", "limit=5&sort_by=created_at_ascending"] {
+        assert_eq!(
+            walk(&server, &admin.secret, "/api-calls", query).await,
+            walk(&server, &admin.secret, "/org/api-calls", query).await
+        );
+    }
+    assert_eq!(
+        walk(&server, &admin_only.secret, "/api-calls", "").await,
+        expected(&recs, |_| true, false)
+    );
+    let body = expect_zoo_error(
+        get(&server, &reader_2.secret, "/api-calls").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("admin"),
+        "{body}"
+    );
+    expect_zoo_error(
+        get(&server, &admin.secret, "/api-calls?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    // Unauthenticated, and with an unsupported method: the zoo envelope.
+    let resp = server
+        .request(reqwest::Method::GET, "/api-calls")
+        .send()
+        .await
+        .unwrap();
+    expect_zoo_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let resp = server
+        .request(reqwest::Method::DELETE, &format!("/api-calls/{NIL}"))
+        .header("x-api-key", &admin.secret)
+        .send()
+        .await
+        .unwrap();
+    expect_zoo_error(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_under_the_zoo_prefixes_answer_in_the_zoo_envelope() {
+    let server = TestServer::start().await;
+    server.create_org(ORG).await;
+    let admin = user_key(&server, ORG, USER_1, &["read", "admin"]).await;
+    for path in [
+        "/org",
+        "/org/nothing",
+        "/org/api-calls/a/b",
+        "/user",
+        "/user/settings",
+        "/users",
+        "/users/me",
+        "/users/me/api-calls/extra",
+        "/api-calls/a/b",
+    ] {
+        for secret in [Some(admin.secret.as_str()), None] {
+            let mut rb = server.request(reqwest::Method::GET, path);
+            if let Some(s) = secret {
+                rb = rb.header("x-api-key", s);
+            }
+            let body = expect_zoo_error(
+                rb.send().await.unwrap(),
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+            )
+            .await;
+            assert!(body["message"].as_str().unwrap().contains(path), "{body}");
+        }
+    }
+    // Elsewhere, unknown routes keep the native envelope.
+    for path in ["/organisations", "/v2/logs", "/v1/org/x"] {
+        let resp = server
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        let body = expect(resp, StatusCode::NOT_FOUND).await;
+        assert_eq!(body["error"]["code"], "route_not_found", "{path}: {body}");
+    }
+    server.stop().await;
+}

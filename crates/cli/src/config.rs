@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use apitrail_api::serve::ServeConfig;
 
 use apitrail_model::RetrySchedule;
 use apitrail_store::Store;
@@ -201,6 +204,38 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "APITRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+    /// A request's headers must be complete this many seconds after its first byte (a new
+    /// connection must send its first request within it); else the connection is closed.
+    #[arg(long, env = "APITRAIL_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+    /// An idle kept-alive connection is closed after this many seconds.
+    #[arg(long, env = "APITRAIL_KEEP_ALIVE_TIMEOUT_SECS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub keep_alive_timeout_secs: u64,
+    /// A request body that sends nothing for this many seconds is cut off with 408 and the
+    /// connection closed.
+    #[arg(long, env = "APITRAIL_BODY_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_secs: u64,
+    /// A request body must be complete within this many seconds of the server starting to
+    /// read it, however steadily it arrives; else 408 and the connection is closed.
+    #[arg(long, env = "APITRAIL_BODY_DEADLINE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub body_deadline_secs: u64,
+    /// Most client connections open at once; beyond it new connections wait (idle ones are
+    /// closed to make room). Lowered at start-up to fit the open-file limit.
+    #[arg(long, env = "APITRAIL_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+}
+
+impl ServeArgs {
+    /// The listener's limits and timeouts.
+    pub fn serve_config(&self) -> ServeConfig {
+        ServeConfig {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout_secs),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
+            body_deadline: Duration::from_secs(self.body_deadline_secs),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// `apitrail orgs ...`.
@@ -305,6 +340,38 @@ mod tests {
         assert_eq!(s.action_lease_secs, 5);
         let defaults = serve(&[]).unwrap();
         assert_eq!(defaults.retry_schedule, RetrySchedule::default());
+        let limits = defaults.serve_config();
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.keep_alive_timeout, Duration::from_secs(75));
+        assert_eq!(limits.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(limits.body_deadline, Duration::from_secs(300));
+        assert_eq!(limits.max_connections, 10_000);
+        let set = serve(&[
+            "--header-read-timeout-secs",
+            "2",
+            "--keep-alive-timeout-secs",
+            "3",
+            "--body-read-timeout-secs",
+            "4",
+            "--body-deadline-secs",
+            "5",
+            "--max-connections",
+            "6",
+        ])
+        .unwrap()
+        .serve_config();
+        assert_eq!(
+            (
+                set.header_read_timeout.as_secs(),
+                set.keep_alive_timeout.as_secs(),
+                set.body_read_timeout.as_secs(),
+                set.body_deadline.as_secs(),
+                set.max_connections
+            ),
+            (2, 3, 4, 5, 6)
+        );
+        assert!(serve(&["--max-connections", "0"]).is_err());
+        assert!(serve(&["--header-read-timeout-secs", "0"]).is_err());
         assert!(serve(&["--retry-schedule", "5d"]).is_err());
         assert!(serve(&["--action-lease-secs", "1"]).is_err());
     }

@@ -30,7 +30,17 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
             ..SqliteOptions::default()
         })
         .await?;
+    let mut serve = args.serve_config();
+    let (fd_limit, lowered) = apitrail_api::serve::fit_to_fd_limit(&mut serve);
+    if lowered {
+        tracing::warn!(
+            open_file_limit = fd_limit,
+            max_connections = serve.max_connections,
+            "--max-connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
+        );
+    }
     let config = ApiConfig {
+        serve: serve.clone(),
         admin_token,
         self_log: !args.no_self_log,
         body_cap_bytes: args.body_cap_bytes,
@@ -57,7 +67,8 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     let base = format!("http://{addr}");
     tracing::info!(%addr, store = %store_args.describe(), self_log = !args.no_self_log,
         operator_api = has_admin, retry_schedule = ?args.retry_schedule,
-        allow_private_destinations = args.allow_private_destinations, "apitrail listening");
+        allow_private_destinations = args.allow_private_destinations,
+        max_connections = serve.max_connections, "apitrail listening");
 
     println!(
         "apitrail is listening on {base} ({})",

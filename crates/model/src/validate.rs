@@ -48,7 +48,8 @@ pub fn required_text(
     }
 }
 
-/// An optional text field of at most `max` characters; the empty string counts as absent.
+/// An optional text field of at most `max` characters. An empty string is not an absent
+/// field (SPEC §11): it is refused, naming the field.
 pub fn optional_text(
     errors: &mut Vec<FieldError>,
     field: &str,
@@ -56,8 +57,15 @@ pub fn optional_text(
     max: usize,
 ) -> Option<String> {
     match value {
-        Some(v) if !v.is_empty() => checked_len(errors, field, v, max),
-        _ => None,
+        None => None,
+        Some(v) if v.is_empty() => {
+            errors.push(FieldError::new(
+                field,
+                "must not be empty; leave the field out instead",
+            ));
+            None
+        }
+        Some(v) => checked_len(errors, field, v, max),
     }
 }
 

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use apitrail_api::serve::ServeConfig;
 use apitrail_api::{AdminToken, ApiConfig, App};
 use apitrail_pgtest::PgServer;
 use apitrail_store::Store;
@@ -58,6 +59,8 @@ pub struct Options {
     /// Accept webhook destinations on loopback/private addresses
     /// (`--allow-private-destinations`); off by default, as in `serve`.
     pub allow_private_destinations: bool,
+    /// The listener's connection limits and timeouts.
+    pub serve: ServeConfig,
 }
 
 impl Default for Options {
@@ -69,6 +72,7 @@ impl Default for Options {
             queue_capacity: 200_000,
             body_cap_bytes: 64 * 1024,
             allow_private_destinations: false,
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -198,6 +202,7 @@ impl TestServer {
             self_log: options.self_log,
             body_cap_bytes: options.body_cap_bytes,
             allow_private_destinations: options.allow_private_destinations,
+            serve: options.serve,
             ..ApiConfig::default()
         };
         let app = App::build(Arc::clone(&store), config, "127.0.0.1:0".parse().unwrap())

@@ -129,8 +129,9 @@ impl Ingestible for AuditEntry {
             request_id: text("request_id", rec.request_id, false),
             created_at,
         };
+        let org_id = super::empty_org_id(rec.org_id, &mut problems);
         Parsed {
-            org_id: rec.org_id.filter(|s| !s.is_empty()),
+            org_id,
             record: if problems.is_empty() {
                 Ok(entry)
             } else {

@@ -87,7 +87,8 @@ pub(crate) trait Ingestible: Sized {
 /// Ingest request logs.
 ///
 /// Accepts a JSON array (`Content-Type: application/json`) or NDJSON
-/// (`Content-Type: application/x-ndjson`) of at most 10,000 records and 16 MiB. The batch is
+/// (`Content-Type: application/x-ndjson`) of at most 10,000 records and 16 MiB, optionally
+/// compressed (`Content-Encoding: gzip` or `zstd`; 16 MiB decompressed). The batch is
 /// stored atomically and acknowledged only once durably committed; if any record is invalid,
 /// nothing is stored and every problem is listed as `{index, field, message}`.
 #[utoipa::path(
@@ -100,8 +101,9 @@ pub(crate) trait Ingestible: Sized {
         (status = 400, description = "Invalid records (nothing stored) or a malformed body", body = NativeErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
         (status = 403, description = "The key lacks the write scope, or names another org", body = NativeErrorBody),
-        (status = 413, description = "More than 10,000 records or 16 MiB", body = NativeErrorBody),
-        (status = 415, description = "Neither JSON nor NDJSON", body = NativeErrorBody),
+        (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
+        (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
+        (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
         (status = 503, description = "The write queue is full; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
@@ -147,8 +149,9 @@ pub async fn ingest_requests(
         (status = 400, description = "Invalid records (nothing stored) or a malformed body", body = NativeErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
         (status = 403, description = "The key lacks the write scope, or names another org", body = NativeErrorBody),
-        (status = 413, description = "More than 10,000 records or 16 MiB", body = NativeErrorBody),
-        (status = 415, description = "Neither JSON nor NDJSON", body = NativeErrorBody),
+        (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
+        (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
+        (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
         (status = 503, description = "The write queue is full; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
@@ -251,8 +254,11 @@ fn too_large(message: String) -> ApiError {
     ApiError::new(ErrorKind::PayloadTooLarge, message)
 }
 
-/// Reads the body, refusing more than `max` bytes without reading them all.
+/// Reads the body, refusing more than `max` bytes without reading them all, and decodes its
+/// content coding (`gzip`, `zstd`), refusing a decoded body over `max` bytes as soon as the
+/// decoder passes it, so a decompression bomb is never inflated whole.
 async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
+    let coding = content_coding(headers)?;
     let limit_msg = || too_large(format!("the body exceeds {max} bytes; split the batch"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -261,14 +267,142 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8
     if declared.is_some_and(|n| n > max as u64) {
         return Err(limit_msg());
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(limit_msg()),
-        Err(e) => Err(ApiError::new(
-            ErrorKind::InvalidBody,
-            format!("could not read the request body: {e}"),
-        )),
+    let raw = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(limit_msg()),
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorKind::InvalidBody,
+                format!("could not read the request body: {e}"),
+            ));
+        }
+    };
+    match coding {
+        Coding::Identity => Ok(raw.to_vec()),
+        Coding::Gzip => decode_gzip(&raw, max),
+        Coding::Zstd => decode_zstd(&raw, max),
     }
+}
+
+/// The content codings ingest decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+/// The body's content coding: at most one of `gzip` (or `x-gzip`) and `zstd`, besides
+/// `identity`; anything else is 415.
+fn content_coding(headers: &HeaderMap) -> Result<Coding, ApiError> {
+    let unsupported = |what: String| {
+        ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            format!("{what}; send the body as is, or with Content-Encoding gzip or zstd"),
+        )
+    };
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let value = value
+            .to_str()
+            .map_err(|_| unsupported("the Content-Encoding header is not text".into()))?;
+        for token in value.split(',') {
+            let token = token.trim().to_ascii_lowercase();
+            if !token.is_empty() && token != "identity" {
+                codings.push(token);
+            }
+        }
+    }
+    match codings.as_slice() {
+        [] => Ok(Coding::Identity),
+        [one] => match one.as_str() {
+            "gzip" | "x-gzip" => Ok(Coding::Gzip),
+            "zstd" => Ok(Coding::Zstd),
+            other => Err(unsupported(format!(
+                "unsupported Content-Encoding {other:?}"
+            ))),
+        },
+        several => Err(unsupported(format!(
+            "stacked content codings ({}) are not supported",
+            several.join(", ")
+        ))),
+    }
+}
+
+/// Reads `decoder` to its end, refusing output over `max` bytes without producing more
+/// than one byte past it.
+fn read_capped(
+    decoder: impl std::io::Read,
+    max: usize,
+    out: &mut Vec<u8>,
+    coding: &str,
+) -> Result<(), ApiError> {
+    use std::io::Read as _;
+    let budget = (max + 1).saturating_sub(out.len()) as u64;
+    decoder
+        .take(budget)
+        .read_to_end(out)
+        .map_err(|e| invalid_coding(coding, &e))?;
+    if out.len() > max {
+        return Err(too_large(format!(
+            "the decompressed body exceeds {max} bytes; split the batch"
+        )));
+    }
+    Ok(())
+}
+
+fn invalid_coding(coding: &str, cause: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(
+        ErrorKind::InvalidBody,
+        format!("the body is not valid {coding} ({cause}), as its Content-Encoding says"),
+    )
+}
+
+/// Decodes a gzip body (one or more members).
+fn decode_gzip(raw: &[u8], max: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    read_capped(
+        flate2::read::MultiGzDecoder::new(raw),
+        max,
+        &mut out,
+        "gzip",
+    )?;
+    Ok(out)
+}
+
+/// Decodes a zstd body (one or more frames; skippable frames are skipped).
+fn decode_zstd(raw: &[u8], max: usize) -> Result<Vec<u8>, ApiError> {
+    use ruzstd::decoding::StreamingDecoder;
+    use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+    // A window larger than the body limit can only serve a body over it (or a hostile one).
+    let max_window = max.max(8 << 20) as u64;
+    let mut input = raw;
+    let mut out = Vec::new();
+    if input.is_empty() {
+        return Err(invalid_coding("zstd", &"the body is empty"));
+    }
+    while !input.is_empty() {
+        match StreamingDecoder::new_with_max_window_size(&mut input, max_window) {
+            Ok(frame) => read_capped(frame, max, &mut out, "zstd")?,
+            Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                length,
+                ..
+            })) => {
+                let length = length as usize;
+                if length > input.len() {
+                    return Err(invalid_coding("zstd", &"a skippable frame is truncated"));
+                }
+                input = &input[length..];
+            }
+            Err(FrameDecoderError::WindowSizeTooBig { requested, .. }) => {
+                return Err(too_large(format!(
+                    "the zstd frame asks for a {requested}-byte window; the decompressed body may not exceed {max} bytes"
+                )));
+            }
+            Err(e) => return Err(invalid_coding("zstd", &e)),
+        }
+    }
+    Ok(out)
 }
 
 /// Splits a body into the raw JSON text of each record.
@@ -330,6 +464,19 @@ fn split_records<'a>(
 
 /// `(field, message)` pairs; `None` when the whole record is at fault.
 pub(crate) type Problems = Vec<(Option<String>, String)>;
+
+/// A record's `org_id`; an empty one is a problem of the record (SPEC §11: an empty string
+/// is not an absent field), not the key's own org.
+pub(crate) fn empty_org_id(org_id: Option<String>, problems: &mut Problems) -> Option<String> {
+    if org_id.as_deref() == Some("") {
+        problems.push((
+            Some("org_id".to_owned()),
+            "must not be empty; leave it out to use the key's org".to_owned(),
+        ));
+        return None;
+    }
+    org_id
+}
 
 /// One record after parsing: the org it names (if that could be read) and either the valid
 /// record or every problem found.

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{Ingestible, Limits, Parsed, Problems};
+use super::{Ingestible, Limits, Parsed, Problems, empty_org_id};
 
 /// A request log as posted to ingest. Unknown fields are refused by name.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -278,7 +278,7 @@ fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed<RequestLo
         ),
         metadata,
     };
-    let org_id = rec.org_id.filter(|s| !s.is_empty());
+    let org_id = empty_org_id(rec.org_id, &mut problems);
     Parsed {
         org_id,
         record: if problems.is_empty() {

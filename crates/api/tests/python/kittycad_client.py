@@ -43,6 +43,19 @@ def main():
     own = api.get_api_call_for_user(id=out["user"][0])
     out["fetched_own"] = str(own.id)
 
+    # `get_api_call` (GET /api-calls/{id}): with an admin key, any call of the org, also
+    # another user's.
+    via_get = api.get_api_call(id=os.environ["APITRAIL_FETCH_ID"])
+    out["fetched_any"] = json.loads(via_get.model_dump_json())
+    out["fetched_other_user"] = str(
+        api.get_api_call(id=os.environ["APITRAIL_OTHER_CALL"]).id
+    )
+    try:
+        api.get_api_call(id=NIL)
+        out["missing_any"] = None
+    except KittyCADAPIError as e:
+        out["missing_any"] = {"status": e.status_code, "error_code": e.error_code}
+
     try:
         api.get_api_call_for_org(id=NIL)
         out["missing"] = None
