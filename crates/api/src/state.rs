@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use apitrail_dispatch::DispatchStats;
 use apitrail_model::request_log::rules::DEFAULT_BODY_CAP;
 use apitrail_store::Store;
 
@@ -27,6 +28,9 @@ pub struct ApiConfig {
     pub allow_private_destinations: bool,
     /// Woken when an action record is created, so the dispatcher starts at once.
     pub dispatch_wake: Arc<tokio::sync::Notify>,
+    /// The dispatcher's figures, shown on `/metrics` (none when this process runs no
+    /// dispatcher).
+    pub dispatch_stats: Option<Arc<DispatchStats>>,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +43,7 @@ impl Default for ApiConfig {
             max_ingest_records: 10_000,
             allow_private_destinations: false,
             dispatch_wake: Arc::new(tokio::sync::Notify::new()),
+            dispatch_stats: None,
         }
     }
 }

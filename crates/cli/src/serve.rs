@@ -30,7 +30,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
             ..SqliteOptions::default()
         })
         .await?;
-    let config = ApiConfig {
+    let mut config = ApiConfig {
         admin_token,
         self_log: !args.no_self_log,
         body_cap_bytes: args.body_cap_bytes,
@@ -48,6 +48,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         Arc::clone(&config.dispatch_wake),
     )
     .map_err(|e| format!("cannot start the action dispatcher: {e}"))?;
+    config.dispatch_stats = Some(dispatcher.stats());
     let app = App::build(Arc::clone(&store), config, args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
