@@ -67,7 +67,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     if args.demo {
         let demo = demo::prepare(store.as_ref())
             .await
-            .map_err(|e| format!("--demo: {e}"))?;
+            .map_err(|e| format!("--demo ({}): {e}", store_args.describe()))?;
         println!(
             "Demo org {:?} holds {} request logs. Try your first authenticated call:\n\n  curl -H 'X-API-Key: {}' '{base}/v1/logs?limit=5'\n",
             demo.org_id, demo.logs, demo.secret
@@ -86,7 +86,9 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         shutdown_signal().await;
         dispatcher.stop(Duration::from_secs(10)).await;
     };
-    app.run_until(shutdown).await.map_err(|e| e.to_string())?;
+    app.run_until(shutdown)
+        .await
+        .map_err(|e| format!("serving on {addr} ({}): {e}", store_args.describe()))?;
     tracing::info!("apitrail stopped; every acknowledged write is committed");
     Ok(())
 }
