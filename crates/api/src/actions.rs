@@ -9,10 +9,11 @@ use std::time::Duration;
 use apitrail_model::action::{
     MAX_NAMES, is_local_name, is_private_address, valid_action_name, webhook_target,
 };
+use apitrail_model::transition::{self, EventKind, Occurrence, Refusal, Signal};
 use apitrail_model::{
-    ActionDefinition, ActionEvent, ActionRecord, ActionState, ActionStatus, Credential,
-    DefinitionDestination, Destination, FieldError, OrgId, Scope, Tags, Tenant, Timestamp,
-    WebhookConfig, WebhookSecret, new_record_id,
+    ActionDefinition, ActionEvent, ActionRecord, ActionState, Credential, DefinitionDestination,
+    Destination, FieldError, OrgId, Scope, Tags, Tenant, Timestamp, WebhookConfig, WebhookSecret,
+    new_record_id,
 };
 use apitrail_store::Expected;
 use axum::Json;
@@ -1377,18 +1378,9 @@ pub async fn trigger_action(
         destination_id,
         request_id: Some(context::request_id()),
         created_at: at,
-        state: ActionState {
-            status: ActionStatus::Pending,
-            attempt: 0,
-            updated_at: at,
-            available_at: at,
-            timeout_at: None,
-            started_at: None,
-            completed_at: None,
-            error_message: None,
-        },
+        state: transition::created(at),
     };
-    let event = ActionEvent::of(&record, "created", None);
+    let event = ActionEvent::of_state(record.id, &record.state, EventKind::Created, None);
     state
         .store()
         .create_action_record(&caller.tenant, &record, &event)
@@ -1430,16 +1422,12 @@ pub async fn signal_action(
     own_org(&caller, &org_id)?;
     caller.require(Scope::Write)?;
     let input: SignalInput = json_body(&body)?;
-    let status = match input.status.as_deref() {
-        Some("succeeded") => ActionStatus::Succeeded,
-        Some("failed") => ActionStatus::Failed,
-        _ => {
-            return Err(ApiError::fields(vec![FieldError::new(
-                "status",
-                "must be succeeded or failed",
-            )])
-            .into());
-        }
+    let Some(outcome) = input.status.as_deref().and_then(Signal::parse) else {
+        return Err(ApiError::fields(vec![FieldError::new(
+            "status",
+            "must be succeeded or failed",
+        )])
+        .into());
     };
     if input.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT) {
         return Err(ApiError::fields(vec![FieldError::new(
@@ -1465,60 +1453,35 @@ pub async fn signal_action(
         .get_action_record(&caller.tenant, id)
         .await?
         .ok_or_else(|| not_found("action record"))?;
-    let conflict = |r: &ActionRecord| {
-        ApiError::new(
-            ErrorKind::Conflict,
-            format!(
-                "the action record is {}, not acknowledged: only an acknowledged record takes a signal",
-                r.state.status
-            ),
-        )
+    let refused = |refusal: Refusal| ApiError::new(ErrorKind::Conflict, refusal.to_string());
+    let signaled = Occurrence::Signaled {
+        outcome,
+        message: input.message,
+        data: input.data.map(|d| d.get().to_owned()),
     };
-    if record.state.status != ActionStatus::Acknowledged {
-        return Err(conflict(&record).into());
-    }
-    let at = now();
-    if let Some(deadline) = record.state.timeout_at.filter(|t| *t <= at) {
-        // The dispatcher marks it timed_out at its next pass; the signal is late either way.
-        return Err(ApiError::new(
-            ErrorKind::Conflict,
-            format!(
-                "the signal came after timeout_at ({}); the action record times out",
-                deadline.to_rfc3339()
-            ),
-        )
-        .into());
-    }
-    let expected = Expected {
-        status: ActionStatus::Acknowledged,
-        attempt: record.state.attempt,
-        lease_owner: None,
-    };
-    record.state.status = status;
-    record.state.updated_at = at;
-    record.state.completed_at = Some(at);
-    record.state.error_message = match status {
-        ActionStatus::Failed => Some(
-            input
-                .message
-                .clone()
-                .unwrap_or_else(|| "the destination signaled failure".into()),
-        ),
-        _ => None,
-    };
-    let mut event = ActionEvent::of(&record, "signaled", input.message);
-    event.data = input.data.map(|d| d.get().to_owned());
+    let change = transition::transition(&record, signaled, now()).map_err(refused)?;
     if !state
         .store()
-        .transition_action(&caller.tenant, id, &expected, &record.state, &event)
+        .transition_action(
+            &caller.tenant,
+            id,
+            &Expected::of(&change, None),
+            &change.state,
+            &change.event(id),
+        )
         .await?
     {
+        // Changed meanwhile (signaled, or timed out): refused as its state now says.
         let now = state
             .store()
             .get_action_record(&caller.tenant, id)
             .await?
             .ok_or_else(|| not_found("action record"))?;
-        return Err(conflict(&now).into());
+        return Err(refused(Refusal::NotSignalable {
+            status: now.state.status,
+        })
+        .into());
     }
+    record.state = change.state;
     Ok(Json(RecordBody::new(caller.tenant.org_id(), &record)))
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use apitrail_dispatch::DispatchSnapshot;
 use apitrail_store::{Histogram, HistogramSnapshot, StoreStats};
 
 use crate::serve::ServeStats;
@@ -225,6 +226,67 @@ impl Metrics {
     }
 }
 
+/// Appends the dispatcher's figures to an exposition.
+pub fn render_dispatch(out: &mut String, d: &DispatchSnapshot) {
+    let gauges = [
+        (
+            "apitrail_dispatch_due_records",
+            "Action records the latest lease pass found due (a pass takes at most its free delivery slots, up to 500).",
+            d.due,
+        ),
+        (
+            "apitrail_dispatch_deliveries_in_flight",
+            "Action deliveries running now.",
+            d.in_flight,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    let counters = [
+        (
+            "apitrail_dispatch_leased_total",
+            "Action records leased for a delivery attempt.",
+            d.leased,
+        ),
+        (
+            "apitrail_dispatch_unrecorded_total",
+            "Delivery outcomes not recorded because the lease ran out first or the store failed (the record is delivered again).",
+            d.unrecorded,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP apitrail_dispatch_transitions_total State changes the dispatcher recorded, by event kind (delivered, acknowledged, attempt_failed, failed, timed_out).\n# TYPE apitrail_dispatch_transitions_total counter"
+    );
+    for (kind, n) in &d.transitions {
+        let _ = writeln!(
+            out,
+            "apitrail_dispatch_transitions_total{{kind=\"{}\"}} {n}",
+            kind.as_str()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP apitrail_dispatch_lease_lag_seconds Time from an action record's available_at to its lease.\n# TYPE apitrail_dispatch_lease_lag_seconds histogram"
+    );
+    write_histogram(
+        out,
+        "apitrail_dispatch_lease_lag_seconds",
+        "",
+        &d.lag_seconds,
+    );
+}
+
 fn write_histogram(out: &mut String, name: &str, labels: &str, h: &HistogramSnapshot) {
     let sep = if labels.is_empty() { "" } else { "," };
     for (bound, count) in &h.buckets {
@@ -267,5 +329,40 @@ mod tests {
         assert!(
             text.contains("apitrail_http_request_duration_seconds_count{route=\"/v1/logs\"} 2")
         );
+    }
+
+    #[test]
+    fn dispatcher_figures_render_as_gauges_counters_and_a_histogram() {
+        use apitrail_model::EventKind;
+        let snapshot = DispatchSnapshot {
+            due: 4,
+            leased: 9,
+            in_flight: 2,
+            transitions: vec![(EventKind::Delivered, 5), (EventKind::AttemptFailed, 3)],
+            unrecorded: 1,
+            lag_seconds: HistogramSnapshot {
+                buckets: vec![(0.1, 7), (1.0, 9)],
+                sum: 1.5,
+                count: 9,
+            },
+        };
+        let mut text = String::new();
+        render_dispatch(&mut text, &snapshot);
+        for line in [
+            "# TYPE apitrail_dispatch_due_records gauge",
+            "apitrail_dispatch_due_records 4",
+            "apitrail_dispatch_deliveries_in_flight 2",
+            "# TYPE apitrail_dispatch_leased_total counter",
+            "apitrail_dispatch_leased_total 9",
+            "apitrail_dispatch_unrecorded_total 1",
+            "apitrail_dispatch_transitions_total{kind=\"delivered\"} 5",
+            "apitrail_dispatch_transitions_total{kind=\"attempt_failed\"} 3",
+            "apitrail_dispatch_lease_lag_seconds_bucket{le=\"0.1\"} 7",
+            "apitrail_dispatch_lease_lag_seconds_bucket{le=\"+Inf\"} 9",
+            "apitrail_dispatch_lease_lag_seconds_sum 1.5",
+            "apitrail_dispatch_lease_lag_seconds_count 9",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
     }
 }

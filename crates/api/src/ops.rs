@@ -42,9 +42,12 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, Failu
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state
+    let mut text = state
         .metrics()
         .render(&state.store().stats(), state.recorder().dropped());
+    if let Some(dispatch) = &state.config().dispatch_stats {
+        crate::metrics::render_dispatch(&mut text, &dispatch.snapshot());
+    }
     (
         [(
             header::CONTENT_TYPE,

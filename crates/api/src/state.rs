@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use apitrail_dispatch::DispatchStats;
 use apitrail_model::request_log::rules::DEFAULT_BODY_CAP;
 use apitrail_store::Store;
 
@@ -30,6 +31,9 @@ pub struct ApiConfig {
     pub dispatch_wake: Arc<tokio::sync::Notify>,
     /// Connection limits and timeouts of the listener.
     pub serve: ServeConfig,
+    /// The dispatcher's figures, shown on `/metrics` (none when this process runs no
+    /// dispatcher).
+    pub dispatch_stats: Option<Arc<DispatchStats>>,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +47,7 @@ impl Default for ApiConfig {
             allow_private_destinations: false,
             dispatch_wake: Arc::new(tokio::sync::Notify::new()),
             serve: ServeConfig::default(),
+            dispatch_stats: None,
         }
     }
 }

@@ -40,9 +40,12 @@ fn key(name: &str, scopes: &[Scope], principal: PrincipalType, id: &str) -> NewA
 
 /// Creates (or reuses) the demo org, fills it, and mints a console key.
 pub async fn prepare(store: &dyn Store) -> Result<Demo, String> {
-    let err = |e: apitrail_api::error::ApiError| e.message;
-    let org_id = OrgId::parse(DEMO_ORG).map_err(|e| e.to_string())?;
-    let tenant = match store.tenant(&org_id).await.map_err(|e| e.to_string())? {
+    let org_id = OrgId::parse(DEMO_ORG).map_err(|e| format!("the demo org id: {e}"))?;
+    let tenant = match store
+        .tenant(&org_id)
+        .await
+        .map_err(|e| format!("cannot look up the demo org: {e}"))?
+    {
         Some(t) => t,
         None => {
             admin::create_org_as(
@@ -53,18 +56,18 @@ pub async fn prepare(store: &dyn Store) -> Result<Demo, String> {
                 },
             )
             .await
-            .map_err(err)?;
+            .map_err(|e| format!("cannot create the demo org: {}", e.message))?;
             store
                 .tenant(&org_id)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot look up the demo org: {e}"))?
                 .ok_or("the demo org vanished")?
         }
     };
     let mut keys = store
         .list_api_keys(&tenant)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot list the demo org's keys: {e}"))?;
     if keys.iter().all(|k| k.name == CONSOLE_KEY) {
         for new in [
             key(
@@ -88,7 +91,7 @@ pub async fn prepare(store: &dyn Store) -> Result<Demo, String> {
         ] {
             let (k, _) = admin::create_key_as(store, &tenant, new, None)
                 .await
-                .map_err(err)?;
+                .map_err(|e| format!("cannot create a demo key: {}", e.message))?;
             keys.push(k);
         }
     }
@@ -98,12 +101,12 @@ pub async fn prepare(store: &dyn Store) -> Result<Demo, String> {
     {
         admin::revoke_key_as(store, &tenant, old.id, None)
             .await
-            .map_err(err)?;
+            .map_err(|e| format!("cannot revoke the previous console key: {}", e.message))?;
     }
     let existing = store
         .count_request_logs(&tenant)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot count the demo org's request logs: {e}"))?;
     if existing < 10_000 {
         let ids = keys
             .iter()
@@ -117,7 +120,7 @@ pub async fn prepare(store: &dyn Store) -> Result<Demo, String> {
             store
                 .insert_request_logs(vec![LogBatch::new(tenant.clone(), chunk.to_vec())])
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("cannot store the demo traffic: {e}"))?;
         }
     }
     let (_, secret) = admin::create_key_as(
@@ -132,13 +135,13 @@ pub async fn prepare(store: &dyn Store) -> Result<Demo, String> {
         None,
     )
     .await
-    .map_err(err)?;
+    .map_err(|e| format!("cannot create the console key: {}", e.message))?;
     Ok(Demo {
         org_id: DEMO_ORG.into(),
         secret: secret.expose().to_owned(),
         logs: store
             .count_request_logs(&tenant)
             .await
-            .map_err(|e| e.to_string())?,
+            .map_err(|e| format!("cannot count the demo org's request logs: {e}"))?,
     })
 }

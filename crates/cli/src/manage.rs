@@ -15,9 +15,24 @@ use apitrail_api::audit::VerifyReport;
 use crate::config::{AuditCommand, KeysCommand, OrgsCommand, StoreArgs};
 
 fn print(value: &impl serde::Serialize) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| format!("cannot print the result as JSON: {e}"))?;
     println!("{text}");
     Ok(())
+}
+
+/// An error's context: what the command was doing and on which store (`store` is
+/// [`StoreArgs::describe`], which never shows the URL's secrets).
+fn failed<E: std::fmt::Display>(doing: String, store: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{doing} ({store}): {e}")
+}
+
+/// Closes the store, saying where if that fails.
+async fn close(store: &dyn Store, at: &str) -> Result<(), String> {
+    store
+        .shutdown()
+        .await
+        .map_err(failed("cannot close the store cleanly".into(), at))
 }
 
 fn field_errors(errors: Vec<apitrail_model::FieldError>) -> String {
@@ -37,24 +52,26 @@ fn small() -> SqliteOptions {
     }
 }
 
-async fn tenant(store: &dyn Store, org: &str) -> Result<Tenant, String> {
+async fn tenant(store: &dyn Store, at: &str, org: &str) -> Result<Tenant, String> {
     let id = OrgId::parse(org).map_err(|e| format!("--org: {e}"))?;
     store
         .tenant(&id)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no org has the id {org:?} (see `apitrail orgs list`)"))
+        .map_err(failed(format!("cannot look up org {org:?}"), at))?
+        .ok_or_else(|| format!("no org has the id {org:?} in {at} (see `apitrail orgs list`)"))
 }
 
 /// Runs an `orgs` command.
 pub async fn orgs(store_args: StoreArgs, command: OrgsCommand) -> Result<(), String> {
+    let at = store_args.describe();
     let store = store_args.open(small()).await?;
     let result = match command {
         OrgsCommand::Create { id, name } => {
             let new = NewOrg::parse(id, Some(name)).map_err(field_errors)?;
+            let doing = format!("cannot create org {:?}", new.id.as_str());
             let org = admin::create_org_as(store.as_ref(), new)
                 .await
-                .map_err(|e| e.message)?;
+                .map_err(|e| failed(doing, &at)(e.message))?;
             print(&OrgBody::from(org))
         }
         OrgsCommand::List => {
@@ -64,7 +81,7 @@ pub async fn orgs(store_args: StoreArgs, command: OrgsCommand) -> Result<(), Str
                 let page = store
                     .list_orgs(after.as_ref(), 1000)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(failed("cannot list the orgs".into(), &at))?;
                 after = page.items.last().map(|o| o.id.clone());
                 all.extend(page.items.into_iter().map(OrgBody::from));
                 if !page.has_more {
@@ -74,19 +91,20 @@ pub async fn orgs(store_args: StoreArgs, command: OrgsCommand) -> Result<(), Str
             print(&all)
         }
     };
-    store.shutdown().await.map_err(|e| e.to_string())?;
+    close(store.as_ref(), &at).await?;
     result
 }
 
 /// Runs a `keys` command.
 pub async fn keys(store_args: StoreArgs, command: KeysCommand) -> Result<(), String> {
+    let at = store_args.describe();
     let store = store_args.open(small()).await?;
-    let result = run_keys(store.as_ref(), command).await;
-    store.shutdown().await.map_err(|e| e.to_string())?;
+    let result = run_keys(store.as_ref(), &at, command).await;
+    close(store.as_ref(), &at).await?;
     result
 }
 
-async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String> {
+async fn run_keys(store: &dyn Store, at: &str, command: KeysCommand) -> Result<(), String> {
     match command {
         KeysCommand::Create {
             org,
@@ -98,7 +116,8 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String>
             email,
             service_account_id,
         } => {
-            let tenant = tenant(store, &org).await?;
+            let tenant = tenant(store, at, &org).await?;
+            let doing = format!("cannot create key {name:?} on org {org:?}");
             let new = NewApiKey::try_from(NewApiKeyInput {
                 principal_id: Some(principal_id.unwrap_or_else(|| name.clone())),
                 name: Some(name),
@@ -111,8 +130,9 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String>
             .map_err(field_errors)?;
             let (key, secret) = admin::create_key_as(store, &tenant, new, None)
                 .await
-                .map_err(|e| e.message)?;
-            let mut body = serde_json::to_value(KeyBody::from(key)).map_err(|e| e.to_string())?;
+                .map_err(|e| failed(doing, at)(e.message))?;
+            let mut body = serde_json::to_value(KeyBody::from(key))
+                .map_err(|e| format!("cannot print the new key as JSON: {e}"))?;
             body["secret"] = serde_json::Value::String(secret.expose().to_owned());
             print(&body)?;
             eprintln!(
@@ -121,22 +141,23 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String>
             Ok(())
         }
         KeysCommand::List { org } => {
-            let tenant = tenant(store, &org).await?;
+            let tenant = tenant(store, at, &org).await?;
             let keys = store
                 .list_api_keys(&tenant)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(failed(format!("cannot list the keys of org {org:?}"), at))?;
             print(&keys.into_iter().map(KeyBody::from).collect::<Vec<_>>())
         }
         KeysCommand::Revoke { org, id } => {
-            let tenant = tenant(store, &org).await?;
+            let tenant = tenant(store, at, &org).await?;
             let id = Uuid::try_parse(&id).map_err(|_| format!("--id {id:?} is not a key id"))?;
             match admin::revoke_key_as(store, &tenant, id, None)
                 .await
-                .map_err(|e| e.message)?
-            {
+                .map_err(|e| {
+                    failed(format!("cannot revoke key {id} of org {org:?}"), at)(e.message)
+                })? {
                 Some(key) => print(&KeyBody::from(key)),
-                None => Err(format!("org {org:?} has no key {id}")),
+                None => Err(format!("org {org:?} has no key {id} in {at}")),
             }
         }
     }
@@ -145,9 +166,10 @@ async fn run_keys(store: &dyn Store, command: KeysCommand) -> Result<(), String>
 /// Runs an `audit` command. A chain that does not verify is an error (exit status 1), after
 /// the report is printed.
 pub async fn audit(store_args: StoreArgs, command: AuditCommand) -> Result<(), String> {
+    let at = store_args.describe();
     let store = store_args.open(small()).await?;
     let result = match command {
-        AuditCommand::Verify { org } => match tenant(store.as_ref(), &org).await {
+        AuditCommand::Verify { org } => match tenant(store.as_ref(), &at, &org).await {
             Ok(tenant) => match store.verify_audit_chain(&tenant).await {
                 Ok(report) => {
                     let ok = report.ok;
@@ -167,11 +189,14 @@ pub async fn audit(store_args: StoreArgs, command: AuditCommand) -> Result<(), S
                         }
                     })
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(failed(
+                    format!("cannot verify the audit log of org {org:?}"),
+                    &at,
+                )(e)),
             },
             Err(e) => Err(e),
         },
     };
-    store.shutdown().await.map_err(|e| e.to_string())?;
+    close(store.as_ref(), &at).await?;
     result
 }

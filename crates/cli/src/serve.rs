@@ -39,7 +39,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
             "--max-connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
         );
     }
-    let config = ApiConfig {
+    let mut config = ApiConfig {
         serve: serve.clone(),
         admin_token,
         self_log: !args.no_self_log,
@@ -58,6 +58,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         Arc::clone(&config.dispatch_wake),
     )
     .map_err(|e| format!("cannot start the action dispatcher: {e}"))?;
+    config.dispatch_stats = Some(dispatcher.stats());
     let app = App::build(Arc::clone(&store), config, args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -77,7 +78,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     if args.demo {
         let demo = demo::prepare(store.as_ref())
             .await
-            .map_err(|e| format!("--demo: {e}"))?;
+            .map_err(|e| format!("--demo ({}): {e}", store_args.describe()))?;
         println!(
             "Demo org {:?} holds {} request logs. Try your first authenticated call:\n\n  curl -H 'X-API-Key: {}' '{base}/v1/logs?limit=5'\n",
             demo.org_id, demo.logs, demo.secret
@@ -96,7 +97,9 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         shutdown_signal().await;
         dispatcher.stop(Duration::from_secs(10)).await;
     };
-    app.run_until(shutdown).await.map_err(|e| e.to_string())?;
+    app.run_until(shutdown)
+        .await
+        .map_err(|e| format!("serving on {addr} ({}): {e}", store_args.describe()))?;
     tracing::info!("apitrail stopped; every acknowledged write is committed");
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - failures: retried with growing gaps until a 2xx, or `failed` after the last attempt;
 //! - signaling: acknowledged, then signaled succeeded/failed, or timed out; 409 otherwise;
 //! - schema violations listed per field path;
+//! - the dispatcher's figures on `/metrics`;
 //! - SSRF: refused at creation without the flag, and at delivery time by the destination's
 //!   recorded decision (the delivering server's flag only for destinations from before it);
 //! - SIGKILL mid-delivery: every record still ends final, redelivered after its lease;
@@ -985,6 +986,156 @@ fn signaling_destinations_acknowledge_then_signal_or_time_out() {
         )
         .await;
         assert_eq!(api.record(&direct).await["state"]["status"], "succeeded");
+    });
+    server.stop();
+}
+
+/// The dispatcher's figures on `/metrics`: deliveries to a loopback receiver (delivered,
+/// retried then delivered, retried then failed, acknowledged then timed out) show up as leases,
+/// state changes by kind and lease lags, each counted once.
+#[test]
+fn dispatcher_metrics_count_leases_outcomes_and_lag() {
+    let rx = Receiver::start(&[
+        ("/ok", vec![Reply::Status(200)]),
+        ("/flaky", vec![Reply::Status(500), Reply::Status(200)]),
+        ("/down", vec![Reply::Status(500)]),
+        ("/signals", vec![Reply::Status(202)]),
+    ]);
+    let (dir, key) = sqlite_org("4208");
+    let server = Server::start(
+        At::Dir(dir.path()),
+        &["--allow-private-destinations", "--retry-schedule", "200ms"],
+    );
+    let api = Api::new(&server.base, "4208", &key);
+    runtime().block_on(async {
+        let metrics = || async {
+            let resp = api
+                .client
+                .get(format!("{}/metrics", api.base))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.text().await.unwrap()
+        };
+        let value = |text: &str, series: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+        };
+        let kind = |k: &str| format!("apitrail_dispatch_transitions_total{{kind=\"{k}\"}}");
+
+        // Before any record: every series is there, at zero.
+        let text = metrics().await;
+        for series in [
+            "apitrail_dispatch_due_records",
+            "apitrail_dispatch_deliveries_in_flight",
+            "apitrail_dispatch_leased_total",
+            "apitrail_dispatch_unrecorded_total",
+            "apitrail_dispatch_lease_lag_seconds_count",
+        ] {
+            assert_eq!(value(&text, series), Some(0.0), "{series}: {text}");
+        }
+        for k in [
+            "delivered",
+            "acknowledged",
+            "attempt_failed",
+            "failed",
+            "timed_out",
+        ] {
+            assert_eq!(value(&text, &kind(k)), Some(0.0), "{k}: {text}");
+        }
+
+        let ok = api.webhook(&rx.url("/ok"), false, None).await;
+        let flaky = api.webhook(&rx.url("/flaky"), false, None).await;
+        let down = api.webhook(&rx.url("/down"), false, None).await;
+        let signals = api.webhook(&rx.url("/signals"), true, None).await;
+        api.simple_definition("count.me", &ok).await;
+        let mut ids = Vec::new();
+        for (destination, timeout) in [
+            (&ok, 60),
+            (&ok, 60),
+            (&ok, 60),
+            (&flaky, 60),
+            (&down, 60),
+            (&signals, 1),
+        ] {
+            ids.push(id_of(
+                &api.trigger(json!({"action": "count.me", "input": {},
+                    "destination_id": destination, "timeout": timeout}))
+                    .await,
+            ));
+        }
+        for (id, status) in ids.iter().zip([
+            "succeeded",
+            "succeeded",
+            "succeeded",
+            "succeeded",
+            "failed",
+            "timed_out",
+        ]) {
+            api.wait_status(id, status).await;
+        }
+
+        // Outcomes are counted once recorded: poll until the last one shows.
+        let want = [
+            ("delivered", 4.0),
+            ("acknowledged", 1.0),
+            ("attempt_failed", 2.0),
+            ("failed", 1.0),
+            ("timed_out", 1.0),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = metrics().await;
+            if want.iter().all(|(k, n)| value(&text, &kind(k)) == Some(*n)) {
+                break text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "transitions never reached {want:?}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Attempts: 3 + 2 (flaky) + 2 (down) + 1 (signaling).
+        assert_eq!(
+            value(&text, "apitrail_dispatch_leased_total"),
+            Some(8.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "apitrail_dispatch_lease_lag_seconds_count"),
+            Some(8.0),
+            "one lag per lease: {text}"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "apitrail_dispatch_lease_lag_seconds_bucket{le=\"+Inf\"}"
+            ),
+            Some(8.0),
+            "{text}"
+        );
+        assert!(
+            value(&text, "apitrail_dispatch_lease_lag_seconds_sum").is_some_and(|s| s >= 0.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "apitrail_dispatch_unrecorded_total"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "apitrail_dispatch_deliveries_in_flight"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "apitrail_dispatch_due_records"),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(rx.hits().len(), 8, "one request per lease");
     });
     server.stop();
 }

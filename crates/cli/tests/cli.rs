@@ -528,3 +528,63 @@ fn an_audit_entry_edited_in_the_file_fails_verification_at_that_entry() {
     assert_eq!(served, report, "the server reports what the CLI does");
     stop(child);
 }
+
+/// A command that fails says what it was doing and on which store (its description, never a
+/// secret of its URL), followed by the cause.
+#[test]
+fn failing_commands_say_what_they_were_doing_and_on_which_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("apitrail.db");
+    let store = format!("SQLite at {}", db.display());
+    json_out(&apitrail(
+        dir.path(),
+        &["orgs", "create", "--id", "acme", "--name", "Acme"],
+    ));
+    let stderr = |out: &Output| {
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // Refused by the store.
+    let dup = stderr(&apitrail(
+        dir.path(),
+        &["orgs", "create", "--id", "acme", "--name", "Again"],
+    ));
+    assert!(
+        dup.contains(&format!("cannot create org \"acme\" ({store}): ")),
+        "{dup}"
+    );
+    assert!(dup.contains("already exists"), "{dup}");
+
+    // A store that fails mid-command: its keys table is gone.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("ALTER TABLE api_keys RENAME TO api_keys_gone")
+        .unwrap();
+    drop(conn);
+    let listed = stderr(&apitrail(dir.path(), &["keys", "list", "--org", "acme"]));
+    assert!(
+        listed.contains(&format!("cannot list the keys of org \"acme\" ({store}): ")),
+        "{listed}"
+    );
+    let created = stderr(&apitrail(
+        dir.path(),
+        &[
+            "keys", "create", "--org", "acme", "--name", "k", "--scopes", "read",
+        ],
+    ));
+    assert!(
+        created.contains(&format!(
+            "cannot create key \"k\" on org \"acme\" ({store}): "
+        )),
+        "{created}"
+    );
+
+    // PostgreSQL that cannot be reached: the URL's password never shows.
+    let url = "postgres://apitrail:hunter2secret@127.0.0.1:1/trail?password=qs7secret";
+    let out = stderr(&support::apitrail(support::At::Url(url), &["orgs", "list"]));
+    assert!(out.contains("PostgreSQL at 127.0.0.1:1/trail"), "{out}");
+    assert!(
+        !out.contains("hunter2secret") && !out.contains("qs7secret"),
+        "{out}"
+    );
+}

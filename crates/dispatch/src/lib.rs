@@ -14,6 +14,11 @@
 //! being written (a delivery still waits for its own outcome to be recorded before it counts
 //! as done).
 //!
+//! The state changes themselves (what a delivery outcome or a timeout does to a record) are
+//! the model's state machine ([`apitrail_model::transition`]); this crate only finds out what
+//! happened and records the change. Its figures (leases, outcomes, lag) are [`DispatchStats`],
+//! which `/metrics` shows.
+//!
 //! SSRF: whether a delivery may reach loopback and private addresses is its destination's
 //! recorded decision ([`Destination::allow_private`], made by the server that created or last
 //! changed it), so every dispatcher sharing the store treats a record alike whatever its own
@@ -24,6 +29,7 @@
 //! connection to a private address is ever reused for a destination not allowed one). IP
 //! literals are checked before sending, and redirects are not followed.
 
+mod stats;
 mod targets;
 
 use std::net::SocketAddr;
@@ -32,15 +38,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use apitrail_model::action::{is_local_name, is_private_address, webhook_target};
+use apitrail_model::transition::transition;
 use apitrail_model::{
-    ActionEvent, ActionRecord, ActionStatus, Destination, RetrySchedule, Tenant, Timestamp,
+    ActionRecord, Destination, EventKind, Occurrence, RetrySchedule, Tenant, Timestamp,
 };
-use apitrail_store::{Expected, Leased, Store, StoreError, Transition};
+use apitrail_store::{Leased, Store, StoreError, Transition};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
+pub use crate::stats::{DispatchSnapshot, DispatchStats, LAG_SECONDS};
 use crate::targets::{Target, Targets};
 
 /// Settings of the dispatcher.
@@ -87,6 +95,7 @@ impl Default for DispatchConfig {
 pub struct Dispatcher {
     stop: Arc<Stop>,
     task: tokio::task::JoinHandle<()>,
+    stats: Arc<DispatchStats>,
 }
 
 impl Dispatcher {
@@ -101,6 +110,7 @@ impl Dispatcher {
             open: webhook_client(true)?,
         };
         let stop = Arc::new(Stop::default());
+        let stats = Arc::new(DispatchStats::default());
         // The recorder ends when the worker (the last sender) is dropped, after the loop and
         // every delivery in flight.
         let (outcomes, queue) = mpsc::unbounded_channel();
@@ -112,11 +122,17 @@ impl Dispatcher {
                 targets: Targets::new(config.destination_ttl),
                 config,
                 outcomes,
+                stats: Arc::clone(&stats),
             }),
             wake,
             Arc::clone(&stop),
         ));
-        Ok(Self { stop, task })
+        Ok(Self { stop, task, stats })
+    }
+
+    /// Its figures, for `/metrics`.
+    pub fn stats(&self) -> Arc<DispatchStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Stops leasing and waits (at most `grace`) for deliveries in flight to finish; those
@@ -179,6 +195,7 @@ struct Worker {
     targets: Targets,
     /// Outcomes to record, to the recorder ([`record_outcomes`]).
     outcomes: mpsc::UnboundedSender<Outcome>,
+    stats: Arc<DispatchStats>,
 }
 
 /// A delivery's outcome to record, and the delivery waiting to hear whether it was.
@@ -193,6 +210,10 @@ const OUTCOME_BATCH: usize = 512;
 impl Worker {
     /// Records `transition` (with the other outcomes waiting meanwhile); returns whether it
     /// happened.
+    #[tracing::instrument(level = "debug", skip_all, fields(
+        org = %transition.tenant.org_id(), record = %transition.id,
+        attempt = transition.expected.attempt, kind = %transition.event.kind,
+    ))]
     async fn record(&self, transition: Transition) -> Result<bool, StoreError> {
         let (recorded, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError(o)) = self.outcomes.send(Outcome {
@@ -213,21 +234,27 @@ impl Worker {
 async fn record_outcomes(store: Arc<dyn Store>, mut queue: mpsc::UnboundedReceiver<Outcome>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, OUTCOME_BATCH).await > 0 {
-        let (transitions, waiting): (Vec<Transition>, Vec<_>) =
-            batch.drain(..).map(|o| (o.transition, o.recorded)).unzip();
-        match store.transition_actions(&transitions).await {
-            Ok(done) if done.len() == transitions.len() => {
-                for (recorded, done) in waiting.into_iter().zip(done) {
-                    let _ = recorded.send(Ok(done));
-                }
+        record_batch(&*store, &mut batch).await;
+    }
+}
+
+/// Records one batch of outcomes and answers each delivery waiting for its own.
+#[tracing::instrument(level = "debug", skip_all, fields(outcomes = batch.len()))]
+async fn record_batch(store: &dyn Store, batch: &mut Vec<Outcome>) {
+    let (transitions, waiting): (Vec<Transition>, Vec<_>) =
+        batch.drain(..).map(|o| (o.transition, o.recorded)).unzip();
+    match store.transition_actions(&transitions).await {
+        Ok(done) if done.len() == transitions.len() => {
+            for (recorded, done) in waiting.into_iter().zip(done) {
+                let _ = recorded.send(Ok(done));
             }
-            answer => {
-                if let Err(e) = answer {
-                    tracing::debug!(error = %e, outcomes = transitions.len(), "dispatcher: recording outcomes one by one");
-                }
-                for (t, recorded) in transitions.iter().zip(waiting) {
-                    let _ = recorded.send(transition_alone(&*store, t).await);
-                }
+        }
+        answer => {
+            if let Err(e) = answer {
+                tracing::debug!(error = %e, outcomes = transitions.len(), "dispatcher: recording outcomes one by one");
+            }
+            for (t, recorded) in transitions.iter().zip(waiting) {
+                let _ = recorded.send(transition_alone(store, t).await);
             }
         }
     }
@@ -277,14 +304,7 @@ async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Stop>) {
             continue;
         }
         let limit = u32::try_from(free.min(500)).unwrap_or(500);
-        let now = Timestamp::now();
-        let until =
-            now.add_millis(i64::try_from(worker.config.lease.as_millis()).unwrap_or(i64::MAX));
-        let leased = match worker
-            .store
-            .lease_due_actions(now, until, &worker.config.owner, limit)
-            .await
-        {
+        let leased = match lease_pass(&worker, limit).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "dispatcher: cannot lease due actions");
@@ -298,6 +318,7 @@ async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Stop>) {
             };
             let worker = Arc::clone(&worker);
             deliveries.spawn(async move {
+                let _counted = worker.stats.delivering();
                 deliver(&worker, l).await;
                 drop(permit);
             });
@@ -307,36 +328,52 @@ async fn run(worker: Arc<Worker>, wake: Arc<Notify>, stop: Arc<Stop>) {
     while deliveries.join_next().await.is_some() {}
 }
 
+/// Leases up to `limit` due records for this dispatcher, counting them and their lag.
+#[tracing::instrument(level = "debug", skip_all, fields(limit = limit, leased = tracing::field::Empty))]
+async fn lease_pass(worker: &Worker, limit: u32) -> Result<Vec<Leased>, StoreError> {
+    let now = Timestamp::now();
+    let until = now.add_millis(i64::try_from(worker.config.lease.as_millis()).unwrap_or(i64::MAX));
+    let leased = worker
+        .store
+        .lease_due_actions(now, until, &worker.config.owner, limit)
+        .await?;
+    tracing::Span::current().record("leased", leased.len());
+    worker.stats.lease_pass(leased.len());
+    for l in &leased {
+        worker
+            .stats
+            .lag(now.millis() - l.record.state.available_at.millis());
+    }
+    Ok(leased)
+}
+
+/// Times out the acknowledged records whose `timeout_at` has passed.
+#[tracing::instrument(level = "debug", skip_all, fields(expired = tracing::field::Empty))]
 async fn expire_acknowledgements(worker: &Worker) -> Result<(), StoreError> {
     let now = Timestamp::now();
     let expired = worker.store.expired_acknowledgements(now, 500).await?;
+    tracing::Span::current().record("expired", expired.len());
     if expired.is_empty() {
         return Ok(());
     }
     let transitions: Vec<Transition> = expired
         .into_iter()
-        .map(|Leased { tenant, mut record }| {
-            let expected = Expected {
-                status: ActionStatus::Acknowledged,
-                attempt: record.state.attempt,
-                lease_owner: None,
-            };
-            record.state.status = ActionStatus::TimedOut;
-            record.state.updated_at = now;
-            record.state.completed_at = Some(now);
-            record.state.error_message = Some("no signal came before timeout_at".into());
-            let event = ActionEvent::of(&record, "timed_out", record.state.error_message.clone());
-            Transition {
-                tenant,
-                id: record.id,
-                expected,
-                state: record.state,
-                event,
+        .filter_map(|Leased { tenant, record }| {
+            match transition(&record, Occurrence::AcknowledgementExpired, now) {
+                Ok(change) => Some(Transition::new(tenant, record.id, &change, None)),
+                Err(refusal) => {
+                    // The store picked it by the same rule; nothing to do if it disagrees.
+                    tracing::debug!(record = %record.id, %refusal, "dispatcher: not timed out");
+                    None
+                }
             }
         })
         .collect();
     // One call for all of them; a signal that came meanwhile wins its compare-and-set.
-    worker.store.transition_actions(&transitions).await?;
+    let done = worker.store.transition_actions(&transitions).await?;
+    for _ in done.into_iter().filter(|d| *d) {
+        worker.stats.transition(EventKind::TimedOut);
+    }
     Ok(())
 }
 
@@ -350,70 +387,49 @@ enum Attempt {
     Refused(String),
 }
 
+/// Delivers one leased record and records the outcome.
+#[tracing::instrument(level = "debug", skip_all, fields(
+    org = %leased.tenant.org_id(), record = %leased.record.id, attempt = leased.record.state.attempt,
+))]
 async fn deliver(worker: &Worker, leased: Leased) {
     let Leased { tenant, record } = leased;
     let (outcome, signaling) = attempt(worker, &tenant, &record).await;
-    let expected = Expected {
-        status: ActionStatus::Pending,
-        attempt: record.state.attempt,
-        lease_owner: Some(worker.config.owner.clone()),
-    };
-    let now = Timestamp::now();
-    let mut next = record.clone();
-    let s = &mut next.state;
-    s.updated_at = now;
-    let (kind, message) = match outcome {
-        Attempt::Delivered(code) if signaling => {
-            s.status = ActionStatus::Acknowledged;
-            s.timeout_at = Some(now.add_millis(i64::from(record.timeout_secs) * 1000));
-            ("acknowledged", format!("HTTP {code}"))
-        }
-        Attempt::Delivered(code) => {
-            s.status = ActionStatus::Succeeded;
-            s.completed_at = Some(now);
-            ("delivered", format!("HTTP {code}"))
-        }
-        Attempt::Failed(why) => match worker.config.retry.delay_after(record.state.attempt) {
-            Some(delay) => {
-                // Jitter (±20%) keeps retries of a burst from arriving together.
-                let jittered = (delay as f64 * (0.8 + 0.4 * fastrand::f64())) as i64;
-                s.available_at = now.add_millis(jittered.max(1));
-                ("attempt_failed", why)
-            }
-            None => {
-                s.status = ActionStatus::Failed;
-                s.completed_at = Some(now);
-                s.error_message = Some(format!(
-                    "{why} (attempt {} of {})",
-                    record.state.attempt,
-                    worker.config.retry.max_attempts()
-                ));
-                ("failed", why)
-            }
+    let what = match outcome {
+        Attempt::Delivered(code) => Occurrence::Delivered { code, signaling },
+        Attempt::Failed(reason) => Occurrence::AttemptFailed {
+            reason,
+            retry: &worker.config.retry,
+            jitter: fastrand::f64(),
         },
-        Attempt::Refused(why) => {
-            s.status = ActionStatus::Failed;
-            s.completed_at = Some(now);
-            s.error_message = Some(why.clone());
-            ("failed", why)
+        Attempt::Refused(reason) => Occurrence::Undeliverable { reason },
+    };
+    let change = match transition(&record, what, Timestamp::now()) {
+        Ok(change) => change,
+        Err(refusal) => {
+            // A leased record is pending at attempt 1 or more: this cannot happen, but if it
+            // did, the lease runs out and the record is delivered again.
+            tracing::warn!(record = %record.id, %refusal, "dispatcher: a delivery outcome the record cannot take");
+            worker.stats.unrecorded();
+            return;
         }
     };
-    let event = ActionEvent::of(&next, kind, Some(message));
-    let transition = Transition {
-        tenant,
-        id: record.id,
-        expected,
-        state: next.state,
-        event,
-    };
-    match worker.record(transition).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            record = %record.id,
-            "dispatcher: the lease ran out before the outcome was recorded; the record is delivered again"
-        ),
+    let kind = change.kind;
+    let owner = Some(worker.config.owner.clone());
+    match worker
+        .record(Transition::new(tenant, record.id, &change, owner))
+        .await
+    {
+        Ok(true) => worker.stats.transition(kind),
+        Ok(false) => {
+            worker.stats.unrecorded();
+            tracing::warn!(
+                record = %record.id,
+                "dispatcher: the lease ran out before the outcome was recorded; the record is delivered again"
+            );
+        }
         Err(e) => {
-            tracing::warn!(record = %record.id, error = %e, "dispatcher: cannot record a delivery outcome")
+            worker.stats.unrecorded();
+            tracing::warn!(record = %record.id, error = %e, "dispatcher: cannot record a delivery outcome");
         }
     }
 }
@@ -581,7 +597,8 @@ impl Resolve for GuardedResolver {
 
 #[cfg(test)]
 mod tests {
-    use apitrail_model::new_record_id;
+    use apitrail_model::{ActionEvent, ActionStatus, new_record_id};
+    use apitrail_store::Expected;
     use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
     use apitrail_store_tests::support::{at, create_record, new_org, pending};
 

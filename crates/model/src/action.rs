@@ -10,6 +10,7 @@ use std::fmt;
 use uuid::Uuid;
 
 use crate::time::Timestamp;
+use crate::transition::EventKind;
 use crate::webhook::WebhookSecret;
 
 /// Free-form string labels of a destination or a record.
@@ -300,10 +301,24 @@ pub struct ActionEvent {
 impl ActionEvent {
     /// The event recording that `record` entered its current state.
     pub fn of(record: &ActionRecord, kind: &str, message: Option<String>) -> Self {
-        let s = &record.state;
+        Self::entering(record.id, &record.state, kind, message)
+    }
+
+    /// The event recording that record `record_id` entered `state` (through a change of
+    /// [`transition`](crate::transition)).
+    pub fn of_state(
+        record_id: Uuid,
+        state: &ActionState,
+        kind: EventKind,
+        message: Option<String>,
+    ) -> Self {
+        Self::entering(record_id, state, kind.as_str(), message)
+    }
+
+    fn entering(record_id: Uuid, s: &ActionState, kind: &str, message: Option<String>) -> Self {
         Self {
             id: crate::new_record_id(),
-            record_id: record.id,
+            record_id,
             kind: kind.into(),
             status: s.status,
             attempt: s.attempt,

@@ -14,6 +14,7 @@ pub mod org;
 pub mod query;
 pub mod request_log;
 pub mod time;
+pub mod transition;
 pub mod validate;
 pub mod webhook;
 
@@ -31,5 +32,6 @@ pub use org::{NewOrg, Org, Tenant};
 pub use query::{LogFilter, PageRequest, PageStart, Position, Sort, SortDir, SortKey};
 pub use request_log::RequestLog;
 pub use time::Timestamp;
+pub use transition::{ActionChange, EventKind, Occurrence, Refusal, Signal};
 pub use validate::FieldError;
 pub use webhook::WebhookSecret;

@@ -117,11 +117,12 @@ fn expecting(record: &ActionRecord, lease_owner: Option<&str>) -> Expected {
     }
 }
 
-/// What a lease at `now` makes of `record`: its attempt counted, its first start recorded.
+/// What a lease at `now` makes of `record`, by the model's rule (`transition::lease`) every
+/// backend's lease statement must agree with: its attempt counted, its first start recorded.
 fn leased_at(record: &ActionRecord, now: Timestamp) -> ActionRecord {
     let mut r = record.clone();
-    r.state.attempt += 1;
-    r.state.started_at.get_or_insert(now);
+    r.state = apitrail_model::transition::lease(&record.state, now)
+        .unwrap_or_else(|e| panic!("the model does not lease record {}: {e}", record.id));
     r
 }
 

@@ -2,8 +2,8 @@
 //! part of every [`Store`](crate::Store).
 
 use apitrail_model::{
-    ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionState, ActionStatus,
-    AuditEntry, Credential, Destination, Tenant, Timestamp,
+    ActionChange, ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionState,
+    ActionStatus, AuditEntry, Credential, Destination, Tenant, Timestamp,
 };
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -19,6 +19,18 @@ pub struct Expected {
     pub attempt: u32,
     /// The lease it must still be under (`None`: any or none).
     pub lease_owner: Option<String>,
+}
+
+impl Expected {
+    /// What `change` (made by the model's state machine) expects of the record, under
+    /// `lease_owner`'s lease (a delivery's outcome) or under any.
+    pub fn of(change: &ActionChange, lease_owner: Option<String>) -> Self {
+        Self {
+            status: change.from,
+            attempt: change.attempt,
+            lease_owner,
+        }
+    }
 }
 
 /// A record leased for delivery, with the org it belongs to.
@@ -47,6 +59,23 @@ pub struct Transition {
 }
 
 impl Transition {
+    /// `change` of record `id` (made by the model's state machine), with its event, expecting
+    /// the record under `lease_owner`'s lease or any ([`Expected::of`]).
+    pub fn new(
+        tenant: Tenant,
+        id: Uuid,
+        change: &ActionChange,
+        lease_owner: Option<String>,
+    ) -> Self {
+        Self {
+            tenant,
+            id,
+            expected: Expected::of(change, lease_owner),
+            state: change.state.clone(),
+            event: change.event(id),
+        }
+    }
+
     /// Whether this transition is recorded under a lease (a delivery's outcome), which need
     /// not wait for the flush to disk: losing it only means the record is delivered again.
     pub fn under_lease(&self) -> bool {
