@@ -6,7 +6,7 @@ use apitrail_model::query::request_id_variants;
 use apitrail_model::{
     LogFilter, PageRequest, PageStart, RequestLog, Sort, SortDir, SortKey, Timestamp,
 };
-use apitrail_store::{Page, StoreError};
+use apitrail_store::{Page, StoreError, ValueField, stored};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
@@ -20,12 +20,18 @@ const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, r
      price, minutes, seconds, stripe_invoice_item_id, request_body_truncated, \
      response_body_truncated, metadata, request_body, response_body";
 
-fn log_from_row(r: &Row) -> Result<RequestLog, StoreError> {
+/// A row of [`COLUMNS`] of org `org`, decoded by the rule of `apitrail_store::stored`.
+fn log_from_row(org: i64, r: &Row) -> Result<RequestLog, StoreError> {
+    let id = r.get(0);
     let duration: i64 = r.get(2);
     let status: i32 = r.get(3);
-    let ip: Option<String> = r.get(13);
+    let optional_ts = |column, i| {
+        let ms: Option<i64> = r.get(i);
+        stored::optional(org, id, column, ms.map(Timestamp::from_millis))
+    };
+    let ip: Option<&str> = r.get(13);
     Ok(RequestLog {
-        id: r.get(0),
+        id,
         created_at: ts(r.get(1))?,
         duration_ms: (duration >= 0).then_some(duration),
         status_code: u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?,
@@ -36,11 +42,9 @@ fn log_from_row(r: &Row) -> Result<RequestLog, StoreError> {
         auth_type: r.get(8),
         error_code: r.get(9),
         query: r.get(10),
-        started_at: r.get::<_, Option<i64>>(11).map(ts).transpose()?,
-        completed_at: r.get::<_, Option<i64>>(12).map(ts).transpose()?,
-        client_ip: ip
-            .map(|s| s.parse().map_err(|_| corrupt(format!("client ip {s:?}"))))
-            .transpose()?,
+        started_at: optional_ts("started_at", 11),
+        completed_at: optional_ts("completed_at", 12),
+        client_ip: stored::optional(org, id, "client_ip", ip.map(|s| s.parse().ok())),
         user_agent: r.get(14),
         origin: r.get(15),
         principal_type: r.get(16),
@@ -122,34 +126,24 @@ pub(crate) async fn stored_among(
         .collect())
 }
 
-/// Which column a row of `request_log_values` names (migration 0005).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(i16)]
-pub(crate) enum Field {
-    Status = 1,
-    ApiKey = 2,
-    ServiceAccount = 3,
-    Email = 4,
-}
-
 /// One value an org's request logs hold: `(org, field, value)`.
-pub(crate) type Value = (i64, Field, String);
+pub(crate) type Value = (i64, ValueField, String);
 
 /// The values of `rows` that `request_log_values` must hold, without repeats, sorted (so
 /// that concurrent transactions add them in one order and cannot deadlock).
 pub(crate) fn values_of(rows: &[(i64, &RequestLog)]) -> Vec<Value> {
-    let mut seen: HashSet<(i64, Field, &str)> = HashSet::new();
+    let mut seen: HashSet<(i64, ValueField, &str)> = HashSet::new();
     let mut codes: HashSet<(i64, u16)> = HashSet::new();
     for (org, log) in rows {
         codes.insert((*org, log.status_code));
         if let Some(k) = &log.api_key_id {
-            seen.insert((*org, Field::ApiKey, k));
+            seen.insert((*org, ValueField::ApiKey, k));
         }
         if let Some(s) = &log.service_account_id {
-            seen.insert((*org, Field::ServiceAccount, s));
+            seen.insert((*org, ValueField::ServiceAccount, s));
         }
         if let Some(e) = &log.email {
-            seen.insert((*org, Field::Email, e));
+            seen.insert((*org, ValueField::Email, e));
         }
     }
     let mut values: Vec<Value> = seen
@@ -158,7 +152,7 @@ pub(crate) fn values_of(rows: &[(i64, &RequestLog)]) -> Vec<Value> {
         .chain(
             codes
                 .into_iter()
-                .map(|(org, code)| (org, Field::Status, code.to_string())),
+                .map(|(org, code)| (org, ValueField::Status, code.to_string())),
         )
         .collect();
     values.sort_unstable();
@@ -175,7 +169,7 @@ pub(crate) async fn note_values(
         return Ok(());
     }
     let orgs: Vec<i64> = values.iter().map(|v| v.0).collect();
-    let fields: Vec<i16> = values.iter().map(|v| v.1 as i16).collect();
+    let fields: Vec<i16> = values.iter().map(|v| v.1.code()).collect();
     let texts: Vec<&str> = values.iter().map(|v| v.2.as_str()).collect();
     tx.execute(
         "INSERT INTO request_log_values (org, field, value) \
@@ -318,7 +312,10 @@ pub(crate) async fn list(
 ) -> Result<Page<RequestLog>, StoreError> {
     let codes = match status_runs(filter, sort, page) {
         Some((lo, hi)) => {
-            let rows = c.query(STATUS_CODES, &[&org]).await.map_err(backend)?;
+            let rows = c
+                .query(STATUS_CODES, &[&org, &ValueField::Status.code()])
+                .await
+                .map_err(backend)?;
             let codes = codes_in(&rows, lo, hi);
             if codes.is_empty() {
                 return Ok(Page {
@@ -334,7 +331,7 @@ pub(crate) async fn list(
     let rows = c.query(&sql, &params(&args)).await.map_err(backend)?;
     let mut items = rows
         .iter()
-        .map(log_from_row)
+        .map(|r| log_from_row(org, r))
         .collect::<Result<Vec<_>, _>>()?;
     let has_more = items.len() > page.limit as usize;
     items.truncate(page.limit as usize);
@@ -343,8 +340,8 @@ pub(crate) async fn list(
 
 /// The status codes the org's logs have held (`request_log_values`), a few dozen at most;
 /// the range is applied by [`codes_in`]. A code no stored record has any more gives an empty
-/// run.
-const STATUS_CODES: &str = "SELECT value FROM request_log_values WHERE org = $1 AND field = 1";
+/// run. Its parameters are the org and [`ValueField::Status`]'s code.
+const STATUS_CODES: &str = "SELECT value FROM request_log_values WHERE org = $1 AND field = $2";
 
 /// The codes of `rows` (of [`STATUS_CODES`]) within `[lo, hi]`, ascending.
 fn codes_in(rows: &[Row], lo: i32, hi: i32) -> Vec<i32> {
@@ -399,9 +396,16 @@ pub(crate) async fn explain_list(
     let codes = match status_runs(filter, sort, page) {
         Some((lo, hi)) => {
             let sql = format!("EXPLAIN (COSTS OFF) {STATUS_CODES}");
-            let rows = c.client.query(&sql, &[&org]).await.map_err(backend)?;
+            let rows = c
+                .client
+                .query(&sql, &[&org, &ValueField::Status.code()])
+                .await
+                .map_err(backend)?;
             plans = explain(rows) + "\n";
-            let rows = c.query(STATUS_CODES, &[&org]).await.map_err(backend)?;
+            let rows = c
+                .query(STATUS_CODES, &[&org, &ValueField::Status.code()])
+                .await
+                .map_err(backend)?;
             Some(codes_in(&rows, lo, hi))
         }
         None => None,
@@ -435,14 +439,14 @@ fn list_query(
         ("method", &filter.method, None),
         ("route_pattern", &filter.route_pattern, None),
         ("auth_type", &filter.auth_type, None),
-        ("api_key_id", &filter.api_key_id, Some(Field::ApiKey)),
+        ("api_key_id", &filter.api_key_id, Some(ValueField::ApiKey)),
         (
             "service_account_id",
             &filter.service_account_id,
-            Some(Field::ServiceAccount),
+            Some(ValueField::ServiceAccount),
         ),
         ("user_id", &filter.user_id, None),
-        ("email", &filter.email, Some(Field::Email)),
+        ("email", &filter.email, Some(ValueField::Email)),
     ] {
         if let Some(v) = value {
             let p = push(&mut args, v.clone());
@@ -453,7 +457,7 @@ fn list_query(
                 conds.push_str(&format!(
                     " AND EXISTS (SELECT 1 FROM request_log_values \
                      WHERE org = $1 AND field = {} AND value = {p})",
-                    field as i16
+                    field.code()
                 ));
             }
         }
@@ -556,7 +560,7 @@ pub(crate) async fn get(c: &Reader, org: i64, id: Uuid) -> Result<Option<Request
         )
         .await
         .map_err(backend)?;
-    rows.first().map(log_from_row).transpose()
+    rows.first().map(|r| log_from_row(org, r)).transpose()
 }
 
 /// Deletes up to `max` of the org's logs created before `before`, oldest first, with their

@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod stats;
+pub mod stored;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 pub use actions::{ActionStore, Expected, Leased, Transition};
 pub use stats::{Histogram, HistogramSnapshot, StoreStats};
+pub use stored::ValueField;
 
 /// Errors every backend maps its failures into.
 #[derive(Debug, thiserror::Error)]
