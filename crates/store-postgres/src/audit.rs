@@ -156,14 +156,8 @@ pub(crate) async fn list(
     }
     let n = push(&mut args, i64::from(limit) + 1);
     sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {n}"));
-    let rows = c.rows(&sql, &params(&args)).await?;
-    let mut items = rows
-        .iter()
-        .map(entry_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+    let items = c.all(&sql, &params(&args), entry_from_row).await?;
+    Ok(Page::from_lookahead(items, limit))
 }
 
 pub(crate) async fn head(c: &impl Sql, org: i64) -> Result<ChainHead, StoreError> {

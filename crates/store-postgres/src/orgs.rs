@@ -35,19 +35,14 @@ pub(crate) async fn list_orgs(
     after: Option<&OrgId>,
     limit: u32,
 ) -> Result<Page<Org>, StoreError> {
-    let rows = c
-        .rows(
+    let items = c
+        .all(
             "SELECT id, name, created_at FROM orgs WHERE id > $1 ORDER BY id LIMIT $2",
             &[&after.map_or("", |a| a.as_str()), &(i64::from(limit) + 1)],
+            org_from_row,
         )
         .await?;
-    let mut items = rows
-        .iter()
-        .map(org_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+    Ok(Page::from_lookahead(items, limit))
 }
 
 pub(crate) async fn find_tenant(c: &impl Sql, id: &OrgId) -> Result<Option<Tenant>, StoreError> {

@@ -305,24 +305,20 @@ pub(crate) async fn list(
                 .await?;
             let codes = codes_in(&rows, lo, hi);
             if codes.is_empty() {
-                return Ok(Page {
-                    items: Vec::new(),
-                    has_more: false,
-                });
+                return Ok(Page::empty());
             }
             Some(codes)
         }
         None => None,
     };
     let (sql, args) = list_query(org, filter, sort, page, codes);
-    let rows = c.prepared(&sql, &params(&args)).await?;
-    let mut items = rows
+    let items = c
+        .prepared(&sql, &params(&args))
+        .await?
         .iter()
         .map(|r| log_from_row(org, r))
         .collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    Ok(Page::from_lookahead(items, page.limit))
 }
 
 /// The status codes the org's logs have held (`request_log_values`), a few dozen at most;

@@ -23,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use apitrail_store::StoreError;
 use rusqlite::{Connection, params};
 
+use crate::backend;
+
 /// A key kept in levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SideKey {
@@ -95,10 +97,6 @@ impl Default for Caps {
 pub(crate) struct Levels {
     counts: [[AtomicU64; 3]; 2],
     caps: Caps,
-}
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::backend(e)
 }
 
 impl Levels {

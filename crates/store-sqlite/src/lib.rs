@@ -11,6 +11,7 @@ mod levels;
 mod orgs;
 mod reader;
 mod request_logs;
+mod rows;
 mod schema;
 mod writer;
 
@@ -166,6 +167,11 @@ impl SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .insert(tenant.org_id().clone(), tenant.clone());
     }
+}
+
+/// A SQLite error as the store's.
+pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
 }
 
 /// Opens a connection with the pragmas every connection needs.

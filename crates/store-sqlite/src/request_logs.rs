@@ -12,12 +12,10 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use uuid::Uuid;
 
+use crate::backend;
 use crate::levels::{Levels, SideKey};
-use crate::orgs::{ts, uuid_col};
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::backend(e)
-}
+use crate::reader::Sql;
+use crate::rows::{ts, uuid_col};
 
 const INSERT: &str = "INSERT INTO request_logs (org, id, created_at, duration_ms, status_code, \
      method, path, route_pattern, request_id, auth_type, error_code, query, started_at, \
@@ -36,11 +34,7 @@ fn value_seen(
     field: ValueField,
     value: &str,
 ) -> Result<bool, StoreError> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM request_log_values WHERE org = ?1 AND field = ?2 AND value = ?3)",
-    )
-    .and_then(|mut st| st.query_row(params![org, field.code(), value], |r| r.get(0)))
-    .map_err(backend)
+    conn.one("SELECT EXISTS (SELECT 1 FROM request_log_values WHERE org = ?1 AND field = ?2 AND value = ?3)", params![org, field.code(), value], |r| r.get(0))
 }
 
 /// Inserts every log of every batch, and its side keys into the first level; an id already
@@ -372,14 +366,8 @@ fn fetch_page(
     args: Vec<Value>,
     limit: u32,
 ) -> Result<Page<RequestLog>, StoreError> {
-    let mut st = conn.prepare_cached(sql).map_err(backend)?;
-    let mut items = st
-        .query_map(params_from_iter(args), |r| from_row(org, r))
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-        .map_err(backend)?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+    let items = conn.all(sql, params_from_iter(args), |r| from_row(org, r))?;
+    Ok(Page::from_lookahead(items, limit))
 }
 
 /// The statement that answers a list query, asking for `limit + 1` rows.
@@ -398,10 +386,7 @@ pub(crate) fn list(
 ) -> Result<Page<RequestLog>, StoreError> {
     match plan(conn, org, filter, sort, page)? {
         Some(q) => fetch_page(conn, org, &q.sql, q.args, page.limit),
-        None => Ok(Page {
-            items: Vec::new(),
-            has_more: false,
-        }),
+        None => Ok(Page::empty()),
     }
 }
 
@@ -504,13 +489,12 @@ pub const SMALL_WINDOW_ROWS: i64 = 4096;
 fn window_is_small(conn: &Connection, org: i64, filter: &LogFilter) -> Result<bool, StoreError> {
     let from = filter.from.map_or(i64::MIN, |t| t.millis());
     let to = filter.to.map_or(i64::MAX, |t| t.millis());
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM (SELECT 1 FROM request_logs INDEXED BY request_logs_by_created \
+    let n: i64 = conn.one(
+        "SELECT count(*) FROM (SELECT 1 FROM request_logs INDEXED BY request_logs_by_created \
              WHERE org = ?1 AND created_at >= ?2 AND created_at < ?3 LIMIT ?4)",
-        )
-        .and_then(|mut st| st.query_row(params![org, from, to, SMALL_WINDOW_ROWS], |r| r.get(0)))
-        .map_err(backend)?;
+        params![org, from, to, SMALL_WINDOW_ROWS],
+        |r| r.get(0),
+    )?;
     Ok(n < SMALL_WINDOW_ROWS)
 }
 
@@ -656,14 +640,11 @@ fn by_status_runs(
 
 /// One log by id, within the org.
 pub(crate) fn get(conn: &Connection, org: i64, id: Uuid) -> Result<Option<RequestLog>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM request_logs WHERE org = ?1 AND id = ?2"
-    ))
-    .and_then(|mut st| {
-        st.query_row(params![org, id.as_bytes()], |r| from_row(org, r))
-            .optional()
-    })
-    .map_err(backend)
+    conn.opt(
+        &format!("SELECT {COLUMNS} FROM request_logs WHERE org = ?1 AND id = ?2"),
+        params![org, id.as_bytes()],
+        |r| from_row(org, r),
+    )
 }
 
 /// Deletes the org's oldest logs created before `before`, at most `max` of them, with their
@@ -674,23 +655,19 @@ pub(crate) fn purge(
     before: apitrail_model::Timestamp,
     max: u32,
 ) -> Result<u64, StoreError> {
-    let mut st = conn
-        .prepare_cached(
-            "SELECT seq, duration_ms, request_id, id FROM request_logs \
-             WHERE org = ?1 AND created_at < ?2 ORDER BY created_at LIMIT ?3",
-        )
-        .map_err(backend)?;
-    let doomed = st
-        .query_map(params![org, before.millis(), max], |r| {
+    let doomed = conn.all(
+        "SELECT seq, duration_ms, request_id, id FROM request_logs \
+         WHERE org = ?1 AND created_at < ?2 ORDER BY created_at LIMIT ?3",
+        params![org, before.millis(), max],
+        |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Vec<u8>>(3)?,
             ))
-        })
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-        .map_err(backend)?;
+        },
+    )?;
     let delete = |table: &str| {
         conn.prepare_cached(&format!(
             "DELETE FROM {table} WHERE org = ?1 AND k = ?2 AND id = ?3"
@@ -727,8 +704,10 @@ pub(crate) fn purge(
 
 /// How many logs the org has.
 pub(crate) fn count(conn: &Connection, org: i64) -> Result<u64, StoreError> {
-    conn.prepare_cached("SELECT count(*) FROM request_logs WHERE org = ?1")
-        .and_then(|mut st| st.query_row([org], |r| r.get::<_, i64>(0)))
-        .map(|n| n.max(0) as u64)
-        .map_err(backend)
+    conn.one(
+        "SELECT count(*) FROM request_logs WHERE org = ?1",
+        [org],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
 }

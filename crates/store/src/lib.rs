@@ -93,6 +93,24 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
+impl<T> Page<T> {
+    /// The page of at most `limit` items from `items`, read as up to `limit + 1`: the one
+    /// beyond the limit only says that more follow.
+    pub fn from_lookahead(mut items: Vec<T>, limit: u32) -> Self {
+        let has_more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Self { items, has_more }
+    }
+
+    /// No items, and none after them.
+    pub fn empty() -> Self {
+        Self {
+            items: Vec::new(),
+            has_more: false,
+        }
+    }
+}
+
 /// Request logs of one org, written as part of one atomic batch.
 #[derive(Debug, Clone)]
 pub struct LogBatch {
