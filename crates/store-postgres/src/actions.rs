@@ -318,6 +318,11 @@ impl PgStore {
 
 #[async_trait]
 impl ActionStore for PgStore {
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), credential = %credential.id)
+    )]
     async fn create_credential(
         &self,
         tenant: &Tenant,
@@ -344,6 +349,11 @@ impl ActionStore for PgStore {
         self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_credential(
         &self,
         tenant: &Tenant,
@@ -360,6 +370,7 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_credentials(&self, tenant: &Tenant) -> Result<Vec<Credential>, StoreError> {
         self.reader()
             .await?
@@ -373,6 +384,11 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), destination = %destination.id, create)
+    )]
     async fn put_destination(
         &self,
         tenant: &Tenant,
@@ -421,6 +437,11 @@ impl ActionStore for PgStore {
         self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_destination(
         &self,
         tenant: &Tenant,
@@ -439,6 +460,11 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_destinations(
         &self,
         tenant: &Tenant,
@@ -458,6 +484,16 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            definition = %definition.id,
+            version = definition.version,
+            new_version,
+        )
+    )]
     async fn put_action_definition(
         &self,
         tenant: &Tenant,
@@ -516,6 +552,11 @@ impl ActionStore for PgStore {
         self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id, version = ?version)
+    )]
     async fn get_action_definition(
         &self,
         tenant: &Tenant,
@@ -537,6 +578,7 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn find_action_definition(
         &self,
         tenant: &Tenant,
@@ -558,6 +600,11 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_action_definitions(
         &self,
         tenant: &Tenant,
@@ -581,6 +628,11 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %record.id)
+    )]
     async fn create_action_record(
         &self,
         tenant: &Tenant,
@@ -639,6 +691,11 @@ impl ActionStore for PgStore {
         Ok(())
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_action_record(
         &self,
         tenant: &Tenant,
@@ -657,6 +714,11 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), skip, take)
+    )]
     async fn list_action_records(
         &self,
         tenant: &Tenant,
@@ -686,6 +748,7 @@ impl ActionStore for PgStore {
         Ok((items, total))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_action_records(
         &self,
         tenant: &Tenant,
@@ -694,6 +757,11 @@ impl ActionStore for PgStore {
         count(&self.reader().await?.client, tenant.key(), filter).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), records = records.len())
+    )]
     async fn action_events(
         &self,
         tenant: &Tenant,
@@ -712,6 +780,11 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %id)
+    )]
     async fn transition_action(
         &self,
         tenant: &Tenant,
@@ -732,6 +805,7 @@ impl ActionStore for PgStore {
         Ok(done.first().copied().unwrap_or(false))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(transitions = transitions.len()))]
     async fn transition_actions(
         &self,
         transitions: &[Transition],
@@ -823,6 +897,7 @@ impl ActionStore for PgStore {
         Ok(done)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn lease_due_actions(
         &self,
         now: Timestamp,
@@ -841,6 +916,7 @@ impl ActionStore for PgStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn expired_acknowledgements(
         &self,
         now: Timestamp,

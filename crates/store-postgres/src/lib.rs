@@ -337,6 +337,7 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn ping(&self) -> Result<(), StoreError> {
         self.reader()
             .await?
@@ -347,6 +348,7 @@ impl Store for PgStore {
             .map_err(backend)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = org.id.as_str()))]
     async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError> {
         let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
@@ -356,18 +358,26 @@ impl Store for PgStore {
         Ok(tenant)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn list_orgs(&self, after: Option<&OrgId>, limit: u32) -> Result<Page<Org>, StoreError> {
         orgs::list_orgs(&self.reader().await?.client, after, limit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = id.as_str()))]
     async fn tenant(&self, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
         orgs::find_tenant(&self.reader().await?.client, id).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn org(&self, tenant: &Tenant) -> Result<Org, StoreError> {
         orgs::get_org(&self.reader().await?.client, tenant.key()).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %key.id)
+    )]
     async fn create_api_key(
         &self,
         tenant: &Tenant,
@@ -382,14 +392,25 @@ impl Store for PgStore {
         self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
         orgs::list_keys(&self.reader().await?.client, tenant).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn get_api_key(&self, tenant: &Tenant, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         orgs::get_key(&self.reader().await?.client, tenant, id).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn revoke_api_key(
         &self,
         tenant: &Tenant,
@@ -415,6 +436,7 @@ impl Store for PgStore {
         Ok(key)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn authenticate(
         &self,
         hash: &SecretHash,
@@ -422,16 +444,23 @@ impl Store for PgStore {
         orgs::authenticate(&self.reader().await?.client, hash).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(keys = used.len()))]
     async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError> {
         let (_open, client) = self.writer().await?;
         orgs::touch_keys(&*client, &used).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_request_logs(
         &self,
         batches: Vec<LogBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.logs.len()).sum();
+        tracing::Span::current().record("records", records);
         let admitted = self.admit(records)?;
         let open = Arc::clone(&self.open).read_owned().await;
         if !*open {
@@ -449,6 +478,16 @@ impl Store for PgStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            sort = ?sort.key,
+            dir = ?sort.dir,
+            limit = page.limit,
+        )
+    )]
     async fn list_request_logs(
         &self,
         tenant: &Tenant,
@@ -459,6 +498,11 @@ impl Store for PgStore {
         request_logs::list(&*self.reader().await?, tenant.key(), filter, sort, page).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_request_log(
         &self,
         tenant: &Tenant,
@@ -467,6 +511,7 @@ impl Store for PgStore {
         request_logs::get(&*self.reader().await?, tenant.key(), id).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
     async fn list_audit_entries(
         &self,
         tenant: &Tenant,
@@ -484,11 +529,17 @@ impl Store for PgStore {
         .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_audit_entries(
         &self,
         batches: Vec<AuditBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.entries.len()).sum();
+        tracing::Span::current().record("records", records);
         let _admitted = self.admit(records)?;
         let mut batches = batches;
         // Org heads locked in a fixed order, so concurrent multi-org batches cannot deadlock.
@@ -507,6 +558,11 @@ impl Store for PgStore {
         Ok(outcome)
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), after, limit)
+    )]
     async fn audit_chain(
         &self,
         tenant: &Tenant,
@@ -516,10 +572,16 @@ impl Store for PgStore {
         audit::chain(&self.reader().await?.client, tenant.key(), after, limit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
         audit::head(&self.reader().await?.client, tenant.key()).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), before = before.millis(), max)
+    )]
     async fn purge_request_logs(
         &self,
         tenant: &Tenant,
@@ -530,6 +592,7 @@ impl Store for PgStore {
         request_logs::purge(&*client, tenant.key(), before, max).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(before = before.millis(), batch))]
     async fn expire_request_logs(
         &self,
         before: Timestamp,
@@ -579,6 +642,7 @@ impl Store for PgStore {
         Ok(expired)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
         request_logs::count(&*self.reader().await?, tenant.key()).await
     }
@@ -596,6 +660,7 @@ impl Store for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn shutdown(&self) -> Result<(), StoreError> {
         // Waits for every write in flight (each holds a read guard), then refuses new ones.
         *self.open.write().await = false;

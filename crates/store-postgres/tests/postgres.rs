@@ -204,3 +204,12 @@ async fn undecodable_values_get_the_common_answer() {
     assert_undecodable_values(&store, &optional, &required, &logs).await;
     store.shutdown().await.unwrap();
 }
+
+/// Store calls are traced at debug level, with the org and without secrets.
+#[tokio::test]
+async fn calls_are_traced() {
+    let url = PgServer::shared().fresh_database().await;
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    apitrail_store_tests::support::assert_calls_are_traced(&store).await;
+    store.shutdown().await.unwrap();
+}

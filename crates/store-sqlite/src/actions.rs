@@ -307,6 +307,11 @@ fn apply_transition(
 
 #[async_trait]
 impl ActionStore for SqliteStore {
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), credential = %credential.id)
+    )]
     async fn create_credential(
         &self,
         tenant: &Tenant,
@@ -328,6 +333,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_credential(
         &self,
         tenant: &Tenant,
@@ -341,6 +351,7 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_credentials(&self, tenant: &Tenant) -> Result<Vec<Credential>, StoreError> {
         let org = tenant.key();
         self.readers
@@ -355,6 +366,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), destination = %destination.id, create)
+    )]
     async fn put_destination(
         &self,
         tenant: &Tenant,
@@ -396,6 +412,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_destination(
         &self,
         tenant: &Tenant,
@@ -415,6 +436,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_destinations(
         &self,
         tenant: &Tenant,
@@ -435,6 +461,16 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            definition = %definition.id,
+            version = definition.version,
+            new_version,
+        )
+    )]
     async fn put_action_definition(
         &self,
         tenant: &Tenant,
@@ -490,6 +526,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id, version = ?version)
+    )]
     async fn get_action_definition(
         &self,
         tenant: &Tenant,
@@ -512,6 +553,7 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn find_action_definition(
         &self,
         tenant: &Tenant,
@@ -534,6 +576,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_action_definitions(
         &self,
         tenant: &Tenant,
@@ -558,6 +605,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %record.id)
+    )]
     async fn create_action_record(
         &self,
         tenant: &Tenant,
@@ -603,6 +655,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_action_record(
         &self,
         tenant: &Tenant,
@@ -622,6 +679,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), skip, take)
+    )]
     async fn list_action_records(
         &self,
         tenant: &Tenant,
@@ -649,6 +711,7 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_action_records(
         &self,
         tenant: &Tenant,
@@ -660,6 +723,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), records = records.len())
+    )]
     async fn action_events(
         &self,
         tenant: &Tenant,
@@ -684,6 +752,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %id)
+    )]
     async fn transition_action(
         &self,
         tenant: &Tenant,
@@ -706,6 +779,7 @@ impl ActionStore for SqliteStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(transitions = transitions.len()))]
     async fn transition_actions(
         &self,
         transitions: &[Transition],
@@ -736,6 +810,7 @@ impl ActionStore for SqliteStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn lease_due_actions(
         &self,
         now: Timestamp,
@@ -797,6 +872,7 @@ impl ActionStore for SqliteStore {
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn expired_acknowledgements(
         &self,
         now: Timestamp,

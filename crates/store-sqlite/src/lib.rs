@@ -312,6 +312,7 @@ impl Checkpointer {
 
 #[async_trait]
 impl Store for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn ping(&self) -> Result<(), StoreError> {
         self.readers
             .run(|conn| {
@@ -321,6 +322,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = org.id.as_str()))]
     async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError> {
         let (org, audit) = (org.clone(), audit.clone());
         let tenant = self
@@ -331,6 +333,7 @@ impl Store for SqliteStore {
         Ok(tenant)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn list_orgs(&self, after: Option<&OrgId>, limit: u32) -> Result<Page<Org>, StoreError> {
         let after = after.cloned();
         self.readers
@@ -338,6 +341,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = id.as_str()))]
     async fn tenant(&self, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
         if let Some(t) = self
             .tenants
@@ -360,11 +364,17 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn org(&self, tenant: &Tenant) -> Result<Org, StoreError> {
         let key = tenant.key();
         self.readers.run(move |conn| orgs::get_org(conn, key)).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %key.id)
+    )]
     async fn create_api_key(
         &self,
         tenant: &Tenant,
@@ -380,6 +390,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
         let tenant = tenant.clone();
         self.readers
@@ -387,6 +398,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn get_api_key(&self, tenant: &Tenant, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let tenant = tenant.clone();
         self.readers
@@ -394,6 +410,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn revoke_api_key(
         &self,
         tenant: &Tenant,
@@ -409,6 +430,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn authenticate(
         &self,
         hash: &SecretHash,
@@ -419,17 +441,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(keys = used.len()))]
     async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError> {
         self.writer
             .submit(0, move |conn| orgs::touch_keys(conn, &used))
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_request_logs(
         &self,
         batches: Vec<LogBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.logs.len()).sum();
+        tracing::Span::current().record("records", records);
         let levels = Arc::clone(&self.levels);
         self.writer
             .submit(records, move |conn| {
@@ -438,6 +467,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            sort = ?sort.key,
+            dir = ?sort.dir,
+            limit = page.limit,
+        )
+    )]
     async fn list_request_logs(
         &self,
         tenant: &Tenant,
@@ -451,6 +490,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_request_log(
         &self,
         tenant: &Tenant,
@@ -462,6 +506,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
     async fn list_audit_entries(
         &self,
         tenant: &Tenant,
@@ -475,16 +520,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_audit_entries(
         &self,
         batches: Vec<AuditBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.entries.len()).sum();
+        tracing::Span::current().record("records", records);
         self.writer
             .submit(records, move |conn| audit::insert(conn, &batches))
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), after, limit)
+    )]
     async fn audit_chain(
         &self,
         tenant: &Tenant,
@@ -497,6 +553,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
         let org = tenant.key();
         self.readers
@@ -504,6 +561,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), before = before.millis(), max)
+    )]
     async fn purge_request_logs(
         &self,
         tenant: &Tenant,
@@ -516,6 +578,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
         let org = tenant.key();
         self.readers
@@ -536,6 +599,7 @@ impl Store for SqliteStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn shutdown(&self) -> Result<(), StoreError> {
         // Joining threads blocks, so it happens off the async runtime's workers.
         let (writer, checkpointer) = (Arc::clone(&self.writer), Arc::clone(&self.checkpointer));

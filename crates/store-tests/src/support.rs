@@ -665,3 +665,93 @@ pub async fn assert_undecodable_values(
         other => panic!("an undecodable status code fails the read, got {other:?}"),
     }
 }
+
+/// Asserts that calls into `store` are traced as `debug` spans named after the method, with
+/// the org and counts among their fields, and that no span carries a secret or its hash
+/// (see [`Store`]). Run it on a current-thread runtime: it captures the spans that close on
+/// this thread.
+pub async fn assert_calls_are_traced(store: &dyn Store) {
+    let logged = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logged.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let tenant = new_org(store, "traced").await;
+    let (key, secret) = new_key(&tenant, "traced", at(0));
+    store_key(store, &tenant, &key, &secret).await;
+    let found = store
+        .authenticate(&secret.hash())
+        .await
+        .expect("authenticate");
+    assert!(found.is_some(), "the key authenticates");
+    let page = PageRequest {
+        start: PageStart::First,
+        limit: 7,
+    };
+    store
+        .list_request_logs(&tenant, &LogFilter::default(), ALL_SORTS[0], page)
+        .await
+        .expect("list_request_logs");
+    insert(store, &tenant, &LogGen::new(5, "traced").logs(2)).await;
+    drop(guard);
+    let text = logged.text();
+    for span in [
+        "create_org{org=\"traced\"}",
+        "create_api_key{org=\"traced\"",
+        "DEBUG authenticate: ",
+        "list_request_logs{org=\"traced\" sort=CreatedAt dir=Desc limit=7}",
+        "insert_request_logs{batches=1 records=2}",
+    ] {
+        assert!(text.contains(span), "{span:?} is traced:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("create_org"))
+            .all(|l| l.contains("DEBUG")),
+        "at debug level:\n{text}"
+    );
+    let hash = secret.hash();
+    let hex: String = hash.0.iter().map(|b| format!("{b:02x}")).collect();
+    for secret_text in [secret.expose(), &hex, &format!("{:?}", hash.0)] {
+        assert!(
+            !text.contains(secret_text),
+            "no span records the secret or its hash:\n{text}"
+        );
+    }
+}
+
+/// A log writer that keeps what is written, for [`assert_calls_are_traced`].
+#[derive(Debug, Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
+}
