@@ -734,17 +734,15 @@ impl ActionStore for PgStore {
         let limit = push(&mut args, i64::from(take));
         let offset = push(&mut args, i64::try_from(skip).unwrap_or(i64::MAX));
         let items = c
-            .rows(
+            .all(
                 &format!(
                     "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = $1{clause} \
                      ORDER BY r.created_at DESC, r.id DESC LIMIT {limit} OFFSET {offset}"
                 ),
                 &params(&args),
+                record_from_row,
             )
-            .await?
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+            .await?;
         Ok((items, total))
     }
 

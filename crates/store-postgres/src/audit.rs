@@ -179,23 +179,20 @@ pub(crate) async fn chain(
     after: u64,
     limit: u32,
 ) -> Result<Vec<ChainLink>, StoreError> {
-    let rows = c
-        .rows(
-            &format!(
-                "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
-                 WHERE org = $1 AND chain_pos > $2 ORDER BY chain_pos LIMIT $3"
-            ),
-            &[&org, &sql_pos(after), &i64::from(limit)],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| {
+    c.all(
+        &format!(
+            "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
+             WHERE org = $1 AND chain_pos > $2 ORDER BY chain_pos LIMIT $3"
+        ),
+        &[&org, &sql_pos(after), &i64::from(limit)],
+        |r| {
             Ok(ChainLink {
                 entry: entry_from_row(r)?,
                 position: read_pos(r.get(9)),
                 prev_hash: hash_col(r, 10),
                 hash: hash_col(r, 11),
             })
-        })
-        .collect()
+        },
+    )
+    .await
 }

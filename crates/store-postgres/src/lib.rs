@@ -40,7 +40,7 @@ use apitrail_store::{
     AuditBatch, Expired, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats,
 };
 use async_trait::async_trait;
-use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -466,14 +466,7 @@ impl Store for PgStore {
         if !*open {
             return Err(StoreError::Closed);
         }
-        let (done, answer) = oneshot::channel();
-        let job = LogJob {
-            batches,
-            records,
-            done,
-            _admitted: admitted,
-            _open: open,
-        };
+        let (job, answer) = LogJob::new(batches, records, admitted, open);
         self.log_queue.send(job).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }

@@ -127,17 +127,14 @@ pub(crate) async fn insert_key(
 }
 
 pub(crate) async fn list_keys(c: &impl Sql, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
-    let rows = c
-        .rows(
-            &format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = $1 ORDER BY k.created_at, k.id"
-            ),
-            &[&tenant.key()],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| key_from_row(r, tenant.org_id().clone()))
-        .collect()
+    c.all(
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = $1 ORDER BY k.created_at, k.id"
+        ),
+        &[&tenant.key()],
+        |r| key_from_row(r, tenant.org_id().clone()),
+    )
+    .await
 }
 
 pub(crate) async fn get_key(

@@ -112,16 +112,12 @@ pub(crate) fn day_of(created_at_ms: i64) -> i64 {
 
 /// The partitions of `request_logs`: `(table name, lo, hi)`, holding `[lo, hi)` in Unix ms.
 pub(crate) async fn list(c: &impl Sql) -> Result<Vec<(String, i64, i64)>, StoreError> {
-    let rows = c
-        .rows(
-            "SELECT name, lo, hi FROM apitrail_request_log_bounds() ORDER BY lo",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    c.all(
+        "SELECT name, lo, hi FROM apitrail_request_log_bounds() ORDER BY lo",
+        &[],
+        |r| Ok((r.get(0), r.get(1), r.get(2))),
+    )
+    .await
 }
 
 /// Drops a partition retention has emptied of live days. Waits at most a few seconds for

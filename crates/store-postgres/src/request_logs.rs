@@ -81,15 +81,14 @@ pub(crate) async fn claim(
     let orgs: Vec<i64> = claims.iter().map(|c| c.0).collect();
     let ids: Vec<Uuid> = claims.iter().map(|c| c.1).collect();
     let created: Vec<i64> = claims.iter().map(|c| c.2).collect();
-    let rows = tx
-        .rows(
-            "INSERT INTO request_log_ids (org, id, created_at) \
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[]) \
-             ON CONFLICT (org, id) DO NOTHING RETURNING org, id",
-            &[&orgs, &ids, &created],
-        )
-        .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    tx.all(
+        "INSERT INTO request_log_ids (org, id, created_at) \
+         SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[]) \
+         ON CONFLICT (org, id) DO NOTHING RETURNING org, id",
+        &[&orgs, &ids, &created],
+        |r| Ok((r.get(0), r.get(1))),
+    )
+    .await
 }
 
 /// Which of `(org, id)` are stored records, with their `created_at`. Probes the primary key
@@ -104,19 +103,15 @@ pub(crate) async fn stored_among(
     }
     let orgs: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
-    let rows = tx
-        .rows(
-            // LATERAL: one probe of each partition's primary key per id, never a scan.
-            "SELECT k.org, k.id, l.created_at FROM unnest($1::bigint[], $2::uuid[]) AS k(org, id), \
-             LATERAL (SELECT created_at FROM request_logs \
-                      WHERE org = k.org AND id = k.id ORDER BY created_at LIMIT 1) l",
-            &[&orgs, &ids],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    tx.all(
+        // LATERAL: one probe of each partition's primary key per id, never a scan.
+        "SELECT k.org, k.id, l.created_at FROM unnest($1::bigint[], $2::uuid[]) AS k(org, id), \
+         LATERAL (SELECT created_at FROM request_logs \
+                  WHERE org = k.org AND id = k.id ORDER BY created_at LIMIT 1) l",
+        &[&orgs, &ids],
+        |r| Ok((r.get(0), r.get(1), r.get(2))),
+    )
+    .await
 }
 
 /// One value an org's request logs hold: `(org, field, value)`.

@@ -68,7 +68,7 @@ impl KnownValues {
     const MAX: usize = 100_000;
 
     /// Those of `values` not known to be in `request_log_values` already.
-    fn new_values(&self, mut values: Vec<request_logs::Value>) -> Vec<request_logs::Value> {
+    fn unknown(&self, mut values: Vec<request_logs::Value>) -> Vec<request_logs::Value> {
         let known = self.known();
         values.retain(|v| !known.contains(v));
         values
@@ -96,11 +96,35 @@ impl KnownValues {
 /// admission and the store's open guard until answered, also if the caller stopped waiting.
 #[derive(Debug)]
 pub(crate) struct LogJob {
-    pub(crate) batches: Vec<LogBatch>,
-    pub(crate) records: usize,
-    pub(crate) done: oneshot::Sender<Result<InsertOutcome, StoreError>>,
-    pub(crate) _admitted: Admitted,
-    pub(crate) _open: OwnedRwLockReadGuard<bool>,
+    batches: Vec<LogBatch>,
+    records: usize,
+    done: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+    _admitted: Admitted,
+    _open: OwnedRwLockReadGuard<bool>,
+}
+
+/// Where a [`LogJob`]'s call waits for its answer.
+pub(crate) type LogAnswer = oneshot::Receiver<Result<InsertOutcome, StoreError>>;
+
+impl LogJob {
+    /// The job of a call storing `batches` (`records` records), which holds `admitted` and
+    /// `open` until it is answered through the returned receiver.
+    pub(crate) fn new(
+        batches: Vec<LogBatch>,
+        records: usize,
+        admitted: Admitted,
+        open: OwnedRwLockReadGuard<bool>,
+    ) -> (Self, LogAnswer) {
+        let (done, answer) = oneshot::channel();
+        let job = Self {
+            batches,
+            records,
+            done,
+            _admitted: admitted,
+            _open: open,
+        };
+        (job, answer)
+    }
 }
 
 /// A group's failure, told to each of its calls.
@@ -329,7 +353,7 @@ async fn try_write_group(
     request_logs::count_stored(&tx, slot, &rows)
         .await
         .map_err(before)?;
-    let values = shared.values.new_values(request_logs::values_of(&rows));
+    let values = shared.values.unknown(request_logs::values_of(&rows));
     request_logs::note_values(&tx, &values)
         .await
         .map_err(before)?;
