@@ -15,6 +15,8 @@
 //!   records) fails the read as corrupt ([`crate::StoreError::Backend`], a 500 whose details
 //!   go to the log): there is no truthful stand-in, and for the keys a page is sorted and
 //!   continued by, a made-up one would put the record on the wrong page or break the cursor.
+//!   The one exception is the audit chain's hashes and positions, which read as values that
+//!   never match, so that `verify` reports the edited entry instead of failing.
 
 use uuid::Uuid;
 
@@ -43,7 +45,7 @@ impl ValueField {
 
 /// An optional field of a request log as read: `stored` is `None` when nothing is stored,
 /// `Some(None)` when the stored value cannot be decoded, which reads as unknown and is
-/// reported (see the module's rule).
+/// reported (see the module's rule). `org` is the store's key of the record's org.
 pub fn optional<T>(
     org: i64,
     record: Uuid,
@@ -54,7 +56,7 @@ pub fn optional<T>(
         Some(None) => {
             // Neither the value nor anything of the record is logged: the record id finds it.
             tracing::warn!(
-                org,
+                org_key = org,
                 %record,
                 column,
                 "a stored request log holds a value that cannot be decoded; it reads as unknown"
@@ -101,7 +103,7 @@ mod tests {
         });
         let text = logged.text();
         assert!(text.contains("WARN"), "{text}");
-        assert!(text.contains("org=7"), "{text}");
+        assert!(text.contains("org_key=7"), "{text}");
         assert!(text.contains(&format!("record={record}")), "{text}");
         assert!(text.contains("column=\"client_ip\""), "{text}");
     }
