@@ -5,35 +5,21 @@
 use std::time::Instant;
 
 use apitrail_model::action::{
-    alias_json, links_json, parse_alias, parse_links, parse_tags, search_number, tags_json,
+    alias_json, links_json, parse_alias, parse_links, search_number, tags_json,
 };
 use apitrail_model::{
     ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionState,
-    ActionStatus, AuditEntry, Credential, Destination, OrgId, Tags, Tenant, Timestamp,
-    WebhookConfig, WebhookSecret,
+    ActionStatus, AuditEntry, Credential, Destination, Tenant, Timestamp, WebhookConfig,
+    WebhookSecret,
 };
 use apitrail_store::{ActionStore, Expected, Leased, StoreError, Transition};
 use async_trait::async_trait;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::{Args, PgStore, backend, begin, corrupt, params, push, ts};
-
-fn opt_ts(v: Option<i64>) -> Result<Option<Timestamp>, StoreError> {
-    v.map(ts).transpose()
-}
-
-fn tags(text: &str) -> Result<Tags, StoreError> {
-    parse_tags(text).ok_or_else(|| corrupt(format!("tags {text:?}")))
-}
-
-fn status(text: &str) -> Result<ActionStatus, StoreError> {
-    ActionStatus::parse(text).ok_or_else(|| corrupt(format!("status {text:?}")))
-}
-
-fn u32_col(v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| corrupt(format!("count {v}")))
-}
+use crate::reader::Sql;
+use crate::rows::{corrupt, opt_ts, org_id, status, tags, ts, u32_col};
+use crate::{Args, PgStore, begin, params, push};
 
 fn credential_from_row(r: &Row) -> Result<Credential, StoreError> {
     Ok(Credential {
@@ -117,10 +103,8 @@ fn record_from_row(r: &Row) -> Result<ActionRecord, StoreError> {
 
 /// A record with its org, from a row of `RECORD_COLUMNS, r.org, o.id`.
 fn leased_from_row(r: &Row) -> Result<Leased, StoreError> {
-    let org_id: &str = r.get(19);
-    let org_id = OrgId::parse(org_id).map_err(|e| corrupt(e.to_string()))?;
     Ok(Leased {
-        tenant: Tenant::from_store(r.get(18), org_id),
+        tenant: Tenant::from_store(r.get(18), org_id(r.get(19))?),
         record: record_from_row(r)?,
     })
 }
@@ -194,44 +178,37 @@ fn where_clause(filter: &ActionFilter, args: &mut Args) -> String {
     sql
 }
 
-async fn count(c: &impl GenericClient, org: i64, filter: &ActionFilter) -> Result<u64, StoreError> {
+async fn count(c: &impl Sql, org: i64, filter: &ActionFilter) -> Result<u64, StoreError> {
     let mut args: Args = vec![Box::new(org)];
     let clause = where_clause(filter, &mut args);
     let n: i64 = c
-        .query_one(
+        .row(
             &format!("SELECT count(*) FROM action_records r WHERE r.org = $1{clause}"),
             &params(&args),
         )
-        .await
-        .map_err(backend)?
+        .await?
         .get(0);
     Ok(n.unsigned_abs())
 }
 
 /// Writes the names of a live definition, refusing any another live definition has.
-async fn claim_names(
-    tx: &impl GenericClient,
-    org: i64,
-    d: &ActionDefinition,
-) -> Result<(), StoreError> {
-    tx.execute(
+async fn claim_names(tx: &impl Sql, org: i64, d: &ActionDefinition) -> Result<(), StoreError> {
+    tx.exec(
         "DELETE FROM action_names WHERE org = $1 AND definition_id = $2",
         &[&org, &d.id],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     if d.deleted_at.is_some() {
         return Ok(());
     }
     for name in d.names() {
         let inserted = tx
-            .execute(
+            .exec(
                 "INSERT INTO action_names (org, name, definition_id) VALUES ($1, $2, $3) \
                  ON CONFLICT DO NOTHING",
                 &[&org, &name, &d.id],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         if inserted == 0 {
             return Err(StoreError::Conflict(
                 "an action definition with this variant or alias",
@@ -326,42 +303,26 @@ impl PgStore {
     pub async fn explain_lease(&self, now: Timestamp, limit: u32) -> Result<String, StoreError> {
         let (_open, client) = self.volatile_writer().await?;
         let rows = client
-            .query(
+            .rows(
                 &format!("EXPLAIN (COSTS OFF) {}", lease_sql()),
                 &[&now.millis(), &i64::from(limit), &"explain", &now.millis()],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         Ok(rows
             .iter()
             .map(|r| r.get::<_, String>(0))
             .collect::<Vec<_>>()
             .join("\n"))
     }
-
-    /// Appends `audit` to the transaction that made the change it records, and commits.
-    async fn commit_audited(
-        &self,
-        tx: tokio_postgres::Transaction<'_>,
-        tenant: &Tenant,
-        audit: &AuditEntry,
-        started: Instant,
-    ) -> Result<(), StoreError> {
-        crate::audit::append(
-            &tx,
-            tenant.key(),
-            tenant.org_id(),
-            std::slice::from_ref(audit),
-        )
-        .await?;
-        tx.commit().await.map_err(backend)?;
-        self.committed(0, started);
-        Ok(())
-    }
 }
 
 #[async_trait]
 impl ActionStore for PgStore {
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), credential = %credential.id)
+    )]
     async fn create_credential(
         &self,
         tenant: &Tenant,
@@ -373,7 +334,7 @@ impl ActionStore for PgStore {
         let (_open, mut client) = self.writer().await?;
         let tx = begin(&mut client).await?;
         {
-            tx.execute(
+            tx.exec(
                     "INSERT INTO credentials (org, id, label, secret, created_at) VALUES ($1, $2, $3, $4, $5)",
                     &[
                         &org,
@@ -383,12 +344,16 @@ impl ActionStore for PgStore {
                         &credential.created_at.millis(),
                     ],
                 )
-                .await
-                .map_err(backend)?;
+                .await?;
         }
         self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_credential(
         &self,
         tenant: &Tenant,
@@ -397,33 +362,33 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query_opt(
+            .opt(
                 "SELECT id, label, secret, created_at FROM credentials WHERE org = $1 AND id = $2",
                 &[&tenant.key(), &id],
+                credential_from_row,
             )
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(credential_from_row)
-            .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_credentials(&self, tenant: &Tenant) -> Result<Vec<Credential>, StoreError> {
         self.reader()
             .await?
             .client
-            .query(
+            .all(
                 "SELECT id, label, secret, created_at FROM credentials WHERE org = $1 \
                  ORDER BY created_at, id",
                 &[&tenant.key()],
+                credential_from_row,
             )
             .await
-            .map_err(backend)?
-            .iter()
-            .map(credential_from_row)
-            .collect()
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), destination = %destination.id, create)
+    )]
     async fn put_destination(
         &self,
         tenant: &Tenant,
@@ -449,7 +414,7 @@ impl ActionStore for PgStore {
                      updated_at = $11, deleted_at = $12, allow_private = $13 \
                      WHERE org = $1 AND id = $2"
             };
-            tx.execute(
+            tx.exec(
                 sql,
                 &[
                     &org,
@@ -467,12 +432,16 @@ impl ActionStore for PgStore {
                     &d.allow_private,
                 ],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         }
         self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_destination(
         &self,
         tenant: &Tenant,
@@ -481,19 +450,21 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query_opt(
+            .opt(
                 &format!(
                     "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = $1 AND id = $2"
                 ),
                 &[&tenant.key(), &id],
+                destination_from_row,
             )
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(destination_from_row)
-            .transpose()
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_destinations(
         &self,
         tenant: &Tenant,
@@ -502,20 +473,27 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query(
+            .all(
                 &format!(
                     "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = $1 \
                      AND ($2 OR deleted_at IS NULL) ORDER BY created_at, id"
                 ),
                 &[&tenant.key(), &include_deleted],
+                destination_from_row,
             )
             .await
-            .map_err(backend)?
-            .iter()
-            .map(destination_from_row)
-            .collect()
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            definition = %definition.id,
+            version = definition.version,
+            new_version,
+        )
+    )]
     async fn put_action_definition(
         &self,
         tenant: &Tenant,
@@ -541,7 +519,7 @@ impl ActionStore for PgStore {
                      WHERE org = $1 AND id = $2 AND version = $3"
             };
             let n = tx
-                .execute(
+                .exec(
                     sql,
                     &[
                         &org,
@@ -556,26 +534,29 @@ impl ActionStore for PgStore {
                         &d.deleted_at.map(Timestamp::millis),
                     ],
                 )
-                .await
-                .map_err(backend)?;
+                .await?;
             if new_version && n == 0 {
                 return Err(StoreError::Conflict(
                     "this version of the action definition",
                 ));
             }
             if let Some(at) = d.deleted_at {
-                tx.execute(
+                tx.exec(
                     "UPDATE action_definitions SET deleted_at = $3 \
                          WHERE org = $1 AND id = $2 AND deleted_at IS NULL",
                     &[&org, &d.id, &at.millis()],
                 )
-                .await
-                .map_err(backend)?;
+                .await?;
             }
         }
         self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id, version = ?version)
+    )]
     async fn get_action_definition(
         &self,
         tenant: &Tenant,
@@ -585,21 +566,19 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query_opt(
+            .opt(
                 &format!(
                     "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
                      WHERE org = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3) \
                      ORDER BY version DESC LIMIT 1"
                 ),
                 &[&tenant.key(), &id, &version.map(i64::from)],
+                definition_from_row,
             )
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(definition_from_row)
-            .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn find_action_definition(
         &self,
         tenant: &Tenant,
@@ -608,7 +587,7 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query_opt(
+            .opt(
                 &format!(
                     "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
                      WHERE org = $1 AND id = (SELECT definition_id FROM action_names \
@@ -616,14 +595,16 @@ impl ActionStore for PgStore {
                      ORDER BY version DESC LIMIT 1"
                 ),
                 &[&tenant.key(), &name],
+                definition_from_row,
             )
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(definition_from_row)
-            .transpose()
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_action_definitions(
         &self,
         tenant: &Tenant,
@@ -632,7 +613,7 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query(
+            .all(
                 &format!(
                     "SELECT {DEFINITION_COLUMNS} FROM action_definitions d \
                      WHERE org = $1 AND ($2 OR deleted_at IS NULL) \
@@ -642,14 +623,16 @@ impl ActionStore for PgStore {
                        WHERE f.org = d.org AND f.id = d.id), id"
                 ),
                 &[&tenant.key(), &include_deleted],
+                definition_from_row,
             )
             .await
-            .map_err(backend)?
-            .iter()
-            .map(definition_from_row)
-            .collect()
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %record.id)
+    )]
     async fn create_action_record(
         &self,
         tenant: &Tenant,
@@ -662,7 +645,7 @@ impl ActionStore for PgStore {
         let (_open, client) = self.writer().await?;
         // One statement: the record and its first event, atomically.
         client
-            .execute(
+            .exec(
                 "WITH made AS ( \
                    INSERT INTO action_records (org, id, definition_id, version, variant, input, \
                      timeout_secs, tags, destination_id, request_id, created_at, status, attempt, \
@@ -703,12 +686,16 @@ impl ActionStore for PgStore {
                     &e.created_at.millis(),
                 ],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         self.committed(1, started);
         Ok(())
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_action_record(
         &self,
         tenant: &Tenant,
@@ -717,19 +704,21 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query_opt(
+            .opt(
                 &format!(
                     "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = $1 AND r.id = $2"
                 ),
                 &[&tenant.key(), &id],
+                record_from_row,
             )
             .await
-            .map_err(backend)?
-            .as_ref()
-            .map(record_from_row)
-            .transpose()
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), skip, take)
+    )]
     async fn list_action_records(
         &self,
         tenant: &Tenant,
@@ -745,21 +734,19 @@ impl ActionStore for PgStore {
         let limit = push(&mut args, i64::from(take));
         let offset = push(&mut args, i64::try_from(skip).unwrap_or(i64::MAX));
         let items = c
-            .query(
+            .all(
                 &format!(
                     "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = $1{clause} \
                      ORDER BY r.created_at DESC, r.id DESC LIMIT {limit} OFFSET {offset}"
                 ),
                 &params(&args),
+                record_from_row,
             )
-            .await
-            .map_err(backend)?
-            .iter()
-            .map(record_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+            .await?;
         Ok((items, total))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_action_records(
         &self,
         tenant: &Tenant,
@@ -768,6 +755,11 @@ impl ActionStore for PgStore {
         count(&self.reader().await?.client, tenant.key(), filter).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), records = records.len())
+    )]
     async fn action_events(
         &self,
         tenant: &Tenant,
@@ -776,19 +768,21 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query(
+            .all(
                 "SELECT record_id, id, kind, status, attempt, available_at, timeout_at, message, \
                  data, created_at FROM action_events WHERE org = $1 AND record_id = ANY($2) \
                  ORDER BY array_position($2, record_id), created_at, id",
                 &[&tenant.key(), &records],
+                event_from_row,
             )
             .await
-            .map_err(backend)?
-            .iter()
-            .map(event_from_row)
-            .collect()
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %id)
+    )]
     async fn transition_action(
         &self,
         tenant: &Tenant,
@@ -809,6 +803,7 @@ impl ActionStore for PgStore {
         Ok(done.first().copied().unwrap_or(false))
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(transitions = transitions.len()))]
     async fn transition_actions(
         &self,
         transitions: &[Transition],
@@ -833,7 +828,7 @@ impl ActionStore for PgStore {
         };
         // One statement: the updates and the events of those that happened, atomically.
         let rows = client
-            .query(
+            .rows(
                 "WITH t AS ( \
                    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], \
                      $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[], \
@@ -886,8 +881,7 @@ impl ActionStore for PgStore {
                     &batch.e_created_at,
                 ],
             )
-            .await
-            .map_err(backend)?;
+            .await?;
         for row in rows {
             // `n` counts the batch's rows from 1, in the order sent.
             let n: i64 = row.get(0);
@@ -901,6 +895,7 @@ impl ActionStore for PgStore {
         Ok(done)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn lease_due_actions(
         &self,
         now: Timestamp,
@@ -911,17 +906,15 @@ impl ActionStore for PgStore {
         // A lease lost to a PostgreSQL crash only means the record is leased again.
         let (_open, client) = self.volatile_writer().await?;
         client
-            .query(
+            .all(
                 &lease_sql(),
                 &[&now.millis(), &i64::from(limit), &owner, &until.millis()],
+                leased_from_row,
             )
             .await
-            .map_err(backend)?
-            .iter()
-            .map(leased_from_row)
-            .collect()
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn expired_acknowledgements(
         &self,
         now: Timestamp,
@@ -930,7 +923,7 @@ impl ActionStore for PgStore {
         self.reader()
             .await?
             .client
-            .query(
+            .all(
                 &format!(
                     "SELECT {RECORD_COLUMNS}, r.org, o.id FROM action_records r \
                      JOIN orgs o ON o.seq = r.org \
@@ -938,11 +931,8 @@ impl ActionStore for PgStore {
                      ORDER BY r.timeout_at LIMIT $2"
                 ),
                 &[&now.millis(), &i64::from(limit)],
+                leased_from_row,
             )
             .await
-            .map_err(backend)?
-            .iter()
-            .map(leased_from_row)
-            .collect()
     }
 }

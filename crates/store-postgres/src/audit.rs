@@ -5,9 +5,11 @@
 
 use apitrail_model::{AuditAfter, AuditEntry, AuditFilter, ChainHash, ChainHead, ChainLink, OrgId};
 use apitrail_store::{Page, StoreError};
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 
-use crate::{Args, backend, params, push, ts};
+use crate::reader::Sql;
+use crate::rows::ts;
+use crate::{Args, params, push};
 
 const ENTRY_COLUMNS: &str =
     "id, created_at, user_id, action, resource_type, resource_id, details, ip_address, request_id";
@@ -47,24 +49,22 @@ fn sql_pos(p: u64) -> i64 {
 /// Appends `entries` to the org's chain in order, skipping ids the org already has; returns
 /// how many were stored. Must run inside a transaction (the head stays locked until it ends).
 pub(crate) async fn append(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     org: i64,
     org_id: &OrgId,
     entries: &[AuditEntry],
 ) -> Result<u64, StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO audit_heads (org, entries, hash) VALUES ($1, 0, $2) ON CONFLICT (org) DO NOTHING",
         &[&org, &ChainHead::EMPTY.hash.as_slice()],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     let row = tx
-        .query_one(
+        .row(
             "SELECT entries, hash FROM audit_heads WHERE org = $1 FOR UPDATE",
             &[&org],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     let mut current = ChainHead {
         entries: read_pos(row.get(0)),
         hash: hash_col(&row, 1),
@@ -73,12 +73,11 @@ pub(crate) async fn append(
     // writer of this org out until commit, so the check cannot race.
     let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.id).collect();
     let mut seen: std::collections::HashSet<uuid::Uuid> = tx
-        .query(
+        .rows(
             "SELECT id FROM audit_entries WHERE org = $1 AND id = ANY($2)",
             &[&org, &ids],
         )
-        .await
-        .map_err(backend)?
+        .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -95,7 +94,7 @@ pub(crate) async fn append(
         fn col<T>(links: &[ChainLink], f: impl Fn(&ChainLink) -> T) -> Vec<T> {
             links.iter().map(f).collect()
         }
-        tx.execute(
+        tx.exec(
             "INSERT INTO audit_entries (org, id, created_at, user_id, action, resource_type, \
              resource_id, details, ip_address, request_id, chain_pos, prev_hash, hash) \
              SELECT $1, * FROM unnest($2::uuid[], $3::bigint[], $4::text[], $5::text[], \
@@ -117,22 +116,20 @@ pub(crate) async fn append(
                 &col(&links, |l| l.hash.to_vec()),
             ],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     }
     if stored > 0 {
-        tx.execute(
+        tx.exec(
             "UPDATE audit_heads SET entries = $2, hash = $3 WHERE org = $1",
             &[&org, &sql_pos(current.entries), &current.hash.as_slice()],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     }
     Ok(stored)
 }
 
 pub(crate) async fn list(
-    c: &impl GenericClient,
+    c: &impl Sql,
     org: i64,
     filter: &AuditFilter,
     after: Option<AuditAfter>,
@@ -159,24 +156,17 @@ pub(crate) async fn list(
     }
     let n = push(&mut args, i64::from(limit) + 1);
     sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {n}"));
-    let rows = c.query(&sql, &params(&args)).await.map_err(backend)?;
-    let mut items = rows
-        .iter()
-        .map(entry_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+    let items = c.all(&sql, &params(&args), entry_from_row).await?;
+    Ok(Page::from_lookahead(items, limit))
 }
 
-pub(crate) async fn head(c: &impl GenericClient, org: i64) -> Result<ChainHead, StoreError> {
+pub(crate) async fn head(c: &impl Sql, org: i64) -> Result<ChainHead, StoreError> {
     let row = c
-        .query_opt(
+        .opt_row(
             "SELECT entries, hash FROM audit_heads WHERE org = $1",
             &[&org],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     Ok(row.map_or(ChainHead::EMPTY, |r| ChainHead {
         entries: read_pos(r.get(0)),
         hash: hash_col(&r, 1),
@@ -184,29 +174,25 @@ pub(crate) async fn head(c: &impl GenericClient, org: i64) -> Result<ChainHead, 
 }
 
 pub(crate) async fn chain(
-    c: &impl GenericClient,
+    c: &impl Sql,
     org: i64,
     after: u64,
     limit: u32,
 ) -> Result<Vec<ChainLink>, StoreError> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
-                 WHERE org = $1 AND chain_pos > $2 ORDER BY chain_pos LIMIT $3"
-            ),
-            &[&org, &sql_pos(after), &i64::from(limit)],
-        )
-        .await
-        .map_err(backend)?;
-    rows.iter()
-        .map(|r| {
+    c.all(
+        &format!(
+            "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
+             WHERE org = $1 AND chain_pos > $2 ORDER BY chain_pos LIMIT $3"
+        ),
+        &[&org, &sql_pos(after), &i64::from(limit)],
+        |r| {
             Ok(ChainLink {
                 entry: entry_from_row(r)?,
                 position: read_pos(r.get(9)),
                 prev_hash: hash_col(r, 10),
                 hash: hash_col(r, 11),
             })
-        })
-        .collect()
+        },
+    )
+    .await
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio_postgres::{Client, NoTls};
 
-use crate::Reader;
+use crate::reader::Reader;
 use apitrail_store::StoreError;
 
 /// The session of every connection. No JIT: every statement here reads or writes a page of

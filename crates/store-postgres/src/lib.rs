@@ -6,11 +6,13 @@
 //! once. Each org's audit chain is serialized by a row lock on its head, which holds across
 //! servers. See `ARCHITECTURE.md`.
 //!
-//! Request logs are partitioned by UTC day of `created_at` (migration 0003): partitions are
-//! made a week ahead (at start-up and hourly) and on demand before a write needs them, and
-//! retention drops them whole. Ingest is group-committed: concurrent calls queue, and each
-//! of a few log writers takes everything queued into one transaction (claims for client ids,
-//! then one binary COPY) and answers the calls only after COMMIT returned.
+//! Request logs are partitioned by UTC day of `created_at` (`partitions.rs`): partitions
+//! are made a week ahead (at start-up and hourly) and on demand before a write needs them,
+//! and retention drops them whole. Ingest is group-committed (`writer.rs`): concurrent calls
+//! queue, and each of a few log writers takes everything queued into one transaction (claims
+//! for client ids, then one binary COPY) and answers the calls only after COMMIT returned.
+//! Reads go through `reader.rs`, whose read connections keep the request-log statements
+//! prepared; stored values are decoded by the rule of `apitrail_store::stored` (`rows.rs`).
 //!
 //! Every connection reopens itself when it is found closed (`conn.rs`), so the store
 //! recovers by itself when PostgreSQL restarts, fails over or drops connections.
@@ -19,29 +21,33 @@ mod actions;
 mod audit;
 mod conn;
 mod orgs;
+mod partitions;
+mod reader;
 mod request_logs;
+mod rows;
 mod schema;
+mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
-    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, is_minted_record_id,
-    new_record_id,
+    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, new_record_id,
 };
 use apitrail_store::{
-    AuditBatch, Expired, Histogram, IdOrigin, InsertOutcome, LogBatch, Page, Store, StoreError,
-    StoreStats,
+    AuditBatch, Expired, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats,
 };
 use async_trait::async_trait;
-use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::conn::{Conn, connect};
+use crate::conn::Conn;
+use crate::partitions::Partitions;
+use crate::reader::{Reader, Sql};
+use crate::writer::{CommitStats, KnownValues, LogJob, Shared};
 
 /// Tuning of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -76,79 +82,8 @@ impl Default for PgOptions {
     }
 }
 
-/// A read connection that keeps the request-log statements it has run prepared.
-///
-/// A statement planned anew for every call plans every day partition (~0.1 ms each; 3-4 ms
-/// for a month of days), where a prepared statement's generic plan is made once and prunes
-/// partitions at execution from its parameters. Readers run with `plan_cache_mode =
-/// force_generic_plan`, which only prepared statements heed. A prepared statement lives in
-/// its connection, so a reader made for a new connection starts with an empty cache.
-#[derive(Debug)]
-pub(crate) struct Reader {
-    client: Client,
-    /// Each statement with the time it was prepared.
-    statements: std::sync::Mutex<HashMap<String, (tokio_postgres::Statement, Instant)>>,
-}
-
-impl From<Client> for Reader {
-    fn from(client: Client) -> Self {
-        Self {
-            client,
-            statements: std::sync::Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl Reader {
-    /// Statements kept per connection at most; the list query has a few hundred shapes.
-    const MAX_STATEMENTS: usize = 2_000;
-
-    /// How long a prepared statement (and so its generic plan) is kept. A generic plan is
-    /// made from the statistics of the moment it is first run: one made while the newest day
-    /// was nearly empty or not yet analyzed (just after midnight UTC, or right after a burst
-    /// of ingest) may read that day by a bitmap scan and a sort, which grows with the day.
-    /// Preparing again now and then lets plans follow the statistics.
-    const PLAN_TTL: Duration = Duration::from_secs(300);
-
-    /// Runs `sql` as a prepared statement, preparing it on first use and again once it is
-    /// older than [`Reader::PLAN_TTL`].
-    pub(crate) async fn query(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-        let cached = self
-            .cache()
-            .get(sql)
-            .filter(|(_, prepared)| prepared.elapsed() < Self::PLAN_TTL)
-            .map(|(st, _)| st.clone());
-        let statement = match cached {
-            Some(st) => st,
-            None => {
-                let st = self.client.prepare(sql).await?;
-                let mut cache = self.cache();
-                if cache.len() < Self::MAX_STATEMENTS || cache.contains_key(sql) {
-                    // Replacing drops the old statement, which closes it on the server.
-                    cache.insert(sql.to_owned(), (st.clone(), Instant::now()));
-                }
-                st
-            }
-        };
-        self.client.query(&statement, params).await
-    }
-
-    fn cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (tokio_postgres::Statement, Instant)>> {
-        // A cache only: a panic elsewhere cannot leave it inconsistent.
-        self.statements
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 /// A writer connection: one transaction at a time.
-type Writer = Conn<Mutex<Client>>;
+pub(crate) type Writer = Conn<Mutex<Client>>;
 /// A writer connection held for a transaction.
 type WriterGuard = OwnedMutexGuard<Client>;
 
@@ -184,104 +119,9 @@ impl Drop for PgStore {
     }
 }
 
-/// State the log writers and the store share.
-#[derive(Debug)]
-struct Shared {
-    /// Partitions known to exist, as `lo -> hi` in Unix ms (a cache: a partition dropped by
-    /// another server is noticed when a write fails, and the cache is read again).
-    partitions: std::sync::Mutex<BTreeMap<i64, i64>>,
-    /// See [`PgOptions::partition_window_days`].
-    window_days: i64,
-    /// Rows of `request_log_values` known to exist (they are never removed), so that ingest
-    /// adds only new ones.
-    values: std::sync::Mutex<HashSet<request_logs::Value>>,
-    commits: AtomicU64,
-    committed_records: AtomicU64,
-    commit_seconds: Histogram,
-    group_records: Histogram,
-}
-
-impl Shared {
-    /// Counts a committed write transaction of `records` records that began at `started`.
-    fn committed(&self, records: usize, started: Instant) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.committed_records
-            .fetch_add(records as u64, Ordering::Relaxed);
-        self.commit_seconds.observe(started.elapsed().as_secs_f64());
-        self.group_records.observe(records as f64);
-    }
-
-    /// Makes sure partitions hold `days`, asking the database only about days no known
-    /// partition holds. A day inside the window gets its own partition; an older one the
-    /// coarse partition of its gap, which then holds the other days of that gap too.
-    async fn ensure_partitions(
-        &self,
-        client: &Client,
-        days: impl IntoIterator<Item = i64>,
-    ) -> Result<(), StoreError> {
-        let mut days: Vec<i64> = days.into_iter().collect();
-        days.sort_unstable();
-        days.dedup();
-        let first_day = request_logs::day_of(Timestamp::now().millis()) - self.window_days;
-        for day in days {
-            if self.holds(day) {
-                continue;
-            }
-            let (lo, hi) = request_logs::make_home(client, day, first_day).await?;
-            self.known_partitions().insert(lo, hi);
-        }
-        Ok(())
-    }
-
-    /// Whether a known partition holds `day`.
-    fn holds(&self, day: i64) -> bool {
-        let at = day.saturating_mul(request_logs::DAY_MS);
-        self.known_partitions()
-            .range(..=at)
-            .next_back()
-            .is_some_and(|(_, hi)| at < *hi)
-    }
-
-    /// Those of `values` not known to be in `request_log_values` already.
-    fn new_values(&self, mut values: Vec<request_logs::Value>) -> Vec<request_logs::Value> {
-        let known = self.known_values();
-        values.retain(|v| !known.contains(v));
-        values
-    }
-
-    /// Remembers `values` as stored: called only once their transaction committed, since a
-    /// value wrongly thought stored would hide records from the filters that check it.
-    fn noted_values(&self, values: Vec<request_logs::Value>) {
-        let mut known = self.known_values();
-        // Client-chosen strings: the cache stays bounded whatever they send (values are
-        // never removed from the table, so forgetting them only costs a redundant insert).
-        if known.len() + values.len() > Self::MAX_KNOWN_VALUES {
-            known.clear();
-        }
-        known.extend(values);
-    }
-
-    /// Values remembered at most by [`Shared::noted_values`].
-    const MAX_KNOWN_VALUES: usize = 100_000;
-
-    fn known_values(&self) -> std::sync::MutexGuard<'_, HashSet<request_logs::Value>> {
-        // Only a cache; a panic elsewhere cannot leave it inconsistent.
-        self.values
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn known_partitions(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, i64>> {
-        // The set is only a cache; a panic elsewhere cannot leave it inconsistent.
-        self.partitions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 /// Records admitted to the write path; released when dropped.
 #[derive(Debug)]
-struct Admitted {
+pub(crate) struct Admitted {
     queued: Arc<AtomicUsize>,
     records: usize,
 }
@@ -291,22 +131,6 @@ impl Drop for Admitted {
         self.queued.fetch_sub(self.records, Ordering::AcqRel);
     }
 }
-
-/// One `insert_request_logs` call waiting for (or inside) a group commit. It holds its
-/// admission and the store's open guard until answered, also if the caller stopped waiting.
-#[derive(Debug)]
-struct LogJob {
-    batches: Vec<LogBatch>,
-    records: usize,
-    done: oneshot::Sender<Result<InsertOutcome, StoreError>>,
-    _admitted: Admitted,
-    _open: OwnedRwLockReadGuard<bool>,
-}
-
-/// A group's failure, told to each of its calls.
-#[derive(Debug, thiserror::Error)]
-#[error("the group commit failed: {0}")]
-struct GroupFailed(String);
 
 /// A database error as the store's: a lost connection (closed, or ended by the server with a
 /// FATAL error: a terminated backend, a shutdown) is [`StoreError::Unavailable`], which the
@@ -322,15 +146,6 @@ pub(crate) fn backend(e: tokio_postgres::Error) -> StoreError {
     } else {
         StoreError::backend(e)
     }
-}
-
-/// A stored value the model refuses: the database was altered by something else.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct Corrupt(pub String);
-
-pub(crate) fn corrupt(msg: String) -> StoreError {
-    StoreError::backend(Corrupt(msg))
 }
 
 /// Parameters of a statement built at run time.
@@ -352,14 +167,12 @@ pub(crate) fn params(args: &Args) -> Vec<&(dyn tokio_postgres::types::ToSql + Sy
         .collect()
 }
 
-pub(crate) fn ts(ms: i64) -> Result<Timestamp, StoreError> {
-    Timestamp::from_millis(ms).ok_or_else(|| corrupt(format!("timestamp {ms} out of range")))
-}
-
 /// Starts a write transaction at READ COMMITTED whatever the database's default: the audit
 /// append relies on it (after `FOR UPDATE` on the head row it must see what the previous
 /// holder committed), and no write here needs more.
-async fn begin(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
+pub(crate) async fn begin(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
     client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::ReadCommitted)
@@ -368,11 +181,16 @@ async fn begin(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, S
         .map_err(backend)
 }
 
+/// Commits `tx`.
+pub(crate) async fn commit(tx: tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(backend)
+}
+
 impl PgStore {
     /// Connects to `url` (`postgres://...`), migrating the schema. Must be called within a
     /// Tokio runtime (each connection runs as a task).
     pub async fn connect(url: &str, options: PgOptions) -> Result<Self, StoreError> {
-        schema::migrate(&mut connect(url, conn::PLAIN).await?).await?;
+        schema::migrate(&mut conn::connect(url, conn::PLAIN).await?).await?;
         let url: Arc<str> = url.into();
         let mut readers: Vec<Conn<Reader>> = Vec::new();
         for _ in 0..options.readers.max(1) {
@@ -385,18 +203,15 @@ impl PgStore {
             volatile_writers.push(Conn::open(&url, conn::VOLATILE).await?);
         }
         let shared = Arc::new(Shared {
-            partitions: std::sync::Mutex::new(BTreeMap::new()),
-            window_days: i64::from(options.partition_window_days),
-            values: std::sync::Mutex::new(HashSet::new()),
-            commits: AtomicU64::new(0),
-            committed_records: AtomicU64::new(0),
-            commit_seconds: Histogram::new(Histogram::SECONDS),
-            group_records: Histogram::new(Histogram::RECORDS),
+            partitions: Arc::new(Partitions::new(options.partition_window_days)),
+            values: KnownValues::default(),
+            stats: CommitStats::new(),
         });
         // The coming days' partitions exist before the first write needs them.
         let reader = readers[0].current();
         shared
-            .ensure_partitions(&reader.client, days_ahead())
+            .partitions
+            .ensure(&reader.client, partitions::days_ahead())
             .await?;
         let (log_queue, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(Mutex::new(rx));
@@ -406,7 +221,7 @@ impl PgStore {
         for i in 0..options.log_writers.max(1) {
             let conn = Conn::open(&url, conn::PLAIN).await?;
             let slot = (base + i32::try_from(i).unwrap_or(0)) % 64 + 1;
-            tokio::spawn(log_writer(
+            tokio::spawn(writer::log_writer(
                 conn,
                 Arc::clone(&rx),
                 Arc::clone(&shared),
@@ -414,7 +229,7 @@ impl PgStore {
                 slot,
             ));
         }
-        let maintenance = tokio::spawn(maintain(url, Arc::clone(&shared)));
+        let maintenance = tokio::spawn(partitions::maintain(url, Arc::clone(&shared.partitions)));
         Ok(Self {
             readers,
             next_reader: AtomicUsize::new(0),
@@ -442,7 +257,28 @@ impl PgStore {
 
     /// Counts a committed write transaction of `records` records that began at `started`.
     fn committed(&self, records: usize, started: Instant) {
-        self.shared.committed(records, started);
+        self.shared.stats.committed(records, started);
+    }
+
+    /// Appends `audit` to the transaction that made the change it records (begun at
+    /// `started`), and commits.
+    async fn commit_audited(
+        &self,
+        tx: tokio_postgres::Transaction<'_>,
+        tenant: &Tenant,
+        audit: &AuditEntry,
+        started: Instant,
+    ) -> Result<(), StoreError> {
+        audit::append(
+            &tx,
+            tenant.key(),
+            tenant.org_id(),
+            std::slice::from_ref(audit),
+        )
+        .await?;
+        commit(tx).await?;
+        self.committed(0, started);
+        Ok(())
     }
 
     /// The plan PostgreSQL chooses for the statement that serves this list page (`EXPLAIN`,
@@ -501,6 +337,7 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn ping(&self) -> Result<(), StoreError> {
         self.reader()
             .await?
@@ -511,35 +348,36 @@ impl Store for PgStore {
             .map_err(backend)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = org.id.as_str()))]
     async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError> {
         let started = Instant::now();
         let (_open, mut client) = self.writer().await?;
         let tx = begin(&mut client).await?;
         let tenant = orgs::insert_org(&tx, org).await?;
-        audit::append(
-            &tx,
-            tenant.key(),
-            tenant.org_id(),
-            std::slice::from_ref(audit),
-        )
-        .await?;
-        tx.commit().await.map_err(backend)?;
-        self.committed(0, started);
+        self.commit_audited(tx, &tenant, audit, started).await?;
         Ok(tenant)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn list_orgs(&self, after: Option<&OrgId>, limit: u32) -> Result<Page<Org>, StoreError> {
         orgs::list_orgs(&self.reader().await?.client, after, limit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = id.as_str()))]
     async fn tenant(&self, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
         orgs::find_tenant(&self.reader().await?.client, id).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn org(&self, tenant: &Tenant) -> Result<Org, StoreError> {
         orgs::get_org(&self.reader().await?.client, tenant.key()).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %key.id)
+    )]
     async fn create_api_key(
         &self,
         tenant: &Tenant,
@@ -551,26 +389,28 @@ impl Store for PgStore {
         let (_open, mut client) = self.writer().await?;
         let tx = begin(&mut client).await?;
         orgs::insert_key(&tx, tenant.key(), key, hash).await?;
-        audit::append(
-            &tx,
-            tenant.key(),
-            tenant.org_id(),
-            std::slice::from_ref(audit),
-        )
-        .await?;
-        tx.commit().await.map_err(backend)?;
-        self.committed(0, started);
-        Ok(())
+        self.commit_audited(tx, tenant, audit, started).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
         orgs::list_keys(&self.reader().await?.client, tenant).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn get_api_key(&self, tenant: &Tenant, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         orgs::get_key(&self.reader().await?.client, tenant, id).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn revoke_api_key(
         &self,
         tenant: &Tenant,
@@ -591,11 +431,12 @@ impl Store for PgStore {
             .await?;
         }
         let key = orgs::get_key(&tx, tenant, id).await?;
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         self.committed(0, started);
         Ok(key)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn authenticate(
         &self,
         hash: &SecretHash,
@@ -603,33 +444,43 @@ impl Store for PgStore {
         orgs::authenticate(&self.reader().await?.client, hash).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(keys = used.len()))]
     async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError> {
         let (_open, client) = self.writer().await?;
         orgs::touch_keys(&*client, &used).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_request_logs(
         &self,
         batches: Vec<LogBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.logs.len()).sum();
+        tracing::Span::current().record("records", records);
         let admitted = self.admit(records)?;
         let open = Arc::clone(&self.open).read_owned().await;
         if !*open {
             return Err(StoreError::Closed);
         }
-        let (done, answer) = oneshot::channel();
-        let job = LogJob {
-            batches,
-            records,
-            done,
-            _admitted: admitted,
-            _open: open,
-        };
+        let (job, answer) = LogJob::new(batches, records, admitted, open);
         self.log_queue.send(job).map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            sort = ?sort.key,
+            dir = ?sort.dir,
+            limit = page.limit,
+        )
+    )]
     async fn list_request_logs(
         &self,
         tenant: &Tenant,
@@ -640,6 +491,11 @@ impl Store for PgStore {
         request_logs::list(&*self.reader().await?, tenant.key(), filter, sort, page).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_request_log(
         &self,
         tenant: &Tenant,
@@ -648,6 +504,7 @@ impl Store for PgStore {
         request_logs::get(&*self.reader().await?, tenant.key(), id).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
     async fn list_audit_entries(
         &self,
         tenant: &Tenant,
@@ -665,11 +522,17 @@ impl Store for PgStore {
         .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_audit_entries(
         &self,
         batches: Vec<AuditBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.entries.len()).sum();
+        tracing::Span::current().record("records", records);
         let _admitted = self.admit(records)?;
         let mut batches = batches;
         // Org heads locked in a fixed order, so concurrent multi-org batches cannot deadlock.
@@ -683,11 +546,16 @@ impl Store for PgStore {
             outcome.accepted += stored;
             outcome.duplicates += b.entries.len() as u64 - stored;
         }
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         self.committed(records, started);
         Ok(outcome)
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), after, limit)
+    )]
     async fn audit_chain(
         &self,
         tenant: &Tenant,
@@ -697,10 +565,16 @@ impl Store for PgStore {
         audit::chain(&self.reader().await?.client, tenant.key(), after, limit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
         audit::head(&self.reader().await?.client, tenant.key()).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), before = before.millis(), max)
+    )]
     async fn purge_request_logs(
         &self,
         tenant: &Tenant,
@@ -711,6 +585,7 @@ impl Store for PgStore {
         request_logs::purge(&*client, tenant.key(), before, max).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(before = before.millis(), batch))]
     async fn expire_request_logs(
         &self,
         before: Timestamp,
@@ -719,14 +594,14 @@ impl Store for PgStore {
         let batch = batch.max(1);
         let mut expired = Expired::default();
         // Whole days before the cutoff: dropped, not deleted row by row.
-        let partitions = request_logs::partitions(&self.reader().await?.client).await?;
-        for (name, lo, hi) in partitions {
+        let days = partitions::list(&self.reader().await?.client).await?;
+        for (name, lo, hi) in days {
             if hi > before.millis() {
                 continue;
             }
             let (_open, mut client) = self.writer().await?;
-            if request_logs::drop_partition(&mut client, &name, (lo, hi)).await? {
-                self.shared.known_partitions().remove(&lo);
+            if partitions::drop_partition(&mut client, &name, (lo, hi)).await? {
+                self.shared.partitions.forget(lo);
                 expired.partitions += 1;
             }
         }
@@ -736,9 +611,8 @@ impl Store for PgStore {
             .reader()
             .await?
             .client
-            .query("SELECT seq FROM orgs ORDER BY seq", &[])
-            .await
-            .map_err(backend)?;
+            .rows("SELECT seq FROM orgs ORDER BY seq", &[])
+            .await?;
         for row in orgs {
             let org: i64 = row.get(0);
             loop {
@@ -761,6 +635,7 @@ impl Store for PgStore {
         Ok(expired)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
         request_logs::count(&*self.reader().await?, tenant.key()).await
     }
@@ -769,15 +644,16 @@ impl Store for PgStore {
         StoreStats {
             queued_records: self.queued.load(Ordering::Relaxed) as u64,
             queue_capacity: self.capacity as u64,
-            commits: self.shared.commits.load(Ordering::Relaxed),
-            committed_records: self.shared.committed_records.load(Ordering::Relaxed),
-            commit_seconds: self.shared.commit_seconds.snapshot(),
-            group_records: self.shared.group_records.snapshot(),
+            commits: self.shared.stats.commits.load(Ordering::Relaxed),
+            committed_records: self.shared.stats.committed_records.load(Ordering::Relaxed),
+            commit_seconds: self.shared.stats.commit_seconds.snapshot(),
+            group_records: self.shared.stats.group_records.snapshot(),
             // The server fsyncs its WAL inside each commit; there is no separate step to time.
             fsync_seconds: Default::default(),
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn shutdown(&self) -> Result<(), StoreError> {
         // Waits for every write in flight (each holds a read guard), then refuses new ones.
         *self.open.write().await = false;
@@ -798,257 +674,4 @@ pub async fn copy_request_logs(
     let copied = request_logs::copy(tx, &rows).await?;
     request_logs::note_values(tx, &request_logs::values_of(&rows)).await?;
     Ok(copied)
-}
-
-/// The days whose partitions are kept ready: yesterday (clocks differ) to a week ahead.
-fn days_ahead() -> std::ops::RangeInclusive<i64> {
-    let today = request_logs::day_of(Timestamp::now().millis());
-    today - 1..=today + 7
-}
-
-/// Makes the coming days' partitions every hour, so that the write path rarely has to.
-async fn maintain(url: Arc<str>, shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let made = async {
-            let client = connect(&url, conn::PLAIN).await?;
-            shared.ensure_partitions(&client, days_ahead()).await
-        };
-        if let Err(e) = made.await {
-            tracing::warn!(error = %e, "could not make the coming days' partitions");
-        }
-    }
-}
-
-/// A log writer: takes every queued ingest call (up to `max_records` records) into one
-/// transaction, commits, and only then answers them. Ends when the store is dropped.
-async fn log_writer(
-    conn: Writer,
-    queue: Arc<Mutex<mpsc::UnboundedReceiver<LogJob>>>,
-    shared: Arc<Shared>,
-    max_records: usize,
-    slot: i32,
-) {
-    loop {
-        let mut jobs = Vec::new();
-        {
-            let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            let mut records = first.records;
-            jobs.push(first);
-            while records < max_records {
-                match rx.try_recv() {
-                    Ok(job) => {
-                        records += job.records;
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        write_jobs(&conn, jobs, &shared, slot).await;
-    }
-}
-
-/// Writes a group and answers its calls. If the group fails before its commit was sent
-/// (nothing was stored), each call is tried again alone, on a reopened connection if the
-/// group's was closed, so that one bad batch cannot fail the others and a dropped
-/// connection fails none; if the commit itself failed, its outcome is unknown and every call
-/// gets the error (a COMMIT is never retried).
-async fn write_jobs(conn: &Writer, jobs: Vec<LogJob>, shared: &Shared, slot: i32) {
-    let started = Instant::now();
-    let records = jobs.iter().map(|j| j.records).sum();
-    let mut client = match conn.lock().await {
-        Ok(client) => client,
-        Err(e) => return fail_all(jobs, &e),
-    };
-    match write_group(&mut client, &jobs, shared, slot).await {
-        Ok(outcomes) => {
-            shared.committed(records, started);
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                let _ = job.done.send(Ok(outcome));
-            }
-        }
-        Err(GroupError::Commit(e)) => {
-            tracing::warn!(error = %e, calls = jobs.len(), "ingest commit failed");
-            fail_all(jobs, &e);
-        }
-        Err(GroupError::Before(e)) => {
-            let lost = client.is_closed() || conn::ended_session(&e);
-            if jobs.len() == 1 && !lost {
-                if let Some(job) = jobs.into_iter().next() {
-                    let _ = job.done.send(Err(e));
-                }
-                return;
-            }
-            tracing::debug!(error = %e, calls = jobs.len(), "group failed; writing its calls one by one");
-            if lost {
-                // If no new connection opens, the calls below are told why.
-                let _ = conn.replace(client).await;
-            } else {
-                drop(client);
-            }
-            for job in jobs {
-                let started = Instant::now();
-                let written = match conn.lock().await {
-                    Ok(mut client) => {
-                        write_group(&mut client, std::slice::from_ref(&job), shared, slot).await
-                    }
-                    Err(e) => Err(GroupError::Before(e)),
-                };
-                let answer = match written {
-                    Ok(mut outcomes) => {
-                        shared.committed(job.records, started);
-                        Ok(outcomes.pop().unwrap_or_default())
-                    }
-                    Err(GroupError::Before(e) | GroupError::Commit(e)) => Err(e),
-                };
-                let _ = job.done.send(answer);
-            }
-        }
-    }
-}
-
-/// Answers every call of a group that failed with `e`.
-fn fail_all(jobs: Vec<LogJob>, e: &StoreError) {
-    let message = e.to_string();
-    let unavailable = matches!(e, StoreError::Unavailable(_));
-    for job in jobs {
-        let failed = GroupFailed(message.clone());
-        let _ = job.done.send(Err(if unavailable {
-            StoreError::unavailable(failed)
-        } else {
-            StoreError::backend(failed)
-        }));
-    }
-}
-
-/// Where a group failed.
-enum GroupError {
-    /// Before COMMIT was sent: nothing was stored.
-    Before(StoreError),
-    /// At COMMIT: the outcome is unknown.
-    Commit(StoreError),
-}
-
-/// One transaction for `jobs`, retried when a partition it needed was dropped meanwhile (by
-/// retention on this or another server); returns each job's outcome.
-async fn write_group(
-    client: &mut Client,
-    jobs: &[LogJob],
-    shared: &Shared,
-    slot: i32,
-) -> Result<Vec<InsertOutcome>, GroupError> {
-    let days: HashSet<i64> = jobs
-        .iter()
-        .flat_map(|j| &j.batches)
-        .flat_map(|b| &b.logs)
-        .map(|l| request_logs::day_of(l.created_at.millis()))
-        .collect();
-    let mut attempt = 0;
-    loop {
-        shared
-            .ensure_partitions(client, days.iter().copied())
-            .await
-            .map_err(GroupError::Before)?;
-        match try_write_group(client, jobs, shared, slot).await {
-            Err(GroupError::Before(StoreError::Backend(e)))
-                if attempt < 3 && is_missing_partition(e.as_ref()) =>
-            {
-                attempt += 1;
-                shared.known_partitions().clear();
-            }
-            other => return other,
-        }
-    }
-}
-
-/// "No partition of relation found for row": a partition this process knew was dropped.
-fn is_missing_partition(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::code)
-        == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION)
-}
-
-async fn try_write_group(
-    client: &mut Client,
-    jobs: &[LogJob],
-    shared: &Shared,
-    slot: i32,
-) -> Result<Vec<InsertOutcome>, GroupError> {
-    let before = GroupError::Before;
-    // Client-supplied ids are claimed first; the first record (in call order) to carry an
-    // id is the one stored, later ones are duplicates.
-    let mut first: HashMap<(i64, Uuid), i64> = HashMap::new();
-    for batch in jobs.iter().flat_map(|j| &j.batches) {
-        if batch.ids == IdOrigin::Client {
-            for log in &batch.logs {
-                first
-                    .entry((batch.tenant.key(), log.id))
-                    .or_insert(log.created_at.millis());
-            }
-        }
-    }
-    let tx = begin(client).await.map_err(before)?;
-    // Minted ids are stored without a claim, so a client sending one back (a record it read,
-    // re-sent) is looked up among the records: such a record is a duplicate, and gets the
-    // claim it lacked, with its own created_at so that retention removes both together.
-    let sent_back: Vec<(i64, Uuid)> = first
-        .keys()
-        .filter(|(_, id)| is_minted_record_id(id))
-        .copied()
-        .collect();
-    let mut stored = HashSet::new();
-    for (org, id, created) in request_logs::stored_among(&tx, &sent_back)
-        .await
-        .map_err(before)?
-    {
-        first.insert((org, id), created);
-        stored.insert((org, id));
-    }
-    let mut claims: Vec<(i64, Uuid, i64)> = first
-        .into_iter()
-        .map(|((org, id), created)| (org, id, created))
-        .collect();
-    claims.sort_unstable();
-    let mut claimed: HashSet<(i64, Uuid)> = request_logs::claim(&tx, &claims)
-        .await
-        .map_err(before)?
-        .into_iter()
-        .filter(|key| !stored.contains(key))
-        .collect();
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    let mut rows = Vec::new();
-    for job in jobs {
-        let mut outcome = InsertOutcome::default();
-        for batch in &job.batches {
-            let org = batch.tenant.key();
-            for log in &batch.logs {
-                if batch.ids == IdOrigin::Minted || claimed.remove(&(org, log.id)) {
-                    rows.push((org, log));
-                    outcome.accepted += 1;
-                } else {
-                    outcome.duplicates += 1;
-                }
-            }
-        }
-        outcomes.push(outcome);
-    }
-    request_logs::copy(&tx, &rows).await.map_err(before)?;
-    request_logs::count_stored(&tx, slot, &rows)
-        .await
-        .map_err(before)?;
-    let values = shared.new_values(request_logs::values_of(&rows));
-    request_logs::note_values(&tx, &values)
-        .await
-        .map_err(before)?;
-    tx.commit()
-        .await
-        .map_err(|e| GroupError::Commit(backend(e)))?;
-    shared.noted_values(values);
-    Ok(outcomes)
 }

@@ -2,24 +2,20 @@
 
 use apitrail_model::{ApiKey, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp};
 use apitrail_store::{Page, StoreError};
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::{backend, corrupt, ts};
+use crate::reader::Sql;
+use crate::rows::{corrupt, org_id, ts};
 
-fn org_id(s: &str) -> Result<OrgId, StoreError> {
-    OrgId::parse(s).map_err(|e| corrupt(format!("stored org id {s:?}: {e}")))
-}
-
-pub(crate) async fn insert_org(tx: &impl GenericClient, org: &Org) -> Result<Tenant, StoreError> {
+pub(crate) async fn insert_org(tx: &impl Sql, org: &Org) -> Result<Tenant, StoreError> {
     let row = tx
-        .query_opt(
+        .opt_row(
             "INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (id) DO NOTHING RETURNING seq",
             &[&org.id.as_str(), &org.name, &org.created_at.millis()],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     match row {
         Some(r) => Ok(Tenant::from_store(r.get(0), org.id.clone())),
         None => Err(StoreError::Conflict("an org with this id")),
@@ -35,45 +31,34 @@ fn org_from_row(r: &Row) -> Result<Org, StoreError> {
 }
 
 pub(crate) async fn list_orgs(
-    c: &impl GenericClient,
+    c: &impl Sql,
     after: Option<&OrgId>,
     limit: u32,
 ) -> Result<Page<Org>, StoreError> {
-    let rows = c
-        .query(
+    let items = c
+        .all(
             "SELECT id, name, created_at FROM orgs WHERE id > $1 ORDER BY id LIMIT $2",
             &[&after.map_or("", |a| a.as_str()), &(i64::from(limit) + 1)],
+            org_from_row,
         )
-        .await
-        .map_err(backend)?;
-    let mut items = rows
-        .iter()
-        .map(org_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+        .await?;
+    Ok(Page::from_lookahead(items, limit))
 }
 
-pub(crate) async fn find_tenant(
-    c: &impl GenericClient,
-    id: &OrgId,
-) -> Result<Option<Tenant>, StoreError> {
+pub(crate) async fn find_tenant(c: &impl Sql, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
     let row = c
-        .query_opt("SELECT seq FROM orgs WHERE id = $1", &[&id.as_str()])
-        .await
-        .map_err(backend)?;
+        .opt_row("SELECT seq FROM orgs WHERE id = $1", &[&id.as_str()])
+        .await?;
     Ok(row.map(|r| Tenant::from_store(r.get(0), id.clone())))
 }
 
-pub(crate) async fn get_org(c: &impl GenericClient, key: i64) -> Result<Org, StoreError> {
+pub(crate) async fn get_org(c: &impl Sql, key: i64) -> Result<Org, StoreError> {
     let row = c
-        .query_one(
+        .row(
             "SELECT id, name, created_at FROM orgs WHERE seq = $1",
             &[&key],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     org_from_row(&row)
 }
 
@@ -104,23 +89,22 @@ fn key_from_row(r: &Row, org_id: OrgId) -> Result<ApiKey, StoreError> {
 }
 
 pub(crate) async fn insert_key(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     org: i64,
     key: &ApiKey,
     hash: &SecretHash,
 ) -> Result<(), StoreError> {
     // The hash is unique in practice but not by index (see the schema), so check it here.
     let taken = tx
-        .query_opt(
+        .opt_row(
             "SELECT 1 FROM api_keys WHERE secret_hash = $1 OR (org = $2 AND id = $3)",
             &[&hash.0.as_slice(), &org, &key.id],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     if taken.is_some() {
         return Err(StoreError::Conflict("an API key with this id or secret"));
     }
-    tx.execute(
+    tx.exec(
         "INSERT INTO api_keys (org, id, secret_hash, name, scopes, principal_type, principal_id, \
          user_id, email, service_account_id, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -138,76 +122,65 @@ pub(crate) async fn insert_key(
             &key.created_at.millis(),
         ],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     Ok(())
 }
 
-pub(crate) async fn list_keys(
-    c: &impl GenericClient,
-    tenant: &Tenant,
-) -> Result<Vec<ApiKey>, StoreError> {
-    let rows = c
-        .query(
-            &format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = $1 ORDER BY k.created_at, k.id"
-            ),
-            &[&tenant.key()],
-        )
-        .await
-        .map_err(backend)?;
-    rows.iter()
-        .map(|r| key_from_row(r, tenant.org_id().clone()))
-        .collect()
+pub(crate) async fn list_keys(c: &impl Sql, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
+    c.all(
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = $1 ORDER BY k.created_at, k.id"
+        ),
+        &[&tenant.key()],
+        |r| key_from_row(r, tenant.org_id().clone()),
+    )
+    .await
 }
 
 pub(crate) async fn get_key(
-    c: &impl GenericClient,
+    c: &impl Sql,
     tenant: &Tenant,
     id: Uuid,
 ) -> Result<Option<ApiKey>, StoreError> {
     let row = c
-        .query_opt(
+        .opt_row(
             &format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = $1 AND k.id = $2"),
             &[&tenant.key(), &id],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     row.map(|r| key_from_row(&r, tenant.org_id().clone()))
         .transpose()
 }
 
 /// Revokes the key if live; `true` when this call revoked it.
 pub(crate) async fn revoke_key(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     org: i64,
     id: Uuid,
     at: Timestamp,
 ) -> Result<bool, StoreError> {
     let changed = tx
-        .execute(
+        .exec(
             "UPDATE api_keys SET revoked_at = $3 WHERE org = $1 AND id = $2 AND revoked_at IS NULL",
             &[&org, &id, &at.millis()],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     Ok(changed > 0)
 }
 
 pub(crate) async fn authenticate(
-    c: &impl GenericClient,
+    c: &impl Sql,
     hash: &SecretHash,
 ) -> Result<Option<(Tenant, ApiKey)>, StoreError> {
     let row = c
-        .query_opt(
+        .opt_row(
             &format!(
                 "SELECT {KEY_COLUMNS}, o.seq, o.id FROM api_keys k JOIN orgs o ON o.seq = k.org \
                  WHERE k.secret_hash = $1 AND k.revoked_at IS NULL"
             ),
             &[&hash.0.as_slice()],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     let Some(r) = row else {
         return Ok(None);
     };
@@ -216,18 +189,14 @@ pub(crate) async fn authenticate(
     Ok(Some((Tenant::from_store(r.get(11), org), key)))
 }
 
-pub(crate) async fn touch_keys(
-    c: &impl GenericClient,
-    used: &[(Uuid, Timestamp)],
-) -> Result<(), StoreError> {
+pub(crate) async fn touch_keys(c: &impl Sql, used: &[(Uuid, Timestamp)]) -> Result<(), StoreError> {
     let ids: Vec<Uuid> = used.iter().map(|(id, _)| *id).collect();
     let ats: Vec<i64> = used.iter().map(|(_, at)| at.millis()).collect();
-    c.execute(
+    c.exec(
         "UPDATE api_keys k SET last_used_at = greatest(coalesce(k.last_used_at, 0), u.at) \
          FROM unnest($1::uuid[], $2::bigint[]) AS u(id, at) WHERE k.id = u.id",
         &[&ids, &ats],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     Ok(())
 }

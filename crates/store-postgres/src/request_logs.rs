@@ -6,12 +6,15 @@ use apitrail_model::query::request_id_variants;
 use apitrail_model::{
     LogFilter, PageRequest, PageStart, RequestLog, Sort, SortDir, SortKey, Timestamp,
 };
-use apitrail_store::{Page, StoreError};
+use apitrail_store::{Page, StoreError, ValueField, stored};
+use tokio_postgres::Row;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, GenericClient, Row};
 use uuid::Uuid;
 
-use crate::{Args, Reader, backend, corrupt, params, push, ts};
+use crate::partitions::day_of;
+use crate::reader::{Reader, Sql};
+use crate::rows::{corrupt, ts};
+use crate::{Args, backend, params, push};
 
 /// The columns [`log_from_row`] reads, in its order.
 const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, route_pattern, \
@@ -20,12 +23,18 @@ const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, r
      price, minutes, seconds, stripe_invoice_item_id, request_body_truncated, \
      response_body_truncated, metadata, request_body, response_body";
 
-fn log_from_row(r: &Row) -> Result<RequestLog, StoreError> {
+/// A row of [`COLUMNS`] of org `org`, decoded by the rule of `apitrail_store::stored`.
+fn log_from_row(org: i64, r: &Row) -> Result<RequestLog, StoreError> {
+    let id = r.get(0);
     let duration: i64 = r.get(2);
     let status: i32 = r.get(3);
-    let ip: Option<String> = r.get(13);
+    let optional_ts = |column, i| {
+        let ms: Option<i64> = r.get(i);
+        stored::optional(org, id, column, ms.map(Timestamp::from_millis))
+    };
+    let ip: Option<&str> = r.get(13);
     Ok(RequestLog {
-        id: r.get(0),
+        id,
         created_at: ts(r.get(1))?,
         duration_ms: (duration >= 0).then_some(duration),
         status_code: u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?,
@@ -36,11 +45,9 @@ fn log_from_row(r: &Row) -> Result<RequestLog, StoreError> {
         auth_type: r.get(8),
         error_code: r.get(9),
         query: r.get(10),
-        started_at: r.get::<_, Option<i64>>(11).map(ts).transpose()?,
-        completed_at: r.get::<_, Option<i64>>(12).map(ts).transpose()?,
-        client_ip: ip
-            .map(|s| s.parse().map_err(|_| corrupt(format!("client ip {s:?}"))))
-            .transpose()?,
+        started_at: optional_ts("started_at", 11),
+        completed_at: optional_ts("completed_at", 12),
+        client_ip: stored::optional(org, id, "client_ip", ip.map(|s| s.parse().ok())),
         user_agent: r.get(14),
         origin: r.get(15),
         principal_type: r.get(16),
@@ -61,19 +68,11 @@ fn log_from_row(r: &Row) -> Result<RequestLog, StoreError> {
     })
 }
 
-/// Milliseconds in a UTC day, the width of a partition.
-pub(crate) const DAY_MS: i64 = 86_400_000;
-
-/// The partition (UTC day since 1970-01-01) a `created_at` falls in.
-pub(crate) fn day_of(created_at_ms: i64) -> i64 {
-    created_at_ms.div_euclid(DAY_MS)
-}
-
 /// Claims client-supplied ids in `request_log_ids`; returns those that were new. `claims` are
 /// `(org, id, created_at)`, sorted by `(org, id)` without repeats, so that concurrent
 /// transactions take their locks in one order and cannot deadlock.
 pub(crate) async fn claim(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     claims: &[(i64, Uuid, i64)],
 ) -> Result<Vec<(i64, Uuid)>, StoreError> {
     if claims.is_empty() {
@@ -82,23 +81,21 @@ pub(crate) async fn claim(
     let orgs: Vec<i64> = claims.iter().map(|c| c.0).collect();
     let ids: Vec<Uuid> = claims.iter().map(|c| c.1).collect();
     let created: Vec<i64> = claims.iter().map(|c| c.2).collect();
-    let rows = tx
-        .query(
-            "INSERT INTO request_log_ids (org, id, created_at) \
-             SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[]) \
-             ON CONFLICT (org, id) DO NOTHING RETURNING org, id",
-            &[&orgs, &ids, &created],
-        )
-        .await
-        .map_err(backend)?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    tx.all(
+        "INSERT INTO request_log_ids (org, id, created_at) \
+         SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[]) \
+         ON CONFLICT (org, id) DO NOTHING RETURNING org, id",
+        &[&orgs, &ids, &created],
+        |r| Ok((r.get(0), r.get(1))),
+    )
+    .await
 }
 
 /// Which of `(org, id)` are stored records, with their `created_at`. Probes the primary key
 /// of every partition, so it is only asked about ids that may be stored without a claim: ids
 /// this server minted, sent back by a client.
 pub(crate) async fn stored_among(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     keys: &[(i64, Uuid)],
 ) -> Result<Vec<(i64, Uuid, i64)>, StoreError> {
     if keys.is_empty() {
@@ -106,50 +103,35 @@ pub(crate) async fn stored_among(
     }
     let orgs: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let ids: Vec<Uuid> = keys.iter().map(|k| k.1).collect();
-    let rows = tx
-        .query(
-            // LATERAL: one probe of each partition's primary key per id, never a scan.
-            "SELECT k.org, k.id, l.created_at FROM unnest($1::bigint[], $2::uuid[]) AS k(org, id), \
-             LATERAL (SELECT created_at FROM request_logs \
-                      WHERE org = k.org AND id = k.id ORDER BY created_at LIMIT 1) l",
-            &[&orgs, &ids],
-        )
-        .await
-        .map_err(backend)?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
-}
-
-/// Which column a row of `request_log_values` names (migration 0005).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(i16)]
-pub(crate) enum Field {
-    Status = 1,
-    ApiKey = 2,
-    ServiceAccount = 3,
-    Email = 4,
+    tx.all(
+        // LATERAL: one probe of each partition's primary key per id, never a scan.
+        "SELECT k.org, k.id, l.created_at FROM unnest($1::bigint[], $2::uuid[]) AS k(org, id), \
+         LATERAL (SELECT created_at FROM request_logs \
+                  WHERE org = k.org AND id = k.id ORDER BY created_at LIMIT 1) l",
+        &[&orgs, &ids],
+        |r| Ok((r.get(0), r.get(1), r.get(2))),
+    )
+    .await
 }
 
 /// One value an org's request logs hold: `(org, field, value)`.
-pub(crate) type Value = (i64, Field, String);
+pub(crate) type Value = (i64, ValueField, String);
 
 /// The values of `rows` that `request_log_values` must hold, without repeats, sorted (so
 /// that concurrent transactions add them in one order and cannot deadlock).
 pub(crate) fn values_of(rows: &[(i64, &RequestLog)]) -> Vec<Value> {
-    let mut seen: HashSet<(i64, Field, &str)> = HashSet::new();
+    let mut seen: HashSet<(i64, ValueField, &str)> = HashSet::new();
     let mut codes: HashSet<(i64, u16)> = HashSet::new();
     for (org, log) in rows {
         codes.insert((*org, log.status_code));
         if let Some(k) = &log.api_key_id {
-            seen.insert((*org, Field::ApiKey, k));
+            seen.insert((*org, ValueField::ApiKey, k));
         }
         if let Some(s) = &log.service_account_id {
-            seen.insert((*org, Field::ServiceAccount, s));
+            seen.insert((*org, ValueField::ServiceAccount, s));
         }
         if let Some(e) = &log.email {
-            seen.insert((*org, Field::Email, e));
+            seen.insert((*org, ValueField::Email, e));
         }
     }
     let mut values: Vec<Value> = seen
@@ -158,7 +140,7 @@ pub(crate) fn values_of(rows: &[(i64, &RequestLog)]) -> Vec<Value> {
         .chain(
             codes
                 .into_iter()
-                .map(|(org, code)| (org, Field::Status, code.to_string())),
+                .map(|(org, code)| (org, ValueField::Status, code.to_string())),
         )
         .collect();
     values.sort_unstable();
@@ -167,24 +149,20 @@ pub(crate) fn values_of(rows: &[(i64, &RequestLog)]) -> Vec<Value> {
 
 /// Adds `values` (sorted, without repeats) to `request_log_values`, in the transaction that
 /// stores the records holding them.
-pub(crate) async fn note_values(
-    tx: &impl GenericClient,
-    values: &[Value],
-) -> Result<(), StoreError> {
+pub(crate) async fn note_values(tx: &impl Sql, values: &[Value]) -> Result<(), StoreError> {
     if values.is_empty() {
         return Ok(());
     }
     let orgs: Vec<i64> = values.iter().map(|v| v.0).collect();
-    let fields: Vec<i16> = values.iter().map(|v| v.1 as i16).collect();
+    let fields: Vec<i16> = values.iter().map(|v| v.1.code()).collect();
     let texts: Vec<&str> = values.iter().map(|v| v.2.as_str()).collect();
-    tx.execute(
+    tx.exec(
         "INSERT INTO request_log_values (org, field, value) \
          SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[]) \
          ON CONFLICT DO NOTHING",
         &[&orgs, &fields, &texts],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     Ok(())
 }
 
@@ -207,7 +185,7 @@ const COPY_TYPES: [Type; 32] = {
 /// Adds what a group stored to the org/day counts in `slot` (the writer's own), in
 /// `(org, day)` order so that writers sharing a slot cannot deadlock.
 pub(crate) async fn count_stored(
-    tx: &impl GenericClient,
+    tx: &impl Sql,
     slot: i32,
     rows: &[(i64, &RequestLog)],
 ) -> Result<(), StoreError> {
@@ -224,14 +202,13 @@ pub(crate) async fn count_stored(
     let days: Vec<i64> = counts.keys().map(|k| k.1).collect();
     let slots: Vec<i32> = vec![slot; counts.len()];
     let ns: Vec<i64> = counts.into_values().collect();
-    tx.execute(
+    tx.exec(
         "INSERT INTO request_log_counts (org, day, slot, n) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::int[], $4::bigint[]) \
          ON CONFLICT (org, day, slot) DO UPDATE SET n = request_log_counts.n + EXCLUDED.n",
         &[&orgs, &days, &slots, &ns],
     )
-    .await
-    .map_err(backend)?;
+    .await?;
     Ok(())
 }
 
@@ -318,33 +295,31 @@ pub(crate) async fn list(
 ) -> Result<Page<RequestLog>, StoreError> {
     let codes = match status_runs(filter, sort, page) {
         Some((lo, hi)) => {
-            let rows = c.query(STATUS_CODES, &[&org]).await.map_err(backend)?;
+            let rows = c
+                .prepared(STATUS_CODES, &[&org, &ValueField::Status.code()])
+                .await?;
             let codes = codes_in(&rows, lo, hi);
             if codes.is_empty() {
-                return Ok(Page {
-                    items: Vec::new(),
-                    has_more: false,
-                });
+                return Ok(Page::empty());
             }
             Some(codes)
         }
         None => None,
     };
     let (sql, args) = list_query(org, filter, sort, page, codes);
-    let rows = c.query(&sql, &params(&args)).await.map_err(backend)?;
-    let mut items = rows
+    let items = c
+        .prepared(&sql, &params(&args))
+        .await?
         .iter()
-        .map(log_from_row)
+        .map(|r| log_from_row(org, r))
         .collect::<Result<Vec<_>, _>>()?;
-    let has_more = items.len() > page.limit as usize;
-    items.truncate(page.limit as usize);
-    Ok(Page { items, has_more })
+    Ok(Page::from_lookahead(items, page.limit))
 }
 
 /// The status codes the org's logs have held (`request_log_values`), a few dozen at most;
 /// the range is applied by [`codes_in`]. A code no stored record has any more gives an empty
-/// run.
-const STATUS_CODES: &str = "SELECT value FROM request_log_values WHERE org = $1 AND field = 1";
+/// run. Its parameters are the org and [`ValueField::Status`]'s code.
+const STATUS_CODES: &str = "SELECT value FROM request_log_values WHERE org = $1 AND field = $2";
 
 /// The codes of `rows` (of [`STATUS_CODES`]) within `[lo, hi]`, ascending.
 fn codes_in(rows: &[Row], lo: i32, hi: i32) -> Vec<i32> {
@@ -399,9 +374,14 @@ pub(crate) async fn explain_list(
     let codes = match status_runs(filter, sort, page) {
         Some((lo, hi)) => {
             let sql = format!("EXPLAIN (COSTS OFF) {STATUS_CODES}");
-            let rows = c.client.query(&sql, &[&org]).await.map_err(backend)?;
+            let rows = c
+                .client
+                .rows(&sql, &[&org, &ValueField::Status.code()])
+                .await?;
             plans = explain(rows) + "\n";
-            let rows = c.query(STATUS_CODES, &[&org]).await.map_err(backend)?;
+            let rows = c
+                .prepared(STATUS_CODES, &[&org, &ValueField::Status.code()])
+                .await?;
             Some(codes_in(&rows, lo, hi))
         }
         None => None,
@@ -409,9 +389,8 @@ pub(crate) async fn explain_list(
     let (sql, args) = list_query(org, filter, sort, page, codes);
     let rows = c
         .client
-        .query(&format!("EXPLAIN (COSTS OFF) {sql}"), &params(&args))
-        .await
-        .map_err(backend)?;
+        .rows(&format!("EXPLAIN (COSTS OFF) {sql}"), &params(&args))
+        .await?;
     Ok(plans + &explain(rows))
 }
 
@@ -435,14 +414,14 @@ fn list_query(
         ("method", &filter.method, None),
         ("route_pattern", &filter.route_pattern, None),
         ("auth_type", &filter.auth_type, None),
-        ("api_key_id", &filter.api_key_id, Some(Field::ApiKey)),
+        ("api_key_id", &filter.api_key_id, Some(ValueField::ApiKey)),
         (
             "service_account_id",
             &filter.service_account_id,
-            Some(Field::ServiceAccount),
+            Some(ValueField::ServiceAccount),
         ),
         ("user_id", &filter.user_id, None),
-        ("email", &filter.email, Some(Field::Email)),
+        ("email", &filter.email, Some(ValueField::Email)),
     ] {
         if let Some(v) = value {
             let p = push(&mut args, v.clone());
@@ -453,7 +432,7 @@ fn list_query(
                 conds.push_str(&format!(
                     " AND EXISTS (SELECT 1 FROM request_log_values \
                      WHERE org = $1 AND field = {} AND value = {p})",
-                    field as i16
+                    field.code()
                 ));
             }
         }
@@ -547,23 +526,22 @@ fn list_query(
 pub(crate) async fn get(c: &Reader, org: i64, id: Uuid) -> Result<Option<RequestLog>, StoreError> {
     // The id alone does not name a partition: each one's primary key is probed, oldest first.
     let rows = c
-        .query(
+        .prepared(
             &format!(
                 "SELECT {COLUMNS} FROM request_logs WHERE org = $1 AND id = $2 \
                  ORDER BY created_at LIMIT 1"
             ),
             &[&org, &id],
         )
-        .await
-        .map_err(backend)?;
-    rows.first().map(log_from_row).transpose()
+        .await?;
+    rows.first().map(|r| log_from_row(org, r)).transpose()
 }
 
 /// Deletes up to `max` of the org's logs created before `before`, oldest first, with their
 /// id claims and their share of the counts, in one statement (a claim never outlives its record, so a retry of a purged id
 /// is stored again, as on SQLite).
 pub(crate) async fn purge(
-    c: &impl GenericClient,
+    c: &impl Sql,
     org: i64,
     before: Timestamp,
     max: u32,
@@ -571,7 +549,7 @@ pub(crate) async fn purge(
     // The bounds on created_at come from the chosen rows (an initplan), so that execution
     // visits only the partitions that hold them.
     let n: i64 = c
-        .query_one(
+        .row(
             "WITH doomed AS MATERIALIZED ( \
                SELECT created_at, id FROM request_logs \
                 WHERE org = $1 AND created_at < $2 ORDER BY created_at, id LIMIT $3), \
@@ -592,8 +570,7 @@ pub(crate) async fn purge(
              SELECT count(*) FROM gone",
             &[&org, &before.millis(), &i64::from(max)],
         )
-        .await
-        .map_err(backend)?
+        .await?
         .get(0);
     Ok(u64::try_from(n).unwrap_or(0))
 }
@@ -601,124 +578,27 @@ pub(crate) async fn purge(
 /// Deletes up to `max` of the org's id claims for records created before `before` (left by
 /// partitions retention dropped whole); returns how many.
 pub(crate) async fn prune_claims(
-    c: &impl GenericClient,
+    c: &impl Sql,
     org: i64,
     before: Timestamp,
     max: u32,
 ) -> Result<u64, StoreError> {
-    c.execute(
+    c.exec(
         "DELETE FROM request_log_ids WHERE org = $1 AND id IN ( \
            SELECT id FROM request_log_ids WHERE org = $1 AND created_at < $2 LIMIT $3)",
         &[&org, &before.millis(), &i64::from(max)],
     )
     .await
-    .map_err(backend)
-}
-
-/// The partitions of `request_logs`: `(table name, lo, hi)`, holding `[lo, hi)` in Unix ms.
-pub(crate) async fn partitions(
-    c: &impl GenericClient,
-) -> Result<Vec<(String, i64, i64)>, StoreError> {
-    let rows = c
-        .query(
-            "SELECT name, lo, hi FROM apitrail_request_log_bounds() ORDER BY lo",
-            &[],
-        )
-        .await
-        .map_err(backend)?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
-}
-
-/// Drops a partition retention has emptied of live days. Waits at most a few seconds for
-/// the exclusive lock on the parent (long reads would otherwise queue every query behind
-/// the DROP); a partition not dropped now is dropped by the next pass.
-pub(crate) async fn drop_partition(
-    client: &mut Client,
-    name: &str,
-    (lo, hi): (i64, i64),
-) -> Result<bool, StoreError> {
-    let tx = crate::begin(client).await?;
-    tx.batch_execute("SET LOCAL lock_timeout = '5s'")
-        .await
-        .map_err(backend)?;
-    let sql = format!("DROP TABLE IF EXISTS \"{}\"", name.replace('"', "\"\""));
-    match tx.batch_execute(&sql).await {
-        Ok(()) => {
-            // After the DROP, which waited for every write to the table to end, so no
-            // ingest holds these rows.
-            tx.execute(
-                "DELETE FROM request_log_counts WHERE day >= $1 AND day < $2",
-                &[&day_of(lo), &day_of(hi)],
-            )
-            .await
-            .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(true)
-        }
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            tracing::info!(
-                partition = name,
-                "retention: partition busy, dropped next time"
-            );
-            Ok(false)
-        }
-        Err(e) => Err(backend(e)),
-    }
-}
-
-/// Makes sure a partition holds UTC day `day` and returns its bounds `[lo, hi)` in Unix ms:
-/// the day's own when `day >= first_day`, else the coarse partition of the gap below the
-/// window (see migration 0007). Servers racing for the same day are serialized in the
-/// database; the few errors a race with a version-6 server can still raise are retried.
-pub(crate) async fn make_home(
-    c: &impl GenericClient,
-    day: i64,
-    first_day: i64,
-) -> Result<(i64, i64), StoreError> {
-    use tokio_postgres::error::SqlState;
-    let mut attempt = 0;
-    loop {
-        match c
-            .query_one(
-                "SELECT lo, hi FROM apitrail_request_log_home($1, $2)",
-                &[&day, &first_day],
-            )
-            .await
-        {
-            Ok(row) => return Ok((row.get(0), row.get(1))),
-            Err(e)
-                if attempt < 5
-                    && e.code().is_some_and(|code| {
-                        [
-                            SqlState::DUPLICATE_TABLE,
-                            SqlState::UNIQUE_VIOLATION,
-                            SqlState::T_R_DEADLOCK_DETECTED,
-                            SqlState::INVALID_OBJECT_DEFINITION,
-                            SqlState::WRONG_OBJECT_TYPE,
-                        ]
-                        .contains(code)
-                    }) =>
-            {
-                attempt += 1;
-                tracing::debug!(day, error = %e, "making a partition raced; retrying");
-            }
-            Err(e) => return Err(backend(e)),
-        }
-    }
 }
 
 /// The org's stored logs, summed from its day counts (a scan of the logs took ~1 s at 5M).
 pub(crate) async fn count(c: &Reader, org: i64) -> Result<u64, StoreError> {
     let rows = c
-        .query(
+        .prepared(
             "SELECT coalesce(sum(n), 0)::bigint FROM request_log_counts WHERE org = $1",
             &[&org],
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     let n: i64 = rows
         .first()
         .ok_or_else(|| corrupt("count returned no row".into()))?

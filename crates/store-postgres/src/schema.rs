@@ -4,7 +4,9 @@
 use apitrail_store::StoreError;
 use tokio_postgres::Client;
 
-use crate::{backend, corrupt};
+use crate::reader::Sql;
+use crate::rows::corrupt;
+use crate::{backend, commit};
 
 /// Migrations in order; the schema version is the number applied.
 const MIGRATIONS: &[&str] = &[
@@ -26,30 +28,26 @@ const LOCK_KEY: i64 = 0x6170_6974_7261_696c;
 /// one server only.
 pub(crate) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(backend)?;
+        .exec("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
     let result = migrate_locked(client).await;
     let unlocked = client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await
-        .map_err(backend);
+        .exec("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
     result.and(unlocked.map(drop))
 }
 
 async fn migrate_locked(client: &mut Client) -> Result<(), StoreError> {
     client
-        .batch_execute(
+        .batch(
             "CREATE TABLE IF NOT EXISTS apitrail_schema (version integer NOT NULL); \
              INSERT INTO apitrail_schema (version) \
              SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM apitrail_schema)",
         )
-        .await
-        .map_err(backend)?;
+        .await?;
     let current: i32 = client
-        .query_one("SELECT version FROM apitrail_schema", &[])
-        .await
-        .map_err(backend)?
+        .row("SELECT version FROM apitrail_schema", &[])
+        .await?
         .get(0);
     let current = usize::try_from(current).unwrap_or(usize::MAX);
     if current > MIGRATIONS.len() {
@@ -60,12 +58,11 @@ async fn migrate_locked(client: &mut Client) -> Result<(), StoreError> {
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = client.transaction().await.map_err(backend)?;
-        tx.batch_execute(sql).await.map_err(backend)?;
+        tx.batch(sql).await?;
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
-        tx.execute("UPDATE apitrail_schema SET version = $1", &[&version])
-            .await
-            .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        tx.exec("UPDATE apitrail_schema SET version = $1", &[&version])
+            .await?;
+        commit(tx).await?;
         tracing::info!(version, "applied PostgreSQL migration");
     }
     Ok(())

@@ -160,3 +160,56 @@ async fn upgraded_destinations_have_no_recorded_decision() {
     let tenant = store.tenant(&org_id("old-dest")).await.unwrap().unwrap();
     assert_upgraded_destination(&store, &tenant, &old).await;
 }
+
+/// A stored value that cannot be decoded, written behind the store's back, gets the answer
+/// every backend gives (`apitrail_store::stored`): an optional field reads as unknown, a
+/// required one fails the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_values_get_the_common_answer() {
+    use apitrail_store_tests::support::{
+        UNDECODABLE_IP, UNDECODABLE_MS, UNDECODABLE_STATUS, assert_undecodable_values, insert,
+        new_org, undecodable_logs,
+    };
+    let url = PgServer::shared().fresh_database().await;
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let optional = new_org(&store, "undecodable-optional").await;
+    let required = new_org(&store, "undecodable-required").await;
+    let logs = undecodable_logs();
+    insert(&store, &optional, &logs[..3]).await;
+    insert(&store, &required, &logs[3..]).await;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for (sql, value, log) in [
+        (
+            "UPDATE request_logs SET client_ip = $1 WHERE id = $2",
+            &UNDECODABLE_IP as &(dyn tokio_postgres::types::ToSql + Sync),
+            &logs[0],
+        ),
+        (
+            "UPDATE request_logs SET started_at = $1, completed_at = $1 WHERE id = $2",
+            &UNDECODABLE_MS,
+            &logs[1],
+        ),
+        (
+            "UPDATE request_logs SET status_code = $1 WHERE id = $2",
+            &UNDECODABLE_STATUS,
+            &logs[3],
+        ),
+    ] {
+        let changed = client.execute(sql, &[value, &log.id]).await.unwrap();
+        assert_eq!(changed, 1, "{sql}");
+    }
+    assert_undecodable_values(&store, &optional, &required, &logs).await;
+    store.shutdown().await.unwrap();
+}
+
+/// Store calls are traced at debug level, with the org and without secrets.
+#[tokio::test]
+async fn calls_are_traced() {
+    let url = PgServer::shared().fresh_database().await;
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    apitrail_store_tests::support::assert_calls_are_traced(&store).await;
+    store.shutdown().await.unwrap();
+}

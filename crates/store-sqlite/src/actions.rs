@@ -5,44 +5,17 @@ use apitrail_model::action::{
 };
 use apitrail_model::{
     ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionState,
-    ActionStatus, AuditEntry, Credential, Destination, OrgId, Tenant, Timestamp, WebhookConfig,
-    WebhookSecret,
+    AuditEntry, Credential, Destination, Tenant, Timestamp, WebhookConfig, WebhookSecret,
 };
 use apitrail_store::{ActionStore, Expected, Leased, StoreError, Transition};
 use async_trait::async_trait;
-use rusqlite::types::{ToSql, Type, Value};
-use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
+use rusqlite::types::Value;
+use rusqlite::{Connection, Row, params, params_from_iter};
 use uuid::Uuid;
 
-use crate::SqliteStore;
-use crate::orgs::{ts, uuid_col};
-use crate::writer::WriterError;
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::backend(e)
-}
-
-fn bad(idx: usize, what: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(WriterError(what)))
-}
-
-fn opt_ts(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Timestamp>> {
-    row.get::<_, Option<i64>>(idx)?.map(ts).transpose()
-}
-
-fn tags_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<apitrail_model::Tags> {
-    let text: String = row.get(idx)?;
-    parse_tags(&text).ok_or_else(|| bad(idx, format!("tags {text:?}")))
-}
-
-fn status_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<ActionStatus> {
-    let text: String = row.get(idx)?;
-    ActionStatus::parse(&text).ok_or_else(|| bad(idx, format!("status {text:?}")))
-}
-
-fn opt_uuid(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Uuid>> {
-    Ok(row.get::<_, Option<[u8; 16]>>(idx)?.map(Uuid::from_bytes))
-}
+use crate::reader::Sql;
+use crate::rows::{bad_text, opt_ts, opt_uuid, org_id_col, status_col, tags_col, ts, uuid_col};
+use crate::{SqliteStore, backend};
 
 fn credential_from_row(row: &Row<'_>) -> rusqlite::Result<Credential> {
     Ok(Credential {
@@ -63,7 +36,8 @@ fn destination_from_row(row: &Row<'_>) -> rusqlite::Result<Destination> {
         label: row.get(1)?,
         config: WebhookConfig {
             url: row.get(2)?,
-            headers: parse_tags(&headers).ok_or_else(|| bad(3, format!("headers {headers:?}")))?,
+            headers: parse_tags(&headers)
+                .ok_or_else(|| bad_text(3, format!("headers {headers:?}")))?,
             signaling: row.get(4)?,
             response_time_sla_ms: row.get(5)?,
         },
@@ -86,9 +60,9 @@ fn definition_from_row(row: &Row<'_>) -> rusqlite::Result<ActionDefinition> {
         id: uuid_col(row, 0)?,
         version: row.get(1)?,
         variant: row.get(2)?,
-        alias: parse_alias(&alias).ok_or_else(|| bad(3, format!("alias {alias:?}")))?,
+        alias: parse_alias(&alias).ok_or_else(|| bad_text(3, format!("alias {alias:?}")))?,
         schema: row.get(4)?,
-        destinations: parse_links(&links).ok_or_else(|| bad(5, format!("links {links:?}")))?,
+        destinations: parse_links(&links).ok_or_else(|| bad_text(5, format!("links {links:?}")))?,
         created_at: ts(row.get(6)?)?,
         updated_at: ts(row.get(7)?)?,
         deleted_at: opt_ts(row, 8)?,
@@ -255,40 +229,27 @@ fn all_args(org: i64, mut rest: Vec<Value>) -> Vec<Value> {
 fn count(conn: &Connection, org: i64, filter: &ActionFilter) -> Result<u64, StoreError> {
     let (clause, args) = where_clause(filter);
     let sql = format!("SELECT count(*) FROM action_records r WHERE r.org = ?1{clause}");
-    conn.prepare_cached(&sql)
-        .and_then(|mut st| {
-            st.query_row(params_from_iter(all_args(org, args)), |r| {
-                r.get::<_, i64>(0)
-            })
-        })
-        .map(|n| n.unsigned_abs())
-        .map_err(backend)
-}
-
-fn get_record(conn: &Connection, org: i64, id: Uuid) -> rusqlite::Result<Option<ActionRecord>> {
-    conn.prepare_cached(&format!(
-        "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = ?1 AND r.id = ?2"
-    ))?
-    .query_row(params![org, id.as_bytes()], record_from_row)
-    .optional()
+    conn.one(&sql, params_from_iter(all_args(org, args)), |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(i64::unsigned_abs)
 }
 
 /// Writes the names of a live definition, refusing any another live definition has.
 fn claim_names(conn: &Connection, org: i64, d: &ActionDefinition) -> Result<(), StoreError> {
-    conn.prepare_cached("DELETE FROM action_names WHERE org = ?1 AND definition_id = ?2")
-        .and_then(|mut st| st.execute(params![org, d.id.as_bytes()]))
-        .map_err(backend)?;
+    conn.exec(
+        "DELETE FROM action_names WHERE org = ?1 AND definition_id = ?2",
+        params![org, d.id.as_bytes()],
+    )?;
     if d.deleted_at.is_some() {
         return Ok(());
     }
     for name in d.names() {
-        let inserted = conn
-            .prepare_cached(
-                "INSERT INTO action_names (org, name, definition_id) VALUES (?1, ?2, ?3) \
+        let inserted = conn.exec(
+            "INSERT INTO action_names (org, name, definition_id) VALUES (?1, ?2, ?3) \
                  ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut st| st.execute(params![org, name, d.id.as_bytes()]))
-            .map_err(backend)?;
+            params![org, name, d.id.as_bytes()],
+        )?;
         if inserted == 0 {
             return Err(StoreError::Conflict(
                 "an action definition with this variant or alias",
@@ -298,20 +259,12 @@ fn claim_names(conn: &Connection, org: i64, d: &ActionDefinition) -> Result<(), 
     Ok(())
 }
 
-fn leased_with_tenant(
-    conn: &Connection,
-    sql: &str,
-    args: &[&dyn ToSql],
-) -> rusqlite::Result<Vec<(i64, OrgId, ActionRecord)>> {
-    let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map(args, |row| {
-        let record = record_from_row(row)?;
-        let org: i64 = row.get(18)?;
-        let id: String = row.get(19)?;
-        let id = OrgId::parse(&id).map_err(|e| bad(19, e.to_string()))?;
-        Ok((org, id, record))
-    })?;
-    rows.collect()
+/// A record with its org, from a row of `RECORD_COLUMNS, r.org, o.id`.
+fn leased_from_row(row: &Row<'_>) -> rusqlite::Result<Leased> {
+    Ok(Leased {
+        tenant: Tenant::from_store(row.get(18)?, org_id_col(row, 19)?),
+        record: record_from_row(row)?,
+    })
 }
 
 /// One compare-and-set transition and, if it happened, its event (inside the caller's job).
@@ -354,6 +307,11 @@ fn apply_transition(
 
 #[async_trait]
 impl ActionStore for SqliteStore {
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), credential = %credential.id)
+    )]
     async fn create_credential(
         &self,
         tenant: &Tenant,
@@ -363,24 +321,23 @@ impl ActionStore for SqliteStore {
         let (org, c, audit) = (tenant.key(), credential.clone(), audit.clone());
         self.writer
             .submit(0, move |conn| {
-                conn.prepare_cached(
-                    "INSERT INTO credentials (org, id, label, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .and_then(|mut st| {
-                    st.execute(params![
+                conn.exec("INSERT INTO credentials (org, id, label, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5)", params![
                         org,
                         c.id.as_bytes(),
                         c.label,
                         c.secret.as_bytes(),
                         c.created_at.millis()
-                    ])
-                })
-                .map_err(backend)?;
+                    ])?;
                 crate::audit::insert_one(conn, org, &audit)
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_credential(
         &self,
         tenant: &Tenant,
@@ -389,35 +346,31 @@ impl ActionStore for SqliteStore {
         let org = tenant.key();
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(
-                    "SELECT id, label, secret, created_at FROM credentials WHERE org = ?1 AND id = ?2",
-                )
-                .and_then(|mut st| {
-                    st.query_row(params![org, id.as_bytes()], credential_from_row)
-                        .optional()
-                })
-                .map_err(backend)
+                conn.opt("SELECT id, label, secret, created_at FROM credentials WHERE org = ?1 AND id = ?2", params![org, id.as_bytes()], credential_from_row)
             })
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_credentials(&self, tenant: &Tenant) -> Result<Vec<Credential>, StoreError> {
         let org = tenant.key();
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(
+                conn.all(
                     "SELECT id, label, secret, created_at FROM credentials WHERE org = ?1 \
                      ORDER BY created_at, id",
+                    [org],
+                    credential_from_row,
                 )
-                .and_then(|mut st| {
-                    st.query_map([org], credential_from_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(backend)
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), destination = %destination.id, create)
+    )]
     async fn put_destination(
         &self,
         tenant: &Tenant,
@@ -439,9 +392,7 @@ impl ActionStore for SqliteStore {
                      updated_at = ?11, deleted_at = ?12, allow_private = ?13 \
                      WHERE org = ?1 AND id = ?2"
                 };
-                conn.prepare_cached(sql)
-                    .and_then(|mut st| {
-                        st.execute(params![
+                conn.exec(sql, params![
                             org,
                             d.id.as_bytes(),
                             d.label,
@@ -455,14 +406,17 @@ impl ActionStore for SqliteStore {
                             d.updated_at.millis(),
                             d.deleted_at.map(Timestamp::millis),
                             d.allow_private,
-                        ])
-                    })
-                    .map_err(backend)?;
+                        ])?;
                 crate::audit::insert_one(conn, org, &audit)
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_destination(
         &self,
         tenant: &Tenant,
@@ -471,18 +425,22 @@ impl ActionStore for SqliteStore {
         let org = tenant.key();
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(&format!(
-                    "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = ?1 AND id = ?2"
-                ))
-                .and_then(|mut st| {
-                    st.query_row(params![org, id.as_bytes()], destination_from_row)
-                        .optional()
-                })
-                .map_err(backend)
+                conn.opt(
+                    &format!(
+                        "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = ?1 AND id = ?2"
+                    ),
+                    params![org, id.as_bytes()],
+                    destination_from_row,
+                )
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_destinations(
         &self,
         tenant: &Tenant,
@@ -491,19 +449,28 @@ impl ActionStore for SqliteStore {
         let org = tenant.key();
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(&format!(
-                    "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = ?1 \
+                conn.all(
+                    &format!(
+                        "SELECT {DESTINATION_COLUMNS} FROM destinations WHERE org = ?1 \
                      AND (?2 OR deleted_at IS NULL) ORDER BY created_at, id"
-                ))
-                .and_then(|mut st| {
-                    st.query_map(params![org, include_deleted], destination_from_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(backend)
+                    ),
+                    params![org, include_deleted],
+                    destination_from_row,
+                )
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            definition = %definition.id,
+            version = definition.version,
+            new_version,
+        )
+    )]
     async fn put_action_definition(
         &self,
         tenant: &Tenant,
@@ -548,18 +515,22 @@ impl ActionStore for SqliteStore {
                         e => backend(e),
                     })?;
                 if let Some(at) = d.deleted_at {
-                    conn.prepare_cached(
+                    conn.exec(
                         "UPDATE action_definitions SET deleted_at = ?3 \
                          WHERE org = ?1 AND id = ?2 AND deleted_at IS NULL",
-                    )
-                    .and_then(|mut st| st.execute(params![org, d.id.as_bytes(), at.millis()]))
-                    .map_err(backend)?;
+                        params![org, d.id.as_bytes(), at.millis()],
+                    )?;
                 }
                 crate::audit::insert_one(conn, org, &audit)
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id, version = ?version)
+    )]
     async fn get_action_definition(
         &self,
         tenant: &Tenant,
@@ -569,20 +540,20 @@ impl ActionStore for SqliteStore {
         let org = tenant.key();
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(&format!(
-                    "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
+                conn.opt(
+                    &format!(
+                        "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
                      WHERE org = ?1 AND id = ?2 AND (?3 IS NULL OR version = ?3) \
                      ORDER BY version DESC LIMIT 1"
-                ))
-                .and_then(|mut st| {
-                    st.query_row(params![org, id.as_bytes(), version], definition_from_row)
-                        .optional()
-                })
-                .map_err(backend)
+                    ),
+                    params![org, id.as_bytes(), version],
+                    definition_from_row,
+                )
             })
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn find_action_definition(
         &self,
         tenant: &Tenant,
@@ -591,21 +562,25 @@ impl ActionStore for SqliteStore {
         let (org, name) = (tenant.key(), name.to_owned());
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(&format!(
-                    "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
+                conn.opt(
+                    &format!(
+                        "SELECT {DEFINITION_COLUMNS} FROM action_definitions \
                      WHERE org = ?1 AND id = (SELECT definition_id FROM action_names \
                        WHERE org = ?1 AND name = ?2) \
                      ORDER BY version DESC LIMIT 1"
-                ))
-                .and_then(|mut st| {
-                    st.query_row(params![org, name], definition_from_row)
-                        .optional()
-                })
-                .map_err(backend)
+                    ),
+                    params![org, name],
+                    definition_from_row,
+                )
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), include_deleted)
+    )]
     async fn list_action_definitions(
         &self,
         tenant: &Tenant,
@@ -614,23 +589,27 @@ impl ActionStore for SqliteStore {
         let org = tenant.key();
         self.readers
             .run(move |conn| {
-                conn.prepare_cached(&format!(
-                    "SELECT {DEFINITION_COLUMNS} FROM action_definitions d \
+                conn.all(
+                    &format!(
+                        "SELECT {DEFINITION_COLUMNS} FROM action_definitions d \
                      WHERE org = ?1 AND (?2 OR deleted_at IS NULL) \
                      AND version = (SELECT max(version) FROM action_definitions l \
                        WHERE l.org = d.org AND l.id = d.id) \
                      ORDER BY (SELECT min(created_at) FROM action_definitions f \
                        WHERE f.org = d.org AND f.id = d.id), id"
-                ))
-                .and_then(|mut st| {
-                    st.query_map(params![org, include_deleted], definition_from_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(backend)
+                    ),
+                    params![org, include_deleted],
+                    definition_from_row,
+                )
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %record.id)
+    )]
     async fn create_action_record(
         &self,
         tenant: &Tenant,
@@ -676,6 +655,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_action_record(
         &self,
         tenant: &Tenant,
@@ -683,10 +667,23 @@ impl ActionStore for SqliteStore {
     ) -> Result<Option<ActionRecord>, StoreError> {
         let org = tenant.key();
         self.readers
-            .run(move |conn| get_record(conn, org, id).map_err(backend))
+            .run(move |conn| {
+                conn.opt(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM action_records r WHERE r.org = ?1 AND r.id = ?2"
+                    ),
+                    params![org, id.as_bytes()],
+                    record_from_row,
+                )
+            })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), skip, take)
+    )]
     async fn list_action_records(
         &self,
         tenant: &Tenant,
@@ -708,18 +705,13 @@ impl ActionStore for SqliteStore {
                 let mut args = all_args(org, args);
                 args.push(Value::Integer(i64::from(take)));
                 args.push(Value::Integer(i64::try_from(skip).unwrap_or(i64::MAX)));
-                let items = conn
-                    .prepare_cached(&sql)
-                    .and_then(|mut st| {
-                        st.query_map(params_from_iter(args), record_from_row)?
-                            .collect::<rusqlite::Result<Vec<_>>>()
-                    })
-                    .map_err(backend)?;
+                let items = conn.all(&sql, params_from_iter(args), record_from_row)?;
                 Ok((items, total))
             })
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_action_records(
         &self,
         tenant: &Tenant,
@@ -731,6 +723,11 @@ impl ActionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), records = records.len())
+    )]
     async fn action_events(
         &self,
         tenant: &Tenant,
@@ -739,27 +736,27 @@ impl ActionStore for SqliteStore {
         let (org, records) = (tenant.key(), records.to_vec());
         self.readers
             .run(move |conn| {
-                let mut st = conn
-                    .prepare_cached(
-                        "SELECT record_id, id, kind, status, attempt, available_at, timeout_at, \
-                         message, data, created_at FROM action_events \
-                         WHERE org = ?1 AND record_id = ?2 ORDER BY created_at, id",
-                    )
-                    .map_err(backend)?;
                 let mut events = Vec::new();
                 let mut seen = std::collections::HashSet::new();
                 for id in records.into_iter().filter(|id| seen.insert(*id)) {
-                    let rows = st
-                        .query_map(params![org, id.as_bytes()], event_from_row)
-                        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                        .map_err(backend)?;
-                    events.extend(rows);
+                    events.extend(conn.all(
+                        "SELECT record_id, id, kind, status, attempt, available_at, timeout_at, \
+                         message, data, created_at FROM action_events \
+                         WHERE org = ?1 AND record_id = ?2 ORDER BY created_at, id",
+                        params![org, id.as_bytes()],
+                        event_from_row,
+                    )?);
                 }
                 Ok(events)
             })
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), record = %id)
+    )]
     async fn transition_action(
         &self,
         tenant: &Tenant,
@@ -782,6 +779,7 @@ impl ActionStore for SqliteStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(transitions = transitions.len()))]
     async fn transition_actions(
         &self,
         transitions: &[Transition],
@@ -812,6 +810,7 @@ impl ActionStore for SqliteStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn lease_due_actions(
         &self,
         now: Timestamp,
@@ -823,12 +822,12 @@ impl ActionStore for SqliteStore {
         let due = self
             .readers
             .run(move |conn| {
-                conn.prepare_cached(
+                conn.one(
                     "SELECT EXISTS (SELECT 1 FROM action_records WHERE status = 'pending' \
                      AND available_at <= ?1 AND (lease_until IS NULL OR lease_until < ?1))",
+                    [now.millis()],
+                    |r| r.get::<_, bool>(0),
                 )
-                .and_then(|mut st| st.query_row([now.millis()], |r| r.get::<_, bool>(0)))
-                .map_err(backend)
             })
             .await?;
         if !due {
@@ -840,8 +839,7 @@ impl ActionStore for SqliteStore {
         let found = self
             .writer
             .submit_volatile(move |conn| {
-                let found = leased_with_tenant(
-                    conn,
+                let mut leased = conn.all(
                     &format!(
                         "SELECT {RECORD_COLUMNS}, r.org, o.id FROM action_records r \
                          JOIN orgs o ON o.seq = r.org \
@@ -849,32 +847,24 @@ impl ActionStore for SqliteStore {
                          AND (r.lease_until IS NULL OR r.lease_until < ?1) \
                          ORDER BY r.available_at LIMIT ?2"
                     ),
-                    &[&now.millis(), &i64::from(limit)],
-                )
-                .map_err(backend)?;
-                let mut st = conn
-                    .prepare_cached(
+                    params![now.millis(), i64::from(limit)],
+                    leased_from_row,
+                )?;
+                for Leased { tenant, record } in &mut leased {
+                    conn.exec(
                         "UPDATE action_records SET attempt = attempt + 1, \
                          started_at = coalesce(started_at, ?3), lease_owner = ?4, lease_until = ?5 \
                          WHERE org = ?1 AND id = ?2",
-                    )
-                    .map_err(backend)?;
-                let mut leased = Vec::with_capacity(found.len());
-                for (org, org_id, mut record) in found {
-                    st.execute(params![
-                        org,
-                        record.id.as_bytes(),
-                        now.millis(),
-                        owner,
-                        until.millis()
-                    ])
-                    .map_err(backend)?;
+                        params![
+                            tenant.key(),
+                            record.id.as_bytes(),
+                            now.millis(),
+                            owner,
+                            until.millis()
+                        ],
+                    )?;
                     record.state.attempt += 1;
                     record.state.started_at.get_or_insert(now);
-                    leased.push(Leased {
-                        tenant: Tenant::from_store(org, org_id),
-                        record,
-                    });
                 }
                 Ok(leased)
             })
@@ -882,6 +872,7 @@ impl ActionStore for SqliteStore {
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn expired_acknowledgements(
         &self,
         now: Timestamp,
@@ -889,24 +880,16 @@ impl ActionStore for SqliteStore {
     ) -> Result<Vec<Leased>, StoreError> {
         self.readers
             .run(move |conn| {
-                let found = leased_with_tenant(
-                    conn,
+                conn.all(
                     &format!(
                         "SELECT {RECORD_COLUMNS}, r.org, o.id FROM action_records r \
                          JOIN orgs o ON o.seq = r.org \
                          WHERE r.status = 'acknowledged' AND r.timeout_at <= ?1 \
                          ORDER BY r.timeout_at LIMIT ?2"
                     ),
-                    &[&now.millis(), &i64::from(limit)],
+                    params![now.millis(), i64::from(limit)],
+                    leased_from_row,
                 )
-                .map_err(backend)?;
-                Ok(found
-                    .into_iter()
-                    .map(|(org, org_id, record)| Leased {
-                        tenant: Tenant::from_store(org, org_id),
-                        record,
-                    })
-                    .collect())
             })
             .await
     }

@@ -5,15 +5,13 @@ use std::fmt::Write as _;
 
 use apitrail_model::{AuditAfter, AuditEntry, AuditFilter, ChainHash, ChainHead, ChainLink, OrgId};
 use apitrail_store::{AuditBatch, InsertOutcome, Page, StoreError};
-use rusqlite::types::Value;
+use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 
-use crate::orgs::{ts, uuid_col};
+use crate::backend;
+use crate::reader::Sql;
+use crate::rows::{corrupt, ts, uuid_col};
 use crate::schema::MigrateError;
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::backend(e)
-}
 
 /// The columns [`entry_from_row`] reads, in its order.
 const ENTRY_COLUMNS: &str =
@@ -38,9 +36,7 @@ fn org_id(conn: &Connection, org: i64) -> rusqlite::Result<OrgId> {
     let id: String = conn
         .prepare_cached("SELECT id FROM orgs WHERE seq = ?1")?
         .query_row([org], |r| r.get(0))?;
-    OrgId::parse(&id).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    OrgId::parse(&id).map_err(|e| corrupt(0, Type::Text, e))
 }
 
 /// Chain positions are stored as SQLite integers; no chain reaches 2^63 entries.
@@ -181,14 +177,8 @@ pub(crate) fn list(
         " ORDER BY created_at DESC, id DESC LIMIT ?{}",
         args.len()
     );
-    let mut st = conn.prepare_cached(&sql).map_err(backend)?;
-    let mut items: Vec<AuditEntry> = st
-        .query_map(params_from_iter(args), entry_from_row)
-        .and_then(Iterator::collect)
-        .map_err(backend)?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+    let items = conn.all(&sql, params_from_iter(args), entry_from_row)?;
+    Ok(Page::from_lookahead(items, limit))
 }
 
 /// The org's stored chain head.
@@ -203,25 +193,24 @@ pub(crate) fn chain(
     after: u64,
     limit: u32,
 ) -> Result<Vec<ChainLink>, StoreError> {
-    let mut st = conn
-        .prepare_cached(&format!(
+    conn.all(
+        &format!(
             "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
              WHERE org = ?1 AND chain_pos > ?2 ORDER BY chain_pos LIMIT ?3"
-        ))
-        .map_err(backend)?;
-    st.query_map(params![org, sql_pos(after), limit], |r| {
-        Ok(ChainLink {
-            entry: entry_from_row(r)?,
-            position: match r.get::<_, Value>(9)? {
-                Value::Integer(p) => read_pos(p),
-                _ => u64::MAX,
-            },
-            prev_hash: hash_col(r, 10)?,
-            hash: hash_col(r, 11)?,
-        })
-    })
-    .and_then(Iterator::collect)
-    .map_err(backend)
+        ),
+        params![org, sql_pos(after), limit],
+        |r| {
+            Ok(ChainLink {
+                entry: entry_from_row(r)?,
+                position: match r.get::<_, Value>(9)? {
+                    Value::Integer(p) => read_pos(p),
+                    _ => u64::MAX,
+                },
+                prev_hash: hash_col(r, 10)?,
+                hash: hash_col(r, 11)?,
+            })
+        },
+    )
 }
 
 /// Migration step: links entries written before the chain existed, per org in insertion

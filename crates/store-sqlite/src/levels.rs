@@ -21,7 +21,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use apitrail_store::StoreError;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params};
+
+use crate::backend;
 
 /// A key kept in levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,10 +99,6 @@ pub(crate) struct Levels {
     caps: Caps,
 }
 
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::backend(e)
-}
-
 impl Levels {
     /// Counts what the levels hold (once, at start-up).
     pub fn load(conn: &Connection, caps: Caps) -> Result<Self, StoreError> {
@@ -149,17 +147,7 @@ impl Levels {
     /// Moves all of `l0` into `l1`.
     fn move_all(&self, conn: &Connection, key: SideKey) -> Result<(), StoreError> {
         let [l0, l1, _] = key.tables();
-        let moved = in_transaction(conn, |conn| {
-            let n = conn
-                .execute(
-                    &format!("INSERT INTO {l1} SELECT * FROM {l0} ORDER BY org, k, id"),
-                    [],
-                )
-                .map_err(backend)?;
-            conn.execute(&format!("DELETE FROM {l0}"), [])
-                .map_err(backend)?;
-            Ok(n as u64)
-        })?;
+        let moved = in_transaction(conn, |conn| move_rows(conn, l0, l1, "", &[]))?;
         let counts = &self.counts[key.index()];
         counts[0].store(0, Ordering::Relaxed);
         counts[1].fetch_add(moved, Ordering::Relaxed);
@@ -184,39 +172,18 @@ impl Levels {
                     ))
                 },
             );
-            let condition = "(org, k, id) <= (?1, ?2, ?3)";
-            let n = match bound {
-                Ok((org, k, id)) => {
-                    let n = conn
-                        .execute(
-                            &format!(
-                                "INSERT INTO {l2} SELECT * FROM {l1} WHERE {condition} ORDER BY org, k, id"
-                            ),
-                            params![org, k, id],
-                        )
-                        .map_err(backend)?;
-                    conn.execute(
-                        &format!("DELETE FROM {l1} WHERE {condition}"),
-                        params![org, k, id],
-                    )
-                    .map_err(backend)?;
-                    n
-                }
+            match bound {
+                Ok((org, k, id)) => move_rows(
+                    conn,
+                    l1,
+                    l2,
+                    " WHERE (org, k, id) <= (?1, ?2, ?3)",
+                    params![org, k, id],
+                ),
                 // Fewer rows than a chunk: move them all.
-                Err(rusqlite::Error::QueryReturnedNoRows) => {
-                    let n = conn
-                        .execute(
-                            &format!("INSERT INTO {l2} SELECT * FROM {l1} ORDER BY org, k, id"),
-                            [],
-                        )
-                        .map_err(backend)?;
-                    conn.execute(&format!("DELETE FROM {l1}"), [])
-                        .map_err(backend)?;
-                    n
-                }
-                Err(e) => return Err(backend(e)),
-            };
-            Ok(n as u64)
+                Err(rusqlite::Error::QueryReturnedNoRows) => move_rows(conn, l1, l2, "", &[]),
+                Err(e) => Err(backend(e)),
+            }
         })?;
         let counts = &self.counts[key.index()];
         counts[1].fetch_sub(
@@ -227,6 +194,26 @@ impl Levels {
         tracing::debug!(key = key.column(), moved, "l1 chunk moved into l2");
         Ok(())
     }
+}
+
+/// Moves the rows of level table `from` that `filter` (a `WHERE` clause over `args`, or
+/// nothing for all) selects into level table `to`, in key order; returns how many.
+fn move_rows(
+    conn: &Connection,
+    from: &str,
+    to: &str,
+    filter: &str,
+    args: &[&dyn ToSql],
+) -> Result<u64, StoreError> {
+    let n = conn
+        .execute(
+            &format!("INSERT INTO {to} SELECT * FROM {from}{filter} ORDER BY org, k, id"),
+            args,
+        )
+        .map_err(backend)?;
+    conn.execute(&format!("DELETE FROM {from}{filter}"), args)
+        .map_err(backend)?;
+    Ok(n as u64)
 }
 
 fn in_transaction<T>(

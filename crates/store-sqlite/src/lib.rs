@@ -11,6 +11,7 @@ mod levels;
 mod orgs;
 mod reader;
 mod request_logs;
+mod rows;
 mod schema;
 mod writer;
 
@@ -168,6 +169,11 @@ impl SqliteStore {
     }
 }
 
+/// A SQLite error as the store's.
+pub(crate) fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
 /// Opens a connection with the pragmas every connection needs.
 fn open_connection(path: &Path, read_only: bool, cache_mib: u32) -> Result<Connection, StoreError> {
     let flags = if read_only {
@@ -306,6 +312,7 @@ impl Checkpointer {
 
 #[async_trait]
 impl Store for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn ping(&self) -> Result<(), StoreError> {
         self.readers
             .run(|conn| {
@@ -315,6 +322,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = org.id.as_str()))]
     async fn create_org(&self, org: &Org, audit: &AuditEntry) -> Result<Tenant, StoreError> {
         let (org, audit) = (org.clone(), audit.clone());
         let tenant = self
@@ -325,6 +333,7 @@ impl Store for SqliteStore {
         Ok(tenant)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(limit))]
     async fn list_orgs(&self, after: Option<&OrgId>, limit: u32) -> Result<Page<Org>, StoreError> {
         let after = after.cloned();
         self.readers
@@ -332,6 +341,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = id.as_str()))]
     async fn tenant(&self, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
         if let Some(t) = self
             .tenants
@@ -354,11 +364,17 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn org(&self, tenant: &Tenant) -> Result<Org, StoreError> {
         let key = tenant.key();
         self.readers.run(move |conn| orgs::get_org(conn, key)).await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %key.id)
+    )]
     async fn create_api_key(
         &self,
         tenant: &Tenant,
@@ -374,6 +390,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn list_api_keys(&self, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
         let tenant = tenant.clone();
         self.readers
@@ -381,6 +398,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn get_api_key(&self, tenant: &Tenant, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
         let tenant = tenant.clone();
         self.readers
@@ -388,6 +410,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), key = %id)
+    )]
     async fn revoke_api_key(
         &self,
         tenant: &Tenant,
@@ -403,6 +430,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn authenticate(
         &self,
         hash: &SecretHash,
@@ -413,17 +441,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(keys = used.len()))]
     async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError> {
         self.writer
             .submit(0, move |conn| orgs::touch_keys(conn, &used))
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_request_logs(
         &self,
         batches: Vec<LogBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.logs.len()).sum();
+        tracing::Span::current().record("records", records);
         let levels = Arc::clone(&self.levels);
         self.writer
             .submit(records, move |conn| {
@@ -432,6 +467,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(
+            org = tenant.org_id().as_str(),
+            sort = ?sort.key,
+            dir = ?sort.dir,
+            limit = page.limit,
+        )
+    )]
     async fn list_request_logs(
         &self,
         tenant: &Tenant,
@@ -445,6 +490,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), id = %id)
+    )]
     async fn get_request_log(
         &self,
         tenant: &Tenant,
@@ -456,6 +506,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
     async fn list_audit_entries(
         &self,
         tenant: &Tenant,
@@ -469,16 +520,27 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(batches = batches.len(), records = tracing::field::Empty)
+    )]
     async fn insert_audit_entries(
         &self,
         batches: Vec<AuditBatch>,
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.entries.len()).sum();
+        tracing::Span::current().record("records", records);
         self.writer
             .submit(records, move |conn| audit::insert(conn, &batches))
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), after, limit)
+    )]
     async fn audit_chain(
         &self,
         tenant: &Tenant,
@@ -491,6 +553,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
         let org = tenant.key();
         self.readers
@@ -498,6 +561,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), before = before.millis(), max)
+    )]
     async fn purge_request_logs(
         &self,
         tenant: &Tenant,
@@ -510,6 +578,7 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
         let org = tenant.key();
         self.readers
@@ -530,6 +599,7 @@ impl Store for SqliteStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn shutdown(&self) -> Result<(), StoreError> {
         // Joining threads blocks, so it happens off the async runtime's workers.
         let (writer, checkpointer) = (Arc::clone(&self.writer), Arc::clone(&self.checkpointer));

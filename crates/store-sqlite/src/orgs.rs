@@ -4,57 +4,21 @@ use apitrail_model::{
     ApiKey, AuditEntry, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp,
 };
 use apitrail_store::{Page, StoreError};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, Row, params};
 use uuid::Uuid;
 
-use crate::writer::WriterError;
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::backend(e)
-}
-
-/// The error for a stored value the model refuses: the file was damaged or written by
-/// something else.
-fn corrupt(
-    idx: usize,
-    ty: rusqlite::types::Type,
-    cause: impl std::error::Error + Send + Sync + 'static,
-) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(idx, ty, Box::new(cause))
-}
-
-/// Reads a stored timestamp; values outside the model's range mean a damaged file.
-pub(crate) fn ts(ms: i64) -> rusqlite::Result<Timestamp> {
-    Timestamp::from_millis(ms).ok_or_else(|| {
-        corrupt(
-            0,
-            rusqlite::types::Type::Integer,
-            WriterError(format!("timestamp {ms} out of range")),
-        )
-    })
-}
-
-pub(crate) fn uuid_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    let bytes: [u8; 16] = row.get(idx)?;
-    Ok(Uuid::from_bytes(bytes))
-}
-
-fn org_id_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<OrgId> {
-    let s: String = row.get(idx)?;
-    OrgId::parse(&s).map_err(|e| corrupt(idx, rusqlite::types::Type::Text, e))
-}
+use crate::reader::Sql;
+use crate::rows::{bad_text, opt_ts, org_id_col, ts, uuid_col};
 
 pub(crate) fn insert_org(
     conn: &Connection,
     org: &Org,
     audit: &AuditEntry,
 ) -> Result<Tenant, StoreError> {
-    let inserted = conn
-        .execute(
-            "INSERT INTO orgs (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
-            params![org.id.as_str(), org.name, org.created_at.millis()],
-        )
-        .map_err(backend)?;
+    let inserted = conn.exec(
+        "INSERT INTO orgs (id, name, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+        params![org.id.as_str(), org.name, org.created_at.millis()],
+    )?;
     if inserted == 0 {
         return Err(StoreError::Conflict("an org with this id"));
     }
@@ -76,35 +40,26 @@ pub(crate) fn list_orgs(
     after: Option<&OrgId>,
     limit: u32,
 ) -> Result<Page<Org>, StoreError> {
-    let mut st = conn
-        .prepare_cached("SELECT id, name, created_at FROM orgs WHERE id > ?1 ORDER BY id LIMIT ?2")
-        .map_err(backend)?;
-    let mut items = st
-        .query_map(
-            params![after.map_or("", |a| a.as_str()), i64::from(limit) + 1],
-            org_from_row,
-        )
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-        .map_err(backend)?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+    let items = conn.all(
+        "SELECT id, name, created_at FROM orgs WHERE id > ?1 ORDER BY id LIMIT ?2",
+        params![after.map_or("", |a| a.as_str()), i64::from(limit) + 1],
+        org_from_row,
+    )?;
+    Ok(Page::from_lookahead(items, limit))
 }
 
 pub(crate) fn find_tenant(conn: &Connection, id: &OrgId) -> Result<Option<Tenant>, StoreError> {
-    conn.prepare_cached("SELECT seq FROM orgs WHERE id = ?1")
-        .and_then(|mut st| {
-            st.query_row([id.as_str()], |r| r.get::<_, i64>(0))
-                .optional()
-        })
-        .map(|found| found.map(|key| Tenant::from_store(key, id.clone())))
-        .map_err(backend)
+    conn.opt("SELECT seq FROM orgs WHERE id = ?1", [id.as_str()], |r| {
+        Ok(Tenant::from_store(r.get(0)?, id.clone()))
+    })
 }
 
 pub(crate) fn get_org(conn: &Connection, key: i64) -> Result<Org, StoreError> {
-    conn.prepare_cached("SELECT id, name, created_at FROM orgs WHERE seq = ?1")
-        .and_then(|mut st| st.query_row([key], org_from_row))
-        .map_err(backend)
+    conn.one(
+        "SELECT id, name, created_at FROM orgs WHERE seq = ?1",
+        [key],
+        org_from_row,
+    )
 }
 
 const KEY_COLUMNS: &str = "k.id, k.name, k.scopes, k.principal_type, k.principal_id, k.user_id, \
@@ -112,13 +67,8 @@ const KEY_COLUMNS: &str = "k.id, k.name, k.scopes, k.principal_type, k.principal
 
 fn key_from_row(row: &Row<'_>, org_id: OrgId) -> rusqlite::Result<ApiKey> {
     let principal: String = row.get(3)?;
-    let principal_type = PrincipalType::parse(&principal).ok_or_else(|| {
-        corrupt(
-            3,
-            rusqlite::types::Type::Text,
-            WriterError(format!("unknown principal type {principal:?}")),
-        )
-    })?;
+    let principal_type = PrincipalType::parse(&principal)
+        .ok_or_else(|| bad_text(3, format!("unknown principal type {principal:?}")))?;
     Ok(ApiKey {
         id: uuid_col(row, 0)?,
         org_id,
@@ -130,8 +80,8 @@ fn key_from_row(row: &Row<'_>, org_id: OrgId) -> rusqlite::Result<ApiKey> {
         email: row.get(6)?,
         service_account_id: row.get(7)?,
         created_at: ts(row.get(8)?)?,
-        last_used_at: row.get::<_, Option<i64>>(9)?.map(ts).transpose()?,
-        revoked_at: row.get::<_, Option<i64>>(10)?.map(ts).transpose()?,
+        last_used_at: opt_ts(row, 9)?,
+        revoked_at: opt_ts(row, 10)?,
     })
 }
 
@@ -142,26 +92,24 @@ pub(crate) fn insert_key(
     hash: &SecretHash,
     audit: &AuditEntry,
 ) -> Result<(), StoreError> {
-    let inserted = conn
-        .execute(
-            "INSERT INTO api_keys (id, org, secret_hash, name, scopes, principal_type, principal_id, \
+    let inserted = conn.exec(
+        "INSERT INTO api_keys (id, org, secret_hash, name, scopes, principal_type, principal_id, \
              user_id, email, service_account_id, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT DO NOTHING",
-            params![
-                key.id.as_bytes(),
-                org,
-                hash.0,
-                key.name,
-                key.scopes.bits(),
-                key.principal_type.as_str(),
-                key.principal_id,
-                key.user_id,
-                key.email,
-                key.service_account_id,
-                key.created_at.millis(),
-            ],
-        )
-        .map_err(backend)?;
+        params![
+            key.id.as_bytes(),
+            org,
+            hash.0,
+            key.name,
+            key.scopes.bits(),
+            key.principal_type.as_str(),
+            key.principal_id,
+            key.user_id,
+            key.email,
+            key.service_account_id,
+            key.created_at.millis(),
+        ],
+    )?;
     if inserted == 0 {
         return Err(StoreError::Conflict("an API key with this id or secret"));
     }
@@ -169,14 +117,13 @@ pub(crate) fn insert_key(
 }
 
 pub(crate) fn list_keys(conn: &Connection, tenant: &Tenant) -> Result<Vec<ApiKey>, StoreError> {
-    let mut st = conn
-        .prepare_cached(&format!(
+    conn.all(
+        &format!(
             "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = ?1 ORDER BY k.created_at, k.id"
-        ))
-        .map_err(backend)?;
-    st.query_map([tenant.key()], |r| key_from_row(r, tenant.org_id().clone()))
-        .and_then(Iterator::collect)
-        .map_err(backend)
+        ),
+        [tenant.key()],
+        |r| key_from_row(r, tenant.org_id().clone()),
+    )
 }
 
 pub(crate) fn get_key(
@@ -184,16 +131,11 @@ pub(crate) fn get_key(
     tenant: &Tenant,
     id: Uuid,
 ) -> Result<Option<ApiKey>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = ?1 AND k.id = ?2"
-    ))
-    .and_then(|mut st| {
-        st.query_row(params![tenant.key(), id.as_bytes()], |r| {
-            key_from_row(r, tenant.org_id().clone())
-        })
-        .optional()
-    })
-    .map_err(backend)
+    conn.opt(
+        &format!("SELECT {KEY_COLUMNS} FROM api_keys k WHERE k.org = ?1 AND k.id = ?2"),
+        params![tenant.key(), id.as_bytes()],
+        |r| key_from_row(r, tenant.org_id().clone()),
+    )
 }
 
 pub(crate) fn revoke_key(
@@ -203,12 +145,10 @@ pub(crate) fn revoke_key(
     at: Timestamp,
     audit: &AuditEntry,
 ) -> Result<Option<ApiKey>, StoreError> {
-    let changed = conn
-        .execute(
-            "UPDATE api_keys SET revoked_at = ?3 WHERE org = ?1 AND id = ?2 AND revoked_at IS NULL",
-            params![tenant.key(), id.as_bytes(), at.millis()],
-        )
-        .map_err(backend)?;
+    let changed = conn.exec(
+        "UPDATE api_keys SET revoked_at = ?3 WHERE org = ?1 AND id = ?2 AND revoked_at IS NULL",
+        params![tenant.key(), id.as_bytes(), at.millis()],
+    )?;
     if changed > 0 {
         crate::audit::insert_one(conn, tenant.key(), audit)?;
     }
@@ -219,30 +159,26 @@ pub(crate) fn authenticate(
     conn: &Connection,
     hash: &SecretHash,
 ) -> Result<Option<(Tenant, ApiKey)>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {KEY_COLUMNS}, o.seq, o.id FROM api_keys k JOIN orgs o ON o.seq = k.org \
+    conn.opt(
+        &format!(
+            "SELECT {KEY_COLUMNS}, o.seq, o.id FROM api_keys k JOIN orgs o ON o.seq = k.org \
          WHERE k.secret_hash = ?1 AND k.revoked_at IS NULL"
-    ))
-    .and_then(|mut st| {
-        st.query_row([hash.0], |r| {
+        ),
+        [hash.0],
+        |r| {
             let org_id = org_id_col(r, 12)?;
             let key = key_from_row(r, org_id.clone())?;
             Ok((Tenant::from_store(r.get(11)?, org_id), key))
-        })
-        .optional()
-    })
-    .map_err(backend)
+        },
+    )
 }
 
 pub(crate) fn touch_keys(conn: &Connection, used: &[(Uuid, Timestamp)]) -> Result<(), StoreError> {
-    let mut st = conn
-        .prepare_cached(
-            "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
-        )
-        .map_err(backend)?;
     for (id, at) in used {
-        st.execute(params![id.as_bytes(), at.millis()])
-            .map_err(backend)?;
+        conn.exec(
+            "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+            params![id.as_bytes(), at.millis()],
+        )?;
     }
     Ok(())
 }

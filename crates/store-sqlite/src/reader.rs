@@ -1,12 +1,15 @@
-//! A small pool of read-only connections. In WAL mode readers never block the writer nor each
-//! other; each query runs on a blocking thread so the async runtime never waits on SQLite.
+//! Reading: a small pool of read-only connections ([`Readers`]), and the statement helpers
+//! every module runs its SQL through ([`Sql`]). In WAL mode readers never block the writer
+//! nor each other; each query runs on a blocking thread so the async runtime never waits on
+//! SQLite.
 
 use std::sync::{Arc, Mutex};
 
 use apitrail_store::StoreError;
-use rusqlite::Connection;
+use rusqlite::{Connection, Params, Row};
 use tokio::sync::Semaphore;
 
+use crate::backend;
 use crate::writer::WriterError;
 
 /// The pool. Connections are taken and returned inside the blocking task itself, so a caller
@@ -77,5 +80,66 @@ impl Drop for Lease {
                 .unwrap_or_else(|e| e.into_inner())
                 .push(conn);
         }
+    }
+}
+
+/// Statements answered in the store's error type ([`backend`] maps SQLite's), each prepared
+/// once per connection (`prepare_cached`); `all`, `opt` and `one` also decode the rows.
+pub(crate) trait Sql {
+    /// The connection the statements run on.
+    fn connection(&self) -> &Connection;
+
+    /// The rows of `sql`, each decoded by `decode`.
+    fn all<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        decode: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.connection()
+            .prepare_cached(sql)
+            .and_then(|mut st| st.query_map(params, decode)?.collect())
+            .map_err(backend)
+    }
+
+    /// The row of `sql` if any (the first), decoded by `decode`.
+    fn opt<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.connection()
+            .prepare_cached(sql)
+            .and_then(|mut st| st.query_row(params, decode).optional())
+            .map_err(backend)
+    }
+
+    /// The first row of `sql`, which must have one, decoded by `decode`.
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.connection()
+            .prepare_cached(sql)
+            .and_then(|mut st| st.query_row(params, decode))
+            .map_err(backend)
+    }
+
+    /// Runs `sql`; returns how many rows it changed.
+    fn exec(&self, sql: &str, params: impl Params) -> Result<usize, StoreError> {
+        self.connection()
+            .prepare_cached(sql)
+            .and_then(|mut st| st.execute(params))
+            .map_err(backend)
+    }
+}
+
+impl Sql for Connection {
+    fn connection(&self) -> &Connection {
+        self
     }
 }

@@ -5,19 +5,17 @@ use std::fmt::Write as _;
 
 use apitrail_model::query::request_id_variants;
 use apitrail_model::{
-    LogFilter, PageRequest, PageStart, Position, RequestLog, Sort, SortDir, SortKey,
+    LogFilter, PageRequest, PageStart, Position, RequestLog, Sort, SortDir, SortKey, Timestamp,
 };
-use apitrail_store::{InsertOutcome, LogBatch, Page, StoreError};
+use apitrail_store::{InsertOutcome, LogBatch, Page, StoreError, ValueField, stored};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use uuid::Uuid;
 
+use crate::backend;
 use crate::levels::{Levels, SideKey};
-use crate::orgs::{ts, uuid_col};
-
-fn backend(e: rusqlite::Error) -> StoreError {
-    StoreError::backend(e)
-}
+use crate::reader::Sql;
+use crate::rows::{ts, uuid_col};
 
 const INSERT: &str = "INSERT INTO request_logs (org, id, created_at, duration_ms, status_code, \
      method, path, route_pattern, request_id, auth_type, error_code, query, started_at, \
@@ -28,19 +26,15 @@ const INSERT: &str = "INSERT INTO request_logs (org, id, created_at, duration_ms
      ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32) \
      ON CONFLICT (org, id) DO NOTHING";
 
-/// The fields of `request_log_values` (migration 0005; numbered as in the PostgreSQL store).
-const FIELD_API_KEY: i64 = 2;
-const FIELD_SERVICE_ACCOUNT: i64 = 3;
-const FIELD_EMAIL: i64 = 4;
-
-/// Whether the org's logs have ever held `value` in `field` ([`FIELD_API_KEY`] …): `false`
+/// Whether the org's logs have ever held `value` in `field` (`request_log_values`): `false`
 /// means a filter on it matches nothing.
-fn value_seen(conn: &Connection, org: i64, field: i64, value: &str) -> Result<bool, StoreError> {
-    conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM request_log_values WHERE org = ?1 AND field = ?2 AND value = ?3)",
-    )
-    .and_then(|mut st| st.query_row(params![org, field, value], |r| r.get(0)))
-    .map_err(backend)
+fn value_seen(
+    conn: &Connection,
+    org: i64,
+    field: ValueField,
+    value: &str,
+) -> Result<bool, StoreError> {
+    conn.one("SELECT EXISTS (SELECT 1 FROM request_log_values WHERE org = ?1 AND field = ?2 AND value = ?3)", params![org, field.code(), value], |r| r.get(0))
 }
 
 /// Inserts every log of every batch, and its side keys into the first level; an id already
@@ -70,7 +64,7 @@ pub(crate) fn insert(
         )
         .map_err(backend)?;
     // The batch's values, each noted once (a batch repeats the same few keys).
-    let mut noted: HashSet<(i64, i64, &str)> = HashSet::new();
+    let mut noted: HashSet<(i64, ValueField, &str)> = HashSet::new();
     let mut with_request_id = 0;
     let mut outcome = InsertOutcome::default();
     for batch in batches {
@@ -133,15 +127,15 @@ pub(crate) fn insert(
                     with_request_id += 1;
                 }
                 for (field, value) in [
-                    (FIELD_API_KEY, &log.api_key_id),
-                    (FIELD_SERVICE_ACCOUNT, &log.service_account_id),
-                    (FIELD_EMAIL, &log.email),
+                    (ValueField::ApiKey, &log.api_key_id),
+                    (ValueField::ServiceAccount, &log.service_account_id),
+                    (ValueField::Email, &log.email),
                 ] {
                     if let Some(v) = value
                         && noted.insert((org, field, v.as_str()))
                     {
                         note_value
-                            .execute(params![org, field, v])
+                            .execute(params![org, field.code(), v])
                             .map_err(backend)?;
                     }
                 }
@@ -161,11 +155,27 @@ const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, r
      minutes, seconds, stripe_invoice_item_id, request_body_truncated, response_body_truncated, \
      metadata, request_body, response_body";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<RequestLog> {
+/// A row of [`COLUMNS`] of org `org`, decoded by the rule of `apitrail_store::stored`.
+fn from_row(org: i64, r: &Row<'_>) -> rusqlite::Result<RequestLog> {
+    let id = uuid_col(r, 0)?;
     let duration: i64 = r.get(2)?;
-    let ip: Option<String> = r.get(13)?;
+    // Read as any type: SQLite keeps whatever was written, and an optional value that is not
+    // what the store writes reads as unknown.
+    let optional_ts = |column, i| -> rusqlite::Result<Option<Timestamp>> {
+        let ms = match r.get::<_, Value>(i)? {
+            Value::Null => None,
+            Value::Integer(ms) => Some(Timestamp::from_millis(ms)),
+            _ => Some(None),
+        };
+        Ok(stored::optional(org, id, column, ms))
+    };
+    let ip = match r.get::<_, Value>(13)? {
+        Value::Null => None,
+        Value::Text(s) => Some(s.parse().ok()),
+        _ => Some(None),
+    };
     Ok(RequestLog {
-        id: uuid_col(r, 0)?,
+        id,
         created_at: ts(r.get(1)?)?,
         duration_ms: (duration >= 0).then_some(duration),
         status_code: r.get(3)?,
@@ -176,10 +186,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<RequestLog> {
         auth_type: r.get(8)?,
         error_code: r.get(9)?,
         query: r.get(10)?,
-        started_at: r.get::<_, Option<i64>>(11)?.map(ts).transpose()?,
-        completed_at: r.get::<_, Option<i64>>(12)?.map(ts).transpose()?,
-        // Stored addresses were parsed at ingest; an unparsable one reads as unknown.
-        client_ip: ip.and_then(|s| s.parse().ok()),
+        started_at: optional_ts("started_at", 11)?,
+        completed_at: optional_ts("completed_at", 12)?,
+        client_ip: stored::optional(org, id, "client_ip", ip),
         user_agent: r.get(14)?,
         origin: r.get(15)?,
         principal_type: r.get(16)?,
@@ -352,18 +361,13 @@ fn merged_statement(
 /// Runs a query that asked for `limit + 1` rows and turns the extra row into `has_more`.
 fn fetch_page(
     conn: &Connection,
+    org: i64,
     sql: &str,
     args: Vec<Value>,
     limit: u32,
 ) -> Result<Page<RequestLog>, StoreError> {
-    let mut st = conn.prepare_cached(sql).map_err(backend)?;
-    let mut items = st
-        .query_map(params_from_iter(args), from_row)
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-        .map_err(backend)?;
-    let has_more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    Ok(Page { items, has_more })
+    let items = conn.all(sql, params_from_iter(args), |r| from_row(org, r))?;
+    Ok(Page::from_lookahead(items, limit))
 }
 
 /// The statement that answers a list query, asking for `limit + 1` rows.
@@ -381,11 +385,8 @@ pub(crate) fn list(
     page: PageRequest,
 ) -> Result<Page<RequestLog>, StoreError> {
     match plan(conn, org, filter, sort, page)? {
-        Some(q) => fetch_page(conn, &q.sql, q.args, page.limit),
-        None => Ok(Page {
-            items: Vec::new(),
-            has_more: false,
-        }),
+        Some(q) => fetch_page(conn, org, &q.sql, q.args, page.limit),
+        None => Ok(Page::empty()),
     }
 }
 
@@ -419,9 +420,9 @@ fn plan(
     // A service account or an email is not indexed: one the org never logged would walk
     // its whole history to find nothing.
     for (field, value) in [
-        (FIELD_API_KEY, &filter.api_key_id),
-        (FIELD_SERVICE_ACCOUNT, &filter.service_account_id),
-        (FIELD_EMAIL, &filter.email),
+        (ValueField::ApiKey, &filter.api_key_id),
+        (ValueField::ServiceAccount, &filter.service_account_id),
+        (ValueField::Email, &filter.email),
     ] {
         if let Some(v) = value
             && !value_seen(conn, org, field, v)?
@@ -488,13 +489,12 @@ pub const SMALL_WINDOW_ROWS: i64 = 4096;
 fn window_is_small(conn: &Connection, org: i64, filter: &LogFilter) -> Result<bool, StoreError> {
     let from = filter.from.map_or(i64::MIN, |t| t.millis());
     let to = filter.to.map_or(i64::MAX, |t| t.millis());
-    let n: i64 = conn
-        .prepare_cached(
-            "SELECT count(*) FROM (SELECT 1 FROM request_logs INDEXED BY request_logs_by_created \
+    let n: i64 = conn.one(
+        "SELECT count(*) FROM (SELECT 1 FROM request_logs INDEXED BY request_logs_by_created \
              WHERE org = ?1 AND created_at >= ?2 AND created_at < ?3 LIMIT ?4)",
-        )
-        .and_then(|mut st| st.query_row(params![org, from, to, SMALL_WINDOW_ROWS], |r| r.get(0)))
-        .map_err(backend)?;
+        params![org, from, to, SMALL_WINDOW_ROWS],
+        |r| r.get(0),
+    )?;
     Ok(n < SMALL_WINDOW_ROWS)
 }
 
@@ -640,14 +640,11 @@ fn by_status_runs(
 
 /// One log by id, within the org.
 pub(crate) fn get(conn: &Connection, org: i64, id: Uuid) -> Result<Option<RequestLog>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM request_logs WHERE org = ?1 AND id = ?2"
-    ))
-    .and_then(|mut st| {
-        st.query_row(params![org, id.as_bytes()], from_row)
-            .optional()
-    })
-    .map_err(backend)
+    conn.opt(
+        &format!("SELECT {COLUMNS} FROM request_logs WHERE org = ?1 AND id = ?2"),
+        params![org, id.as_bytes()],
+        |r| from_row(org, r),
+    )
 }
 
 /// Deletes the org's oldest logs created before `before`, at most `max` of them, with their
@@ -658,23 +655,19 @@ pub(crate) fn purge(
     before: apitrail_model::Timestamp,
     max: u32,
 ) -> Result<u64, StoreError> {
-    let mut st = conn
-        .prepare_cached(
-            "SELECT seq, duration_ms, request_id, id FROM request_logs \
-             WHERE org = ?1 AND created_at < ?2 ORDER BY created_at LIMIT ?3",
-        )
-        .map_err(backend)?;
-    let doomed = st
-        .query_map(params![org, before.millis(), max], |r| {
+    let doomed = conn.all(
+        "SELECT seq, duration_ms, request_id, id FROM request_logs \
+         WHERE org = ?1 AND created_at < ?2 ORDER BY created_at LIMIT ?3",
+        params![org, before.millis(), max],
+        |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Vec<u8>>(3)?,
             ))
-        })
-        .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-        .map_err(backend)?;
+        },
+    )?;
     let delete = |table: &str| {
         conn.prepare_cached(&format!(
             "DELETE FROM {table} WHERE org = ?1 AND k = ?2 AND id = ?3"
@@ -711,8 +704,10 @@ pub(crate) fn purge(
 
 /// How many logs the org has.
 pub(crate) fn count(conn: &Connection, org: i64) -> Result<u64, StoreError> {
-    conn.prepare_cached("SELECT count(*) FROM request_logs WHERE org = ?1")
-        .and_then(|mut st| st.query_row([org], |r| r.get::<_, i64>(0)))
-        .map(|n| n.max(0) as u64)
-        .map_err(backend)
+    conn.one(
+        "SELECT count(*) FROM request_logs WHERE org = ?1",
+        [org],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
 }

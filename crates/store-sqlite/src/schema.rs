@@ -12,32 +12,24 @@ struct Migration {
 /// Code that finishes a migration.
 type PostStep = fn(&Connection) -> Result<(), MigrateError>;
 
+impl Migration {
+    /// A migration that is its script alone.
+    const fn plain(sql: &'static str) -> Self {
+        Self { sql, then: None }
+    }
+}
+
 /// Migrations in order; the schema version is the number applied.
 const MIGRATIONS: &[Migration] = &[
-    Migration {
-        sql: include_str!("../migrations/0001_init.sql"),
-        then: None,
-    },
-    Migration {
-        sql: include_str!("../migrations/0002_principal_indexes.sql"),
-        then: None,
-    },
+    Migration::plain(include_str!("../migrations/0001_init.sql")),
+    Migration::plain(include_str!("../migrations/0002_principal_indexes.sql")),
     Migration {
         sql: include_str!("../migrations/0003_audit_chain.sql"),
         then: Some(crate::audit::link_unchained),
     },
-    Migration {
-        sql: include_str!("../migrations/0004_actions.sql"),
-        then: None,
-    },
-    Migration {
-        sql: include_str!("../migrations/0005_request_log_values.sql"),
-        then: None,
-    },
-    Migration {
-        sql: include_str!("../migrations/0006_destination_private.sql"),
-        then: None,
-    },
+    Migration::plain(include_str!("../migrations/0004_actions.sql")),
+    Migration::plain(include_str!("../migrations/0005_request_log_values.sql")),
+    Migration::plain(include_str!("../migrations/0006_destination_private.sql")),
 ];
 
 /// Errors while migrating.

@@ -822,3 +822,54 @@ async fn upgraded_destinations_have_no_recorded_decision() {
     apitrail_store_tests::support::assert_upgraded_destination(&store, &tenant, &old).await;
     store.shutdown().await.unwrap();
 }
+
+/// A stored value that cannot be decoded, written behind the store's back, gets the answer
+/// every backend gives (`apitrail_store::stored`): an optional field reads as unknown, a
+/// required one fails the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_values_get_the_common_answer() {
+    use apitrail_store_tests::support::{
+        UNDECODABLE_IP, UNDECODABLE_MS, UNDECODABLE_STATUS, assert_undecodable_values,
+        undecodable_logs,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SqliteOptions::default());
+    let optional = new_org(&store, "undecodable-optional").await;
+    let required = new_org(&store, "undecodable-required").await;
+    let logs = undecodable_logs();
+    insert(&store, &optional, &logs[..3]).await;
+    insert(&store, &required, &logs[3..]).await;
+    let side = rusqlite::Connection::open(store.path()).unwrap();
+    let damage = |sql: &str, value: &dyn rusqlite::ToSql, log: &RequestLog| {
+        let changed = side
+            .execute(sql, rusqlite::params![value, log.id.as_bytes()])
+            .unwrap();
+        assert_eq!(changed, 1, "{sql}");
+    };
+    damage(
+        "UPDATE request_logs SET client_ip = ?1 WHERE id = ?2",
+        &UNDECODABLE_IP,
+        &logs[0],
+    );
+    damage(
+        "UPDATE request_logs SET started_at = ?1, completed_at = ?1 WHERE id = ?2",
+        &UNDECODABLE_MS,
+        &logs[1],
+    );
+    damage(
+        "UPDATE request_logs SET status_code = ?1 WHERE id = ?2",
+        &UNDECODABLE_STATUS,
+        &logs[3],
+    );
+    assert_undecodable_values(&store, &optional, &required, &logs).await;
+    store.shutdown().await.unwrap();
+}
+
+/// Store calls are traced at debug level, with the org and without secrets.
+#[tokio::test]
+async fn calls_are_traced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SqliteOptions::default());
+    apitrail_store_tests::support::assert_calls_are_traced(&store).await;
+    store.shutdown().await.unwrap();
+}

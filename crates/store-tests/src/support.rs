@@ -16,7 +16,7 @@ use apitrail_model::{
     LogFilter, Org, OrgId, PageRequest, PageStart, PrincipalType, RequestId, RequestLog, Scope,
     Secret, Sort, SortDir, SortKey, Tags, Tenant, Timestamp, WebhookConfig, new_record_id,
 };
-use apitrail_store::{InsertOutcome, LogBatch, Store};
+use apitrail_store::{InsertOutcome, LogBatch, Store, StoreError};
 use fastrand::Rng;
 use uuid::Uuid;
 
@@ -585,4 +585,173 @@ pub async fn assert_upgraded_destination(store: &dyn Store, tenant: &Tenant, old
         Some(changed),
         "a change records the decision"
     );
+}
+
+/// A `client_ip` that is no address, written behind the store's back into one of the
+/// [`undecodable_logs`].
+pub const UNDECODABLE_IP: &str = "not an address";
+/// A `started_at` and `completed_at` beyond the model's range, written likewise.
+pub const UNDECODABLE_MS: i64 = i64::MAX;
+/// A status code beyond the model's range (a required value), written likewise.
+pub const UNDECODABLE_STATUS: i32 = 70_000;
+
+/// Four complete request logs for [`assert_undecodable_values`]: the test stores the first
+/// three for one org and the last for another, then writes behind the store's back
+/// [`UNDECODABLE_IP`] into the first one's `client_ip`, [`UNDECODABLE_MS`] into the second
+/// one's `started_at` and `completed_at`, and [`UNDECODABLE_STATUS`] into the last one's
+/// `status_code`.
+pub fn undecodable_logs() -> Vec<RequestLog> {
+    let mut generator = LogGen::new(61, "undecodable");
+    (0..4)
+        .map(|i| {
+            let mut log = generator.log();
+            log.id = new_record_id();
+            log.created_at = at(i);
+            log.client_ip = Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+            log.started_at = Some(at(i - 5));
+            log.completed_at = Some(at(i));
+            log
+        })
+        .collect()
+}
+
+/// The answer every backend gives for stored values that cannot be decoded (see
+/// `apitrail_store::stored`): in `optional`'s listing and by id, an undecodable optional
+/// field reads as unknown and the rest of the record, and the org's other records, read
+/// whole; `required`'s record, whose status code cannot be decoded, fails the read as
+/// corrupt (a backend error), in its listing and by id.
+pub async fn assert_undecodable_values(
+    store: &dyn Store,
+    optional: &Tenant,
+    required: &Tenant,
+    logs: &[RequestLog],
+) {
+    let mut expected = logs[..3].to_vec();
+    expected[0].client_ip = None;
+    expected[1].started_at = None;
+    expected[1].completed_at = None;
+    let sort = ALL_SORTS[0];
+    let page = PageRequest {
+        start: PageStart::First,
+        limit: 10,
+    };
+    let listed = store
+        .list_request_logs(optional, &LogFilter::default(), sort, page)
+        .await
+        .expect("a listing with undecodable optional values is answered");
+    assert!(!listed.has_more);
+    assert_same_logs(
+        &listed.items,
+        &reference(&expected, &LogFilter::default(), sort),
+        &"undecodable optional values read as unknown",
+    );
+    for log in &expected {
+        let read = store
+            .get_request_log(optional, log.id)
+            .await
+            .expect("a record with an undecodable optional value is answered");
+        assert_eq!(read.as_ref(), Some(log), "read by id");
+    }
+    let bad = &logs[3];
+    match store
+        .list_request_logs(required, &LogFilter::default(), sort, page)
+        .await
+    {
+        Err(StoreError::Backend(_)) => {}
+        other => panic!("an undecodable status code fails the listing, got {other:?}"),
+    }
+    match store.get_request_log(required, bad.id).await {
+        Err(StoreError::Backend(_)) => {}
+        other => panic!("an undecodable status code fails the read, got {other:?}"),
+    }
+}
+
+/// Asserts that calls into `store` are traced as `debug` spans named after the method, with
+/// the org and counts among their fields, and that no span carries a secret or its hash
+/// (see [`Store`]). Run it on a current-thread runtime: it captures the spans that close on
+/// this thread.
+pub async fn assert_calls_are_traced(store: &dyn Store) {
+    let logged = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logged.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    let tenant = new_org(store, "traced").await;
+    let (key, secret) = new_key(&tenant, "traced", at(0));
+    store_key(store, &tenant, &key, &secret).await;
+    let found = store
+        .authenticate(&secret.hash())
+        .await
+        .expect("authenticate");
+    assert!(found.is_some(), "the key authenticates");
+    let page = PageRequest {
+        start: PageStart::First,
+        limit: 7,
+    };
+    store
+        .list_request_logs(&tenant, &LogFilter::default(), ALL_SORTS[0], page)
+        .await
+        .expect("list_request_logs");
+    insert(store, &tenant, &LogGen::new(5, "traced").logs(2)).await;
+    drop(guard);
+    let text = logged.text();
+    for span in [
+        "create_org{org=\"traced\"}",
+        "create_api_key{org=\"traced\"",
+        "DEBUG authenticate: ",
+        "list_request_logs{org=\"traced\" sort=CreatedAt dir=Desc limit=7}",
+        "insert_request_logs{batches=1 records=2}",
+    ] {
+        assert!(text.contains(span), "{span:?} is traced:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .filter(|l| l.contains("create_org"))
+            .all(|l| l.contains("DEBUG")),
+        "at debug level:\n{text}"
+    );
+    let hash = secret.hash();
+    let hex: String = hash.0.iter().map(|b| format!("{b:02x}")).collect();
+    for secret_text in [secret.expose(), &hex, &format!("{:?}", hash.0)] {
+        assert!(
+            !text.contains(secret_text),
+            "no span records the secret or its hash:\n{text}"
+        );
+    }
+}
+
+/// A log writer that keeps what is written, for [`assert_calls_are_traced`].
+#[derive(Debug, Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self {
+        self.clone()
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod stats;
+pub mod stored;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 pub use actions::{ActionStore, Expected, Leased, Transition};
 pub use stats::{Histogram, HistogramSnapshot, StoreStats};
+pub use stored::ValueField;
 
 /// Errors every backend maps its failures into.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,24 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Whether more items follow the last one.
     pub has_more: bool,
+}
+
+impl<T> Page<T> {
+    /// The page of at most `limit` items from `items`, read as up to `limit + 1`: the one
+    /// beyond the limit only says that more follow.
+    pub fn from_lookahead(mut items: Vec<T>, limit: u32) -> Self {
+        let has_more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        Self { items, has_more }
+    }
+
+    /// No items, and none after them.
+    pub fn empty() -> Self {
+        Self {
+            items: Vec::new(),
+            has_more: false,
+        }
+    }
 }
 
 /// Request logs of one org, written as part of one atomic batch.
@@ -168,6 +188,10 @@ pub struct InsertOutcome {
 
 /// The storage interface. All methods are cancel-safe in the sense that a write, once
 /// submitted, completes (or fails) as a whole whether or not the caller still waits.
+///
+/// Backends trace each call as a `debug` span named after the method, with only cheap,
+/// safe fields (the org id, ids, counts, sort and limit; never records, bodies, secrets or
+/// secret hashes).
 #[async_trait]
 pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
     /// Checks that the store answers.
@@ -272,6 +296,7 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
 
     /// Recomputes the org's audit chain up to its head as read first (entries appended
     /// meanwhile are left for the next run), page by page so no read holds a snapshot long.
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn verify_audit_chain(&self, tenant: &Tenant) -> Result<ChainReport, StoreError> {
         let head = self.audit_chain_head(tenant).await?;
         let mut verifier = ChainVerifier::new(tenant.org_id().clone());
@@ -307,6 +332,7 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
     /// policy), deleting at most `batch` records per statement so that no write holds locks
     /// long. The default purges org by org; a backend that partitions by time drops whole
     /// partitions instead and deletes record by record only in the boundary partition.
+    #[tracing::instrument(level = "debug", skip_all, fields(before = before.millis(), batch))]
     async fn expire_request_logs(
         &self,
         before: Timestamp,
