@@ -679,9 +679,16 @@ pub async fn assert_calls_are_traced(store: &dyn Store) {
         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .finish();
     let guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of the same process call the same methods at the same moment without a
+    // subscriber: a callsite they registered while this one was being set may have cached
+    // "never" for every subscriber. Rebuilding the cache before each call settles it.
+    let settle = tracing::callsite::rebuild_interest_cache;
+    settle();
     let tenant = new_org(store, "traced").await;
     let (key, secret) = new_key(&tenant, "traced", at(0));
+    settle();
     store_key(store, &tenant, &key, &secret).await;
+    settle();
     let found = store
         .authenticate(&secret.hash())
         .await
@@ -691,10 +698,12 @@ pub async fn assert_calls_are_traced(store: &dyn Store) {
         start: PageStart::First,
         limit: 7,
     };
+    settle();
     store
         .list_request_logs(&tenant, &LogFilter::default(), ALL_SORTS[0], page)
         .await
         .expect("list_request_logs");
+    settle();
     insert(store, &tenant, &LogGen::new(5, "traced").logs(2)).await;
     drop(guard);
     let text = logged.text();
