@@ -637,9 +637,9 @@ async fn an_upgraded_audit_log_is_chained_and_edits_are_found() {
     let mut ids = std::collections::HashMap::<&str, Vec<uuid::Uuid>>::new();
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(include_str!("../migrations/0001_init.sql"))
+        conn.execute_batch(include_str!("../../migrations/0001_init.sql"))
             .unwrap();
-        conn.execute_batch(include_str!("../migrations/0002_principal_indexes.sql"))
+        conn.execute_batch(include_str!("../../migrations/0002_principal_indexes.sql"))
             .unwrap();
         conn.pragma_update(None, "user_version", 2).unwrap();
         conn.execute_batch(
@@ -791,11 +791,11 @@ async fn upgraded_destinations_have_no_recorded_decision() {
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
         for sql in [
-            include_str!("../migrations/0001_init.sql"),
-            include_str!("../migrations/0002_principal_indexes.sql"),
-            include_str!("../migrations/0003_audit_chain.sql"),
-            include_str!("../migrations/0004_actions.sql"),
-            include_str!("../migrations/0005_request_log_values.sql"),
+            include_str!("../../migrations/0001_init.sql"),
+            include_str!("../../migrations/0002_principal_indexes.sql"),
+            include_str!("../../migrations/0003_audit_chain.sql"),
+            include_str!("../../migrations/0004_actions.sql"),
+            include_str!("../../migrations/0005_request_log_values.sql"),
         ] {
             conn.execute_batch(sql).unwrap();
         }

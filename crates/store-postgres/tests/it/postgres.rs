@@ -128,12 +128,12 @@ async fn upgraded_destinations_have_no_recorded_decision() {
         .unwrap();
     tokio::spawn(conn);
     for sql in [
-        include_str!("../migrations/0001_init.sql"),
-        include_str!("../migrations/0002_status_created.sql"),
-        include_str!("../migrations/0003_partitions.sql"),
-        include_str!("../migrations/0004_actions.sql"),
-        include_str!("../migrations/0005_request_log_values.sql"),
-        include_str!("../migrations/0006_error_durations.sql"),
+        include_str!("../../migrations/0001_init.sql"),
+        include_str!("../../migrations/0002_status_created.sql"),
+        include_str!("../../migrations/0003_partitions.sql"),
+        include_str!("../../migrations/0004_actions.sql"),
+        include_str!("../../migrations/0005_request_log_values.sql"),
+        include_str!("../../migrations/0006_error_durations.sql"),
     ] {
         client.batch_execute(sql).await.unwrap();
     }

@@ -60,10 +60,10 @@ async fn migration_moves_existing_logs_into_day_partitions() {
     let url = PgServer::shared().fresh_database().await;
     let c = sql(&url).await;
     // A database as version 2 left it, with three days of logs.
-    c.batch_execute(include_str!("../migrations/0001_init.sql"))
+    c.batch_execute(include_str!("../../migrations/0001_init.sql"))
         .await
         .unwrap();
-    c.batch_execute(include_str!("../migrations/0002_status_created.sql"))
+    c.batch_execute(include_str!("../../migrations/0002_status_created.sql"))
         .await
         .unwrap();
     c.batch_execute(

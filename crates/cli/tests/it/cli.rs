@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Child, Output};
@@ -331,20 +331,37 @@ fn the_server_self_logs_its_calls_unless_told_not_to() {
                 call_ids.push(apitrail_testkit::header(&resp, "x-api-call-id").unwrap());
                 expect(resp, StatusCode::OK).await;
             }
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let page = expect(
-                client
-                    .get(format!(
-                        "{base}/v1/api-keys/requests?limit=100&apiKeyId={}",
-                        key["id"].as_str().unwrap()
-                    ))
-                    .header("x-api-key", &secret)
-                    .send()
-                    .await
-                    .unwrap(),
-                StatusCode::OK,
-            )
-            .await;
+            // Self-logs are listed within a second: poll for them (with a deadline); without
+            // self-logging, absence can only be seen after that second has passed.
+            if !self_log {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let page = loop {
+                let page = expect(
+                    client
+                        .get(format!(
+                            "{base}/v1/api-keys/requests?limit=100&apiKeyId={}",
+                            key["id"].as_str().unwrap()
+                        ))
+                        .header("x-api-key", &secret)
+                        .send()
+                        .await
+                        .unwrap(),
+                    StatusCode::OK,
+                )
+                .await;
+                let n = page["data"]["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|i| i["routePattern"] == "/org/api-calls")
+                    .count();
+                if !self_log || n >= CALLS || Instant::now() > deadline {
+                    break page;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
             let logged: Vec<&Value> = page["data"]["items"]
                 .as_array()
                 .unwrap()

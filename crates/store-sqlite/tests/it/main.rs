@@ -1,0 +1,9 @@
+//! Tests of the SQLite store: the conformance suite and the backend's own behaviour.
+//!
+//! One test binary for the crate: each former `tests/*.rs` file is a module here, so the
+//! application is linked once instead of once per file.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+mod sqlite;
