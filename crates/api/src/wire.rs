@@ -9,6 +9,7 @@ pub struct Pagination {
     /// Whether another page follows.
     pub has_more: bool,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -25,14 +26,19 @@ pub struct NativeErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct NativeErrorDetail {
-    /// Machine-readable code, e.g. `invalid_parameter`, `unauthorized`.
+    /// Machine-readable code: `unauthorized`, `forbidden`, `not_found`, `route_not_found`,
+    /// `method_not_allowed`, `invalid_parameter`, `invalid_request`, `invalid_records`,
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `overloaded`,
+    /// `unavailable` or `internal_error`.
     code: String,
     /// Human-readable explanation.
     message: String,
-    /// The parameter or field at fault, when one is.
+    /// The parameter or field at fault; absent when none is.
+    #[schema(nullable = false)]
     param: Option<String>,
     /// Per-record problems of an ingest call (`index`, `field`, `message`), or per-field
-    /// problems of a JSON body.
+    /// problems of a JSON body (`field`, `message`); absent otherwise.
+    #[schema(nullable = false)]
     details: Option<Vec<NativeErrorItem>>,
 }
 
@@ -40,9 +46,11 @@ pub struct NativeErrorDetail {
 #[derive(Debug, Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct NativeErrorItem {
-    /// The record's index in the batch (ingest only).
+    /// The record's index in the batch (ingest only; absent for a body's fields).
+    #[schema(nullable = false, minimum = 0)]
     index: Option<usize>,
     /// The field at fault; null when the whole record is.
+    #[schema(required = true)]
     field: Option<String>,
     /// What is wrong.
     message: String,
