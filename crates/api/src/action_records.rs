@@ -359,7 +359,7 @@ fn parse_search(p: &Params) -> Result<Option<ActionSearch>, ApiError> {
             ));
         }
     };
-    if value.len() > 1000 {
+    if value.chars().count() > 1000 {
         return Err(ApiError::param(
             "search[value]",
             "must be at most 1000 characters",

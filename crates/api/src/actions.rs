@@ -83,8 +83,10 @@ fn present<'de, D: Deserializer<'de>>(
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
+// Lengths count characters, as the messages say and as JSON Schema's `maxLength` (in the
+// OpenAPI document) counts them.
 fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str) {
-    if value.trim().is_empty() || value.len() > MAX_TEXT {
+    if value.trim().is_empty() || value.chars().count() > MAX_TEXT {
         errors.push(FieldError::new(
             field,
             format!("must be 1-{MAX_TEXT} characters"),
@@ -100,7 +102,7 @@ fn check_map(errors: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, S
         ));
     }
     for (k, v) in map {
-        if k.is_empty() || k.len() > 100 || v.len() > MAX_TEXT {
+        if k.is_empty() || k.chars().count() > 100 || v.chars().count() > MAX_TEXT {
             errors.push(FieldError::new(
                 format!("{field}.{k}"),
                 format!("keys must be 1-100 characters and values at most {MAX_TEXT}"),
@@ -281,6 +283,7 @@ pub struct ConfigInput {
     signaling: Option<SignalingBody>,
     /// How long a delivery may take, in milliseconds.
     #[schema(minimum = 1, maximum = 120_000)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     response_time_sla_ms: Option<u32>,
 }
 
@@ -323,6 +326,7 @@ pub struct NewConfig {
     signaling: Option<SignalingBody>,
     /// How long a delivery may take, in milliseconds.
     #[schema(minimum = 1, maximum = 120_000, default = 10_000)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     response_time_sla_ms: Option<u32>,
 }
 
@@ -1285,6 +1289,7 @@ pub struct TriggerInput {
     action: Option<String>,
     /// A version of the definition (default: the latest).
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     version: Option<u32>,
     /// The input (any JSON, `null` included), checked against the version's schema; at most
     /// 256 KiB.
@@ -1293,6 +1298,7 @@ pub struct TriggerInput {
     input: Option<Box<RawValue>>,
     /// Seconds a signaling destination has, after acknowledging, to signal.
     #[schema(minimum = 1, maximum = 604_800, default = 300)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     timeout: Option<u32>,
     /// Labels.
     #[schema(schema_with = crate::openapi::tags_or_null)]
@@ -1632,7 +1638,11 @@ pub async fn signal_action(
             .into());
         }
     };
-    if input.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT) {
+    if input
+        .message
+        .as_ref()
+        .is_some_and(|m| m.chars().count() > MAX_TEXT)
+    {
         return Err(ApiError::fields(vec![FieldError::new(
             "message",
             format!("must be at most {MAX_TEXT} characters"),

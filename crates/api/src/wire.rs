@@ -55,3 +55,71 @@ pub struct NativeErrorItem {
     /// What is wrong.
     message: String,
 }
+
+/// Reads an optional JSON integer into `T`. A number with a zero fraction (`201.0`) is that
+/// integer: JSON does not tell the two apart, nor does the OpenAPI `integer` type the
+/// document gives these fields. Use with `#[serde(default, deserialize_with = ...)]`.
+pub(crate) fn integer<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = if let Some(i) = n.as_i64() {
+        Some(i128::from(i))
+    } else if let Some(u) = n.as_u64() {
+        Some(i128::from(u))
+    } else {
+        // Within ±2^63 an f64 with no fraction converts exactly.
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+            .map(|f| f as i128)
+    };
+    match whole {
+        Some(i) => T::try_from(i)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("invalid value: integer `{n}` is out of range"))),
+        None => Err(D::Error::custom(format!(
+            "invalid type: number `{n}`, expected an integer"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Probe {
+        #[serde(default, deserialize_with = "super::integer")]
+        n: Option<u32>,
+    }
+
+    fn read(json: &str) -> Result<Option<u32>, String> {
+        serde_json::from_str::<Probe>(json)
+            .map(|p| p.n)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn integers_with_a_zero_fraction_are_integers() {
+        assert_eq!(read(r#"{"n": 60}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"n": 60.0}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"n": 6e1}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"n": null}"#), Ok(None));
+        assert_eq!(read("{}"), Ok(None));
+        for bad in [
+            r#"{"n": 60.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": 4294967296}"#,
+            r#"{"n": 1e300}"#,
+            r#"{"n": "60"}"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
+}

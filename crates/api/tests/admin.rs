@@ -184,6 +184,8 @@ async fn bad_org_creations_are_refused_by_field() {
         (json!({"id": "x".repeat(65), "name": "n"}), "id"),
         (json!({"id": "é", "name": "n"}), "id"),
         (json!({"id": 42, "name": "n"}), "id"),
+        // An empty string is not an absent id (SPEC §11); the document's pattern says 1-64.
+        (json!({"id": "", "name": "n"}), "id"),
         (json!({"id": "ok-id"}), "name"),
         (json!({"id": "ok-id", "name": ""}), "name"),
         (json!({"id": "ok-id", "name": "n".repeat(201)}), "name"),

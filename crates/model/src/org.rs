@@ -28,7 +28,8 @@ impl NewOrg {
     /// Validates the parts of an org creation request; an absent or empty id is generated.
     pub fn parse(id: Option<String>, name: Option<String>) -> Result<Self, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let id = match id.filter(|s| !s.is_empty()) {
+        // An empty string is an invalid id, not an absent one (SPEC §11).
+        let id = match id {
             None => None,
             Some(s) => match OrgId::parse(&s) {
                 Ok(id) => Some(id),

@@ -50,12 +50,14 @@ pub struct IngestLog {
     route_pattern: Option<String>,
     /// The response status.
     #[schema(required = true, nullable = false, minimum = 100, maximum = 599)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     status_code: Option<i64>,
     /// The platform's error code.
     #[schema(max_length = 1024)]
     error_code: Option<String>,
     /// Milliseconds; derived from started_at and completed_at when absent.
     #[schema(minimum = 0, maximum = 2_147_483_647)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     duration_ms: Option<i64>,
     /// RFC 3339 with offset.
     #[schema(schema_with = crate::openapi::ingest_date_time)]
@@ -108,9 +110,11 @@ pub struct IngestLog {
     price: Option<Box<RawValue>>,
     /// Billable minutes.
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     minutes: Option<i64>,
     /// Billable seconds.
     #[schema(minimum = 0)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     seconds: Option<i64>,
     /// The invoice item the call was billed on.
     #[schema(max_length = 1024)]
