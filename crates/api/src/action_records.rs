@@ -11,7 +11,7 @@ use apitrail_model::{
 };
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -256,7 +256,8 @@ pub struct RecordsResponse {
 /// `search`: one field compared with a value (`search[field]`, `search[value]`,
 /// `search[op]`); also accepted form-exploded as `field`, `value` and `op`, but not both
 /// spellings at once.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct RecordsSearch {
     /// `id`, `action_definition_id`, `variant`, `state.status`, `tags.<key>` or
@@ -265,8 +266,9 @@ pub struct RecordsSearch {
         pattern = "^(id|action_definition_id|variant|state\\.status|tags\\.[\\s\\S]+|input\\.[^.\"]*[^.\"0-9][^.\"]*(\\.[^.\"]*[^.\"0-9][^.\"]*){0,31})$"
     )]
     field: String,
-    /// The value; ids and statuses that are not valid match nothing.
-    #[schema(max_length = 1000)]
+    /// The value (1-1000 characters; empty is absent); ids and statuses that are not valid
+    /// match nothing.
+    #[schema(min_length = 1, max_length = 1000)]
     value: String,
     /// `eq` (the only operator).
     #[schema(schema_with = crate::openapi::search_op)]
@@ -336,6 +338,18 @@ fn either<'a>(p: &'a Params, name: &str) -> Result<Option<&'a str>, ApiError> {
 }
 
 fn parse_search(p: &Params) -> Result<Option<ActionSearch>, ApiError> {
+    // `search` is an object of `field`, `value` and `op` (a deepObject): any other key under
+    // it is a mistake to point out, not an unknown parameter to ignore.
+    if let Some(name) = p.names().find(|n| {
+        *n == "search"
+            || (n.starts_with("search[")
+                && !matches!(*n, "search[field]" | "search[value]" | "search[op]"))
+    }) {
+        return Err(ApiError::param(
+            name,
+            "is not a search key: use search[field], search[value] and search[op]",
+        ));
+    }
     let field = either(p, "field")?;
     let value = either(p, "value")?;
     if let Some(op) = either(p, "op")?

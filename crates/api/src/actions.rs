@@ -280,6 +280,7 @@ pub struct ConfigInput {
     #[schema(schema_with = crate::openapi::webhook_headers_or_null)]
     headers: Option<BTreeMap<String, String>>,
     /// Signaling settings.
+    #[serde(default, deserialize_with = "crate::wire::object")]
     signaling: Option<SignalingBody>,
     /// How long a delivery may take, in milliseconds.
     #[schema(minimum = 1, maximum = 120_000)]
@@ -300,6 +301,7 @@ pub struct DestinationInput {
     #[schema(schema_with = crate::openapi::webhook_type_or_null)]
     kind: Option<String>,
     /// The webhook settings.
+    #[serde(default, deserialize_with = "crate::wire::object")]
     config: Option<ConfigInput>,
     /// The id of a credential of the org signing the deliveries; null: unsigned.
     #[serde(default, deserialize_with = "nullable")]
@@ -323,6 +325,7 @@ pub struct NewConfig {
     #[schema(schema_with = crate::openapi::webhook_headers_or_null)]
     headers: Option<BTreeMap<String, String>>,
     /// Signaling settings (default: off).
+    #[serde(default, deserialize_with = "crate::wire::object")]
     signaling: Option<SignalingBody>,
     /// How long a delivery may take, in milliseconds.
     #[schema(minimum = 1, maximum = 120_000, default = 10_000)]
@@ -836,6 +839,7 @@ pub struct DefinitionInput {
     schema: Option<Box<RawValue>>,
     /// Where records go: at least one live destination of the org, each once.
     #[schema(required = true, nullable = false, min_items = 1)]
+    #[serde(default, deserialize_with = "crate::wire::objects")]
     destinations: Option<Vec<LinkInput>>,
 }
 

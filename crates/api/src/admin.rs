@@ -200,26 +200,28 @@ pub(crate) fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Resul
         });
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner().to_string();
-        let message = inner
-            .rsplit_once(" at line ")
-            .map_or(inner.as_str(), |(m, _)| m)
-            .to_owned();
-        let path = e.path().to_string();
-        let field = message
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split_once('`'))
-            .map(|(f, _)| f.to_owned())
-            .or_else(|| (path != "." && !path.is_empty()).then_some(path));
-        ApiError {
-            param: field,
-            ..ApiError::new(
-                ErrorKind::InvalidBody,
-                format!("the body must be a JSON object as documented: {message}"),
-            )
-        }
-    })
+    serde_path_to_error::deserialize(&mut de)
+        .map(|crate::wire::Object(body)| body)
+        .map_err(|e| {
+            let inner = e.inner().to_string();
+            let message = inner
+                .rsplit_once(" at line ")
+                .map_or(inner.as_str(), |(m, _)| m)
+                .to_owned();
+            let path = e.path().to_string();
+            let field = message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once('`'))
+                .map(|(f, _)| f.to_owned())
+                .or_else(|| (path != "." && !path.is_empty()).then_some(path));
+            ApiError {
+                param: field,
+                ..ApiError::new(
+                    ErrorKind::InvalidBody,
+                    format!("the body must be a JSON object as documented: {message}"),
+                )
+            }
+        })
 }
 
 /// The audit entry for a change made by `actor` (`None`: the operator).

@@ -546,16 +546,22 @@ fn absent_or(formats: &[KnownFormat]) -> Schema {
 
 /// An ingested timestamp: RFC 3339 with an offset, or empty/null (absent).
 pub(crate) fn ingest_date_time() -> Schema {
-    absent_or(&[KnownFormat::DateTime])
+    described(
+        absent_or(&[KnownFormat::DateTime]),
+        "RFC 3339 with an offset; null or empty: absent (`created_at` then defaults to the time of ingest).",
+    )
 }
 
 /// An ingested IP address: IPv4 or IPv6, or empty/null (absent).
 pub(crate) fn ingest_ip() -> Schema {
-    absent_or(&[KnownFormat::Ipv4, KnownFormat::Ipv6])
+    described(
+        absent_or(&[KnownFormat::Ipv4, KnownFormat::Ipv6]),
+        "An IPv4 or IPv6 address; null or empty: absent.",
+    )
 }
 
-/// An ingested price: a decimal string or a number written as a plain decimal (at most 18
-/// digits each side of the point), or null.
+/// An ingested price: a decimal string or a number written as a plain decimal (no exponent,
+/// at most 18 digits each side of the point), or null.
 pub(crate) fn price() -> Schema {
     let any = AnyOfBuilder::new()
         .item(ObjectBuilder::new().schema_type(Type::Null))
@@ -567,11 +573,14 @@ pub(crate) fn price() -> Schema {
         .item(
             ObjectBuilder::new()
                 .schema_type(Type::Number)
-                .minimum(Some(-999_999_999_999_999_999_f64))
-                .maximum(Some(999_999_999_999_999_999_f64)),
+                .exclusive_minimum(Some(-1e18))
+                .exclusive_maximum(Some(1e18)),
         )
         .build();
-    Schema::AnyOf(any)
+    described(
+        any,
+        "A decimal: a string such as \"16.74\" or \"-0.5\", or a number written as a plain decimal (no exponent); at most 18 digits each side of the point; stored exactly as written.",
+    )
 }
 
 /// Ingested `metadata`: string pairs, at most 64.

@@ -89,6 +89,53 @@ where
     }
 }
 
+/// A struct read only from a JSON object. serde's derived `Deserialize` also reads a struct
+/// from an array of its fields in order (`["acme", "Acme"]`), which no documented body
+/// allows. The fields are still read through the caller's deserializer, so error paths stay.
+#[derive(Debug)]
+pub(crate) struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(Only(std::marker::PhantomData))
+    }
+}
+
+/// Reads an optional struct field from a JSON object only (see [`Object`]). Use with
+/// `#[serde(default, deserialize_with = ...)]`.
+pub(crate) fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<Object<T>>::deserialize(d).map(|o| o.map(|Object(t)| t))
+}
+
+/// Reads an optional list of structs, each from a JSON object only (see [`Object`]).
+pub(crate) fn objects<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<Vec<Object<T>>>::deserialize(d)
+        .map(|o| o.map(|items| items.into_iter().map(|Object(t)| t).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
@@ -103,6 +150,34 @@ mod tests {
         serde_json::from_str::<Probe>(json)
             .map(|p| p.n)
             .map_err(|e| e.to_string())
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Pair {
+        a: Option<u32>,
+        #[serde(default, deserialize_with = "super::object")]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Inner {
+        b: bool,
+    }
+
+    #[test]
+    fn structs_are_read_from_objects_only() {
+        let read = |json: &str| serde_json::from_str::<super::Object<Pair>>(json).map(|o| o.0);
+        let ok = read(r#"{"a": 1, "inner": {"b": true}}"#).unwrap();
+        assert_eq!(
+            ok,
+            Pair {
+                a: Some(1),
+                inner: Some(Inner { b: true })
+            }
+        );
+        assert_eq!(read(r#"{"inner": null}"#).unwrap().inner, None);
+        assert!(read("[1]").is_err());
+        assert!(read(r#"{"inner": [true]}"#).is_err());
     }
 
     #[test]

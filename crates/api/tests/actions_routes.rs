@@ -2019,3 +2019,62 @@ async fn integers_may_carry_a_zero_fraction() {
     );
     server.stop().await;
 }
+
+/// An object in a body is a JSON object: serde would also read a struct from an array of
+/// its fields in order, which the document (type object) does not allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_objects_are_not_arrays() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("objects").await;
+    let d = destination(&server, &key.secret, "d").await;
+    for (method, path, body, param) in [
+        (
+            Method::PATCH,
+            format!("/v1/destinations/{d}"),
+            json!({"config": {"signaling": [null, null]}}),
+            "config.signaling",
+        ),
+        (
+            Method::POST,
+            "/v1/destinations".to_owned(),
+            json!({"label": "a", "config": [PUBLIC_URL]}),
+            "config",
+        ),
+        (
+            Method::POST,
+            "/v1/action-definitions".to_owned(),
+            json!({"variant": "v", "schema": true, "destinations": [[d, true]]}),
+            "destinations[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/credentials".to_owned(),
+            json!(["label"]),
+            "",
+        ),
+    ] {
+        let (status, _, v) = send(
+            &server,
+            Some(&key.secret),
+            method.clone(),
+            &path,
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body}: {v}"
+        );
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        if !param.is_empty() {
+            assert_eq!(v["error"]["param"], param, "{v}");
+        }
+    }
+    // Nothing was changed or made.
+    let got = get(&server, &key.secret, &format!("/v1/destinations/{d}")).await;
+    assert_eq!(got["config"]["signaling"]["enabled"], false);
+    let creds = get(&server, &key.secret, "/v1/credentials").await;
+    assert_eq!(creds["data"], json!([]));
+    server.stop().await;
+}
