@@ -18,7 +18,7 @@ import json
 import math
 import os
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import schemathesis
 
@@ -64,19 +64,48 @@ def _plain_price(price: object) -> object:
     return price
 
 
+def _uuid(raw: object) -> int | None:
+    """The value of a UUID in any form the server reads (hyphenated, simple, braced, URN with
+    its prefix in any case)."""
+    if not isinstance(raw, str):
+        return None
+    text = raw[9:] if raw[:9].lower() == "urn:uuid:" else raw.strip("{}")
+    digits = text.replace("-", "")
+    try:
+        return int(digits, 16) if len(digits) == 32 else None
+    except ValueError:
+        return None
+
+
+def _recent(value: object, minutes_ago: int) -> object:
+    """A generated timestamp moved to `minutes_ago` before now, in its own offset and with
+    its own fraction of a second (empty and null stay absent)."""
+    if not isinstance(value, str) or not value:
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    zone = parsed.tzinfo or timezone.utc
+    moved = (datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)).astimezone(zone)
+    text = moved.replace(microsecond=parsed.microsecond).isoformat()
+    return text.replace("+00:00", "Z") if value.endswith(("Z", "z")) else text
+
+
 def _records(records: list) -> None:
-    """Ingest: records name the test org, and no two records of a batch share an id."""
-    seen: set[uuid.UUID] = set()
+    """Ingest: records name the test org, no two records of a batch share an id, and their
+    times lie in the server's ingest window (it moves with the clock, so no schema can state
+    it): the last hour, `started_at` before `completed_at`."""
+    seen: set[int] = set()
     for record in records:
         if not isinstance(record, dict):
             continue
         record["org_id"] = FIXTURES["org"]
-        raw = record.get("id")
-        if isinstance(raw, str) and raw:
-            try:
-                parsed = uuid.UUID(raw)
-            except ValueError:
-                continue
+        for field, minutes_ago in (("created_at", 30), ("started_at", 50), ("completed_at", 40)):
+            if field in record:
+                record[field] = _recent(record[field], minutes_ago)
+        parsed = _uuid(record.get("id"))
+        if parsed is not None:
             if parsed in seen:
                 record["id"] = str(uuid.uuid4())
             seen.add(parsed)
