@@ -167,7 +167,9 @@ pub struct CreatedCredential {
 /// The org's credentials.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialList {
+    /// The credentials, without secrets (all of them: never more than one page).
     data: Vec<CredentialBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -447,7 +449,9 @@ impl DestinationBody {
 /// The org's destinations.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DestinationList {
+    /// The destinations (all of them: never more than one page).
     data: Vec<DestinationBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -922,7 +926,9 @@ impl DefinitionBody {
 /// The org's action definitions (latest versions).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DefinitionList {
+    /// The latest version of each definition (all of them: never more than one page).
     data: Vec<DefinitionBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 

@@ -56,7 +56,9 @@ impl From<Org> for OrgBody {
 /// A list of orgs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrgList {
+    /// The orgs, by id.
     data: Vec<OrgBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -142,7 +144,9 @@ pub struct CreatedKey {
 /// A list of keys.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyList {
+    /// The keys, revoked ones too (all of them: never more than one page).
     data: Vec<KeyBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 

@@ -370,11 +370,19 @@ pub(crate) fn webhook_url() -> Schema {
 }
 
 /// A variant or alias: 1-100 characters of `[A-Za-z0-9_.:-]`, not a UUID.
-pub(crate) fn action_name() -> Object {
+fn action_name_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some("^[A-Za-z0-9_.:-]{1,100}$"))
         .build()
+}
+
+/// A definition's `variant`.
+pub(crate) fn action_name() -> Schema {
+    described(
+        action_name_schema(),
+        "The name records are triggered by: 1-100 characters of `[A-Za-z0-9_.:-]`, not a UUID, unique among the names of the org's live definitions.",
+    )
 }
 
 /// `schema` that also admits `null` (an absent value).
@@ -460,7 +468,7 @@ pub(crate) fn aliases() -> Schema {
     described(
         ArrayBuilder::new()
             .schema_type(SchemaType::Array(vec![Type::Array, Type::Null]))
-            .items(action_name())
+            .items(action_name_schema())
             .max_items(Some(MAX_NAMES - 1))
             .unique_items(true)
             .build(),
