@@ -140,12 +140,32 @@ def _body(operation: str, body: object) -> None:
             _records(body)
 
 
+# Calls that would delete, replace or revoke a fixture (whose id a stateful sequence can
+# learn from a list) and leave every later valid case naming it refused.
+PROTECTED = {
+    "DELETE /v1/destinations/{id}": "destination",
+    "DELETE /v1/action-definitions/{id}": "definition",
+    "PUT /v1/action-definitions/{id}": "definition",
+    "DELETE /v1/api-keys/{id}": "key",
+    "DELETE /admin/v1/orgs/{org_id}/api-keys/{id}": "key",
+}
+
+
+def _spare_fixtures(operation: str, case) -> None:
+    """Such a call goes to a fresh id instead (a 404) in any mode."""
+    fixture = PROTECTED.get(operation)
+    parameters = case.path_parameters
+    if fixture and isinstance(parameters, dict) and parameters.get("id") == FIXTURES[fixture]:
+        parameters["id"] = str(uuid.uuid4())
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
+    operation = f"{case.operation.method.upper()} {case.operation.path}"
+    _spare_fixtures(operation, case)
     meta = case.meta
     if meta is not None and not meta.generation.mode.is_positive:
         return
     if isinstance(case.query, dict):
         _query(case.query)
-    operation = f"{case.operation.method.upper()} {case.operation.path}"
     _body(operation, case.body)

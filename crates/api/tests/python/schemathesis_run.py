@@ -1,7 +1,8 @@
 """Runs schemathesis against the real `apitrail serve` binary over every operation of its own
 `/openapi.json`: once authenticated with an org key holding every scope, once with the
 operator token, each with schemathesis's default checks (all of them). Any failure, error or
-unreachable server fails the run (exit status 1). See README ("Tests") for what it shows.
+unreachable server fails the run (exit status 1). README ("What ./scripts/test runs") says
+what it shows and what it leaves out.
 
 The server and schemathesis run inside a private network namespace (only a loopback
 interface): the test creates webhook destinations with generated URLs and triggers actions,
@@ -128,18 +129,19 @@ def write_config(path: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def make_fixtures(base: str, key: str) -> dict[str, str]:
+def make_fixtures(base: str, key: str, key_id: str) -> dict[str, str]:
     """A credential, a destination (a closed loopback port) and an action definition whose
-    schema accepts any input, in the test org."""
+    schema accepts any input, in the test org; with the key's id, which the hooks keep from
+    being revoked, as they keep these from being deleted or replaced."""
     headers = {"X-API-Key": key}
     credential = call(base, "POST", "/v1/credentials", None, {"label": "fixture"}, headers)
     destination = call(base, "POST", "/v1/destinations", None, {
         "label": "fixture", "config": {"url": "http://127.0.0.1:9/hook"}}, headers)
-    call(base, "POST", "/v1/action-definitions", None, {
+    definition = call(base, "POST", "/v1/action-definitions", None, {
         "variant": "st-fixture", "schema": True,
         "destinations": [{"destination_id": destination["id"], "is_default": True}]}, headers)
     return {"org": ORG_ID, "credential": credential["id"], "destination": destination["id"],
-            "action": "st-fixture"}
+            "action": "st-fixture", "definition": definition["id"], "key": key_id}
 
 
 def run_schemathesis(label: str, schema_url: str, header: str, args: argparse.Namespace,
@@ -161,6 +163,7 @@ def run_schemathesis(label: str, schema_url: str, header: str, args: argparse.Na
         "--generation-allow-x00", "false",
         "--request-timeout", "10",
         "--no-color",
+        # The key and the token die with this run; shown, the curl lines replay as printed.
         "--output-sanitize", "false",
         "--report", "junit",
         "--report-junit-path", os.path.join(work, f"{label}.xml"),
@@ -225,16 +228,16 @@ def main() -> int:
     try:
         wait_ready(base, server)
         call(base, "POST", "/admin/v1/orgs", token, {"id": ORG_ID, "name": "schemathesis"})
-        key = call(base, "POST", f"/admin/v1/orgs/{ORG_ID}/api-keys", token, {
+        created = call(base, "POST", f"/admin/v1/orgs/{ORG_ID}/api-keys", token, {
             "name": "schemathesis", "scopes": ["read", "write", "admin"],
             "principal_type": "user", "principal_id": "schemathesis",
-        })["secret"]
-        fixtures = make_fixtures(base, key)
+        })
+        key = created["secret"]
+        fixtures = make_fixtures(base, key, created["id"])
         write_config(os.path.join(work, "schemathesis.toml"))
         schema = base + "/openapi.json"
         total = 0
         failed = []
-        # The org key first: the operator pass may revoke keys of the org.
         for label, header in [("org key", f"X-API-Key: {key}"),
                               ("operator token", f"Authorization: Bearer {token}")]:
             code, cases = run_schemathesis(label.replace(" ", "-"), schema, header, args, work,
