@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use apitrail_model::action::MAX_NAMES;
 use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::schema::{
     AnyOfBuilder, ArrayBuilder, KnownFormat, Object, ObjectBuilder, SchemaFormat, SchemaType, Type,
@@ -67,7 +68,7 @@ use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire
         ops::openapi,
     ),
     components(schemas(wire::NativeErrorBody, wire::NativeErrorDetail, wire::NativeErrorItem)),
-    modifiers(&SecuritySchemes, &EmptyQueryValues),
+    modifiers(&SecuritySchemes, &EmptyQueryValues, &ResponseHeaders),
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
@@ -146,6 +147,73 @@ impl Modify for EmptyQueryValues {
                             .extensions
                             .get_or_insert_with(Extensions::default)
                             .insert("allowEmptyValue".into(), true.into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The headers the tracking middleware (`selflog::track`) and the error renderer
+/// (`error::render`) set, on every response they set them on.
+struct ResponseHeaders;
+
+impl Modify for ResponseHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let header = |schema: Object, description: &str| {
+            HeaderBuilder::new()
+                .schema(schema)
+                .description(Some(description))
+                .build()
+        };
+        let request_id = header(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z0-9_.-]{1,128}$"))
+                .build(),
+            "The request's id: the caller's valid X-Request-Id, else a new `req_` id. Error bodies repeat it.",
+        );
+        let call_id = header(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::Custom("uuid".into())))
+                .build(),
+            "On calls authenticated with an org key: the call's id, which names its own request log when self-logging is on.",
+        );
+        let retry_after = header(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .build(),
+            "Seconds to wait before retrying.",
+        );
+        let authenticate = header(
+            ObjectBuilder::new().schema_type(Type::String).build(),
+            "`Bearer realm=\"apitrail\"`.",
+        );
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                let org_key = operation.security.iter().flatten().any(|requirement| {
+                    serde_json::to_value(requirement).is_ok_and(|v| v.get("operator").is_none())
+                });
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let headers = &mut response.headers;
+                    headers.insert("X-Request-Id".into(), request_id.clone());
+                    if org_key {
+                        headers.insert("X-Api-Call-Id".into(), call_id.clone());
+                    }
+                    match status.as_str() {
+                        "401" => {
+                            headers.insert("WWW-Authenticate".into(), authenticate.clone());
+                        }
+                        // Every 503 but readiness's tells when to retry.
+                        "503" if operation.security.is_some() => {
+                            headers.insert("Retry-After".into(), retry_after.clone());
+                        }
+                        _ => {}
                     }
                 }
             }

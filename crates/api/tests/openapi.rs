@@ -95,7 +95,8 @@ async fn served_document_describes_every_route() {
 }
 
 /// What schemathesis (scripts/schemathesis) first found missing, kept from coming back: every
-/// operation behind a credential documents 401, 403 and 503 with a body; every query
+/// response documents X-Request-Id; every operation behind a credential documents 401, 403
+/// and 503 with a body; every query
 /// parameter allows an empty value (read as absent); every timestamp field is a date-time and
 /// every `id` of a native or dialect item a UUID; request bodies refuse unknown fields.
 #[test]
@@ -105,6 +106,12 @@ fn document_states_statuses_formats_and_constraints() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let label = format!("{method} {path}");
+            for (code, response) in op["responses"].as_object().unwrap() {
+                assert!(
+                    response["headers"]["X-Request-Id"].is_object(),
+                    "{label}: {code} lacks X-Request-Id"
+                );
+            }
             if op.get("security").is_some() {
                 secured += 1;
                 for code in ["401", "403", "503"] {
