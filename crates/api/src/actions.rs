@@ -16,7 +16,6 @@ use apitrail_model::{
 };
 use apitrail_store::Expected;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -31,7 +30,7 @@ use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, NativeErrorBody, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -180,6 +179,7 @@ pub struct CredentialList {
     responses(
         (status = 201, description = "The credential, with its secret (shown once)", body = CreatedCredential),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
@@ -189,7 +189,7 @@ pub struct CredentialList {
 pub async fn create_credential(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedCredential>)> {
     caller.require(Scope::Admin)?;
     let input: CreateCredential = json_body(&body)?;
@@ -605,6 +605,7 @@ fn destination_audit(d: &Destination) -> serde_json::Value {
     responses(
         (status = 201, description = "The destination", body = DestinationBody),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
@@ -614,7 +615,7 @@ fn destination_audit(d: &Destination) -> serde_json::Value {
 pub async fn create_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<DestinationBody>)> {
     caller.require(Scope::Admin)?;
     let input: DestinationInput = json_body(&body)?;
@@ -734,6 +735,7 @@ pub async fn get_destination(
     responses(
         (status = 200, description = "The changed destination", body = DestinationBody),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
@@ -746,7 +748,7 @@ pub async fn update_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
     Path(id): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<DestinationBody>> {
     caller.require(Scope::Admin)?;
     let input: DestinationInput = json_body(&body)?;
@@ -1066,6 +1068,7 @@ fn definition_audit(d: &ActionDefinition) -> serde_json::Value {
     responses(
         (status = 201, description = "Version 1 of the definition", body = DefinitionBody),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 409, description = "A live definition of the org already has one of the names", body = NativeErrorBody),
@@ -1076,7 +1079,7 @@ fn definition_audit(d: &ActionDefinition) -> serde_json::Value {
 pub async fn create_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<DefinitionBody>)> {
     caller.require(Scope::Admin)?;
     let input: DefinitionInput = json_body(&body)?;
@@ -1197,6 +1200,7 @@ pub async fn get_definition(
     responses(
         (status = 200, description = "The definition; a changed schema made the next version", body = DefinitionBody),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such action definition in the caller's org", body = NativeErrorBody),
@@ -1209,7 +1213,7 @@ pub async fn replace_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
     Path(id): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<DefinitionBody>> {
     caller.require(Scope::Admin)?;
     let input: DefinitionInput = json_body(&body)?;
@@ -1475,6 +1479,7 @@ async fn resolve_definition(
     responses(
         (status = 201, description = "The record, pending", body = RecordBody),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "`org_id` is not the key's org", body = NativeErrorBody),
@@ -1486,7 +1491,7 @@ pub async fn trigger_action(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
     Path(org_id): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<RecordBody>)> {
     own_org(&caller, &org_id)?;
     caller.require(Scope::Write)?;
@@ -1620,6 +1625,7 @@ pub struct SignalInput {
     responses(
         (status = 200, description = "The record with its final status", body = RecordBody),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "`org_id` is not the key's org, or no such record", body = NativeErrorBody),
@@ -1632,7 +1638,7 @@ pub async fn signal_action(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
     Path((org_id, id)): Path<(String, String)>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<RecordBody>> {
     own_org(&caller, &org_id)?;
     caller.require(Scope::Write)?;

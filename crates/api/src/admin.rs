@@ -11,7 +11,6 @@ use apitrail_model::{
 };
 use apitrail_store::Store;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use base64::Engine;
@@ -27,7 +26,7 @@ use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, NativeErrorBody, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -274,6 +273,7 @@ fn key_id(raw: &str) -> std::result::Result<Uuid, ApiError> {
     responses(
         (status = 201, description = "The org", body = OrgBody),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
         (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 409, description = "An org with this id exists", body = NativeErrorBody),
@@ -284,7 +284,7 @@ fn key_id(raw: &str) -> std::result::Result<Uuid, ApiError> {
 pub async fn create_org(
     State(state): State<AppState>,
     _: Operator,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<OrgBody>)> {
     let req: CreateOrg = json_body(&body)?;
     let new = NewOrg::parse(req.id, req.name).map_err(ApiError::fields)?;
@@ -507,6 +507,7 @@ async fn do_revoke_key(
     responses(
         (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
         (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org", body = NativeErrorBody),
@@ -518,7 +519,7 @@ pub async fn admin_create_key(
     State(state): State<AppState>,
     _: Operator,
     Path(org_id): Path<String>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_create_key(&state, &tenant, None, &body).await?)
@@ -597,6 +598,7 @@ pub async fn admin_revoke_key(
     responses(
         (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
         (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
         (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
@@ -606,7 +608,7 @@ pub async fn admin_revoke_key(
 pub async fn create_key(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
     caller.require(Scope::Admin)?;
     Ok(do_create_key(&state, &caller.tenant, Some(&caller), &body).await?)

@@ -1,7 +1,45 @@
 //! Wire pieces shared by the native routes (and documented in the OpenAPI).
 
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorKind, Failure, Native};
+
+/// The most a JSON body of the native routes may hold (axum's default limit).
+pub const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
+
+/// A request body of the native JSON routes, read whole (at most [`MAX_JSON_BODY`]). A body
+/// that cannot be read is answered in the native envelope, as the document says (413 beyond
+/// the limit, 400 otherwise), not in the framework's plain text.
+#[derive(Debug)]
+pub struct BodyBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
+    type Rejection = Failure<Native>;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        ErrorKind::PayloadTooLarge,
+                        format!("the body exceeds {MAX_JSON_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::new(
+                        ErrorKind::InvalidBody,
+                        format!("could not read the request body: {}", e.body_text()),
+                    )
+                }
+                .into()
+            })
+    }
+}
 
 /// Cursor pagination of native lists.
 #[derive(Debug, Serialize, ToSchema)]
