@@ -10,7 +10,7 @@ use apitrail_model::{
     Destination, OrgId, Scope, Tags, Tenant, Timestamp,
 };
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -22,6 +22,7 @@ use crate::auth::Authed;
 use crate::error::{ApiError, Envelope, ErrorKind, Failure};
 use crate::params::Params;
 use crate::state::AppState;
+use crate::wire::Ids;
 
 /// The seed's default page size.
 pub const DEFAULT_TAKE: u32 = 20;
@@ -519,7 +520,7 @@ async fn definitions(
 pub async fn list_action_records(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Actions>,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String, Actions>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RecordsResponse>, Failure<Actions>> {
     if org_id.is_empty() || !org_id.bytes().all(|b| b.is_ascii_digit()) {

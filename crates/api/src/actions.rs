@@ -16,7 +16,7 @@ use apitrail_model::{
 };
 use apitrail_store::Expected;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
@@ -30,7 +30,7 @@ use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{BodyBytes, NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -720,7 +720,7 @@ async fn find_destination(
 pub async fn get_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<DestinationBody>> {
     caller.require(Scope::Admin)?;
     let d = find_destination(&state, &caller, &id).await?;
@@ -747,7 +747,7 @@ pub async fn get_destination(
 pub async fn update_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<DestinationBody>> {
     caller.require(Scope::Admin)?;
@@ -788,7 +788,7 @@ pub async fn update_destination(
 pub async fn delete_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<DestinationBody>> {
     caller.require(Scope::Admin)?;
     let mut d = find_destination(&state, &caller, &id).await?;
@@ -1183,7 +1183,7 @@ async fn find_definition(
 pub async fn get_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DefinitionBody>> {
     caller.require(Scope::Admin)?;
@@ -1212,7 +1212,7 @@ pub async fn get_definition(
 pub async fn replace_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<DefinitionBody>> {
     caller.require(Scope::Admin)?;
@@ -1268,7 +1268,7 @@ pub async fn replace_definition(
 pub async fn delete_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<DefinitionBody>> {
     caller.require(Scope::Admin)?;
     let mut d = find_definition(&state, &caller, &id, None).await?;
@@ -1490,7 +1490,7 @@ async fn resolve_definition(
 pub async fn trigger_action(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<RecordBody>)> {
     own_org(&caller, &org_id)?;
@@ -1637,7 +1637,7 @@ pub struct SignalInput {
 pub async fn signal_action(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path((org_id, id)): Path<(String, String)>,
+    Ids((org_id, id), _): Ids<(String, String)>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<RecordBody>> {
     own_org(&caller, &org_id)?;

@@ -11,7 +11,7 @@ use apitrail_model::{
 };
 use apitrail_store::Store;
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -26,7 +26,7 @@ use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{BodyBytes, NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -373,7 +373,7 @@ pub async fn list_orgs(
 pub async fn get_org(
     State(state): State<AppState>,
     _: Operator,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String>,
 ) -> Result<Json<OrgBody>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(Json(state.store().org(&tenant).await?.into()))
@@ -518,7 +518,7 @@ async fn do_revoke_key(
 pub async fn admin_create_key(
     State(state): State<AppState>,
     _: Operator,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
     let tenant = path_tenant(&state, &org_id).await?;
@@ -541,7 +541,7 @@ pub async fn admin_create_key(
 pub async fn admin_list_keys(
     State(state): State<AppState>,
     _: Operator,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String>,
 ) -> Result<Json<KeyList>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_list_keys(&state, &tenant).await?)
@@ -563,7 +563,7 @@ pub async fn admin_list_keys(
 pub async fn admin_get_key(
     State(state): State<AppState>,
     _: Operator,
-    Path((org_id, id)): Path<(String, String)>,
+    Ids((org_id, id), _): Ids<(String, String)>,
 ) -> Result<Json<KeyBody>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_get_key(&state, &tenant, &id).await?)
@@ -585,7 +585,7 @@ pub async fn admin_get_key(
 pub async fn admin_revoke_key(
     State(state): State<AppState>,
     _: Operator,
-    Path((org_id, id)): Path<(String, String)>,
+    Ids((org_id, id), _): Ids<(String, String)>,
 ) -> Result<Json<KeyBody>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_revoke_key(&state, &tenant, None, &id).await?)
@@ -649,7 +649,7 @@ pub async fn list_keys(
 pub async fn get_key(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<KeyBody>> {
     caller.require(Scope::Admin)?;
     Ok(do_get_key(&state, &caller.tenant, &id).await?)
@@ -671,7 +671,7 @@ pub async fn get_key(
 pub async fn revoke_key(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<KeyBody>> {
     caller.require(Scope::Admin)?;
     Ok(do_revoke_key(&state, &caller.tenant, Some(&caller), &id).await?)

@@ -1,12 +1,42 @@
 //! Wire pieces shared by the native routes (and documented in the OpenAPI).
 
+use std::marker::PhantomData;
+
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
+
+/// Path parameters of a route whose unknown ids are a 404. A segment that is not UTF-8 (no
+/// id of the API is) names nothing either: 404 in envelope `D`, not the framework's
+/// plain-text 400.
+#[derive(Debug)]
+pub struct Ids<T, D = Native>(pub T, pub PhantomData<fn() -> D>);
+
+impl<S, T, D> FromRequestParts<S> for Ids<T, D>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+    D: Envelope,
+{
+    type Rejection = Failure<D>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(ids)) => Ok(Self(ids, PhantomData)),
+            Err(_) => Err(ApiError::new(
+                ErrorKind::NotFound,
+                "no such resource: a path segment is not valid UTF-8",
+            )
+            .into()),
+        }
+    }
+}
 
 /// The most a JSON body of the native routes may hold (axum's default limit).
 pub const MAX_JSON_BODY: usize = 2 * 1024 * 1024;

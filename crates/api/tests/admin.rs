@@ -971,3 +971,45 @@ async fn oversized_bodies_are_413_in_the_envelope() {
     .await;
     server.stop().await;
 }
+
+/// A path segment that is not UTF-8 (`%FF`) names no org, key, destination or definition: a
+/// 404 in the route's envelope like any other unknown id, not the framework's plain-text 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_path_segments_name_nothing() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("7").await;
+    for path in [
+        "/admin/v1/orgs/%FF",
+        "/admin/v1/orgs/%FF/api-keys",
+        "/admin/v1/orgs/7/api-keys/%FF",
+    ] {
+        let resp = server.operator(Method::GET, path).send().await.unwrap();
+        expect_native_error(resp, StatusCode::NOT_FOUND, "not_found", None).await;
+    }
+    for (method, path) in [
+        (Method::GET, "/v1/api-keys/%FF"),
+        (Method::GET, "/v1/destinations/%FF"),
+        (Method::DELETE, "/v1/action-definitions/%FF"),
+        (Method::POST, "/v1/orgs/%FF/actions"),
+        (Method::POST, "/v1/orgs/7/actions/records/%FF/signal"),
+    ] {
+        let resp = server
+            .request(method.clone(), path)
+            .header("x-api-key", &key.secret)
+            .header("content-type", "application/json")
+            .body(r#"{"status": "succeeded"}"#)
+            .send()
+            .await
+            .unwrap();
+        expect_native_error(resp, StatusCode::NOT_FOUND, "not_found", None).await;
+    }
+    let resp = server
+        .request(Method::GET, "/v1/orgs/%FF/actions/records")
+        .header("x-api-key", &key.secret)
+        .send()
+        .await
+        .unwrap();
+    let body = expect(resp, StatusCode::NOT_FOUND).await;
+    assert_eq!(body["errors"][0]["code"], "not_found", "{body}");
+    server.stop().await;
+}
