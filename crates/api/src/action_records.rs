@@ -10,8 +10,8 @@ use apitrail_model::{
     Destination, OrgId, Scope, Tags, Tenant, Timestamp,
 };
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
-use serde::Serialize;
+use axum::extract::{RawQuery, State};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -22,6 +22,7 @@ use crate::auth::Authed;
 use crate::error::{ApiError, Envelope, ErrorKind, Failure};
 use crate::params::Params;
 use crate::state::AppState;
+use crate::wire::Ids;
 
 /// The seed's default page size.
 pub const DEFAULT_TAKE: u32 = 20;
@@ -45,7 +46,7 @@ impl Envelope for Actions {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionsErrorBody {
     /// Always null on errors.
-    #[schema(value_type = Option<Object>)]
+    #[schema(schema_with = crate::openapi::null)]
     data: Option<()>,
     /// What went wrong.
     errors: Vec<ActionsError>,
@@ -63,15 +64,30 @@ pub struct ActionsError {
 /// A destination inside a definition, as the seed prints it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DestinationItem {
+    /// The destination's id.
+    #[schema(format = "uuid")]
     id: String,
+    /// The org.
     org_id: String,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
     updated_at: String,
+    /// Label.
     label: String,
+    /// `webhook`.
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::openapi::webhook_type)]
     kind: &'static str,
+    /// Webhook settings.
     config: ConfigBody,
+    /// RFC 3339; set once deleted.
+    #[schema(required = true, format = DateTime)]
     deleted_at: Option<String>,
+    /// Labels.
+    #[schema(schema_with = crate::openapi::tags)]
     tags: Tags,
+    /// The signing credential.
+    #[schema(required = true, format = "uuid")]
     credential_id: Option<String>,
 }
 
@@ -94,41 +110,78 @@ impl DestinationItem {
 /// One destination of a definition, with the destination.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DefinitionDestinationItem {
+    /// The link's id.
+    #[schema(format = "uuid")]
     id: String,
+    /// The definition.
+    #[schema(format = "uuid")]
     action_definition_id: String,
+    /// The destination.
+    #[schema(format = "uuid")]
     destination_id: String,
+    /// The org.
     org_id: String,
+    /// Whether records go there by default.
     is_default: bool,
+    /// The destination (deleted ones too); null if it is gone.
+    #[schema(required = true)]
     destination: Option<DestinationItem>,
 }
 
 /// The definition (at the record's version) as the seed prints it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DefinitionItem {
+    /// The definition's id.
+    #[schema(format = "uuid")]
     id: String,
+    /// The org.
     org_id: String,
+    /// The name records are triggered by.
     variant: String,
+    /// The version.
+    #[schema(minimum = 1)]
     version: u32,
+    /// Other names.
     alias: Vec<String>,
-    #[schema(value_type = Object)]
+    /// The input's JSON Schema (an object or a boolean).
+    #[schema(value_type = Value)]
     schema: Box<RawValue>,
+    /// RFC 3339; set once deleted.
+    #[schema(required = true, format = DateTime)]
     deleted_at: Option<String>,
+    /// Where records go.
     destinations: Vec<DefinitionDestinationItem>,
 }
 
 /// One event of a record.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventItem {
+    /// The event's id.
+    #[schema(format = "uuid")]
     id: String,
+    /// The record.
+    #[schema(format = "uuid")]
     action_record_id: String,
+    /// The org.
     org_id: String,
+    /// What happened, e.g. `created`, `attempted`, `signaled`.
     kind: String,
+    /// The record's status after the event.
+    #[schema(schema_with = crate::openapi::action_status)]
     status: &'static str,
+    /// Delivery attempts started so far.
     attempt: u32,
+    /// RFC 3339: when the next attempt is due.
+    #[schema(required = true, format = DateTime)]
     available_at: Option<String>,
+    /// RFC 3339: when an acknowledgement times out.
+    #[schema(required = true, format = DateTime)]
     timeout_at: Option<String>,
+    /// A detail.
+    #[schema(required = true)]
     message: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    /// Any JSON a signal carried; null otherwise.
+    #[schema(required = true, value_type = Value)]
     data: Option<Box<RawValue>>,
 }
 
@@ -152,23 +205,40 @@ impl EventItem {
 /// An action record: the seed's fields; `state` and `definition` only when asked for.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordItem {
+    /// The record's id.
+    #[schema(format = "uuid")]
     id: String,
+    /// The org.
     org_id: String,
+    /// The definition.
+    #[schema(format = "uuid")]
     action_definition_id: String,
-    #[schema(value_type = Object)]
+    /// The input (any JSON).
+    #[schema(value_type = Value)]
     input: Box<RawValue>,
+    /// Seconds a signaling destination has to signal after acknowledging.
+    #[schema(minimum = 1)]
     timeout: u32,
+    /// Labels.
+    #[schema(schema_with = crate::openapi::tags)]
     tags: Tags,
+    /// The record's state (with `include_state=true` only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     state: Option<StateBody>,
+    /// The definition at the record's version (with `include_definition=true` only; null if
+    /// it is gone).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     definition: Option<DefinitionItem>,
+    /// Every event, oldest first.
     events: Vec<EventItem>,
 }
 
 /// The page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordsData {
+    /// The records, newest first (empty with `count_only=true`).
     items: Vec<RecordItem>,
     /// How many records match in all (not the page size).
     count: u64,
@@ -177,9 +247,33 @@ pub struct RecordsData {
 /// The response: `{"data": {"items", "count"}, "errors": null}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordsResponse {
+    /// The page.
     data: RecordsData,
-    #[schema(value_type = Option<Vec<ActionsError>>)]
+    /// Always null on success.
+    #[schema(schema_with = crate::openapi::null)]
     errors: Option<()>,
+}
+
+/// `search`: one field compared with a value (`search[field]`, `search[value]`,
+/// `search[op]`); also accepted form-exploded as `field`, `value` and `op`, but not both
+/// spellings at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RecordsSearch {
+    /// `id`, `action_definition_id`, `variant`, `state.status`, `tags.<key>` or
+    /// `input.<dotted.path>` (object keys: not empty, no `"`, not all digits; at most 32).
+    #[schema(
+        pattern = "^(id|action_definition_id|variant|state\\.status|tags\\.[\\s\\S]+|input\\.[^.\"]*[^.\"0-9][^.\"]*(\\.[^.\"]*[^.\"0-9][^.\"]*){0,31})$"
+    )]
+    field: String,
+    /// The value (1-1000 characters; empty is absent); ids and statuses that are not valid
+    /// match nothing.
+    #[schema(min_length = 1, max_length = 1000)]
+    value: String,
+    /// `eq` (the only operator).
+    #[schema(schema_with = crate::openapi::search_op)]
+    op: Option<String>,
 }
 
 /// Query parameters (documentation only; parsing is in [`parse_query`]).
@@ -187,31 +281,31 @@ pub struct RecordsResponse {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct RecordsQuery {
-    /// Page size, 1-50 (default 20).
+    /// Page size.
+    #[param(minimum = 1, maximum = 50, default = 20)]
     take: Option<u32>,
-    /// Records to skip (default 0).
+    /// Records to skip (at most 1000000).
+    #[param(minimum = 0, maximum = 1_000_000, default = 0)]
     skip: Option<u64>,
-    /// `search[field]`: id, action_definition_id, variant, state.status, tags.<key> or
-    /// input.<dotted.path> (also accepted as `field`).
-    #[param(rename = "search[field]")]
-    search_field: Option<String>,
-    /// `search[value]` (also `value`).
-    #[param(rename = "search[value]")]
-    search_value: Option<String>,
-    /// `search[op]`: eq (also `op`).
-    #[param(rename = "search[op]")]
-    search_op: Option<String>,
+    /// A search on one field.
+    #[param(style = DeepObject, explode, inline)]
+    search: Option<RecordsSearch>,
     /// Only count: `items` is empty.
+    #[param(default = false)]
     count_only: Option<bool>,
-    /// Filter by definition id.
+    /// Filter by definition id (a value that is not a UUID matches nothing).
     action_definition_id: Option<String>,
     /// Filter by variant.
+    #[param(max_length = 100)]
     variant: Option<String>,
     /// Filter by definition version.
+    #[param(minimum = 1, maximum = 4_294_967_295.0)]
     version: Option<u32>,
     /// Include each record's definition (at its version).
+    #[param(default = false)]
     include_definition: Option<bool>,
     /// Include each record's state.
+    #[param(default = false)]
     include_state: Option<bool>,
 }
 
@@ -245,6 +339,18 @@ fn either<'a>(p: &'a Params, name: &str) -> Result<Option<&'a str>, ApiError> {
 }
 
 fn parse_search(p: &Params) -> Result<Option<ActionSearch>, ApiError> {
+    // `search` is an object of `field`, `value` and `op` (a deepObject): any other key under
+    // it is a mistake to point out, not an unknown parameter to ignore.
+    if let Some(name) = p.names().find(|n| {
+        *n == "search"
+            || (n.starts_with("search[")
+                && !matches!(*n, "search[field]" | "search[value]" | "search[op]"))
+    }) {
+        return Err(ApiError::param(
+            name,
+            "is not a search key: use search[field], search[value] and search[op]",
+        ));
+    }
     let field = either(p, "field")?;
     let value = either(p, "value")?;
     if let Some(op) = either(p, "op")?
@@ -268,7 +374,7 @@ fn parse_search(p: &Params) -> Result<Option<ActionSearch>, ApiError> {
             ));
         }
     };
-    if value.len() > 1000 {
+    if value.chars().count() > 1000 {
         return Err(ApiError::param(
             "search[value]",
             "must be at most 1000 characters",
@@ -395,22 +501,26 @@ async fn definitions(
 }
 
 /// List action records.
+///
+/// The org's action records, newest first, paged by `take` and `skip`, with the total
+/// `count` of matching records.
 #[utoipa::path(
     get, path = "/v1/orgs/{org_id}/actions/records", tag = "actions",
-    params(("org_id" = String, Path, description = "The caller's org (pattern ^[0-9]+$)"), RecordsQuery),
+    params(("org_id" = String, Path, pattern = "^[0-9]+$", description = "The caller's org"), RecordsQuery),
     responses(
-        (status = 200, body = RecordsResponse),
-        (status = 400, body = ActionsErrorBody),
-        (status = 401, body = ActionsErrorBody),
-        (status = 403, body = ActionsErrorBody),
-        (status = 404, body = ActionsErrorBody)
+        (status = 200, description = "A page of action records", body = RecordsResponse),
+        (status = 400, description = "A parameter is malformed or out of range", body = ActionsErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = ActionsErrorBody),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ActionsErrorBody),
+        (status = 404, description = "`org_id` is not the key's org", body = ActionsErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ActionsErrorBody),
     ),
     security(("arklow" = []), ("api_key" = []), ("bearer" = []), ("session" = []))
 )]
 pub async fn list_action_records(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Actions>,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String, Actions>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RecordsResponse>, Failure<Actions>> {
     if org_id.is_empty() || !org_id.bytes().all(|b| b.is_ascii_digit()) {

@@ -17,8 +17,7 @@ use apitrail_model::{
 };
 use apitrail_store::Expected;
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::json;
@@ -32,7 +31,7 @@ use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -52,7 +51,7 @@ const MAX_TEXT: usize = 1000;
 const MAX_JSON: usize = 256 * 1024;
 
 /// Headers apitrail sets on every delivery, which a destination may not override.
-const RESERVED_HEADERS: [&str; 6] = [
+pub(crate) const RESERVED_HEADERS: [&str; 6] = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
@@ -84,8 +83,10 @@ fn present<'de, D: Deserializer<'de>>(
     Box::<RawValue>::deserialize(d).map(Some)
 }
 
+// Lengths count characters, as the messages say and as JSON Schema's `maxLength` (in the
+// OpenAPI document) counts them.
 fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str) {
-    if value.trim().is_empty() || value.len() > MAX_TEXT {
+    if value.trim().is_empty() || value.chars().count() > MAX_TEXT {
         errors.push(FieldError::new(
             field,
             format!("must be 1-{MAX_TEXT} characters"),
@@ -101,7 +102,7 @@ fn check_map(errors: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, S
         ));
     }
     for (k, v) in map {
-        if k.is_empty() || k.len() > 100 || v.len() > MAX_TEXT {
+        if k.is_empty() || k.chars().count() > 100 || v.chars().count() > MAX_TEXT {
             errors.push(FieldError::new(
                 format!("{field}.{k}"),
                 format!("keys must be 1-100 characters and values at most {MAX_TEXT}"),
@@ -121,7 +122,8 @@ fn parse_id(raw: &str, what: &str) -> std::result::Result<Uuid, ApiError> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredential {
-    /// Display label, 1-1000 characters.
+    /// Display label, 1-1000 characters, not only white space.
+    #[schema(required = true, schema_with = crate::openapi::label)]
     label: Option<String>,
 }
 
@@ -129,12 +131,14 @@ pub struct CreateCredential {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialBody {
     /// UUIDv7.
+    #[schema(format = "uuid")]
     id: String,
     /// The credential's org.
     org_id: String,
     /// Label.
     label: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -156,13 +160,16 @@ pub struct CreatedCredential {
     credential: CredentialBody,
     /// The signing secret; deliveries carry `webhook-signature: v1,<base64 HMAC-SHA256>`
     /// keyed with the bytes after `whsec_` (base64-decoded).
+    #[schema(pattern = "^whsec_[A-Za-z0-9+/]+=*$")]
     secret: String,
 }
 
 /// The org's credentials.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialList {
+    /// The credentials, without secrets (all of them: never more than one page).
     data: Vec<CredentialBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -170,13 +177,20 @@ pub struct CredentialList {
 #[utoipa::path(
     post, path = "/v1/credentials", tag = "actions",
     request_body = CreateCredential,
-    responses((status = 201, body = CreatedCredential), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    responses(
+        (status = 201, description = "The credential, with its secret (shown once)", body = CreatedCredential),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn create_credential(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedCredential>)> {
     caller.require(Scope::Admin)?;
     let input: CreateCredential = json_body(&body)?;
@@ -215,7 +229,12 @@ pub async fn create_credential(
 /// List the org's signing credentials, without their secrets (scope admin).
 #[utoipa::path(
     get, path = "/v1/credentials", tag = "actions",
-    responses((status = 200, body = CredentialList), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    responses(
+        (status = 200, description = "Every credential of the org, without secrets", body = CredentialList),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn list_credentials(
@@ -244,43 +263,98 @@ pub async fn list_credentials(
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalingBody {
-    /// Whether signaling is on.
+    /// Whether signaling is on (default: unchanged, off for a new destination).
     enabled: Option<bool>,
     /// What a 2xx means: `ack` (the only value).
+    #[schema(schema_with = crate::openapi::signaling_default)]
     default: Option<String>,
 }
 
-/// A destination's webhook settings.
+/// A destination's webhook settings, as a PATCH changes them: only the fields given (null
+/// leaves a field as it is).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigInput {
-    /// `http(s)://` URL receiving the deliveries.
+    /// `http(s)://` URL receiving the deliveries; a loopback or private address (or a name
+    /// resolving to one) needs the server's `--allow-private-destinations`.
+    #[schema(schema_with = crate::openapi::webhook_url_or_null)]
     url: Option<String>,
     /// Extra headers sent with every delivery.
+    #[schema(schema_with = crate::openapi::webhook_headers_or_null)]
     headers: Option<BTreeMap<String, String>>,
     /// Signaling settings.
+    #[serde(default, deserialize_with = "crate::wire::object")]
     signaling: Option<SignalingBody>,
-    /// How long a delivery may take (1-120000 ms, default 10000).
+    /// How long a delivery may take, in milliseconds.
+    #[schema(minimum = 1, maximum = 120_000)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     response_time_sla_ms: Option<u32>,
 }
 
-/// Creates (POST, every required field) or changes (PATCH, only the given fields) a
-/// destination.
+/// Changes a destination (PATCH): only the fields given; null leaves a field as it is,
+/// except `credential_id`, which null clears.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationInput {
-    /// Display label.
+    /// Display label, 1-1000 characters, not only white space.
+    #[schema(schema_with = crate::openapi::label_or_null)]
     label: Option<String>,
     /// `webhook` (the only type).
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::openapi::webhook_type_or_null)]
     kind: Option<String>,
     /// The webhook settings.
+    #[serde(default, deserialize_with = "crate::wire::object")]
     config: Option<ConfigInput>,
-    /// The credential signing its deliveries (null: unsigned).
+    /// The id of a credential of the org signing the deliveries; null: unsigned.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = "uuid")]
     credential_id: Option<Option<String>>,
     /// Labels.
+    #[schema(schema_with = crate::openapi::tags_or_null)]
+    tags: Option<BTreeMap<String, String>>,
+}
+
+/// A new destination's webhook settings (documentation only: `ConfigInput` reads them).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewConfig {
+    /// `http(s)://` URL receiving the deliveries; a loopback or private address (or a name
+    /// resolving to one) needs the server's `--allow-private-destinations`.
+    #[schema(schema_with = crate::openapi::webhook_url)]
+    url: String,
+    /// Extra headers sent with every delivery.
+    #[schema(schema_with = crate::openapi::webhook_headers_or_null)]
+    headers: Option<BTreeMap<String, String>>,
+    /// Signaling settings (default: off).
+    #[serde(default, deserialize_with = "crate::wire::object")]
+    signaling: Option<SignalingBody>,
+    /// How long a delivery may take, in milliseconds.
+    #[schema(minimum = 1, maximum = 120_000, default = 10_000)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
+    response_time_sla_ms: Option<u32>,
+}
+
+/// Creates a destination (documentation only: `DestinationInput` reads it).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewDestination {
+    /// Display label, 1-1000 characters, not only white space.
+    #[schema(schema_with = crate::openapi::label)]
+    label: String,
+    /// `webhook` (the only type).
+    #[serde(rename = "type")]
+    #[schema(schema_with = crate::openapi::webhook_type_or_null)]
+    kind: Option<String>,
+    /// The webhook settings.
+    config: NewConfig,
+    /// The id of a credential of the org signing the deliveries; null: unsigned.
+    #[schema(format = "uuid")]
+    credential_id: Option<String>,
+    /// Labels.
+    #[schema(schema_with = crate::openapi::tags_or_null)]
     tags: Option<BTreeMap<String, String>>,
 }
 
@@ -290,10 +364,12 @@ pub struct ConfigBody {
     /// The URL.
     pub url: String,
     /// Extra headers.
+    #[schema(schema_with = crate::openapi::webhook_headers)]
     pub headers: BTreeMap<String, String>,
     /// Signaling settings.
     pub signaling: SignalingOut,
     /// Delivery timeout in milliseconds.
+    #[schema(minimum = 1, maximum = 120_000)]
     pub response_time_sla_ms: u32,
 }
 
@@ -303,6 +379,7 @@ pub struct SignalingOut {
     /// Whether signaling is on.
     pub enabled: bool,
     /// Always `ack`.
+    #[schema(schema_with = crate::openapi::signaling_ack)]
     pub default: &'static str,
 }
 
@@ -324,6 +401,7 @@ impl From<&WebhookConfig> for ConfigBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DestinationBody {
     /// UUIDv7.
+    #[schema(format = "uuid")]
     id: String,
     /// The destination's org.
     org_id: String,
@@ -331,18 +409,24 @@ pub struct DestinationBody {
     label: String,
     /// `webhook`.
     #[serde(rename = "type")]
+    #[schema(schema_with = crate::openapi::webhook_type)]
     kind: &'static str,
     /// Webhook settings.
     config: ConfigBody,
-    /// The signing credential.
+    /// The signing credential; null when deliveries are unsigned.
+    #[schema(required = true, format = "uuid")]
     credential_id: Option<String>,
     /// Labels.
+    #[schema(schema_with = crate::openapi::tags)]
     tags: Tags,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     created_at: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     updated_at: String,
     /// RFC 3339; set once deleted.
+    #[schema(required = true, format = DateTime)]
     deleted_at: Option<String>,
 }
 
@@ -366,7 +450,9 @@ impl DestinationBody {
 /// The org's destinations.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DestinationList {
+    /// The destinations (all of them: never more than one page).
     data: Vec<DestinationBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -519,14 +605,21 @@ fn destination_audit(d: &Destination) -> serde_json::Value {
 /// Create a webhook destination (scope admin).
 #[utoipa::path(
     post, path = "/v1/destinations", tag = "actions",
-    request_body = DestinationInput,
-    responses((status = 201, body = DestinationBody), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    request_body = NewDestination,
+    responses(
+        (status = 201, description = "The destination", body = DestinationBody),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn create_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<DestinationBody>)> {
     caller.require(Scope::Admin)?;
     let input: DestinationInput = json_body(&body)?;
@@ -569,8 +662,14 @@ pub async fn create_destination(
 /// List the org's destinations (scope admin); deleted ones with `include_deleted=true`.
 #[utoipa::path(
     get, path = "/v1/destinations", tag = "actions",
-    params(("include_deleted" = Option<bool>, Query, description = "Also list deleted destinations")),
-    responses((status = 200, body = DestinationList), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    params(("include_deleted" = Option<bool>, Query, description = "Also list deleted destinations (default false)")),
+    responses(
+        (status = 200, description = "The org's destinations", body = DestinationList),
+        (status = 400, description = "A parameter is malformed", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn list_destinations(
@@ -614,14 +713,20 @@ async fn find_destination(
 /// Get a destination, deleted or not (scope admin).
 #[utoipa::path(
     get, path = "/v1/destinations/{id}", tag = "actions",
-    params(("id" = String, Path, description = "The destination's id")),
-    responses((status = 200, body = DestinationBody), (status = 404, body = NativeErrorBody)),
+    params(("id" = String, Path, format = "uuid", description = "The destination's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The destination (deleted ones too)", body = DestinationBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn get_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<DestinationBody>> {
     caller.require(Scope::Admin)?;
     let d = find_destination(&state, &caller, &id).await?;
@@ -631,16 +736,25 @@ pub async fn get_destination(
 /// Change a destination: only the fields given (scope admin).
 #[utoipa::path(
     patch, path = "/v1/destinations/{id}", tag = "actions",
-    params(("id" = String, Path, description = "The destination's id")),
+    params(("id" = String, Path, format = "uuid", description = "The destination's id (anything else is not found)")),
     request_body = DestinationInput,
-    responses((status = 200, body = DestinationBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody), (status = 409, body = NativeErrorBody)),
+    responses(
+        (status = 200, description = "The changed destination", body = DestinationBody),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
+        (status = 409, description = "The destination is deleted", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn update_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
-    body: Bytes,
+    Ids(id, _): Ids<String>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<DestinationBody>> {
     caller.require(Scope::Admin)?;
     let input: DestinationInput = json_body(&body)?;
@@ -667,14 +781,20 @@ pub async fn update_destination(
 /// Delete a destination (soft: it stays readable by id with `deleted_at` set; scope admin).
 #[utoipa::path(
     delete, path = "/v1/destinations/{id}", tag = "actions",
-    params(("id" = String, Path, description = "The destination's id")),
-    responses((status = 200, body = DestinationBody), (status = 404, body = NativeErrorBody)),
+    params(("id" = String, Path, format = "uuid", description = "The destination's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The destination, with deleted_at set (deleting again changes nothing)", body = DestinationBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn delete_destination(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<DestinationBody>> {
     caller.require(Scope::Admin)?;
     let mut d = find_destination(&state, &caller, &id).await?;
@@ -704,10 +824,13 @@ pub async fn delete_destination(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkInput {
-    /// A live destination of the org.
+    /// The id of a live destination of the org.
+    #[schema(format = "uuid")]
     destination_id: String,
-    /// Whether records go there unless they name another (default: the first).
+    /// Whether records go there unless they name another (default: the first); one link at
+    /// most.
     #[serde(default)]
+    #[schema(default = false)]
     is_default: bool,
 }
 
@@ -715,14 +838,20 @@ pub struct LinkInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefinitionInput {
-    /// The name records are triggered by: 1-100 characters of `[A-Za-z0-9_.:-]`.
+    /// The name records are triggered by: 1-100 characters of `[A-Za-z0-9_.:-]`, not a
+    /// UUID, unique among the org's live definitions' names.
+    #[schema(required = true, schema_with = crate::openapi::action_name)]
     variant: Option<String>,
-    /// Other names.
+    /// Other names, by the same rules (none repeated, none the variant).
+    #[schema(schema_with = crate::openapi::aliases)]
     alias: Option<Vec<String>>,
-    /// The JSON Schema (draft 2020-12 unless `$schema` says otherwise) of a record's input.
-    #[schema(value_type = Object)]
+    /// The JSON Schema (draft 2020-12 unless `$schema` says otherwise) of a record's input:
+    /// an object or a boolean, at most 256 KiB.
+    #[schema(required = true, schema_with = crate::openapi::json_schema)]
     schema: Option<Box<RawValue>>,
-    /// Where records go (at least one).
+    /// Where records go: at least one live destination of the org, each once.
+    #[schema(required = true, nullable = false, min_items = 1)]
+    #[serde(default, deserialize_with = "crate::wire::objects")]
     destinations: Option<Vec<LinkInput>>,
 }
 
@@ -730,10 +859,13 @@ pub struct DefinitionInput {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LinkBody {
     /// The link's id.
+    #[schema(format = "uuid")]
     id: String,
     /// The definition.
+    #[schema(format = "uuid")]
     action_definition_id: String,
     /// The destination.
+    #[schema(format = "uuid")]
     destination_id: String,
     /// The org.
     org_id: String,
@@ -745,25 +877,30 @@ pub struct LinkBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DefinitionBody {
     /// UUIDv7.
+    #[schema(format = "uuid")]
     id: String,
     /// The org.
     org_id: String,
     /// The name records are triggered by.
     variant: String,
     /// This version (1, 2, ...).
+    #[schema(minimum = 1)]
     version: u32,
     /// Other names.
     alias: Vec<String>,
-    /// The input's JSON Schema.
-    #[schema(value_type = Object)]
+    /// The input's JSON Schema (an object or a boolean).
+    #[schema(value_type = Value)]
     schema: Box<RawValue>,
     /// Where records go.
     destinations: Vec<LinkBody>,
     /// RFC 3339: when this version was made.
+    #[schema(format = DateTime)]
     created_at: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     updated_at: String,
     /// RFC 3339; set once deleted.
+    #[schema(required = true, format = DateTime)]
     deleted_at: Option<String>,
 }
 
@@ -797,7 +934,9 @@ impl DefinitionBody {
 /// The org's action definitions (latest versions).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DefinitionList {
+    /// The latest version of each definition (all of them: never more than one page).
     data: Vec<DefinitionBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -932,13 +1071,21 @@ fn definition_audit(d: &ActionDefinition) -> serde_json::Value {
 #[utoipa::path(
     post, path = "/v1/action-definitions", tag = "actions",
     request_body = DefinitionInput,
-    responses((status = 201, body = DefinitionBody), (status = 400, body = NativeErrorBody), (status = 409, body = NativeErrorBody)),
+    responses(
+        (status = 201, description = "Version 1 of the definition", body = DefinitionBody),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 409, description = "A live definition of the org already has one of the names", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn create_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<DefinitionBody>)> {
     caller.require(Scope::Admin)?;
     let input: DefinitionInput = json_body(&body)?;
@@ -976,8 +1123,14 @@ pub async fn create_definition(
 /// List the org's action definitions, latest versions (scope admin).
 #[utoipa::path(
     get, path = "/v1/action-definitions", tag = "actions",
-    params(("include_deleted" = Option<bool>, Query, description = "Also list deleted definitions")),
-    responses((status = 200, body = DefinitionList), (status = 400, body = NativeErrorBody)),
+    params(("include_deleted" = Option<bool>, Query, description = "Also list deleted definitions (default false)")),
+    responses(
+        (status = 200, description = "The latest version of each definition", body = DefinitionList),
+        (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn list_definitions(
@@ -1022,14 +1175,21 @@ async fn find_definition(
 /// Get an action definition: the latest version, or `version` (scope admin).
 #[utoipa::path(
     get, path = "/v1/action-definitions/{id}", tag = "actions",
-    params(("id" = String, Path, description = "The definition's id"), ("version" = Option<u32>, Query, description = "A version (default: the latest)")),
-    responses((status = 200, body = DefinitionBody), (status = 404, body = NativeErrorBody)),
+    params(("id" = String, Path, format = "uuid", description = "The action definition's id (anything else is not found)"), ("version" = Option<u32>, Query, minimum = 1, maximum = 4_294_967_295.0, description = "A version (default: the latest)")),
+    responses(
+        (status = 200, description = "The definition (deleted ones too)", body = DefinitionBody),
+        (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such action definition (or version) in the caller's org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn get_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<DefinitionBody>> {
     caller.require(Scope::Admin)?;
@@ -1041,16 +1201,25 @@ pub async fn get_definition(
 /// Replace an action definition; a changed schema makes the next version (scope admin).
 #[utoipa::path(
     put, path = "/v1/action-definitions/{id}", tag = "actions",
-    params(("id" = String, Path, description = "The definition's id")),
+    params(("id" = String, Path, format = "uuid", description = "The action definition's id (anything else is not found)")),
     request_body = DefinitionInput,
-    responses((status = 200, body = DefinitionBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody), (status = 409, body = NativeErrorBody)),
+    responses(
+        (status = 200, description = "The definition; a changed schema made the next version", body = DefinitionBody),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such action definition in the caller's org", body = NativeErrorBody),
+        (status = 409, description = "The definition is deleted, or another live definition has one of the names", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn replace_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
-    body: Bytes,
+    Ids(id, _): Ids<String>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<DefinitionBody>> {
     caller.require(Scope::Admin)?;
     let input: DefinitionInput = json_body(&body)?;
@@ -1092,14 +1261,20 @@ pub async fn replace_definition(
 /// theirs (scope admin).
 #[utoipa::path(
     delete, path = "/v1/action-definitions/{id}", tag = "actions",
-    params(("id" = String, Path, description = "The definition's id")),
-    responses((status = 200, body = DefinitionBody), (status = 404, body = NativeErrorBody)),
+    params(("id" = String, Path, format = "uuid", description = "The action definition's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The definition, with deleted_at set (deleting again changes nothing)", body = DefinitionBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such action definition in the caller's org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn delete_definition(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<DefinitionBody>> {
     caller.require(Scope::Admin)?;
     let mut d = find_definition(&state, &caller, &id, None).await?;
@@ -1129,40 +1304,55 @@ pub async fn delete_definition(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerInput {
-    /// The definition: its variant, an alias, or its id.
+    /// The live definition of the org: its variant, an alias, or its id.
+    #[schema(required = true, nullable = false, min_length = 1)]
     action: Option<String>,
     /// A version of the definition (default: the latest).
+    #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     version: Option<u32>,
-    /// The input, checked against the version's schema (`null` is an input too).
+    /// The input (any JSON, `null` included), checked against the version's schema; at most
+    /// 256 KiB.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Object)]
+    #[schema(required = true, value_type = Value)]
     input: Option<Box<RawValue>>,
-    /// Seconds a signaling destination has, after acknowledging, to signal (default 300).
+    /// Seconds a signaling destination has, after acknowledging, to signal.
+    #[schema(minimum = 1, maximum = 604_800, default = 300)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     timeout: Option<u32>,
     /// Labels.
+    #[schema(schema_with = crate::openapi::tags_or_null)]
     tags: Option<BTreeMap<String, String>>,
-    /// A live destination of the org (default: the definition's default).
+    /// The id of a live destination of the org (default: the definition's default).
+    #[schema(format = "uuid")]
     destination_id: Option<String>,
 }
 
 /// A record's state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StateBody {
-    /// pending, acknowledged, succeeded, failed or timed_out.
+    /// The status.
+    #[schema(schema_with = crate::openapi::action_status)]
     pub status: &'static str,
     /// Delivery attempts started.
     pub attempt: u32,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     pub updated_at: String,
     /// RFC 3339: when the next attempt is due.
+    #[schema(format = DateTime)]
     pub available_at: String,
     /// RFC 3339: when an acknowledgement times out.
+    #[schema(required = true, format = DateTime)]
     pub timeout_at: Option<String>,
     /// RFC 3339: the first attempt.
+    #[schema(required = true, format = DateTime)]
     pub started_at: Option<String>,
     /// RFC 3339: the final status.
+    #[schema(required = true, format = DateTime)]
     pub completed_at: Option<String>,
     /// Why it failed.
+    #[schema(required = true)]
     pub error_message: Option<String>,
 }
 
@@ -1185,27 +1375,35 @@ impl From<&ActionState> for StateBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordBody {
     /// UUIDv7 (the deliveries' `webhook-id`).
+    #[schema(format = "uuid")]
     id: String,
     /// The org.
     org_id: String,
     /// The definition.
+    #[schema(format = "uuid")]
     action_definition_id: String,
     /// The definition's variant.
     variant: String,
     /// The definition's version it was made with.
+    #[schema(minimum = 1)]
     version: u32,
-    /// The input.
-    #[schema(value_type = Object)]
+    /// The input (any JSON).
+    #[schema(value_type = Value)]
     input: Box<RawValue>,
     /// Seconds to signal after acknowledging.
+    #[schema(minimum = 1)]
     timeout: u32,
     /// Labels.
+    #[schema(schema_with = crate::openapi::tags)]
     tags: Tags,
     /// Where it is delivered.
+    #[schema(format = "uuid")]
     destination_id: String,
     /// The request that created it.
+    #[schema(required = true)]
     request_id: Option<String>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     created_at: String,
     /// The current state.
     state: StateBody,
@@ -1284,14 +1482,22 @@ async fn resolve_definition(
     post, path = "/v1/orgs/{org_id}/actions", tag = "actions",
     params(("org_id" = String, Path, description = "The caller's org")),
     request_body = TriggerInput,
-    responses((status = 201, body = RecordBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody)),
+    responses(
+        (status = 201, description = "The record, pending", body = RecordBody),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "`org_id` is not the key's org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn trigger_action(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(org_id): Path<String>,
-    body: Bytes,
+    Ids(org_id, _): Ids<String>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<RecordBody>)> {
     own_org(&caller, &org_id)?;
     caller.require(Scope::Write)?;
@@ -1396,28 +1602,40 @@ pub async fn trigger_action(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalInput {
-    /// `succeeded` or `failed`.
+    /// The outcome.
+    #[schema(required = true, schema_with = crate::openapi::signal_status)]
     status: Option<String>,
-    /// A detail, kept in the event (and as `error_message` when failed).
+    /// A detail, kept in the event (and as `error_message` when failed); at most 1000
+    /// characters.
+    #[schema(max_length = 1000)]
     message: Option<String>,
-    /// Any JSON, kept in the event.
-    #[schema(value_type = Object)]
+    /// Any JSON, kept in the event; at most 256 KiB.
+    #[schema(required = false, value_type = Value)]
     data: Option<Box<RawValue>>,
 }
 
 /// Report the outcome of an acknowledged record (scope write).
 #[utoipa::path(
     post, path = "/v1/orgs/{org_id}/actions/records/{id}/signal", tag = "actions",
-    params(("org_id" = String, Path, description = "The caller's org"), ("id" = String, Path, description = "The record's id")),
+    params(("org_id" = String, Path, description = "The caller's org"), ("id" = String, Path, format = "uuid", description = "The record's id (anything else is not found)")),
     request_body = SignalInput,
-    responses((status = 200, body = RecordBody), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody), (status = 409, description = "The record is not waiting for a signal", body = NativeErrorBody)),
+    responses(
+        (status = 200, description = "The record with its final status", body = RecordBody),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "`org_id` is not the key's org, or no such record", body = NativeErrorBody),
+        (status = 409, description = "The record is not waiting for a signal, or its timeout passed", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn signal_action(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path((org_id, id)): Path<(String, String)>,
-    body: Bytes,
+    Ids((org_id, id), _): Ids<(String, String)>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Json<RecordBody>> {
     own_org(&caller, &org_id)?;
     caller.require(Scope::Write)?;
@@ -1429,7 +1647,11 @@ pub async fn signal_action(
         )])
         .into());
     };
-    if input.message.as_ref().is_some_and(|m| m.len() > MAX_TEXT) {
+    if input
+        .message
+        .as_ref()
+        .is_some_and(|m| m.chars().count() > MAX_TEXT)
+    {
         return Err(ApiError::fields(vec![FieldError::new(
             "message",
             format!("must be at most {MAX_TEXT} characters"),

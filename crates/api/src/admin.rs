@@ -11,8 +11,7 @@ use apitrail_model::{
 };
 use apitrail_store::Store;
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,7 +26,7 @@ use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -39,6 +38,7 @@ pub struct OrgBody {
     /// Display name.
     name: String,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -55,7 +55,9 @@ impl From<Org> for OrgBody {
 /// A list of orgs.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OrgList {
+    /// The orgs, by id.
     data: Vec<OrgBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -63,9 +65,11 @@ pub struct OrgList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
-    /// 1-64 characters of `[A-Za-z0-9_.:-]`; a UUIDv7 is generated when absent.
+    /// 1-64 characters of `[A-Za-z0-9_.:-]`; a UUIDv7 is generated when absent (or null).
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,64}$")]
     id: Option<String>,
     /// Display name, 1-200 characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 200)]
     name: Option<String>,
 }
 
@@ -73,28 +77,37 @@ pub struct CreateOrg {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyBody {
     /// UUIDv7.
+    #[schema(format = "uuid")]
     id: String,
     /// The key's org.
     org_id: String,
     /// Label.
     name: String,
-    /// Subset of read, write, admin.
+    /// The key's scopes (a non-empty set).
+    #[schema(schema_with = crate::openapi::scopes)]
     scopes: Vec<&'static str>,
-    /// user or service_account.
+    /// What kind of principal the key acts for.
+    #[schema(schema_with = crate::openapi::principal_type)]
     principal_type: &'static str,
     /// The principal's id.
     principal_id: String,
     /// The user the key acts for.
+    #[schema(required = true)]
     user_id: Option<String>,
     /// The principal's email.
+    #[schema(required = true)]
     email: Option<String>,
     /// The service account the key acts for.
+    #[schema(required = true)]
     service_account_id: Option<String>,
     /// RFC 3339.
+    #[schema(format = DateTime)]
     created_at: String,
     /// RFC 3339; updated at most once a minute.
+    #[schema(required = true, format = DateTime)]
     last_used_at: Option<String>,
     /// RFC 3339; a revoked key authenticates nothing.
+    #[schema(required = true, format = DateTime)]
     revoked_at: Option<String>,
 }
 
@@ -123,13 +136,16 @@ pub struct CreatedKey {
     #[serde(flatten)]
     key: KeyBody,
     /// `atk_` and 40 base62 characters. Store it now: apitrail keeps only its SHA-256.
+    #[schema(pattern = "^atk_[A-Za-z0-9]{40}$")]
     secret: String,
 }
 
 /// A list of keys.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KeyList {
+    /// The keys, revoked ones too (all of them: never more than one page).
     data: Vec<KeyBody>,
+    /// Where the next page starts.
     pagination: Pagination,
 }
 
@@ -138,18 +154,25 @@ pub struct KeyList {
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     /// Label, 1-200 characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 200)]
     name: Option<String>,
-    /// Non-empty subset of read, write, admin.
+    /// At least one of read, write, admin (each independent: admin does not imply read).
+    #[schema(required = true, schema_with = crate::openapi::scopes)]
     scopes: Option<Vec<String>>,
-    /// user or service_account.
+    /// What kind of principal the key acts for.
+    #[schema(required = true, schema_with = crate::openapi::principal_type)]
     principal_type: Option<String>,
-    /// The principal's id.
+    /// The principal's id, 1-256 characters.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 256)]
     principal_id: Option<String>,
-    /// The user the key acts for.
+    /// The user the key acts for, at most 256 characters (empty: none).
+    #[schema(max_length = 256)]
     user_id: Option<String>,
-    /// The principal's email.
+    /// The principal's email, at most 320 characters with an `@` (empty: none).
+    #[schema(max_length = 320, pattern = "^$|@")]
     email: Option<String>,
-    /// The service account the key acts for.
+    /// The service account the key acts for, at most 256 characters (empty: none).
+    #[schema(max_length = 256)]
     service_account_id: Option<String>,
 }
 
@@ -158,9 +181,10 @@ pub struct CreateKey {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct OrgListQuery {
-    /// Orgs per page (1-1000, default 100).
+    /// Orgs per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `pagination.next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -179,26 +203,28 @@ pub(crate) fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Resul
         });
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let inner = e.inner().to_string();
-        let message = inner
-            .rsplit_once(" at line ")
-            .map_or(inner.as_str(), |(m, _)| m)
-            .to_owned();
-        let path = e.path().to_string();
-        let field = message
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split_once('`'))
-            .map(|(f, _)| f.to_owned())
-            .or_else(|| (path != "." && !path.is_empty()).then_some(path));
-        ApiError {
-            param: field,
-            ..ApiError::new(
-                ErrorKind::InvalidBody,
-                format!("the body must be a JSON object as documented: {message}"),
-            )
-        }
-    })
+    serde_path_to_error::deserialize(&mut de)
+        .map(|crate::wire::Object(body)| body)
+        .map_err(|e| {
+            let inner = e.inner().to_string();
+            let message = inner
+                .rsplit_once(" at line ")
+                .map_or(inner.as_str(), |(m, _)| m)
+                .to_owned();
+            let path = e.path().to_string();
+            let field = message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once('`'))
+                .map(|(f, _)| f.to_owned())
+                .or_else(|| (path != "." && !path.is_empty()).then_some(path));
+            ApiError {
+                param: field,
+                ..ApiError::new(
+                    ErrorKind::InvalidBody,
+                    format!("the body must be a JSON object as documented: {message}"),
+                )
+            }
+        })
 }
 
 /// The audit entry for a change made by `actor` (`None`: the operator).
@@ -245,18 +271,20 @@ fn key_id(raw: &str) -> std::result::Result<Uuid, ApiError> {
     post, path = "/admin/v1/orgs", tag = "operator",
     request_body = CreateOrg,
     responses(
-        (status = 201, body = OrgBody),
-        (status = 400, body = NativeErrorBody),
-        (status = 401, body = NativeErrorBody),
-        (status = 403, description = "Operator API disabled", body = NativeErrorBody),
+        (status = 201, description = "The org", body = OrgBody),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
+        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 409, description = "An org with this id exists", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("operator" = []))
 )]
 pub async fn create_org(
     State(state): State<AppState>,
     _: Operator,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<OrgBody>)> {
     let req: CreateOrg = json_body(&body)?;
     let new = NewOrg::parse(req.id, req.name).map_err(ApiError::fields)?;
@@ -286,7 +314,13 @@ pub async fn create_org_as(store: &dyn Store, new: NewOrg) -> std::result::Resul
 #[utoipa::path(
     get, path = "/admin/v1/orgs", tag = "operator",
     params(OrgListQuery),
-    responses((status = 200, body = OrgList), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody)),
+    responses(
+        (status = 200, description = "A page of orgs, by id", body = OrgList),
+        (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
+        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("operator" = []))
 )]
 pub async fn list_orgs(
@@ -326,14 +360,20 @@ pub async fn list_orgs(
 /// Get an org.
 #[utoipa::path(
     get, path = "/admin/v1/orgs/{org_id}", tag = "operator",
-    params(("org_id" = String, Path, description = "The org's id")),
-    responses((status = 200, body = OrgBody), (status = 404, body = NativeErrorBody)),
+    params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The org", body = OrgBody),
+        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
+        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
+        (status = 404, description = "No such org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("operator" = []))
 )]
 pub async fn get_org(
     State(state): State<AppState>,
     _: Operator,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String>,
 ) -> Result<Json<OrgBody>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(Json(state.store().org(&tenant).await?.into()))
@@ -462,16 +502,24 @@ async fn do_revoke_key(
 /// Create an API key for an org.
 #[utoipa::path(
     post, path = "/admin/v1/orgs/{org_id}/api-keys", tag = "operator",
-    params(("org_id" = String, Path, description = "The org's id")),
+    params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)")),
     request_body = CreateKey,
-    responses((status = 201, body = CreatedKey), (status = 400, body = NativeErrorBody), (status = 404, body = NativeErrorBody)),
+    responses(
+        (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
+        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
+        (status = 404, description = "No such org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("operator" = []))
 )]
 pub async fn admin_create_key(
     State(state): State<AppState>,
     _: Operator,
-    Path(org_id): Path<String>,
-    body: Bytes,
+    Ids(org_id, _): Ids<String>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_create_key(&state, &tenant, None, &body).await?)
@@ -480,14 +528,20 @@ pub async fn admin_create_key(
 /// List an org's API keys.
 #[utoipa::path(
     get, path = "/admin/v1/orgs/{org_id}/api-keys", tag = "operator",
-    params(("org_id" = String, Path, description = "The org's id")),
-    responses((status = 200, body = KeyList), (status = 404, body = NativeErrorBody)),
+    params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "Every key of the org, revoked ones too", body = KeyList),
+        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
+        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
+        (status = 404, description = "No such org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("operator" = []))
 )]
 pub async fn admin_list_keys(
     State(state): State<AppState>,
     _: Operator,
-    Path(org_id): Path<String>,
+    Ids(org_id, _): Ids<String>,
 ) -> Result<Json<KeyList>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_list_keys(&state, &tenant).await?)
@@ -496,14 +550,20 @@ pub async fn admin_list_keys(
 /// Get one of an org's API keys.
 #[utoipa::path(
     get, path = "/admin/v1/orgs/{org_id}/api-keys/{id}", tag = "operator",
-    params(("org_id" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The key's id")),
-    responses((status = 200, body = KeyBody), (status = 404, body = NativeErrorBody)),
+    params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)"), ("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The key", body = KeyBody),
+        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
+        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
+        (status = 404, description = "No such org, or no such key in it", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("operator" = []))
 )]
 pub async fn admin_get_key(
     State(state): State<AppState>,
     _: Operator,
-    Path((org_id, id)): Path<(String, String)>,
+    Ids((org_id, id), _): Ids<(String, String)>,
 ) -> Result<Json<KeyBody>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_get_key(&state, &tenant, &id).await?)
@@ -512,14 +572,20 @@ pub async fn admin_get_key(
 /// Revoke one of an org's API keys (idempotent).
 #[utoipa::path(
     delete, path = "/admin/v1/orgs/{org_id}/api-keys/{id}", tag = "operator",
-    params(("org_id" = String, Path, description = "The org's id"), ("id" = String, Path, description = "The key's id")),
-    responses((status = 200, description = "The key, with revoked_at set", body = KeyBody), (status = 404, body = NativeErrorBody)),
+    params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)"), ("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The key, with revoked_at set (revoking again changes nothing)", body = KeyBody),
+        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
+        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
+        (status = 404, description = "No such org, or no such key in it", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("operator" = []))
 )]
 pub async fn admin_revoke_key(
     State(state): State<AppState>,
     _: Operator,
-    Path((org_id, id)): Path<(String, String)>,
+    Ids((org_id, id), _): Ids<(String, String)>,
 ) -> Result<Json<KeyBody>> {
     let tenant = path_tenant(&state, &org_id).await?;
     Ok(do_revoke_key(&state, &tenant, None, &id).await?)
@@ -529,13 +595,20 @@ pub async fn admin_revoke_key(
 #[utoipa::path(
     post, path = "/v1/api-keys", tag = "api-keys",
     request_body = CreateKey,
-    responses((status = 201, body = CreatedKey), (status = 400, body = NativeErrorBody), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    responses(
+        (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
+        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
+        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn create_key(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    body: Bytes,
+    BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
     caller.require(Scope::Admin)?;
     Ok(do_create_key(&state, &caller.tenant, Some(&caller), &body).await?)
@@ -544,7 +617,12 @@ pub async fn create_key(
 /// List the caller's org's API keys (scope admin).
 #[utoipa::path(
     get, path = "/v1/api-keys", tag = "api-keys",
-    responses((status = 200, body = KeyList), (status = 401, body = NativeErrorBody), (status = 403, body = NativeErrorBody)),
+    responses(
+        (status = 200, description = "Every key of the org, revoked ones too", body = KeyList),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn list_keys(
@@ -558,14 +636,20 @@ pub async fn list_keys(
 /// Get one of the caller's org's API keys (scope admin).
 #[utoipa::path(
     get, path = "/v1/api-keys/{id}", tag = "api-keys",
-    params(("id" = String, Path, description = "The key's id")),
-    responses((status = 200, body = KeyBody), (status = 404, body = NativeErrorBody)),
+    params(("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The key", body = KeyBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such API key in the caller's org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn get_key(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<KeyBody>> {
     caller.require(Scope::Admin)?;
     Ok(do_get_key(&state, &caller.tenant, &id).await?)
@@ -574,14 +658,20 @@ pub async fn get_key(
 /// Revoke one of the caller's org's API keys (scope admin; idempotent).
 #[utoipa::path(
     delete, path = "/v1/api-keys/{id}", tag = "api-keys",
-    params(("id" = String, Path, description = "The key's id")),
-    responses((status = 200, description = "The key, with revoked_at set", body = KeyBody), (status = 404, body = NativeErrorBody)),
+    params(("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
+    responses(
+        (status = 200, description = "The key, with revoked_at set (revoking again changes nothing)", body = KeyBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 404, description = "No such API key in the caller's org", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+    ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
 pub async fn revoke_key(
     State(state): State<AppState>,
     Authed(caller, _): Authed<Native>,
-    Path(id): Path<String>,
+    Ids(id, _): Ids<String>,
 ) -> Result<Json<KeyBody>> {
     caller.require(Scope::Admin)?;
     Ok(do_revoke_key(&state, &caller.tenant, Some(&caller), &id).await?)

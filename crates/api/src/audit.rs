@@ -27,23 +27,29 @@ pub const MAX_LIMIT: u32 = 200;
 /// An audit log entry: exactly the seed's nine fields, absent values as `null`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditItem {
-    /// The entry's id (a UUID).
+    /// The entry's id.
+    #[schema(format = "uuid")]
     id: String,
     /// The organization's id.
     org_id: String,
     /// The acting user (an API key's principal); null for the operator.
+    #[schema(required = true)]
     user_id: Option<String>,
     /// What was done, e.g. `create`, `update`, `delete`, `revoke`.
     action: String,
     /// What kind of resource, e.g. `api_key`, `destination`.
     resource_type: String,
     /// The resource's id.
+    #[schema(required = true)]
     resource_id: Option<String>,
     /// What changed, as JSON text.
+    #[schema(required = true)]
     details: Option<String>,
     /// The actor's address.
+    #[schema(required = true)]
     ip_address: Option<String>,
     /// RFC 3339, UTC, millisecond precision.
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -71,6 +77,7 @@ pub struct AuditLogPage {
     /// Whether more entries follow.
     has_more: bool,
     /// `created_at|id` of the last entry, to pass as `cursor`; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -80,15 +87,25 @@ pub struct AuditLogPage {
 #[allow(dead_code)]
 pub struct AuditQuery {
     /// Filter by resource type (e.g. source, destination).
+    #[param(max_length = 1024)]
     resource_type: Option<String>,
     /// Filter by resource ID.
+    #[param(max_length = 1024)]
     resource_id: Option<String>,
     /// Filter by action (e.g. create, delete).
+    #[param(max_length = 1024)]
     action: Option<String>,
-    /// Max results (default 50, max 200).
-    #[param(example = "50")]
+    /// Max results (default 50, max 200): a string of an integer from 1 to 200, as the seed
+    /// types it.
+    #[param(
+        pattern = "^0*([1-9][0-9]?|1[0-9][0-9]|200)$",
+        example = "50",
+        default = "50"
+    )]
     limit: Option<String>,
-    /// Pagination cursor (created_at|id).
+    /// Pagination cursor: `created_at|id` of the last entry of the previous page, as
+    /// `next_cursor` returns it (RFC 3339 with offset, `|`, a UUID), e.g.
+    /// `2024-05-01T12:00:00.000Z|0190f5a2-7c3e-7d4a-8f00-0123456789ab`.
     cursor: Option<String>,
 }
 
@@ -156,8 +173,9 @@ pub fn cursor_after(e: &AuditEntry) -> String {
     responses(
         (status = 200, description = "Audit log entries", body = AuditLogPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Unauthorized", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -199,8 +217,9 @@ pub async fn list_audit_log(
     responses(
         (status = 200, description = "Audit log entries", body = AuditLogPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Unauthorized", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -221,11 +240,14 @@ pub struct VerifyReport {
     entries_checked: u64,
     /// The first entry that does not check out; null when all do (or when only entries
     /// at the end are missing).
+    #[schema(required = true, format = "uuid")]
     first_bad_id: Option<String>,
     /// What is wrong; null when `ok`.
+    #[schema(required = true)]
     problem: Option<String>,
     /// Hex SHA-256 of the last good entry's link: record it elsewhere to detect a rewrite of
     /// the whole chain later.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
     head_hash: String,
 }
 
@@ -241,8 +263,9 @@ pub struct VerifyReport {
     tag = "audit",
     responses(
         (status = 200, description = "The verification outcome (ok or not)", body = VerifyReport),
-        (status = 401, description = "Unauthorized", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = NativeErrorBody),
+        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -41,14 +41,19 @@ pub const MAX_OFFSET: u64 = 100_000;
 #[serde(rename_all = "camelCase")]
 pub struct KeyRequestItem {
     /// The id of the API key that made the call.
+    #[schema(required = true)]
     api_key_id: Option<String>,
     /// The caller's IP address.
+    #[schema(required = true)]
     client_ip: Option<String>,
     /// RFC 3339, UTC, millisecond precision.
+    #[schema(format = DateTime)]
     created_at: String,
     /// Milliseconds, when known.
+    #[schema(required = true, minimum = 0)]
     duration_ms: Option<i64>,
-    /// The log's id (a UUID).
+    /// The log's id.
+    #[schema(format = "uuid")]
     id: String,
     /// Uppercase HTTP method.
     method: String,
@@ -57,20 +62,28 @@ pub struct KeyRequestItem {
     /// The requested path.
     path: String,
     /// Who made the call (e.g. a user or service account id).
+    #[schema(required = true)]
     principal_id: Option<String>,
     /// What kind of principal made the call.
+    #[schema(required = true)]
     principal_type: Option<String>,
     /// The request id.
+    #[schema(required = true)]
     request_id: Option<String>,
     /// The route template, e.g. `/v1/participants/{id}`.
+    #[schema(required = true)]
     route_pattern: Option<String>,
     /// The service account the key belongs to.
+    #[schema(required = true)]
     service_account_id: Option<String>,
     /// HTTP status code.
+    #[schema(minimum = 100, maximum = 599)]
     status_code: u16,
     /// The caller's user agent.
+    #[schema(required = true)]
     user_agent: Option<String>,
     /// The user the call was made for.
+    #[schema(required = true)]
     user_id: Option<String>,
 }
 
@@ -106,8 +119,10 @@ pub struct KeyRequestsData {
     /// The logs, newest first.
     items: Vec<KeyRequestItem>,
     /// The page size used.
+    #[schema(minimum = 1, maximum = 100)]
     limit: u32,
     /// The offset used.
+    #[schema(maximum = 100_000)]
     offset: u64,
 }
 
@@ -116,10 +131,12 @@ pub struct KeyRequestsData {
 #[serde(rename_all = "camelCase")]
 pub struct KeyRequestsPage {
     /// Always 200.
+    #[schema(minimum = 200, maximum = 200)]
     code: u16,
     /// The page.
     data: KeyRequestsData,
     /// Always `success`.
+    #[schema(pattern = "^success$")]
     message: &'static str,
     /// The request id, also in the `X-Request-Id` header.
     request_id: String,
@@ -131,8 +148,10 @@ pub struct KeyRequestsPage {
 #[allow(dead_code)]
 pub struct KeysErrorBody {
     /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     code: u16,
     /// Always null.
+    #[schema(schema_with = crate::openapi::null)]
     data: Option<Value>,
     /// What is wrong, naming the parameter at fault.
     message: String,
@@ -145,15 +164,17 @@ pub struct KeysErrorBody {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code, non_snake_case)]
 pub struct KeyRequestsQuery {
-    /// Number of items (default 20, max 100).
-    #[param(minimum = 1, maximum = 100)]
+    /// Number of items.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     limit: Option<u32>,
-    /// Offset for pagination (default 0, at most 100000).
-    #[param(minimum = 0, maximum = 100000)]
+    /// Offset for pagination (at most 100000: narrow with the filters to read deeper).
+    #[param(minimum = 0, maximum = 100000, default = 0)]
     offset: Option<u64>,
     /// Filter by service account id.
+    #[param(max_length = 1024)]
     serviceAccountId: Option<String>,
     /// Filter by API key id.
+    #[param(max_length = 1024)]
     apiKeyId: Option<String>,
 }
 
@@ -197,7 +218,8 @@ pub fn parse_query(p: &Params) -> Result<KeyRequestsRequest, ApiError> {
         (status = 200, description = "A page of request logs", body = KeyRequestsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = KeysErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = KeysErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = KeysErrorBody),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = KeysErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = KeysErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -17,28 +17,37 @@ use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::{NativeErrorBody, Pagination};
 
-/// A request log as the logs dialect prints it: exactly the seed's ten fields.
+/// A request log as the logs dialect prints it: exactly the seed's ten fields, every one
+/// present (`null` when the log has no value).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LogItem {
     /// How the caller authenticated (e.g. `api_key`, `session`, `jwt`).
+    #[schema(required = true)]
     auth_type: Option<String>,
     /// RFC 3339, UTC, millisecond precision.
+    #[schema(format = DateTime)]
     created_at: String,
     /// Milliseconds, when known.
+    #[schema(required = true, minimum = 0)]
     duration_ms: Option<i64>,
     /// The platform's error code for failed calls.
+    #[schema(required = true)]
     error_code: Option<String>,
-    /// The log's id (a UUID).
+    /// The log's id.
+    #[schema(format = "uuid")]
     id: String,
     /// Uppercase HTTP method.
     method: String,
     /// The requested path.
     path: String,
     /// The request id.
+    #[schema(required = true)]
     request_id: Option<String>,
     /// The route template, e.g. `/v1/participants/{id}`.
+    #[schema(required = true)]
     route_pattern: Option<String>,
     /// HTTP status code.
+    #[schema(minimum = 100, maximum = 599)]
     status_code: u16,
 }
 
@@ -73,35 +82,41 @@ pub struct LogsPage {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct LogsQuery {
-    /// Max results per page (1-100, default 50).
-    #[param(minimum = 1, maximum = 100)]
+    /// Max results per page.
+    #[param(minimum = 1, maximum = 100, default = 50)]
     limit: Option<u32>,
     /// Pagination cursor from a previous response's `pagination.next_cursor`; only valid with
     /// the same `sort_by` and `sort_dir`.
     cursor: Option<String>,
     /// Filter by HTTP method (case-insensitive), e.g. GET, POST.
+    #[param(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")]
     method: Option<String>,
     /// Filter by route pattern, e.g. /v1/events.
+    #[param(max_length = 1024)]
     route_pattern: Option<String>,
     /// Filter by request id, with or without the `req_` prefix.
+    #[param(max_length = 1024)]
     request_id: Option<String>,
     /// Filter by auth type, e.g. api_key, jwt.
+    #[param(max_length = 1024)]
     auth_type: Option<String>,
-    /// Minimum HTTP status code, inclusive (100-599).
+    /// Minimum HTTP status code, inclusive; not above `status_max`.
     #[param(minimum = 100, maximum = 599)]
     status_min: Option<u16>,
-    /// Maximum HTTP status code, inclusive (100-599).
+    /// Maximum HTTP status code, inclusive.
     #[param(minimum = 100, maximum = 599)]
     status_max: Option<u16>,
-    /// Start of the time window, inclusive (RFC 3339 with offset).
+    /// Start of the time window, inclusive (RFC 3339 with offset); not after `to`.
     #[param(format = DateTime)]
     from: Option<String>,
     /// End of the time window, exclusive (RFC 3339 with offset).
     #[param(format = DateTime)]
     to: Option<String>,
-    /// Sort field: created_at (default), duration_ms or status_code. Ties break by id.
+    /// Sort field. Ties break by id.
+    #[param(schema_with = crate::openapi::logs_sort_by)]
     sort_by: Option<String>,
-    /// Sort direction: desc (default) or asc.
+    /// Sort direction.
+    #[param(schema_with = crate::openapi::sort_dir)]
     sort_dir: Option<String>,
 }
 
@@ -192,7 +207,8 @@ pub fn parse_query(p: &Params) -> Result<LogsRequest, ApiError> {
         (status = 200, description = "Paginated request logs", body = LogsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
         (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

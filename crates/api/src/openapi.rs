@@ -3,7 +3,15 @@
 
 use std::sync::OnceLock;
 
+use apitrail_model::action::MAX_NAMES;
+use utoipa::openapi::extensions::Extensions;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::schema::{
+    AnyOfBuilder, ArrayBuilder, KnownFormat, Object, ObjectBuilder, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{PathItem, RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire, zoo};
@@ -62,7 +70,7 @@ use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire
         ops::openapi,
     ),
     components(schemas(wire::NativeErrorBody, wire::NativeErrorDetail, wire::NativeErrorItem)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &EmptyQueryValues, &AmbiguousCredentials, &ResponseHeaders),
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
@@ -125,6 +133,582 @@ impl Modify for SecuritySchemes {
             ),
         );
     }
+}
+
+/// Every query parameter is read by `params::Params`, which treats an empty value (`?limit=`)
+/// as absent: the document says so with `allowEmptyValue` on each of them.
+struct EmptyQueryValues;
+
+impl Modify for EmptyQueryValues {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    if parameter.parameter_in == ParameterIn::Query {
+                        parameter
+                            .extensions
+                            .get_or_insert_with(Extensions::default)
+                            .insert("allowEmptyValue".into(), true.into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every route behind a credential refuses a request carrying two different ones
+/// (`auth::credentials`) with a 400 in its own envelope: where the operation documents no
+/// other 400, its 401's body (the same envelope) is documented for it; where it does, the
+/// description says so.
+struct AmbiguousCredentials;
+
+impl Modify for AmbiguousCredentials {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        const WHY: &str = "Two different credentials on one request (`ambiguous_credentials`)";
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                if operation.security.is_none() {
+                    continue;
+                }
+                let responses = &mut operation.responses.responses;
+                if let Some(RefOr::T(bad)) = responses.get_mut("400") {
+                    bad.description = format!("{}; or: {WHY}", bad.description);
+                } else if let Some(RefOr::T(unauthorized)) = responses.get("401") {
+                    let mut bad = unauthorized.clone();
+                    bad.description = WHY.to_owned();
+                    responses.insert("400".into(), RefOr::T(bad));
+                }
+            }
+        }
+    }
+}
+
+/// The headers the tracking middleware (`selflog::track`) and the error renderer
+/// (`error::render`) set, on every response they set them on.
+struct ResponseHeaders;
+
+impl Modify for ResponseHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let header = |schema: Object, description: &str| {
+            HeaderBuilder::new()
+                .schema(schema)
+                .description(Some(description))
+                .build()
+        };
+        let request_id = header(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z0-9_.-]{1,128}$"))
+                .build(),
+            "The request's id: the caller's valid X-Request-Id, else a new `req_` id. Error bodies repeat it.",
+        );
+        let call_id = header(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::Custom("uuid".into())))
+                .build(),
+            "On calls authenticated with an org key: the call's id, which names its own request log when self-logging is on.",
+        );
+        let retry_after = header(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .build(),
+            "Seconds to wait before retrying.",
+        );
+        let authenticate = header(
+            ObjectBuilder::new().schema_type(Type::String).build(),
+            "`Bearer realm=\"apitrail\"`.",
+        );
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                let org_key = operation.security.iter().flatten().any(|requirement| {
+                    serde_json::to_value(requirement).is_ok_and(|v| v.get("operator").is_none())
+                });
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let headers = &mut response.headers;
+                    headers.insert("X-Request-Id".into(), request_id.clone());
+                    if org_key {
+                        headers.insert("X-Api-Call-Id".into(), call_id.clone());
+                    }
+                    match status.as_str() {
+                        "401" => {
+                            headers.insert("WWW-Authenticate".into(), authenticate.clone());
+                        }
+                        // Every 503 but readiness's tells when to retry.
+                        "503" if operation.security.is_some() => {
+                            headers.insert("Retry-After".into(), retry_after.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn operations_mut(
+    item: &mut PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// `schema` with a description: `schema_with` fields and parameters lose their doc comment.
+fn described<S: Into<Schema>>(schema: S, description: &str) -> Schema {
+    let mut schema = schema.into();
+    match &mut schema {
+        Schema::Object(o) => o.description = Some(description.into()),
+        Schema::Array(a) => a.description = Some(description.into()),
+        Schema::AnyOf(a) => a.description = Some(description.into()),
+        _ => {}
+    }
+    schema
+}
+
+/// A string schema restricted to `values`, with its default.
+fn string_enum(values: &[&str], default: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .default(Some(default.into()))
+        .build()
+}
+
+/// `sort_by` of `GET /v1/logs`.
+pub(crate) fn logs_sort_by() -> Schema {
+    described(
+        string_enum(&["created_at", "duration_ms", "status_code"], "created_at"),
+        "The sort field; ties break by id.",
+    )
+}
+
+/// `sort_dir` of `GET /v1/logs`.
+pub(crate) fn sort_dir() -> Schema {
+    described(string_enum(&["asc", "desc"], "desc"), "The sort direction.")
+}
+
+/// `sort_by` of the zoo lists.
+pub(crate) fn zoo_sort_by() -> Schema {
+    described(
+        string_enum(
+            &["created_at_ascending", "created_at_descending"],
+            "created_at_descending",
+        ),
+        "The order; ties break by id.",
+    )
+}
+
+/// The zoo dialect's `method`.
+pub(crate) fn zoo_method() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([
+                "OPTIONS",
+                "GET",
+                "POST",
+                "PUT",
+                "DELETE",
+                "HEAD",
+                "TRACE",
+                "CONNECT",
+                "PATCH",
+                "EXTENSION",
+            ]))
+            .build(),
+        "The HTTP method: one of OPTIONS GET POST PUT DELETE HEAD TRACE CONNECT PATCH, else EXTENSION.",
+    )
+}
+
+/// The only destination type.
+pub(crate) fn webhook_type() -> Schema {
+    described(
+        string_enum(&["webhook"], "webhook"),
+        "`webhook` (the only type).",
+    )
+}
+
+/// A record's status.
+pub(crate) fn action_status() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([
+                "pending",
+                "acknowledged",
+                "succeeded",
+                "failed",
+                "timed_out",
+            ]))
+            .build(),
+        "The record's status.",
+    )
+}
+
+/// The actions dialect's only search operator.
+pub(crate) fn search_op() -> Schema {
+    described(string_enum(&["eq"], "eq"), "`eq` (the only operator).")
+}
+
+/// A string of at most `max` characters.
+fn text(max: usize) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(max))
+        .build()
+}
+
+/// Labels of destinations and records: at most 50 pairs, keys of 1-100 characters, values
+/// of at most 1000.
+pub(crate) fn tags() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(RefOr::T(Schema::Object(text(1000)))))
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(100)),
+            ))
+            .max_properties(Some(50))
+            .build(),
+        "Labels: at most 50 pairs; keys of 1-100 characters, values of at most 1000.",
+    )
+}
+
+/// The extra headers of a destination: at most 50, names are HTTP tokens of 1-100 characters
+/// (not one apitrail sets itself, in any case), values at most 1000 characters without
+/// control characters other than tab.
+pub(crate) fn webhook_headers() -> Schema {
+    let reserved: Extensions = [(
+        "not",
+        serde_json::json!({ "enum": crate::actions::RESERVED_HEADERS }),
+    )]
+    .into_iter()
+    .collect();
+    let mut names = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"))
+        .build();
+    names.extensions = Some(reserved);
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(1000))
+                .pattern(Some("^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$")),
+        ))
+        .property_names(Some(names))
+        .max_properties(Some(50))
+        .build();
+    described(
+        schema,
+        "Extra headers sent with every delivery: at most 50; names are HTTP tokens of 1-100 characters and not one apitrail sets itself (webhook-id, webhook-timestamp, webhook-signature, content-type, content-length, host, in any case); values of at most 1000 characters without control characters other than tab.",
+    )
+}
+
+/// A label: 1-1000 characters, not only white space.
+pub(crate) fn label() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(1000))
+            .pattern(Some(NOT_ONLY_WHITE_SPACE))
+            .build(),
+        "Display label: 1-1000 characters, not only white space.",
+    )
+}
+
+/// Holds a character that is not white space (Rust's `char::is_whitespace`, spelled out:
+/// engines disagree on what `\s` means beyond ASCII).
+const NOT_ONLY_WHITE_SPACE: &str = "[^\\u0009-\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
+/// A webhook URL as `model::action::webhook_target` reads it: `http`/`https`, a host (an
+/// IPv6 literal in brackets), an optional port 1-65535, no user info, no spaces or control
+/// characters, at most 2048 characters. Whether a loopback or private address is allowed is
+/// the server's setting and not part of the form.
+pub(crate) fn webhook_url() -> Schema {
+    // Neither controls (Cc) nor the space.
+    let ch = "\\u0000-\\u0020\\u007f-\\u009f";
+    let port = "\\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])";
+    let authority = format!(
+        "\\[[^{ch}/?#@\\]]+\\](:({port})?|[^{ch}/?#@:][^{ch}/?#@]*)?\
+         |[^{ch}/?#@\\[:][^{ch}/?#@:]*\
+         |[^{ch}/?#@\\[][^{ch}/?#@]*:({port})?"
+    );
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(2048))
+        .pattern(Some(format!(
+            "^[Hh][Tt][Tt][Pp][Ss]?://({authority})([/?#][^{ch}]*)?$"
+        )))
+        .build();
+    described(
+        schema,
+        "The `http(s)://` URL receiving the deliveries: a host (an IPv6 literal in brackets), an optional port 1-65535, no user info, no spaces or control characters, at most 2048 characters. A loopback or private address (or a name resolving to one) needs the server's `--allow-private-destinations`.",
+    )
+}
+
+/// A variant or alias: 1-100 characters of `[A-Za-z0-9_.:-]`, not a UUID.
+fn action_name_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^[A-Za-z0-9_.:-]{1,100}$"))
+        .build()
+}
+
+/// A definition's `variant`.
+pub(crate) fn action_name() -> Schema {
+    described(
+        action_name_schema(),
+        "The name records are triggered by: 1-100 characters of `[A-Za-z0-9_.:-]`, not a UUID, unique among the names of the org's live definitions.",
+    )
+}
+
+/// `schema` that also admits `null` (an absent value).
+fn or_null<S: Into<Schema>>(schema: S) -> Schema {
+    fn add_null(types: &mut SchemaType) {
+        *types = match std::mem::replace(types, SchemaType::AnyValue) {
+            SchemaType::Type(t) => SchemaType::Array(vec![t, Type::Null]),
+            SchemaType::Array(mut ts) => {
+                ts.push(Type::Null);
+                SchemaType::Array(ts)
+            }
+            SchemaType::AnyValue => SchemaType::AnyValue,
+        };
+    }
+    let mut schema = schema.into();
+    match &mut schema {
+        Schema::Object(o) => {
+            add_null(&mut o.schema_type);
+            if let Some(values) = o.enum_values.as_mut() {
+                values.push(serde_json::Value::Null);
+            }
+        }
+        Schema::Array(a) => add_null(&mut a.schema_type),
+        _ => {}
+    }
+    schema
+}
+
+/// [`label`] or null.
+pub(crate) fn label_or_null() -> Schema {
+    or_null(label())
+}
+
+/// [`webhook_url`] or null.
+pub(crate) fn webhook_url_or_null() -> Schema {
+    or_null(webhook_url())
+}
+
+/// [`webhook_headers`] or null.
+pub(crate) fn webhook_headers_or_null() -> Schema {
+    or_null(webhook_headers())
+}
+
+/// [`webhook_type`] or null.
+pub(crate) fn webhook_type_or_null() -> Schema {
+    or_null(webhook_type())
+}
+
+/// [`tags`] or null.
+pub(crate) fn tags_or_null() -> Schema {
+    or_null(tags())
+}
+
+/// `signaling.default` as given: `ack` or null.
+pub(crate) fn signaling_default() -> Schema {
+    described(
+        or_null(signaling_ack()),
+        "What a 2xx means: `ack` (the only value).",
+    )
+}
+
+/// `signaling.default` as printed: always `ack`.
+pub(crate) fn signaling_ack() -> Schema {
+    described(
+        string_enum(&["ack"], "ack"),
+        "Always `ack`: a 2xx only acknowledges a delivery.",
+    )
+}
+
+/// A signal's outcome.
+pub(crate) fn signal_status() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["succeeded", "failed"]))
+            .build(),
+        "The outcome.",
+    )
+}
+
+/// A definition's aliases: at most 19 distinct names.
+pub(crate) fn aliases() -> Schema {
+    described(
+        ArrayBuilder::new()
+            .schema_type(SchemaType::Array(vec![Type::Array, Type::Null]))
+            .items(action_name_schema())
+            .max_items(Some(MAX_NAMES - 1))
+            .unique_items(true)
+            .build(),
+        "Other names the definition is triggered by, by the variant's rules: at most 19, none repeated, none the variant itself.",
+    )
+}
+
+/// A JSON Schema: an object or a boolean.
+pub(crate) fn json_schema() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Array(vec![Type::Object, Type::Boolean]))
+            .build(),
+        "The JSON Schema of a record's input (draft 2020-12 unless `$schema` says otherwise): an object or a boolean, at most 256 KiB.",
+    )
+}
+
+/// An API key's scopes.
+pub(crate) fn scopes() -> Schema {
+    described(
+        ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["read", "write", "admin"])),
+            )
+            .min_items(Some(1))
+            .build(),
+        "The key's scopes: a non-empty set of read, write, admin (each independent: admin does not imply read).",
+    )
+}
+
+/// What kind of principal an API key acts for.
+pub(crate) fn principal_type() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["user", "service_account"]))
+            .build(),
+        "What kind of principal the key acts for.",
+    )
+}
+
+/// A UUID as `uuid::Uuid::try_parse` reads it (hyphenated, simple, braced or URN).
+const UUID_FORMS: &str = "[0-9A-Fa-f]{32}\
+    |[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\
+    |\\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\\}\
+    |[Uu][Rr][Nn]:[Uu][Uu][Ii][Dd]:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}";
+
+/// An ingested record's `id`: a UUID in any form `uuid` reads, or empty/null (minted).
+pub(crate) fn record_id() -> Schema {
+    described(
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
+            .pattern(Some(format!("^(|{UUID_FORMS})$")))
+            .build(),
+        "A UUID (hyphenated, simple, braced or URN); re-sending a stored id is a no-op, so retries are safe. Generated when absent, null or empty. Unique within a batch.",
+    )
+}
+
+/// A string schema of one `format`.
+fn formatted(format: KnownFormat) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(format)))
+        .build()
+}
+
+/// Null, the empty string (both: absent), or a string of one of `formats`.
+fn absent_or(formats: &[KnownFormat]) -> Schema {
+    let mut any = AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .max_length(Some(0)),
+        );
+    for format in formats {
+        any = any.item(formatted(format.clone()));
+    }
+    Schema::AnyOf(any.build())
+}
+
+/// An ingested timestamp: RFC 3339 with an offset, or empty/null (absent).
+pub(crate) fn ingest_date_time() -> Schema {
+    described(
+        absent_or(&[KnownFormat::DateTime]),
+        "RFC 3339 with an offset, between 2000-01-01T00:00:00Z and 5 minutes after the server's clock; null or empty: absent (`created_at` then defaults to the time of ingest).",
+    )
+}
+
+/// An ingested IP address: IPv4 or IPv6, or empty/null (absent).
+pub(crate) fn ingest_ip() -> Schema {
+    described(
+        absent_or(&[KnownFormat::Ipv4, KnownFormat::Ipv6]),
+        "An IPv4 or IPv6 address; null or empty: absent.",
+    )
+}
+
+/// An ingested price: a decimal string or a number written as a plain decimal (no exponent,
+/// at most 18 digits each side of the point), not negative, or null.
+pub(crate) fn price() -> Schema {
+    let any = AnyOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]{1,18}(\\.[0-9]{1,18})?$")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(0))
+                .exclusive_maximum(Some(1e18)),
+        )
+        .build();
+    described(
+        any,
+        "A decimal that is not negative: a string such as \"16.74\", or a number written as a plain decimal (no exponent); at most 18 digits each side of the point; stored exactly as written.",
+    )
+}
+
+/// Ingested `metadata`: string pairs, at most 64.
+pub(crate) fn metadata() -> Schema {
+    described(
+        or_null(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(RefOr::T(Schema::Object(text(1024)))))
+                .property_names(Some(text(256)))
+                .max_properties(Some(64))
+                .build(),
+        ),
+        "Free-form string pairs: at most 64 keys of at most 256 bytes, values of at most 1024 bytes.",
+    )
+}
+
+/// A value that is always `null`.
+pub(crate) fn null() -> Schema {
+    described(
+        ObjectBuilder::new().schema_type(Type::Null).build(),
+        "Always null.",
+    )
 }
 
 /// The document as pretty-printed JSON, built once.

@@ -13,12 +13,16 @@ use crate::state::AppState;
 /// Liveness or readiness.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok` or `ready`.
+    /// `ok` (liveness) or `ready` (readiness).
+    #[schema(pattern = "^(ok|ready)$")]
     status: &'static str,
 }
 
 /// Liveness: the process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Health))
+)]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
@@ -26,7 +30,10 @@ pub async fn healthz() -> Json<Health> {
 /// Readiness: the store answers.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Health), (status = 503, description = "The store does not answer"))
+    responses(
+        (status = 200, description = "The store answers", body = Health),
+        (status = 503, description = "The store does not answer", body = crate::wire::NativeErrorBody),
+    )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, Failure<Native>> {
     state.store().ping().await.map_err(|e| {

@@ -63,6 +63,14 @@ impl Params {
         Self { pairs }
     }
 
+    /// The names of the parameters given with a value, in order (repeats included).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.pairs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.as_str())
+    }
+
     /// The value of `name`, if present and non-empty.
     pub fn str(&self, name: &str) -> Result<Option<&str>, ApiError> {
         let mut found = None;

@@ -1,7 +1,75 @@
 //! Wire pieces shared by the native routes (and documented in the OpenAPI).
 
+use std::marker::PhantomData;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
+
+use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
+
+/// Path parameters of a route whose unknown ids are a 404. A segment that is not UTF-8 (no
+/// id of the API is) names nothing either: 404 in envelope `D`, not the framework's
+/// plain-text 400.
+#[derive(Debug)]
+pub struct Ids<T, D = Native>(pub T, pub PhantomData<fn() -> D>);
+
+impl<S, T, D> FromRequestParts<S> for Ids<T, D>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+    D: Envelope,
+{
+    type Rejection = Failure<D>;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(ids)) => Ok(Self(ids, PhantomData)),
+            Err(_) => Err(ApiError::new(
+                ErrorKind::NotFound,
+                "no such resource: a path segment is not valid UTF-8",
+            )
+            .into()),
+        }
+    }
+}
+
+/// The most a JSON body of the native routes may hold (axum's default limit).
+pub const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
+
+/// A request body of the native JSON routes, read whole (at most [`MAX_JSON_BODY`]). A body
+/// that cannot be read is answered in the native envelope, as the document says (413 beyond
+/// the limit, 400 otherwise), not in the framework's plain text.
+#[derive(Debug)]
+pub struct BodyBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for BodyBytes {
+    type Rejection = Failure<Native>;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Self)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        ErrorKind::PayloadTooLarge,
+                        format!("the body exceeds {MAX_JSON_BODY} bytes"),
+                    )
+                } else {
+                    ApiError::new(
+                        ErrorKind::InvalidBody,
+                        format!("could not read the request body: {}", e.body_text()),
+                    )
+                }
+                .into()
+            })
+    }
+}
 
 /// Cursor pagination of native lists.
 #[derive(Debug, Serialize, ToSchema)]
@@ -9,6 +77,7 @@ pub struct Pagination {
     /// Whether another page follows.
     pub has_more: bool,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
@@ -25,14 +94,19 @@ pub struct NativeErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct NativeErrorDetail {
-    /// Machine-readable code, e.g. `invalid_parameter`, `unauthorized`.
+    /// Machine-readable code: `unauthorized`, `forbidden`, `not_found`, `route_not_found`,
+    /// `method_not_allowed`, `invalid_parameter`, `invalid_request`, `invalid_records`,
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `overloaded`,
+    /// `unavailable` or `internal_error`.
     code: String,
     /// Human-readable explanation.
     message: String,
-    /// The parameter or field at fault, when one is.
+    /// The parameter or field at fault; absent when none is.
+    #[schema(nullable = false)]
     param: Option<String>,
     /// Per-record problems of an ingest call (`index`, `field`, `message`), or per-field
-    /// problems of a JSON body.
+    /// problems of a JSON body (`field`, `message`); absent otherwise.
+    #[schema(nullable = false)]
     details: Option<Vec<NativeErrorItem>>,
 }
 
@@ -40,10 +114,155 @@ pub struct NativeErrorDetail {
 #[derive(Debug, Serialize, ToSchema)]
 #[allow(dead_code)]
 pub struct NativeErrorItem {
-    /// The record's index in the batch (ingest only).
+    /// The record's index in the batch (ingest only; absent for a body's fields).
+    #[schema(nullable = false, minimum = 0)]
     index: Option<usize>,
     /// The field at fault; null when the whole record is.
+    #[schema(required = true)]
     field: Option<String>,
     /// What is wrong.
     message: String,
+}
+
+/// Reads an optional JSON integer into `T`. A number with a zero fraction (`201.0`) is that
+/// integer: JSON does not tell the two apart, nor does the OpenAPI `integer` type the
+/// document gives these fields. Use with `#[serde(default, deserialize_with = ...)]`.
+pub(crate) fn integer<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let whole = if let Some(i) = n.as_i64() {
+        Some(i128::from(i))
+    } else if let Some(u) = n.as_u64() {
+        Some(i128::from(u))
+    } else {
+        // Within ±2^63 an f64 with no fraction converts exactly.
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+            .map(|f| f as i128)
+    };
+    match whole {
+        Some(i) => T::try_from(i)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("invalid value: integer `{n}` is out of range"))),
+        None => Err(D::Error::custom(format!(
+            "invalid type: number `{n}`, expected an integer"
+        ))),
+    }
+}
+
+/// A struct read only from a JSON object. serde's derived `Deserialize` also reads a struct
+/// from an array of its fields in order (`["acme", "Acme"]`), which no documented body
+/// allows. The fields are still read through the caller's deserializer, so error paths stay.
+#[derive(Debug)]
+pub(crate) struct Object<T>(pub T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Only<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        d.deserialize_map(Only(std::marker::PhantomData))
+    }
+}
+
+/// Reads an optional struct field from a JSON object only (see [`Object`]). Use with
+/// `#[serde(default, deserialize_with = ...)]`.
+pub(crate) fn object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<Object<T>>::deserialize(d).map(|o| o.map(|Object(t)| t))
+}
+
+/// Reads an optional list of structs, each from a JSON object only (see [`Object`]).
+pub(crate) fn objects<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    use serde::Deserialize;
+    Option::<Vec<Object<T>>>::deserialize(d)
+        .map(|o| o.map(|items| items.into_iter().map(|Object(t)| t).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Probe {
+        #[serde(default, deserialize_with = "super::integer")]
+        n: Option<u32>,
+    }
+
+    fn read(json: &str) -> Result<Option<u32>, String> {
+        serde_json::from_str::<Probe>(json)
+            .map(|p| p.n)
+            .map_err(|e| e.to_string())
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Pair {
+        a: Option<u32>,
+        #[serde(default, deserialize_with = "super::object")]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Inner {
+        b: bool,
+    }
+
+    #[test]
+    fn structs_are_read_from_objects_only() {
+        let read = |json: &str| serde_json::from_str::<super::Object<Pair>>(json).map(|o| o.0);
+        let ok = read(r#"{"a": 1, "inner": {"b": true}}"#).unwrap();
+        assert_eq!(
+            ok,
+            Pair {
+                a: Some(1),
+                inner: Some(Inner { b: true })
+            }
+        );
+        assert_eq!(read(r#"{"inner": null}"#).unwrap().inner, None);
+        assert!(read("[1]").is_err());
+        assert!(read(r#"{"inner": [true]}"#).is_err());
+    }
+
+    #[test]
+    fn integers_with_a_zero_fraction_are_integers() {
+        assert_eq!(read(r#"{"n": 60}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"n": 60.0}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"n": 6e1}"#), Ok(Some(60)));
+        assert_eq!(read(r#"{"n": null}"#), Ok(None));
+        assert_eq!(read("{}"), Ok(None));
+        for bad in [
+            r#"{"n": 60.5}"#,
+            r#"{"n": -1}"#,
+            r#"{"n": 4294967296}"#,
+            r#"{"n": 1e300}"#,
+            r#"{"n": "60"}"#,
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
 }

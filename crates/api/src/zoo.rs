@@ -51,51 +51,68 @@ const METHODS: [&str; 9] = [
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ApiCallWithPrice {
     /// When the platform finished handling the call.
+    #[schema(required = true, format = DateTime)]
     completed_at: Option<String>,
     /// When the log was created.
+    #[schema(format = DateTime)]
     created_at: String,
     /// Milliseconds from start to completion, when known.
+    #[schema(required = true, minimum = 0)]
     duration: Option<i64>,
     /// The caller's email.
+    #[schema(required = true)]
     email: Option<String>,
     /// The route pattern (e.g. `/org/api-calls/{id}`), or the path when there is none.
+    #[schema(required = true)]
     endpoint: Option<String>,
     /// The log's id.
     #[schema(format = "uuid")]
     id: String,
     /// The caller's IP address.
+    #[schema(required = true)]
     ip_address: Option<String>,
     /// The HTTP method: one of OPTIONS GET POST PUT DELETE HEAD TRACE CONNECT PATCH, else
     /// EXTENSION.
+    #[schema(schema_with = crate::openapi::zoo_method)]
     method: &'static str,
     /// Billable minutes.
+    #[schema(required = true)]
     minutes: Option<i32>,
     /// The org's id; null when the org's id is not a UUID.
-    #[schema(format = "uuid")]
+    #[schema(required = true, format = "uuid")]
     org_id: Option<String>,
     /// The caller's `Origin`.
+    #[schema(required = true)]
     origin: Option<String>,
     /// The call's price.
-    #[schema(value_type = Option<f64>)]
+    #[schema(required = true, value_type = Option<f64>)]
     price: Option<Box<RawValue>>,
     /// The request body (capped at ingest).
+    #[schema(required = true)]
     request_body: Option<String>,
     /// The query string, without `?`.
+    #[schema(required = true)]
     request_query_params: Option<String>,
     /// The response body (capped at ingest).
+    #[schema(required = true)]
     response_body: Option<String>,
     /// Billable seconds.
+    #[schema(required = true)]
     seconds: Option<i32>,
     /// When the platform started handling the call.
+    #[schema(required = true, format = DateTime)]
     started_at: Option<String>,
     /// The HTTP status code.
+    #[schema(minimum = 100, maximum = 599)]
     status_code: u16,
     /// The invoice item the call was billed on.
+    #[schema(required = true)]
     stripe_invoice_item_id: Option<String>,
     /// The id of the API key used (never its secret); the nil UUID when unknown.
     #[schema(format = "uuid")]
     token: String,
     /// Logs are never updated: the creation time.
+    #[schema(format = DateTime)]
     updated_at: String,
     /// The caller's user agent; empty when unknown.
     user_agent: String,
@@ -173,6 +190,7 @@ pub struct ApiCallWithPriceResultsPage {
     /// The calls, in the requested order.
     items: Vec<ApiCallWithPrice>,
     /// Pass as `page_token` to get the next page; null on the last page.
+    #[schema(required = true)]
     next_page: Option<String>,
 }
 
@@ -193,13 +211,14 @@ pub struct ZooError {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct ApiCallsQuery {
-    /// Maximum number of items per page (1-1000, default 100).
-    #[param(minimum = 1, maximum = 1000)]
+    /// Maximum number of items per page.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
     /// Token returned by a previous call (`next_page`) to retrieve the subsequent page; only
-    /// valid with the same `sort_by`.
+    /// valid with the same `sort_by` (or none: the token carries its order).
     page_token: Option<String>,
-    /// `created_at_ascending` or `created_at_descending` (default). Ties break by id.
+    /// The order. Ties break by id.
+    #[param(schema_with = crate::openapi::zoo_sort_by)]
     sort_by: Option<String>,
 }
 
@@ -355,7 +374,8 @@ fn own_filter(caller: &OrgCaller) -> LogFilter {
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
         (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope", body = ZooError),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -374,13 +394,14 @@ pub async fn org_list_api_calls(
     path = "/org/api-calls/{id}",
     tag = "zoo",
     operation_id = "get_api_call_for_org",
-    params(("id" = String, Path, description = "The API call's id (a UUID)")),
+    params(("id" = String, Path, format = "uuid", description = "The API call's id")),
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
         (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope", body = ZooError),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
         (status = 404, description = "No such call in the caller's org", body = ZooError),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -407,7 +428,8 @@ pub async fn get_api_call_for_org(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
         (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope", body = ZooError),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -426,13 +448,14 @@ pub async fn user_list_api_calls(
     path = "/user/api-calls/{id}",
     tag = "zoo",
     operation_id = "get_api_call_for_user",
-    params(("id" = String, Path, description = "The API call's id (a UUID)")),
+    params(("id" = String, Path, format = "uuid", description = "The API call's id")),
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
         (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope", body = ZooError),
+        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
         (status = 404, description = "No such call of the caller's user", body = ZooError),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -461,6 +484,7 @@ pub async fn get_api_call_for_user(
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
         (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
         (status = 403, description = "The key lacks the admin scope", body = ZooError),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -489,6 +513,7 @@ pub async fn list_api_calls(
         (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
         (status = 403, description = "The key has neither the read nor the admin scope", body = ZooError),
         (status = 404, description = "No such call of the caller's user (or, with admin, of the org)", body = ZooError),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -524,14 +549,15 @@ pub fn is_zoo_path(path: &str) -> bool {
     tag = "zoo",
     operation_id = "list_api_calls_for_user",
     params(
-        ("id" = String, Path, description = "A user id, an email, or `me`"),
+        ("id" = String, Path, max_length = 1024, description = "A user id, an email, or `me`"),
         ApiCallsQuery,
     ),
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
         (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the admin scope", body = ZooError),
+        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = ZooError),
+        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

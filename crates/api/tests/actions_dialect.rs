@@ -1483,6 +1483,15 @@ async fn every_parameter_has_its_default_and_bounds() {
             "search[field]",
         ),
         ("field=ID&value=x", "search[field]"),
+        // `search` is an object of field, value and op (deepObject): no other key, and no
+        // bare value (the document's additionalProperties false).
+        ("search[]=0", "search[]"),
+        ("search[fields]=id&search[value]=x", "search[fields]"),
+        (
+            "search[field]=id&search[value]=x&search[value2]=y",
+            "search[value2]",
+        ),
+        ("search=id", "search"),
     ];
     for (query, mention) in bad {
         list_error(

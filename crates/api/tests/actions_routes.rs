@@ -2006,3 +2006,171 @@ async fn every_mutation_is_self_audited_without_secrets() {
     assert_eq!(creds["audit_log"].as_array().unwrap().len(), 1);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// What the OpenAPI document promises (docs/openapi.json), checked where JSON and JSON
+// Schema read a body differently from a naive parser.
+// ---------------------------------------------------------------------------------------------
+
+/// Lengths are in characters (as JSON Schema's `maxLength` counts them), not UTF-8 bytes:
+/// 1000 two-byte characters are a valid label, tag value and header value, 100 a valid tag
+/// key; one more character is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_limits_count_characters() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("4242").await;
+    let (e1000, e1001, e100, e101) = (
+        "é".repeat(1000),
+        "é".repeat(1001),
+        "é".repeat(100),
+        "é".repeat(101),
+    );
+    let body = json!({
+        "label": e1000,
+        "config": {"url": PUBLIC_URL, "headers": {"x-note": e1000}},
+        "tags": {e100.clone(): e1000},
+    });
+    let d = create(&server, &key.secret, "/v1/destinations", &body).await;
+    assert_eq!(d["label"].as_str().unwrap().chars().count(), 1000);
+    let c = create(
+        &server,
+        &key.secret,
+        "/v1/credentials",
+        &json!({"label": e1000}),
+    )
+    .await;
+    assert_eq!(c["label"], e1000.as_str());
+    for (patch, field) in [
+        (json!({"label": e1001}), "label".to_owned()),
+        (json!({"tags": {e101.clone(): "v"}}), format!("tags.{e101}")),
+        (json!({"tags": {"k": e1001}}), "tags.k".to_owned()),
+    ] {
+        let fields = invalid(
+            &server,
+            &key.secret,
+            Method::POST,
+            "/v1/destinations",
+            &with(&body, &patch),
+        )
+        .await;
+        assert_eq!(fields, [field]);
+    }
+    // A URL of 2048 characters is accepted, whatever its bytes.
+    let long = format!("{PUBLIC_URL}?q={}", "é".repeat(2048 - PUBLIC_URL.len() - 3));
+    assert_eq!(long.chars().count(), 2048);
+    let patch = json!({"config": {"url": long}});
+    let d = create(
+        &server,
+        &key.secret,
+        "/v1/destinations",
+        &with(&body, &patch),
+    )
+    .await;
+    assert_eq!(d["config"]["url"], long.as_str());
+    let fields = invalid(
+        &server,
+        &key.secret,
+        Method::POST,
+        "/v1/destinations",
+        &with(&body, &json!({"config": {"url": format!("{long}é")}})),
+    )
+    .await;
+    assert_eq!(fields, ["config.url"]);
+    // The records' search value: 1000 characters match nothing, 1001 are refused.
+    let path = format!("/v1/orgs/{}/actions/records", key.org_id);
+    let q = |v: &str| format!("{path}?search[field]=variant&search[value]={v}");
+    let page = get(&server, &key.secret, &q(&e1000)).await;
+    assert_eq!(page["data"]["count"], 0, "{page}");
+    let (status, _, v) = send(&server, Some(&key.secret), Method::GET, &q(&e1001), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    server.stop().await;
+}
+
+/// JSON does not tell `60` from `60.0`, nor does the OpenAPI `integer` type: an integer
+/// written with a zero fraction is that integer; any other fraction is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_may_carry_a_zero_fraction() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("integral").await;
+    let body = json!({"label": "d", "config": {"url": PUBLIC_URL, "response_time_sla_ms": 5000.0}});
+    let d = create(&server, &key.secret, "/v1/destinations", &body).await;
+    assert_eq!(d["config"]["response_time_sla_ms"], 5000);
+    let half = json!({"label": "d", "config": {"url": PUBLIC_URL, "response_time_sla_ms": 5000.5}});
+    malformed(
+        &server,
+        &key.secret,
+        Method::POST,
+        "/v1/destinations",
+        half.to_string(),
+        "config.response_time_sla_ms",
+    )
+    .await;
+    let def = definition_body("integral", &[], &json!(true), &[&id_of(&d)]);
+    create(&server, &key.secret, "/v1/action-definitions", &def).await;
+    let trigger = json!({"action": "integral", "version": 1.0, "input": 1, "timeout": 60.0});
+    let r = create(&server, &key.secret, &actions_path(&key), &trigger).await;
+    assert_eq!(
+        (r["version"].clone(), r["timeout"].clone()),
+        (json!(1), json!(60))
+    );
+    server.stop().await;
+}
+
+/// An object in a body is a JSON object: serde would also read a struct from an array of
+/// its fields in order, which the document (type object) does not allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_objects_are_not_arrays() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("objects").await;
+    let d = destination(&server, &key.secret, "d").await;
+    for (method, path, body, param) in [
+        (
+            Method::PATCH,
+            format!("/v1/destinations/{d}"),
+            json!({"config": {"signaling": [null, null]}}),
+            "config.signaling",
+        ),
+        (
+            Method::POST,
+            "/v1/destinations".to_owned(),
+            json!({"label": "a", "config": [PUBLIC_URL]}),
+            "config",
+        ),
+        (
+            Method::POST,
+            "/v1/action-definitions".to_owned(),
+            json!({"variant": "v", "schema": true, "destinations": [[d, true]]}),
+            "destinations[0]",
+        ),
+        (
+            Method::POST,
+            "/v1/credentials".to_owned(),
+            json!(["label"]),
+            "",
+        ),
+    ] {
+        let (status, _, v) = send(
+            &server,
+            Some(&key.secret),
+            method.clone(),
+            &path,
+            Some(body.to_string()),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{method} {path} {body}: {v}"
+        );
+        assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+        if !param.is_empty() {
+            assert_eq!(v["error"]["param"], param, "{v}");
+        }
+    }
+    // Nothing was changed or made.
+    let got = get(&server, &key.secret, &format!("/v1/destinations/{d}")).await;
+    assert_eq!(got["config"]["signaling"]["enabled"], false);
+    let creds = get(&server, &key.secret, "/v1/credentials").await;
+    assert_eq!(creds["data"], json!([]));
+    server.stop().await;
+}

@@ -186,6 +186,8 @@ async fn bad_org_creations_are_refused_by_field() {
         (json!({"id": "x".repeat(65), "name": "n"}), "id"),
         (json!({"id": "é", "name": "n"}), "id"),
         (json!({"id": 42, "name": "n"}), "id"),
+        // An empty string is not an absent id (SPEC §11); the document's pattern says 1-64.
+        (json!({"id": "", "name": "n"}), "id"),
         (json!({"id": "ok-id"}), "name"),
         (json!({"id": "ok-id", "name": ""}), "name"),
         (json!({"id": "ok-id", "name": "n".repeat(201)}), "name"),
@@ -205,7 +207,14 @@ async fn bad_org_creations_are_refused_by_field() {
         .await;
     }
     // Bodies that are not a JSON object.
-    for raw in ["", "not json", "[]", "{\"id\":"] {
+    // serde reads a struct from an array of its fields in order too; a body is an object.
+    for raw in [
+        "",
+        "not json",
+        "[]",
+        "{\"id\":",
+        r#"["from-an-array", "Array"]"#,
+    ] {
         let resp = server
             .operator(Method::POST, "/admin/v1/orgs")
             .header("content-type", "application/json")
@@ -927,5 +936,86 @@ async fn every_mutation_is_audited_without_secrets() {
         assert!(!details.contains("secret"), "{details}");
         assert!(e.created_at.millis() > 0);
     }
+    server.stop().await;
+}
+
+/// A JSON body beyond the 2 MiB the routes take is refused with 413 in the native envelope,
+/// as the document says, not with a plain-text answer from the framework.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413_in_the_envelope() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("big").await;
+    let big = json!({"name": "x".repeat(3 * 1024 * 1024)}).to_string();
+    let resp = server
+        .operator(Method::POST, "/admin/v1/orgs")
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_native_error(
+        resp,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    )
+    .await;
+    let resp = server
+        .request(Method::POST, "/v1/api-keys")
+        .header("x-api-key", &key.secret)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    expect_native_error(
+        resp,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    )
+    .await;
+    server.stop().await;
+}
+
+/// A path segment that is not UTF-8 (`%FF`) names no org, key, destination or definition: a
+/// 404 in the route's envelope like any other unknown id, not the framework's plain-text 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_path_segments_name_nothing() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("7").await;
+    for path in [
+        "/admin/v1/orgs/%FF",
+        "/admin/v1/orgs/%FF/api-keys",
+        "/admin/v1/orgs/7/api-keys/%FF",
+    ] {
+        let resp = server.operator(Method::GET, path).send().await.unwrap();
+        expect_native_error(resp, StatusCode::NOT_FOUND, "not_found", None).await;
+    }
+    for (method, path) in [
+        (Method::GET, "/v1/api-keys/%FF"),
+        (Method::GET, "/v1/destinations/%FF"),
+        (Method::DELETE, "/v1/action-definitions/%FF"),
+        (Method::POST, "/v1/orgs/%FF/actions"),
+        (Method::POST, "/v1/orgs/7/actions/records/%FF/signal"),
+    ] {
+        let resp = server
+            .request(method.clone(), path)
+            .header("x-api-key", &key.secret)
+            .header("content-type", "application/json")
+            .body(r#"{"status": "succeeded"}"#)
+            .send()
+            .await
+            .unwrap();
+        expect_native_error(resp, StatusCode::NOT_FOUND, "not_found", None).await;
+    }
+    let resp = server
+        .request(Method::GET, "/v1/orgs/%FF/actions/records")
+        .header("x-api-key", &key.secret)
+        .send()
+        .await
+        .unwrap();
+    let body = expect(resp, StatusCode::NOT_FOUND).await;
+    assert_eq!(body["errors"][0]["code"], "not_found", "{body}");
     server.stop().await;
 }

@@ -1462,3 +1462,47 @@ async fn times_counts_and_prices_outside_their_bounds_are_refused() {
         "{body}"
     );
 }
+
+/// JSON does not tell `201` from `201.0`, nor does the OpenAPI `integer` type the document
+/// gives these fields: an integer written with a zero fraction is stored as that integer,
+/// and a real fraction is refused naming its field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integers_may_carry_a_zero_fraction() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("integral").await;
+    let body = json!([{"method": "GET", "path": "/f", "status_code": 201.0, "duration_ms": 12.0,
+        "minutes": 3.0, "seconds": 0.0}]);
+    let resp = post(
+        &server,
+        &key.secret,
+        Some("application/json"),
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(
+        expect(resp, StatusCode::ACCEPTED).await,
+        json!({"accepted": 1, "duplicates": 0})
+    );
+    let logs = all_logs(&server, &key.secret).await;
+    assert_eq!(logs.len(), 1);
+    assert_eq!(
+        (
+            logs[0]["status_code"].clone(),
+            logs[0]["duration_ms"].clone()
+        ),
+        (json!(201), json!(12))
+    );
+    let body = json!([{"method": "GET", "path": "/f", "status_code": 201.5, "duration_ms": 1e300}]);
+    let resp = post(
+        &server,
+        &key.secret,
+        Some("application/json"),
+        body.to_string(),
+    )
+    .await;
+    let err = expect_native_error(resp, StatusCode::BAD_REQUEST, "invalid_records", None).await;
+    let fields: BTreeSet<Option<String>> = detail_pairs(&err).into_iter().map(|(_, f)| f).collect();
+    let want = ["duration_ms", "status_code"].map(|f| Some(f.to_owned()));
+    assert_eq!(fields, BTreeSet::from(want));
+    server.stop().await;
+}

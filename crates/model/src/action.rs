@@ -566,7 +566,7 @@ pub fn webhook_target(url: &str) -> Result<WebhookTarget, String> {
         "https" => 443,
         _ => return Err("must use the http or https scheme".into()),
     };
-    if url.len() > 2048 || url.chars().any(|c| c.is_control() || c == ' ') {
+    if url.chars().count() > 2048 || url.chars().any(|c| c.is_control() || c == ' ') {
         return Err("must be at most 2048 characters without spaces or control characters".into());
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();

@@ -10,31 +10,42 @@ use uuid::Uuid;
 
 use super::{Ingestible, Limits, Parsed, Problems};
 
-/// An audit event as posted to ingest. Unknown fields are refused by name.
+/// An audit event as posted to ingest. Unknown fields are refused by name. Optional text
+/// fields take null or the empty string for "absent"; text limits are in bytes (UTF-8).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestAuditEvent {
     /// A UUID; re-sending a stored id is a no-op, so retries are safe. Generated when absent.
+    /// Unique within a batch.
+    #[schema(schema_with = crate::openapi::record_id)]
     id: Option<String>,
-    /// Required with the operator token; with an org key it defaults to the key's org.
+    /// Required with the operator token (an existing org); with an org key it defaults to
+    /// the key's org, and any other org is refused (403).
     org_id: Option<String>,
     /// The acting user.
+    #[schema(max_length = 1024)]
     user_id: Option<String>,
-    /// Required. What was done, e.g. create, update, delete.
+    /// What was done, e.g. create, update, delete.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 1024)]
     action: Option<String>,
-    /// Required. What kind of resource, e.g. source, destination.
+    /// What kind of resource, e.g. source, destination.
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 1024)]
     resource_type: Option<String>,
     /// The resource's id.
+    #[schema(max_length = 1024)]
     resource_id: Option<String>,
     /// What changed: a string, or any JSON (stored as its JSON text); at most 64 KiB by
-    /// default. Never put secrets here.
-    #[schema(value_type = Option<Object>)]
+    /// default (refused beyond, never cut). Never put secrets here.
+    #[schema(required = false, value_type = Value)]
     details: Option<Box<RawValue>>,
     /// The actor's IPv4 or IPv6 address.
+    #[schema(schema_with = crate::openapi::ingest_ip)]
     ip_address: Option<String>,
     /// The request that made the change, linking the entry to its request log.
+    #[schema(max_length = 1024)]
     request_id: Option<String>,
     /// RFC 3339 with offset; defaults to the time of ingest.
+    #[schema(schema_with = crate::openapi::ingest_date_time)]
     created_at: Option<String>,
 }
 

@@ -95,16 +95,16 @@ pub(crate) trait Ingestible: Sized {
     post,
     path = "/v1/ingest/requests",
     tag = "ingest",
-    request_body(content = Vec<IngestLog>, description = "JSON array, or NDJSON with Content-Type application/x-ndjson"),
+    request_body(content = Vec<IngestLog>, description = "A JSON array of at most 10,000 records, or NDJSON (one record per line) with Content-Type application/x-ndjson"),
     responses(
         (status = 202, description = "Stored and committed", body = IngestResult),
-        (status = 400, description = "Invalid records (nothing stored) or a malformed body", body = NativeErrorBody),
+        (status = 400, description = "Invalid records (nothing stored; each problem listed in `details`) or a malformed body", body = NativeErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or names another org", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the write scope, or a record names another org", body = NativeErrorBody),
         (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
         (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
         (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
-        (status = 503, description = "The write queue is full; retry after Retry-After seconds", body = NativeErrorBody),
+        (status = 503, description = "The write queue is full or the store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -143,16 +143,16 @@ pub async fn ingest_requests(
     post,
     path = "/v1/ingest/audit-events",
     tag = "ingest",
-    request_body(content = Vec<IngestAuditEvent>, description = "JSON array, or NDJSON with Content-Type application/x-ndjson"),
+    request_body(content = Vec<IngestAuditEvent>, description = "A JSON array of at most 10,000 events, or NDJSON (one event per line) with Content-Type application/x-ndjson"),
     responses(
         (status = 202, description = "Stored and committed", body = IngestResult),
-        (status = 400, description = "Invalid records (nothing stored) or a malformed body", body = NativeErrorBody),
+        (status = 400, description = "Invalid records (nothing stored; each problem listed in `details`) or a malformed body", body = NativeErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or names another org", body = NativeErrorBody),
+        (status = 403, description = "The key lacks the write scope, or a record names another org", body = NativeErrorBody),
         (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
         (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
         (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
-        (status = 503, description = "The write queue is full; retry after Retry-After seconds", body = NativeErrorBody),
+        (status = 503, description = "The write queue is full or the store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -13,72 +13,116 @@ use uuid::Uuid;
 
 use super::{Ingestible, Limits, Parsed, Problems, empty_org_id};
 
-/// A request log as posted to ingest. Unknown fields are refused by name.
+/// A request log as posted to ingest. Unknown fields are refused by name. Optional text
+/// fields take null or the empty string for "absent"; text limits are in bytes (UTF-8).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestLog {
     /// A UUID; re-sending a stored id is a no-op, so retries are safe. Generated when absent.
+    /// Unique within a batch.
+    #[schema(schema_with = crate::openapi::record_id)]
     id: Option<String>,
-    /// Required with the operator token; with an org key it defaults to the key's org.
+    /// Required with the operator token (an existing org); with an org key it defaults to
+    /// the key's org, and any other org is refused (403).
     org_id: Option<String>,
     /// The platform's request id.
+    #[schema(max_length = 1024)]
     request_id: Option<String>,
-    /// Required. An HTTP method token; stored uppercase.
+    /// An HTTP method token of at most 32 characters; stored uppercase.
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$"
+    )]
     method: Option<String>,
-    /// Required. The path, starting with `/`, without the query string.
+    /// The path, starting with `/` (or `*`), without the query string; at most 8192 bytes.
+    #[schema(
+        required = true,
+        nullable = false,
+        pattern = "^(/|\\*$)",
+        max_length = 8192
+    )]
     path: Option<String>,
-    /// The query string, without `?`.
+    /// The query string (a leading `?` is dropped); at most 8192 bytes.
+    #[schema(max_length = 8192)]
     query: Option<String>,
     /// The route template, e.g. `/v1/users/{id}`.
+    #[schema(max_length = 1024)]
     route_pattern: Option<String>,
-    /// Required. 100-599.
+    /// The response status.
+    #[schema(required = true, nullable = false, minimum = 100, maximum = 599)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     status_code: Option<i64>,
     /// The platform's error code.
+    #[schema(max_length = 1024)]
     error_code: Option<String>,
-    /// Milliseconds; derived from started_at and completed_at when absent.
+    /// Milliseconds; derived from started_at and completed_at when absent (under the same
+    /// bound: a longer span is refused, naming completed_at).
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     duration_ms: Option<i64>,
     /// RFC 3339 with offset.
+    #[schema(schema_with = crate::openapi::ingest_date_time)]
     started_at: Option<String>,
     /// RFC 3339 with offset.
+    #[schema(schema_with = crate::openapi::ingest_date_time)]
     completed_at: Option<String>,
     /// RFC 3339 with offset; defaults to the time of ingest.
+    #[schema(schema_with = crate::openapi::ingest_date_time)]
     created_at: Option<String>,
     /// An IPv4 or IPv6 address.
+    #[schema(schema_with = crate::openapi::ingest_ip)]
     client_ip: Option<String>,
     /// The caller's User-Agent.
+    #[schema(max_length = 2048)]
     user_agent: Option<String>,
     /// The caller's Origin.
+    #[schema(max_length = 2048)]
     origin: Option<String>,
     /// e.g. api_key, session, jwt.
+    #[schema(max_length = 1024)]
     auth_type: Option<String>,
     /// e.g. user, service_account.
+    #[schema(max_length = 1024)]
     principal_type: Option<String>,
     /// The acting principal.
+    #[schema(max_length = 1024)]
     principal_id: Option<String>,
     /// The acting user.
+    #[schema(max_length = 1024)]
     user_id: Option<String>,
     /// The acting user's email.
+    #[schema(max_length = 1024)]
     email: Option<String>,
     /// The API key id used (never the secret).
+    #[schema(max_length = 1024)]
     api_key_id: Option<String>,
     /// The acting service account.
+    #[schema(max_length = 1024)]
     service_account_id: Option<String>,
-    /// A string, or any JSON (stored as its text); capped (64 KiB by default).
-    #[schema(value_type = Option<Object>)]
+    /// A string, or any JSON (stored as its text); cut to the server's cap (64 KiB by
+    /// default), which sets `request_body_truncated`.
+    #[schema(required = false, value_type = Value)]
     request_body: Option<Value>,
-    /// A string, or any JSON (stored as its text); capped (64 KiB by default).
-    #[schema(value_type = Option<Object>)]
+    /// A string, or any JSON (stored as its text); cut like `request_body`.
+    #[schema(required = false, value_type = Value)]
     response_body: Option<Value>,
     /// A decimal, as a string ("16.74") or a number; stored exactly as written.
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = crate::openapi::price)]
     price: Option<Box<RawValue>>,
-    /// Billable minutes.
+    /// Billable minutes (a 32-bit integer: the zoo dialect's official clients read it so).
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     minutes: Option<i64>,
-    /// Billable seconds.
+    /// Billable seconds (a 32-bit integer, like `minutes`).
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     seconds: Option<i64>,
     /// The invoice item the call was billed on.
+    #[schema(max_length = 1024)]
     stripe_invoice_item_id: Option<String>,
-    /// Free-form string pairs (at most 64 keys).
+    /// Free-form string pairs: at most 64 keys of at most 256 bytes, values of at most 1024.
+    #[schema(schema_with = crate::openapi::metadata)]
     metadata: Option<BTreeMap<String, String>>,
 }
 
