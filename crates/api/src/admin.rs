@@ -165,14 +165,15 @@ pub struct CreateKey {
     /// The principal's id, 1-256 characters.
     #[schema(required = true, nullable = false, min_length = 1, max_length = 256)]
     principal_id: Option<String>,
-    /// The user the key acts for, at most 256 characters (empty: none).
-    #[schema(max_length = 256)]
+    /// The user the key acts for, 1-256 characters (leave it out for none; an empty string is
+    /// refused).
+    #[schema(min_length = 1, max_length = 256)]
     user_id: Option<String>,
-    /// The principal's email, at most 320 characters with an `@` (empty: none).
-    #[schema(max_length = 320, pattern = "^$|@")]
+    /// The principal's email, at most 320 characters with an `@` (leave it out for none).
+    #[schema(min_length = 1, max_length = 320, pattern = "@")]
     email: Option<String>,
-    /// The service account the key acts for, at most 256 characters (empty: none).
-    #[schema(max_length = 256)]
+    /// The service account the key acts for, 1-256 characters (leave it out for none).
+    #[schema(min_length = 1, max_length = 256)]
     service_account_id: Option<String>,
 }
 

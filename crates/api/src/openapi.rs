@@ -70,7 +70,7 @@ use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire
         ops::openapi,
     ),
     components(schemas(wire::NativeErrorBody, wire::NativeErrorDetail, wire::NativeErrorItem)),
-    modifiers(&SecuritySchemes, &EmptyQueryValues, &AmbiguousCredentials, &ResponseHeaders),
+    modifiers(&SecuritySchemes, &EmptyQueryValues, &AmbiguousCredentials, &HeadLimits, &ResponseHeaders),
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
@@ -178,6 +178,44 @@ impl Modify for AmbiguousCredentials {
                     bad.description = WHY.to_owned();
                     responses.insert("400".into(), RefOr::T(bad));
                 }
+            }
+        }
+    }
+}
+
+/// The limits of the request head (`head`), checked before any route: a request target
+/// over 8 KiB is a 414, over 100 headers or 32 KiB of them a 431, both in the native envelope,
+/// on every operation.
+struct HeadLimits;
+
+impl Modify for HeadLimits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let native = |description: &str| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                            "NativeErrorBody",
+                        )))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                let responses = &mut operation.responses.responses;
+                responses.insert(
+                    "414".into(),
+                    RefOr::T(native("The request target is longer than 8 KiB")),
+                );
+                responses.insert(
+                    "431".into(),
+                    RefOr::T(native(
+                        "More than 100 request headers, or more than 32 KiB of them",
+                    )),
+                );
             }
         }
     }

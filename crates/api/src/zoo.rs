@@ -506,7 +506,7 @@ pub async fn list_api_calls(
     path = "/api-calls/{id}",
     tag = "zoo",
     operation_id = "get_api_call",
-    params(("id" = String, Path, description = "The API call's id (a UUID)")),
+    params(("id" = String, Path, format = "uuid", description = "The API call's id")),
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
