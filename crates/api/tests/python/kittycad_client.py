@@ -1,6 +1,6 @@
 """Drives apitrail's zoo dialect with the official `kittycad` client (PyPI).
 
-Run by `crates/api/tests/kittycad_client.rs` against a live apitrail; reads the server and key
+Run by `crates/api/tests/it/kittycad_client.rs` against a live apitrail; reads the server and key
 from the environment and prints what the client saw as one JSON object, which the Rust test
 compares with the records it ingested. Any exception (a response the client's models reject,
 an HTTP error, a bad page token) fails the run with a traceback.

@@ -10,7 +10,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod reference;
+use crate::reference;
 
 use std::cmp::Ordering;
 use std::collections::HashSet;

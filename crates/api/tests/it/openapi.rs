@@ -1,6 +1,6 @@
 //! The OpenAPI document is generated from the code, committed as `docs/openapi.json`, and
 //! must stay current: this test fails when the two differ. Regenerate with
-//! `UPDATE_OPENAPI=1 cargo test -p apitrail-api --test openapi`.
+//! `UPDATE_OPENAPI=1 cargo test -p apitrail-api --test it openapi::`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,7 +24,7 @@ fn committed_openapi_is_current() {
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed.trim_end() == generated.trim_end(),
-        "docs/openapi.json is stale; run UPDATE_OPENAPI=1 cargo test -p apitrail-api --test openapi"
+        "docs/openapi.json is stale; run UPDATE_OPENAPI=1 cargo test -p apitrail-api --test it openapi::"
     );
 }
 

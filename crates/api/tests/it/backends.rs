@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod reference;
+use crate::reference;
 
 use apitrail_testkit::{Backend, Options, TestKey, TestServer, expect};
 use reqwest::StatusCode;

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod http_support;
+use crate::http_support;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

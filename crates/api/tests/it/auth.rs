@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod http_support;
+use crate::http_support;
 
 use apitrail_api::admin::{create_key_as, create_org_as};
 use apitrail_model::key::NewApiKeyInput;

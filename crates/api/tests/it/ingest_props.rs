@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod http_support;
+use crate::http_support;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
