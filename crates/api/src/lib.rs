@@ -7,18 +7,13 @@
 //! After the response, the middleware hands the call's own request log to the
 //! [`selflog::Recorder`].
 
-pub mod action_records;
-pub mod actions;
-pub mod admin;
-pub mod audit;
 pub mod auth;
 pub mod context;
+pub mod dialects;
 pub mod error;
 pub mod head;
-pub mod ingest;
-pub mod keys;
-pub mod logs;
 pub mod metrics;
+pub mod native;
 pub mod openapi;
 pub mod ops;
 pub mod params;
@@ -26,7 +21,6 @@ pub mod selflog;
 pub mod serve;
 pub mod state;
 pub mod wire;
-pub mod zoo;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,6 +30,9 @@ use apitrail_store::{Store, StoreError};
 use axum::Router;
 use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
+
+use crate::dialects::{actions as action_records, audit, keys, logs, zoo};
+use crate::native::{actions, admin, ingest};
 
 pub use auth::AdminToken;
 pub use state::{ApiConfig, AppState};

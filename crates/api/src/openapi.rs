@@ -14,7 +14,9 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, Secur
 use utoipa::openapi::{PathItem, RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
-use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire, zoo};
+use crate::dialects::{actions as action_records, audit, keys, logs, zoo};
+use crate::native::{actions, admin, ingest};
+use crate::{ops, wire};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -435,7 +437,7 @@ pub(crate) fn tags() -> Schema {
 pub(crate) fn webhook_headers() -> Schema {
     let reserved: Extensions = [(
         "not",
-        serde_json::json!({ "enum": crate::actions::RESERVED_HEADERS }),
+        serde_json::json!({ "enum": crate::native::actions::RESERVED_HEADERS }),
     )]
     .into_iter()
     .collect();

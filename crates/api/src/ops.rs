@@ -86,8 +86,8 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
         ErrorKind::RouteNotFound,
         format!("no route for {method} {}", uri.path()),
     );
-    if crate::zoo::is_zoo_path(uri.path()) {
-        render::<crate::zoo::Zoo>(&err)
+    if crate::dialects::zoo::is_zoo_path(uri.path()) {
+        render::<crate::dialects::zoo::Zoo>(&err)
     } else {
         render::<Native>(&err)
     }

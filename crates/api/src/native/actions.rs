@@ -1,6 +1,6 @@
 //! Actions, the native routes (SPEC §7): credentials, destinations, action definitions,
 //! triggering a record and signaling its outcome. The records list is the `actions` dialect
-//! ([`crate::action_records`]). Every mutation of a credential, destination or definition is
+//! ([`crate::dialects::actions`]). Every mutation of a credential, destination or definition is
 //! self-audited in the same transaction.
 
 use std::collections::BTreeMap;
@@ -25,10 +25,10 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::admin::{audit, json_body, not_found};
 use crate::auth::{Authed, OrgCaller};
 use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::native::admin::{audit, json_body, not_found};
 use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};

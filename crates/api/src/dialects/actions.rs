@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::actions::{ConfigBody, StateBody};
 use crate::auth::Authed;
 use crate::error::{ApiError, Envelope, ErrorKind, Failure};
+use crate::native::actions::{ConfigBody, StateBody};
 use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::Ids;
