@@ -8,6 +8,7 @@
 //! [`selflog::Recorder`].
 
 pub mod auth;
+mod common;
 pub mod context;
 pub mod dialects;
 pub mod error;

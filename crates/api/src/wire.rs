@@ -2,6 +2,7 @@
 
 use std::marker::PhantomData;
 
+use apitrail_store::Page;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
@@ -10,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
+use crate::common::next_cursor;
 use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
 
 /// Path parameters of a route whose unknown ids are a 404. A segment that is not UTF-8 (no
@@ -79,6 +81,25 @@ pub struct Pagination {
     /// Pass as `cursor` to get the next page; null on the last page.
     #[schema(required = true)]
     pub next_cursor: Option<String>,
+}
+
+impl Pagination {
+    /// The pagination of `page`: whether more follow, and the cursor resuming after its last
+    /// item (`encode` of it).
+    pub(crate) fn of<T>(page: &Page<T>, encode: impl FnOnce(&T) -> String) -> Self {
+        Self {
+            has_more: page.has_more,
+            next_cursor: next_cursor(page, encode),
+        }
+    }
+
+    /// The pagination of a list that is always whole: its only page.
+    pub(crate) fn whole() -> Self {
+        Self {
+            has_more: false,
+            next_cursor: None,
+        }
+    }
 }
 
 /// The native error envelope (documentation only; see `error::Native`).

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use apitrail_model::{
     ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionStatus,
-    Destination, OrgId, Scope, Tags, Tenant, Timestamp,
+    Destination, Scope, Tags, Tenant, Timestamp,
 };
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -18,7 +18,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Authed;
-use crate::error::{ApiError, Envelope, ErrorKind, Failure};
+use crate::common::{OrgIdForm, path_org, raw_json};
+use crate::error::{ApiError, Envelope, Failure};
 use crate::native::actions::{ConfigBody, StateBody};
 use crate::params::Params;
 use crate::state::AppState;
@@ -197,7 +198,7 @@ impl EventItem {
             available_at: e.available_at.map(Timestamp::to_rfc3339),
             timeout_at: e.timeout_at.map(Timestamp::to_rfc3339),
             message: e.message.clone(),
-            data: e.data.as_deref().map(raw),
+            data: e.data.as_deref().map(raw_json),
         }
     }
 }
@@ -433,11 +434,6 @@ pub fn parse_query(p: &Params) -> Result<RecordsRequest, ApiError> {
     })
 }
 
-fn raw(text: &str) -> Box<RawValue> {
-    RawValue::from_string(text.to_owned())
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
-}
-
 /// The definitions (at each record's version) with their destinations.
 async fn definitions(
     state: &AppState,
@@ -491,7 +487,7 @@ async fn definitions(
                 variant: d.variant.clone(),
                 version: d.version,
                 alias: d.alias.clone(),
-                schema: raw(&d.schema),
+                schema: raw_json(&d.schema),
                 deleted_at: d.deleted_at.map(Timestamp::to_rfc3339),
                 destinations: links,
             },
@@ -523,12 +519,7 @@ pub async fn list_action_records(
     Ids(org_id, _): Ids<String, Actions>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RecordsResponse>, Failure<Actions>> {
-    if org_id.is_empty() || !org_id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::param("org_id", "must match ^[0-9]+$").into());
-    }
-    if caller.tenant.org_id() != &OrgId::parse(&org_id).map_err(|_| not_found())? {
-        return Err(not_found().into());
-    }
+    path_org(&state, Some(&caller), &org_id, OrgIdForm::Digits).await?;
     caller.require(Scope::Read)?;
     let request = parse_query(&Params::parse(query.as_deref()))?;
     let tenant = &caller.tenant;
@@ -566,7 +557,7 @@ pub async fn list_action_records(
             id: r.id.to_string(),
             org_id: org.to_owned(),
             action_definition_id: r.definition_id.to_string(),
-            input: raw(&r.input),
+            input: raw_json(&r.input),
             timeout: r.timeout_secs,
             tags: r.tags.clone(),
             state: request.include_state.then(|| (&r.state).into()),
@@ -582,8 +573,4 @@ pub async fn list_action_records(
         data: RecordsData { items, count },
         errors: None,
     }))
-}
-
-fn not_found() -> ApiError {
-    ApiError::new(ErrorKind::NotFound, "no such org")
 }

@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Authed;
+use crate::common::next_cursor;
 use crate::error::{ApiError, Failure, Native};
 use crate::params::{Params, repair_plus};
 use crate::state::AppState;
@@ -190,10 +191,7 @@ pub async fn list_audit_log(
         .store()
         .list_audit_entries(&caller.tenant, &req.filter, req.after, req.limit)
         .await?;
-    let next_cursor = match page.items.last() {
-        Some(last) if page.has_more => Some(cursor_after(last)),
-        _ => None,
-    };
+    let next_cursor = next_cursor(&page, cursor_after);
     let org = caller.tenant.org_id().as_str();
     Ok(Json(AuditLogPage {
         audit_log: page

@@ -12,6 +12,7 @@ use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
+use crate::common::log_cursor;
 use crate::error::{ApiError, Failure, Native};
 use crate::params::Params;
 use crate::state::AppState;
@@ -223,23 +224,10 @@ pub async fn list_logs(
         .store()
         .list_request_logs(&caller.tenant, &req.filter, req.sort, req.page)
         .await?;
-    let next_cursor = match page.items.last() {
-        Some(last) if page.has_more => Some(
-            Cursor {
-                kind: CursorKind::Logs,
-                sort: req.sort,
-                position: req.sort.position_of(last),
-            }
-            .encode(),
-        ),
-        _ => None,
-    };
+    let pagination = Pagination::of(&page, |last| log_cursor(CursorKind::Logs, req.sort, last));
     Ok(Json(LogsPage {
         data: page.items.into_iter().map(LogItem::from).collect(),
-        pagination: Pagination {
-            has_more: page.has_more,
-            next_cursor,
-        },
+        pagination,
     }))
 }
 

@@ -21,7 +21,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{Authed, OrgCaller};
-use crate::error::{ApiError, Envelope, ErrorKind, Failure};
+use crate::common::{log_cursor, next_cursor, not_found};
+use crate::error::{ApiError, Envelope, Failure};
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -293,17 +294,7 @@ async fn list(
         .store()
         .list_request_logs(&caller.tenant, &filter, req.sort, req.page)
         .await?;
-    let next_page = match page.items.last() {
-        Some(last) if page.has_more => Some(
-            Cursor {
-                kind: CursorKind::Zoo,
-                sort: req.sort,
-                position: req.sort.position_of(last),
-            }
-            .encode(),
-        ),
-        _ => None,
-    };
+    let next_page = next_cursor(&page, |last| log_cursor(CursorKind::Zoo, req.sort, last));
     let org = org_uuid(caller);
     Ok(Json(ApiCallWithPriceResultsPage {
         items: page
@@ -322,7 +313,6 @@ async fn fetch(
     id: Result<Path<String>, PathRejection>,
     keep: impl FnOnce(&RequestLog) -> bool,
 ) -> Result<Json<ApiCallWithPrice>, ApiError> {
-    let not_found = || ApiError::new(ErrorKind::NotFound, "no such API call");
     let Path(id) = id.map_err(|_| ApiError::param("id", "must be a UUID"))?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::param("id", "must be a UUID"))?;
     let log = state
@@ -330,7 +320,7 @@ async fn fetch(
         .get_request_log(&caller.tenant, id)
         .await?
         .filter(keep)
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| not_found("API call"))?;
     Ok(Json(ApiCallWithPrice::new(
         log,
         org_uuid(caller).as_deref(),

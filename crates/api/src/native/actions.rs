@@ -26,9 +26,9 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{Authed, OrgCaller};
+use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid, raw_json};
 use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native};
-use crate::native::admin::{audit, json_body, not_found};
 use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
@@ -62,11 +62,6 @@ pub(crate) const RESERVED_HEADERS: [&str; 6] = [
 
 fn now() -> Timestamp {
     Timestamp::now()
-}
-
-fn raw(text: &str) -> Box<RawValue> {
-    RawValue::from_string(text.to_owned())
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
 }
 
 /// Reads `Some(null)` as `Some(None)` (a PATCH clearing a field), unlike plain `Option`.
@@ -109,10 +104,6 @@ fn check_map(errors: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, S
             ));
         }
     }
-}
-
-fn parse_id(raw: &str, what: &str) -> std::result::Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| not_found(what))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -206,11 +197,11 @@ pub async fn create_credential(
         secret: WebhookSecret::generate(),
         created_at: now(),
     };
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "create",
         "credential",
-        credential.id.to_string(),
+        credential.id,
         json!({ "label": credential.label }),
     );
     state
@@ -248,10 +239,7 @@ pub async fn list_credentials(
             .iter()
             .map(|c| CredentialBody::new(caller.tenant.org_id(), c))
             .collect(),
-        pagination: Pagination {
-            has_more: false,
-            next_cursor: None,
-        },
+        pagination: Pagination::whole(),
     }))
 }
 
@@ -642,11 +630,11 @@ pub async fn create_destination(
         deleted_at: None,
     };
     apply_destination(&state, &caller.tenant, &mut d, input, true).await?;
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "create",
         "destination",
-        d.id.to_string(),
+        d.id,
         destination_audit(&d),
     );
     state
@@ -690,10 +678,7 @@ pub async fn list_destinations(
             .iter()
             .map(|d| DestinationBody::new(caller.tenant.org_id(), d))
             .collect(),
-        pagination: Pagination {
-            has_more: false,
-            next_cursor: None,
-        },
+        pagination: Pagination::whole(),
     }))
 }
 
@@ -702,7 +687,7 @@ async fn find_destination(
     caller: &OrgCaller,
     id: &str,
 ) -> std::result::Result<Destination, ApiError> {
-    let id = parse_id(id, "destination")?;
+    let id = path_uuid(id, "destination")?;
     state
         .store()
         .get_destination(&caller.tenant, id)
@@ -764,11 +749,11 @@ pub async fn update_destination(
     }
     apply_destination(&state, &caller.tenant, &mut d, input, false).await?;
     d.updated_at = now();
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "update",
         "destination",
-        d.id.to_string(),
+        d.id,
         destination_audit(&d),
     );
     state
@@ -802,13 +787,7 @@ pub async fn delete_destination(
         let at = now();
         d.deleted_at = Some(at);
         d.updated_at = at;
-        let entry = audit(
-            Some(&caller),
-            "delete",
-            "destination",
-            d.id.to_string(),
-            json!({}),
-        );
+        let entry = audit_entry(Some(&caller), "delete", "destination", d.id, json!({}));
         state
             .store()
             .put_destination(&caller.tenant, &d, false, &entry)
@@ -912,7 +891,7 @@ impl DefinitionBody {
             variant: d.variant.clone(),
             version: d.version,
             alias: d.alias.clone(),
-            schema: raw(&d.schema),
+            schema: raw_json(&d.schema),
             destinations: d
                 .destinations
                 .iter()
@@ -1103,11 +1082,11 @@ pub async fn create_definition(
         updated_at: at,
         deleted_at: None,
     };
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "create",
         "action_definition",
-        d.id.to_string(),
+        d.id,
         definition_audit(&d),
     );
     state
@@ -1151,10 +1130,7 @@ pub async fn list_definitions(
             .iter()
             .map(|d| DefinitionBody::new(caller.tenant.org_id(), d))
             .collect(),
-        pagination: Pagination {
-            has_more: false,
-            next_cursor: None,
-        },
+        pagination: Pagination::whole(),
     }))
 }
 
@@ -1164,7 +1140,7 @@ async fn find_definition(
     id: &str,
     version: Option<u32>,
 ) -> std::result::Result<ActionDefinition, ApiError> {
-    let id = parse_id(id, "action definition")?;
+    let id = path_uuid(id, "action definition")?;
     state
         .store()
         .get_action_definition(&caller.tenant, id, version)
@@ -1243,11 +1219,11 @@ pub async fn replace_definition(
         updated_at: at,
         deleted_at: None,
     };
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "update",
         "action_definition",
-        d.id.to_string(),
+        d.id,
         definition_audit(&d),
     );
     state
@@ -1282,11 +1258,11 @@ pub async fn delete_definition(
         let at = now();
         d.deleted_at = Some(at);
         d.updated_at = at;
-        let entry = audit(
+        let entry = audit_entry(
             Some(&caller),
             "delete",
             "action_definition",
-            d.id.to_string(),
+            d.id,
             json!({}),
         );
         state
@@ -1417,7 +1393,7 @@ impl RecordBody {
             action_definition_id: r.definition_id.to_string(),
             variant: r.variant.clone(),
             version: r.version,
-            input: raw(&r.input),
+            input: raw_json(&r.input),
             timeout: r.timeout_secs,
             tags: r.tags.clone(),
             destination_id: r.destination_id.to_string(),
@@ -1425,16 +1401,6 @@ impl RecordBody {
             created_at: r.created_at.to_rfc3339(),
             state: (&r.state).into(),
         }
-    }
-}
-
-/// The path's org must be the caller's; any other (or malformed) id is a 404, so that other
-/// orgs' existence never shows.
-fn own_org(caller: &OrgCaller, org_id: &str) -> std::result::Result<(), ApiError> {
-    if caller.tenant.org_id().as_str() == org_id {
-        Ok(())
-    } else {
-        Err(not_found("org"))
     }
 }
 
@@ -1499,7 +1465,7 @@ pub async fn trigger_action(
     Ids(org_id, _): Ids<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<RecordBody>)> {
-    own_org(&caller, &org_id)?;
+    path_org(&state, Some(&caller), &org_id, OrgIdForm::Any).await?;
     caller.require(Scope::Write)?;
     let input: TriggerInput = json_body(&body)?;
     let Some(action) = input.action.filter(|a| !a.is_empty()) else {
@@ -1637,7 +1603,7 @@ pub async fn signal_action(
     Ids((org_id, id), _): Ids<(String, String)>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<RecordBody>> {
-    own_org(&caller, &org_id)?;
+    path_org(&state, Some(&caller), &org_id, OrgIdForm::Any).await?;
     caller.require(Scope::Write)?;
     let input: SignalInput = json_body(&body)?;
     let Some(outcome) = input.status.as_deref().and_then(Signal::parse) else {
@@ -1669,7 +1635,7 @@ pub async fn signal_action(
         )])
         .into());
     }
-    let id = parse_id(&id, "action record")?;
+    let id = path_uuid(&id, "action record")?;
     let mut record = state
         .store()
         .get_action_record(&caller.tenant, id)
