@@ -12,11 +12,11 @@ use utoipa::openapi::schema::{
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{PathItem, RefOr, Schema};
-use utoipa::{Modify, OpenApi};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::dialects::{actions as action_records, audit, keys, logs, zoo};
 use crate::native::{actions, admin, ingest};
-use crate::{ops, wire};
+use crate::{error, ops};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -71,7 +71,7 @@ use crate::{ops, wire};
         ops::metrics,
         ops::openapi,
     ),
-    components(schemas(wire::NativeErrorBody, wire::NativeErrorDetail, wire::NativeErrorItem)),
+    components(schemas(error::NativeErrorBody, error::NativeErrorDetail, error::NativeErrorItem)),
     modifiers(&SecuritySchemes, &EmptyQueryValues, &AmbiguousCredentials, &HeadLimits, &ResponseHeaders),
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
@@ -199,7 +199,7 @@ impl Modify for HeadLimits {
                     "application/json",
                     utoipa::openapi::ContentBuilder::new()
                         .schema(Some(utoipa::openapi::Ref::from_schema_name(
-                            "NativeErrorBody",
+                            error::NativeErrorBody::name(),
                         )))
                         .build(),
                 )

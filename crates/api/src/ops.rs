@@ -32,7 +32,7 @@ pub async fn healthz() -> Json<Health> {
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The store answers", body = Health),
-        (status = 503, description = "The store does not answer", body = crate::wire::NativeErrorBody),
+        (status = 503, description = "The store does not answer", body = crate::error::NativeErrorBody),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, Failure<Native>> {

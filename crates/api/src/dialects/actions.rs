@@ -13,7 +13,6 @@ use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -32,18 +31,27 @@ pub const MAX_TAKE: u32 = 50;
 /// The deepest `skip` accepted: an offset costs time in proportion to it.
 pub const MAX_SKIP: u64 = 1_000_000;
 
-/// The actions dialect's error envelope: `{"data": null, "errors": [{"code", "message"}]}`.
+/// The actions dialect's error envelope: [`ActionsErrorBody`], `{"data": null, "errors":
+/// [{"code", "message"}]}`.
 #[derive(Debug)]
 pub enum Actions {}
 
 impl Envelope for Actions {
-    fn body(err: &ApiError, _request_id: &str) -> Value {
+    type Body = ActionsErrorBody;
+
+    fn body(err: &ApiError, _request_id: &str) -> ActionsErrorBody {
         let (_, code) = err.status_and_code();
-        json!({ "data": null, "errors": [{ "code": code, "message": err.message }] })
+        ActionsErrorBody {
+            data: None,
+            errors: vec![ActionsError {
+                code: code.to_owned(),
+                message: err.message.clone(),
+            }],
+        }
     }
 }
 
-/// The error body of the actions dialect (documentation only).
+/// The error body of the actions dialect.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionsErrorBody {
     /// Always null on errors.

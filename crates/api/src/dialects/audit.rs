@@ -15,10 +15,9 @@ use uuid::Uuid;
 
 use crate::auth::Authed;
 use crate::common::next_cursor;
-use crate::error::{ApiError, Failure, Native};
+use crate::error::{ApiError, Failure, Native, NativeErrorBody};
 use crate::params::{Params, repair_plus};
 use crate::state::AppState;
-use crate::wire::NativeErrorBody;
 
 /// The seed's default page size.
 pub const DEFAULT_LIMIT: u32 = 50;

@@ -6,7 +6,7 @@ use apitrail_model::{LogFilter, PageRequest, PageStart, RequestLog, Scope, Sort}
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
@@ -15,19 +15,22 @@ use crate::error::{ApiError, Envelope, Failure};
 use crate::params::Params;
 use crate::state::AppState;
 
-/// The keys dialect's envelope: `{"code": <status>, "data": null, "message", "requestId"}`.
+/// The keys dialect's envelope: [`KeysErrorBody`], `{"code": <status>, "data": null,
+/// "message", "requestId"}`.
 #[derive(Debug)]
 pub enum Keys {}
 
 impl Envelope for Keys {
-    fn body(err: &ApiError, request_id: &str) -> Value {
+    type Body = KeysErrorBody;
+
+    fn body(err: &ApiError, request_id: &str) -> KeysErrorBody {
         let (status, _) = err.status_and_code();
-        json!({
-            "code": status.as_u16(),
-            "data": null,
-            "message": err.message,
-            "requestId": request_id,
-        })
+        KeysErrorBody {
+            code: status.as_u16(),
+            data: None,
+            message: err.message.clone(),
+            request_id: request_id.to_owned(),
+        }
     }
 }
 
@@ -142,10 +145,9 @@ pub struct KeyRequestsPage {
     request_id: String,
 }
 
-/// The keys dialect's error envelope (documentation only; see [`Keys`]).
+/// The keys dialect's error envelope.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
 pub struct KeysErrorBody {
     /// The HTTP status.
     #[schema(minimum = 400, maximum = 599)]

@@ -13,10 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
 use crate::common::log_cursor;
-use crate::error::{ApiError, Failure, Native};
+use crate::error::{ApiError, Failure, Native, NativeErrorBody};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{NativeErrorBody, Pagination};
+use crate::wire::Pagination;
 
 /// A request log as the logs dialect prints it: exactly the seed's ten fields, every one
 /// present (`null` when the log has no value).

@@ -16,7 +16,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
+
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -26,15 +26,32 @@ use crate::error::{ApiError, Envelope, Failure};
 use crate::params::Params;
 use crate::state::AppState;
 
-/// The zoo dialect's error envelope: `{"error_code", "message", "request_id"}`.
+/// The zoo dialect's error envelope: [`ZooError`].
 #[derive(Debug)]
 pub enum Zoo {}
 
 impl Envelope for Zoo {
-    fn body(err: &ApiError, request_id: &str) -> Value {
+    type Body = ZooError;
+
+    fn body(err: &ApiError, request_id: &str) -> ZooError {
         let (_, code) = err.status_and_code();
-        json!({ "error_code": code, "message": err.message, "request_id": request_id })
+        ZooError {
+            error_code: code.to_owned(),
+            message: err.message.clone(),
+            request_id: request_id.to_owned(),
+        }
     }
+}
+
+/// The zoo error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ZooError {
+    /// Machine-readable code, e.g. `invalid_parameter`, `unauthorized`, `not_found`.
+    error_code: String,
+    /// What is wrong, naming the parameter at fault.
+    message: String,
+    /// The request id, also in the `X-Request-Id` header.
+    request_id: String,
 }
 
 /// Default page size.
@@ -193,18 +210,6 @@ pub struct ApiCallWithPriceResultsPage {
     /// Pass as `page_token` to get the next page; null on the last page.
     #[schema(required = true)]
     next_page: Option<String>,
-}
-
-/// The zoo error envelope (documentation only; see [`Zoo`]).
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct ZooError {
-    /// Machine-readable code, e.g. `invalid_parameter`, `unauthorized`, `not_found`.
-    error_code: String,
-    /// What is wrong, naming the parameter at fault.
-    message: String,
-    /// The request id, also in the `X-Request-Id` header.
-    request_id: String,
 }
 
 /// Query parameters of the zoo list routes (documentation only; see [`parse_query`]).
@@ -648,7 +653,7 @@ mod tests {
         ] {
             let raw = price_number(stored).unwrap();
             assert_eq!(raw.get(), wire);
-            let v: Value = serde_json::from_str(raw.get()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
             assert!(v.is_number(), "{stored}");
         }
     }

@@ -28,10 +28,10 @@ use uuid::Uuid;
 use crate::auth::{Authed, OrgCaller};
 use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid, raw_json};
 use crate::context;
-use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, Ids, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 

@@ -21,10 +21,10 @@ use uuid::Uuid;
 
 use crate::auth::{Authed, Operator, OrgCaller};
 use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid};
-use crate::error::{ApiError, Failure, Native};
+use crate::error::{ApiError, Failure, Native, NativeErrorBody};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, Ids, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 

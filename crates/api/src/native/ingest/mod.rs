@@ -31,10 +31,9 @@ pub use requests::IngestLog;
 use requests::IngestedLog;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ErrorKind, Failure, Native, RecordError};
+use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody, RecordError};
 use crate::params::{NUL_MESSAGE, nul_fields};
 use crate::state::AppState;
-use crate::wire::NativeErrorBody;
 
 /// The answer to a stored batch.
 #[derive(Debug, Serialize, ToSchema)]
