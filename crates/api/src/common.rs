@@ -1,15 +1,14 @@
 //! Helpers every route module shares, so that no route module imports another: reading a
-//! JSON body, the 404s of unknown ids, the org named in a path, the audit entry of a change,
-//! and the next-page cursor.
+//! JSON body, the 404s of unknown ids, the org named in a path, and the audit entry of a
+//! change. (The next-page cursor is in `wire`.)
 
 use apitrail_model::new_record_id;
-use apitrail_model::{AuditEntry, Cursor, CursorKind, OrgId, RequestLog, Sort, Tenant, Timestamp};
-use apitrail_store::Page;
+use apitrail_model::{AuditEntry, OrgId, Tenant, Timestamp};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::auth::OrgCaller;
+use crate::caller::OrgCaller;
 use crate::context;
 use crate::error::{ApiError, ErrorKind};
 use crate::params::{NUL_MESSAGE, nul_fields};
@@ -115,21 +114,6 @@ pub(crate) fn audit_entry(
         request_id: Some(context::request_id()),
         created_at: Timestamp::now(),
     }
-}
-
-/// The cursor of the page after `page`: `encode` of its last item, or `None` on the last page.
-pub(crate) fn next_cursor<T>(page: &Page<T>, encode: impl FnOnce(&T) -> String) -> Option<String> {
-    page.items.last().filter(|_| page.has_more).map(encode)
-}
-
-/// The keyset cursor resuming a request-log list of `kind`, in order `sort`, after `last`.
-pub(crate) fn log_cursor(kind: CursorKind, sort: Sort, last: &RequestLog) -> String {
-    Cursor {
-        kind,
-        sort,
-        position: sort.position_of(last),
-    }
-    .encode()
 }
 
 /// Stored JSON text as a raw JSON value (`null` should the text not be JSON, which the store

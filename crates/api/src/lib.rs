@@ -5,9 +5,10 @@
 //! into model types ([`params`]), calls the [`Store`], and maps the result to its dialect's
 //! own wire types. Errors are [`error::ApiError`]s rendered in the route's dialect envelope.
 //! After the response, the middleware hands the call's own request log to the
-//! [`selflog::Recorder`].
+//! [`recorder::Recorder`].
 
 pub mod auth;
+pub mod caller;
 mod common;
 pub mod context;
 pub mod dialects;
@@ -18,6 +19,7 @@ pub mod native;
 pub mod openapi;
 pub mod ops;
 pub mod params;
+pub mod recorder;
 pub mod selflog;
 pub mod serve;
 pub mod state;
@@ -35,7 +37,7 @@ use tokio::net::TcpListener;
 use crate::dialects::{actions as action_records, audit, keys, logs, zoo};
 use crate::native::{actions, admin, ingest};
 
-pub use auth::AdminToken;
+pub use caller::AdminToken;
 pub use state::{ApiConfig, AppState};
 
 /// The router with every route and the tracking middleware.
@@ -164,7 +166,7 @@ impl App {
         listen: SocketAddr,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
-        let (recorder, _task) = selflog::Recorder::spawn(Arc::clone(&store));
+        let (recorder, _task) = recorder::Recorder::spawn(Arc::clone(&store));
         let state = AppState::new(Arc::clone(&store), config, recorder);
         Ok(Self {
             listener,

@@ -2,6 +2,7 @@
 
 use std::marker::PhantomData;
 
+use apitrail_model::{Cursor, CursorKind, RequestLog, Sort};
 use apitrail_store::Page;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -11,7 +12,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use utoipa::ToSchema;
 
-use crate::common::next_cursor;
 use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
 
 /// Path parameters of a route whose unknown ids are a 404. A segment that is not UTF-8 (no
@@ -71,6 +71,21 @@ impl<S: Send + Sync> FromRequest<S> for BodyBytes {
                 .into()
             })
     }
+}
+
+/// The cursor of the page after `page`: `encode` of its last item, or `None` on the last page.
+pub(crate) fn next_cursor<T>(page: &Page<T>, encode: impl FnOnce(&T) -> String) -> Option<String> {
+    page.items.last().filter(|_| page.has_more).map(encode)
+}
+
+/// The keyset cursor resuming a request-log list of `kind`, in order `sort`, after `last`.
+pub(crate) fn log_cursor(kind: CursorKind, sort: Sort, last: &RequestLog) -> String {
+    Cursor {
+        kind,
+        sort,
+        position: sort.position_of(last),
+    }
+    .encode()
 }
 
 /// Cursor pagination of native lists.

@@ -14,10 +14,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Authed;
-use crate::common::next_cursor;
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
 use crate::params::{Params, repair_plus};
 use crate::state::AppState;
+use crate::wire::next_cursor;
 
 /// The seed's default page size.
 pub const DEFAULT_LIMIT: u32 = 50;

@@ -12,11 +12,11 @@ use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
-use crate::common::log_cursor;
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
 use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::Pagination;
+use crate::wire::log_cursor;
 
 /// A request log as the logs dialect prints it: exactly the seed's ten fields, every one
 /// present (`null` when the log has no value).

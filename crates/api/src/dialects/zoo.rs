@@ -20,11 +20,13 @@ use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{Authed, OrgCaller};
-use crate::common::{log_cursor, next_cursor, not_found};
+use crate::auth::Authed;
+use crate::caller::OrgCaller;
+use crate::common::not_found;
 use crate::error::{ApiError, Envelope, Failure};
 use crate::params::Params;
 use crate::state::AppState;
+use crate::wire::{log_cursor, next_cursor};
 
 /// The zoo dialect's error envelope: [`ZooError`].
 #[derive(Debug)]

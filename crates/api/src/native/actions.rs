@@ -25,7 +25,8 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::{Authed, OrgCaller};
+use crate::auth::Authed;
+use crate::caller::OrgCaller;
 use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid, raw_json};
 use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody};

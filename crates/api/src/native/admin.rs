@@ -19,7 +19,8 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{Authed, Operator, OrgCaller};
+use crate::auth::{Authed, Operator};
+use crate::caller::OrgCaller;
 use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid};
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
 use crate::params::Params;

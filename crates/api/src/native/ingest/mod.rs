@@ -12,12 +12,11 @@ mod requests;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
-use apitrail_model::{AuditEntry, OrgId, Scope, Tenant, Timestamp};
+use apitrail_model::{AuditEntry, OrgId, Tenant, Timestamp};
 use apitrail_store::{AuditBatch, InsertOutcome, LogBatch, StoreError};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
@@ -30,7 +29,8 @@ pub use audit::IngestAuditEvent;
 pub use requests::IngestLog;
 use requests::IngestedLog;
 
-use crate::auth::Caller;
+use crate::auth::IngestCaller;
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody, RecordError};
 use crate::params::{NUL_MESSAGE, nul_fields};
 use crate::state::AppState;
@@ -42,26 +42,6 @@ pub struct IngestResult {
     accepted: u64,
     /// Records skipped because their id was already stored for their org.
     duplicates: u64,
-}
-
-/// Authenticates an ingest caller: the operator token or an org key with the `write` scope.
-#[derive(Debug)]
-pub struct IngestCaller(Caller);
-
-impl FromRequestParts<AppState> for IngestCaller {
-    type Rejection = Failure<Native>;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let caller = state.authenticate_any(&parts.headers).await?;
-        if let Caller::Org(org) = &caller {
-            crate::selflog::note_caller(parts, org);
-            org.require(Scope::Write)?;
-        }
-        Ok(Self(caller))
-    }
 }
 
 /// What validation needs besides the record.
