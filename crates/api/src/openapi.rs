@@ -14,65 +14,17 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, Secur
 use utoipa::openapi::{PathItem, RefOr, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::dialects::{actions as action_records, audit, keys, logs, zoo};
-use crate::native::{actions, admin, ingest};
-use crate::{error, ops};
+use crate::error;
 
-/// The API description.
+/// The API description without its paths, which [`document`] takes from the router
+/// (`crate::routes`) and then completes with the modifiers below.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "apitrail",
         description = "Self-hosted, multi-tenant API activity log service: request logs, audit log entries and action records, served through the dialects of five public APIs and apitrail's native API."
     ),
-    paths(
-        logs::list_logs,
-        keys::list_key_requests,
-        zoo::org_list_api_calls,
-        zoo::get_api_call_for_org,
-        zoo::user_list_api_calls,
-        zoo::get_api_call_for_user,
-        zoo::list_api_calls_for_user,
-        zoo::list_api_calls,
-        zoo::get_api_call,
-        audit::list_audit_log,
-        audit::list_audit_log_unversioned,
-        audit::verify_audit_log,
-        action_records::list_action_records,
-        actions::create_credential,
-        actions::list_credentials,
-        actions::create_destination,
-        actions::list_destinations,
-        actions::get_destination,
-        actions::update_destination,
-        actions::delete_destination,
-        actions::create_definition,
-        actions::list_definitions,
-        actions::get_definition,
-        actions::replace_definition,
-        actions::delete_definition,
-        actions::trigger_action,
-        actions::signal_action,
-        ingest::ingest_requests,
-        ingest::ingest_audit_events,
-        admin::create_org,
-        admin::list_orgs,
-        admin::get_org,
-        admin::admin_create_key,
-        admin::admin_list_keys,
-        admin::admin_get_key,
-        admin::admin_revoke_key,
-        admin::create_key,
-        admin::list_keys,
-        admin::get_key,
-        admin::revoke_key,
-        ops::healthz,
-        ops::readyz,
-        ops::metrics,
-        ops::openapi,
-    ),
     components(schemas(error::NativeErrorBody, error::NativeErrorDetail, error::NativeErrorItem)),
-    modifiers(&SecuritySchemes, &EmptyQueryValues, &AmbiguousCredentials, &HeadLimits, &ResponseHeaders),
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
@@ -86,7 +38,7 @@ use crate::{error, ops};
     )
 )]
 #[derive(Debug)]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct SecuritySchemes;
 
@@ -755,8 +707,18 @@ pub(crate) fn null() -> Schema {
 pub fn document() -> String {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
+        let mut doc = crate::routes().into_openapi();
+        let modifiers: [&dyn Modify; 5] = [
+            &SecuritySchemes,
+            &EmptyQueryValues,
+            &AmbiguousCredentials,
+            &HeadLimits,
+            &ResponseHeaders,
+        ];
+        for modifier in modifiers {
+            modifier.modify(&mut doc);
+        }
+        doc.to_pretty_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     })
     .clone()
