@@ -1,8 +1,11 @@
-//! Wire pieces shared by the native routes (and documented in the OpenAPI).
+//! Wire pieces shared by several routes (and documented in the OpenAPI): path and body
+//! extractors, pagination and the next cursor, the action types the native routes and the
+//! actions dialect print alike, and serde helpers.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
-use apitrail_model::{Cursor, CursorKind, RequestLog, Sort};
+use apitrail_model::{ActionState, Cursor, CursorKind, RequestLog, Sort, Timestamp, WebhookConfig};
 use apitrail_store::Page;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -113,6 +116,101 @@ impl Pagination {
         Self {
             has_more: false,
             next_cursor: None,
+        }
+    }
+}
+
+// A destination's webhook settings and a record's state, printed alike by the native action
+// routes and the actions dialect.
+
+/// Headers apitrail sets on every delivery, which a destination may not override.
+pub(crate) const RESERVED_HEADERS: [&str; 6] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+];
+
+/// The wire form of a destination's config.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfigBody {
+    /// The URL.
+    pub url: String,
+    /// Extra headers.
+    #[schema(schema_with = crate::openapi::webhook_headers)]
+    pub headers: BTreeMap<String, String>,
+    /// Signaling settings.
+    pub signaling: SignalingOut,
+    /// Delivery timeout in milliseconds.
+    #[schema(minimum = 1, maximum = 120_000)]
+    pub response_time_sla_ms: u32,
+}
+
+/// Signaling settings as printed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SignalingOut {
+    /// Whether signaling is on.
+    pub enabled: bool,
+    /// Always `ack`.
+    #[schema(schema_with = crate::openapi::signaling_ack)]
+    pub default: &'static str,
+}
+
+impl From<&WebhookConfig> for ConfigBody {
+    fn from(c: &WebhookConfig) -> Self {
+        Self {
+            url: c.url.clone(),
+            headers: c.headers.clone(),
+            signaling: SignalingOut {
+                enabled: c.signaling,
+                default: "ack",
+            },
+            response_time_sla_ms: c.response_time_sla_ms,
+        }
+    }
+}
+
+/// A record's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StateBody {
+    /// The status.
+    #[schema(schema_with = crate::openapi::action_status)]
+    pub status: &'static str,
+    /// Delivery attempts started.
+    pub attempt: u32,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// RFC 3339: when the next attempt is due.
+    #[schema(format = DateTime)]
+    pub available_at: String,
+    /// RFC 3339: when an acknowledgement times out.
+    #[schema(required = true, format = DateTime)]
+    pub timeout_at: Option<String>,
+    /// RFC 3339: the first attempt.
+    #[schema(required = true, format = DateTime)]
+    pub started_at: Option<String>,
+    /// RFC 3339: the final status.
+    #[schema(required = true, format = DateTime)]
+    pub completed_at: Option<String>,
+    /// Why it failed.
+    #[schema(required = true)]
+    pub error_message: Option<String>,
+}
+
+impl From<&ActionState> for StateBody {
+    fn from(s: &ActionState) -> Self {
+        Self {
+            status: s.status.as_str(),
+            attempt: s.attempt,
+            updated_at: s.updated_at.to_rfc3339(),
+            available_at: s.available_at.to_rfc3339(),
+            timeout_at: s.timeout_at.map(Timestamp::to_rfc3339),
+            started_at: s.started_at.map(Timestamp::to_rfc3339),
+            completed_at: s.completed_at.map(Timestamp::to_rfc3339),
+            error_message: s.error_message.clone(),
         }
     }
 }

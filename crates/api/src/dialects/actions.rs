@@ -19,10 +19,10 @@ use uuid::Uuid;
 use crate::auth::Authed;
 use crate::common::{OrgIdForm, path_org, raw_json};
 use crate::error::{ApiError, Envelope, Failure};
-use crate::native::actions::{ConfigBody, StateBody};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::Ids;
+use crate::wire::{ConfigBody, Ids, StateBody};
 
 /// The seed's default page size.
 pub const DEFAULT_TAKE: u32 = 20;
@@ -514,10 +514,8 @@ async fn definitions(
     responses(
         (status = 200, description = "A page of action records", body = RecordsResponse),
         (status = 400, description = "A parameter is malformed or out of range", body = ActionsErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ActionsErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ActionsErrorBody),
         (status = 404, description = "`org_id` is not the key's org", body = ActionsErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ActionsErrorBody),
+        OrgKeyErrors<ActionsErrorBody, { scope::READ }>,
     ),
     security(("arklow" = []), ("api_key" = []), ("bearer" = []), ("session" = []))
 )]

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::Authed;
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::{Params, repair_plus};
 use crate::state::AppState;
 use crate::wire::next_cursor;
@@ -173,9 +174,7 @@ pub fn cursor_after(e: &AuditEntry) -> String {
     responses(
         (status = 200, description = "Audit log entries", body = AuditLogPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -214,9 +213,7 @@ pub async fn list_audit_log(
     responses(
         (status = 200, description = "Audit log entries", body = AuditLogPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -260,9 +257,7 @@ pub struct VerifyReport {
     tag = "audit",
     responses(
         (status = 200, description = "The verification outcome (ok or not)", body = VerifyReport),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Authed;
 use crate::context;
 use crate::error::{ApiError, Envelope, Failure};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
 
@@ -219,9 +220,7 @@ pub fn parse_query(p: &Params) -> Result<KeyRequestsRequest, ApiError> {
     responses(
         (status = 200, description = "A page of request logs", body = KeyRequestsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = KeysErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = KeysErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = KeysErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = KeysErrorBody),
+        OrgKeyErrors<KeysErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::Pagination;
@@ -207,9 +208,7 @@ pub fn parse_query(p: &Params) -> Result<LogsRequest, ApiError> {
     responses(
         (status = 200, description = "Paginated request logs", body = LogsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -24,6 +24,7 @@ use crate::auth::Authed;
 use crate::caller::OrgCaller;
 use crate::common::not_found;
 use crate::error::{ApiError, Envelope, Failure};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::{log_cursor, next_cursor};
@@ -370,9 +371,7 @@ fn own_filter(caller: &OrgCaller) -> LogFilter {
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -395,10 +394,8 @@ pub async fn org_list_api_calls(
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
         (status = 404, description = "No such call in the caller's org", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -424,9 +421,7 @@ pub async fn get_api_call_for_org(
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -449,10 +444,8 @@ pub async fn user_list_api_calls(
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
         (status = 404, description = "No such call of the caller's user", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -479,9 +472,8 @@ pub async fn get_api_call_for_user(
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
         (status = 403, description = "The key lacks the admin scope", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -507,10 +499,9 @@ pub async fn list_api_calls(
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
         (status = 403, description = "The key has neither the read nor the admin scope", body = ZooError),
         (status = 404, description = "No such call of the caller's user (or, with admin, of the org)", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -552,9 +543,7 @@ pub fn is_zoo_path(path: &str) -> bool {
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -11,9 +11,8 @@ use apitrail_model::action::{
 };
 use apitrail_model::transition::{self, EventKind, Occurrence, Refusal, Signal};
 use apitrail_model::{
-    ActionDefinition, ActionEvent, ActionRecord, ActionState, Credential, DefinitionDestination,
-    Destination, FieldError, OrgId, Scope, Tags, Tenant, Timestamp, WebhookConfig, WebhookSecret,
-    new_record_id,
+    ActionDefinition, ActionEvent, ActionRecord, Credential, DefinitionDestination, Destination,
+    FieldError, OrgId, Scope, Tags, Tenant, Timestamp, WebhookConfig, WebhookSecret, new_record_id,
 };
 use apitrail_store::Expected;
 use axum::Json;
@@ -30,9 +29,10 @@ use crate::caller::OrgCaller;
 use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid, raw_json};
 use crate::context;
 use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody};
+use crate::openapi::{JsonBodyErrors, OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{BodyBytes, Ids, Pagination};
+use crate::wire::{BodyBytes, ConfigBody, Ids, Pagination, RESERVED_HEADERS, StateBody};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -50,16 +50,6 @@ const MAX_ENTRIES: usize = 50;
 const MAX_TEXT: usize = 1000;
 /// Largest schema or input, as JSON text.
 const MAX_JSON: usize = 256 * 1024;
-
-/// Headers apitrail sets on every delivery, which a destination may not override.
-pub(crate) const RESERVED_HEADERS: [&str; 6] = [
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-type",
-    "content-length",
-    "host",
-];
 
 fn now() -> Timestamp {
     Timestamp::now()
@@ -171,11 +161,8 @@ pub struct CredentialList {
     request_body = CreateCredential,
     responses(
         (status = 201, description = "The credential, with its secret (shown once)", body = CreatedCredential),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -223,9 +210,7 @@ pub async fn create_credential(
     get, path = "/v1/credentials", tag = "actions",
     responses(
         (status = 200, description = "Every credential of the org, without secrets", body = CredentialList),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -345,45 +330,6 @@ pub struct NewDestination {
     /// Labels.
     #[schema(schema_with = crate::openapi::tags_or_null)]
     tags: Option<BTreeMap<String, String>>,
-}
-
-/// The wire form of a destination's config.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ConfigBody {
-    /// The URL.
-    pub url: String,
-    /// Extra headers.
-    #[schema(schema_with = crate::openapi::webhook_headers)]
-    pub headers: BTreeMap<String, String>,
-    /// Signaling settings.
-    pub signaling: SignalingOut,
-    /// Delivery timeout in milliseconds.
-    #[schema(minimum = 1, maximum = 120_000)]
-    pub response_time_sla_ms: u32,
-}
-
-/// Signaling settings as printed.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SignalingOut {
-    /// Whether signaling is on.
-    pub enabled: bool,
-    /// Always `ack`.
-    #[schema(schema_with = crate::openapi::signaling_ack)]
-    pub default: &'static str,
-}
-
-impl From<&WebhookConfig> for ConfigBody {
-    fn from(c: &WebhookConfig) -> Self {
-        Self {
-            url: c.url.clone(),
-            headers: c.headers.clone(),
-            signaling: SignalingOut {
-                enabled: c.signaling,
-                default: "ack",
-            },
-            response_time_sla_ms: c.response_time_sla_ms,
-        }
-    }
 }
 
 /// A destination.
@@ -597,11 +543,8 @@ fn destination_audit(d: &Destination) -> serde_json::Value {
     request_body = NewDestination,
     responses(
         (status = 201, description = "The destination", body = DestinationBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -655,9 +598,7 @@ pub async fn create_destination(
     responses(
         (status = 200, description = "The org's destinations", body = DestinationList),
         (status = 400, description = "A parameter is malformed", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -702,10 +643,8 @@ async fn find_destination(
     params(("id" = String, Path, format = "uuid", description = "The destination's id (anything else is not found)")),
     responses(
         (status = 200, description = "The destination (deleted ones too)", body = DestinationBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -726,13 +665,10 @@ pub async fn get_destination(
     request_body = DestinationInput,
     responses(
         (status = 200, description = "The changed destination", body = DestinationBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
         (status = 409, description = "The destination is deleted", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -770,10 +706,8 @@ pub async fn update_destination(
     params(("id" = String, Path, format = "uuid", description = "The destination's id (anything else is not found)")),
     responses(
         (status = 200, description = "The destination, with deleted_at set (deleting again changes nothing)", body = DestinationBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1053,12 +987,9 @@ fn definition_audit(d: &ActionDefinition) -> serde_json::Value {
     request_body = DefinitionInput,
     responses(
         (status = 201, description = "Version 1 of the definition", body = DefinitionBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 409, description = "A live definition of the org already has one of the names", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1107,9 +1038,7 @@ pub async fn create_definition(
     responses(
         (status = 200, description = "The latest version of each definition", body = DefinitionList),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1156,10 +1085,8 @@ async fn find_definition(
     responses(
         (status = 200, description = "The definition (deleted ones too)", body = DefinitionBody),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such action definition (or version) in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1182,13 +1109,10 @@ pub async fn get_definition(
     request_body = DefinitionInput,
     responses(
         (status = 200, description = "The definition; a changed schema made the next version", body = DefinitionBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such action definition in the caller's org", body = NativeErrorBody),
         (status = 409, description = "The definition is deleted, or another live definition has one of the names", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1241,10 +1165,8 @@ pub async fn replace_definition(
     params(("id" = String, Path, format = "uuid", description = "The action definition's id (anything else is not found)")),
     responses(
         (status = 200, description = "The definition, with deleted_at set (deleting again changes nothing)", body = DefinitionBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such action definition in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1303,49 +1225,6 @@ pub struct TriggerInput {
     /// The id of a live destination of the org (default: the definition's default).
     #[schema(format = "uuid")]
     destination_id: Option<String>,
-}
-
-/// A record's state.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StateBody {
-    /// The status.
-    #[schema(schema_with = crate::openapi::action_status)]
-    pub status: &'static str,
-    /// Delivery attempts started.
-    pub attempt: u32,
-    /// RFC 3339.
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    /// RFC 3339: when the next attempt is due.
-    #[schema(format = DateTime)]
-    pub available_at: String,
-    /// RFC 3339: when an acknowledgement times out.
-    #[schema(required = true, format = DateTime)]
-    pub timeout_at: Option<String>,
-    /// RFC 3339: the first attempt.
-    #[schema(required = true, format = DateTime)]
-    pub started_at: Option<String>,
-    /// RFC 3339: the final status.
-    #[schema(required = true, format = DateTime)]
-    pub completed_at: Option<String>,
-    /// Why it failed.
-    #[schema(required = true)]
-    pub error_message: Option<String>,
-}
-
-impl From<&ActionState> for StateBody {
-    fn from(s: &ActionState) -> Self {
-        Self {
-            status: s.status.as_str(),
-            attempt: s.attempt,
-            updated_at: s.updated_at.to_rfc3339(),
-            available_at: s.available_at.to_rfc3339(),
-            timeout_at: s.timeout_at.map(Timestamp::to_rfc3339),
-            started_at: s.started_at.map(Timestamp::to_rfc3339),
-            completed_at: s.completed_at.map(Timestamp::to_rfc3339),
-            error_message: s.error_message.clone(),
-        }
-    }
 }
 
 /// An action record, as the native routes print it.
@@ -1451,12 +1330,9 @@ async fn resolve_definition(
     request_body = TriggerInput,
     responses(
         (status = 201, description = "The record, pending", body = RecordBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "`org_id` is not the key's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::WRITE }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1588,13 +1464,10 @@ pub struct SignalInput {
     request_body = SignalInput,
     responses(
         (status = 200, description = "The record with its final status", body = RecordBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "`org_id` is not the key's org, or no such record", body = NativeErrorBody),
         (status = 409, description = "The record is not waiting for a signal, or its timeout passed", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::WRITE }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

@@ -23,6 +23,7 @@ use crate::auth::{Authed, Operator};
 use crate::caller::OrgCaller;
 use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid};
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::openapi::{JsonBodyErrors, OperatorErrors, OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
 use crate::wire::{BodyBytes, Ids, Pagination};
@@ -194,12 +195,9 @@ pub struct OrgListQuery {
     request_body = CreateOrg,
     responses(
         (status = 201, description = "The org", body = OrgBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 409, description = "An org with this id exists", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -233,9 +231,7 @@ pub async fn create_org_as(store: &dyn Store, new: NewOrg) -> std::result::Resul
     responses(
         (status = 200, description = "A page of orgs, by id", body = OrgList),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -273,10 +269,8 @@ pub async fn list_orgs(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)")),
     responses(
         (status = 200, description = "The org", body = OrgBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -413,12 +407,9 @@ async fn do_revoke_key(
     request_body = CreateKey,
     responses(
         (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -438,10 +429,8 @@ pub async fn admin_create_key(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)")),
     responses(
         (status = 200, description = "Every key of the org, revoked ones too", body = KeyList),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -460,10 +449,8 @@ pub async fn admin_list_keys(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)"), ("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key", body = KeyBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org, or no such key in it", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -482,10 +469,8 @@ pub async fn admin_get_key(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)"), ("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key, with revoked_at set (revoking again changes nothing)", body = KeyBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org, or no such key in it", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -504,11 +489,8 @@ pub async fn admin_revoke_key(
     request_body = CreateKey,
     responses(
         (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -526,9 +508,7 @@ pub async fn create_key(
     get, path = "/v1/api-keys", tag = "api-keys",
     responses(
         (status = 200, description = "Every key of the org, revoked ones too", body = KeyList),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -546,10 +526,8 @@ pub async fn list_keys(
     params(("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key", body = KeyBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such API key in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -568,10 +546,8 @@ pub async fn get_key(
     params(("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key, with revoked_at set (revoking again changes nothing)", body = KeyBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such API key in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

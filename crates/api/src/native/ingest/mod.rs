@@ -22,7 +22,8 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
+use utoipa::openapi::{RefOr, Response};
+use utoipa::{IntoResponses, ToSchema};
 use uuid::Uuid;
 
 pub use audit::IngestAuditEvent;
@@ -32,6 +33,7 @@ use requests::IngestedLog;
 use crate::auth::IngestCaller;
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody, RecordError};
+use crate::openapi::errors;
 use crate::params::{NUL_MESSAGE, nul_fields};
 use crate::state::AppState;
 
@@ -42,6 +44,39 @@ pub struct IngestResult {
     accepted: u64,
     /// Records skipped because their id was already stored for their org.
     duplicates: u64,
+}
+
+/// The refusals of both ingest routes.
+#[derive(Debug)]
+pub struct IngestErrors;
+
+impl IntoResponses for IngestErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        errors::<NativeErrorBody>(&[
+            (
+                "400",
+                "Invalid records (nothing stored; each problem listed in `details`) or a malformed body",
+            ),
+            ("401", "Missing or invalid credentials"),
+            (
+                "403",
+                "The key lacks the write scope, or a record names another org",
+            ),
+            (
+                "408",
+                "The body stalled or missed the body deadline; the connection is closed",
+            ),
+            ("413", "More than 10,000 records or 16 MiB (decompressed)"),
+            (
+                "415",
+                "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity",
+            ),
+            (
+                "503",
+                "The write queue is full or the store is unavailable; retry after Retry-After seconds",
+            ),
+        ])
+    }
 }
 
 /// What validation needs besides the record.
@@ -77,13 +112,7 @@ pub(crate) trait Ingestible: Sized {
     request_body(content = Vec<IngestLog>, description = "A JSON array of at most 10,000 records, or NDJSON (one record per line) with Content-Type application/x-ndjson"),
     responses(
         (status = 202, description = "Stored and committed", body = IngestResult),
-        (status = 400, description = "Invalid records (nothing stored; each problem listed in `details`) or a malformed body", body = NativeErrorBody),
-        (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or a record names another org", body = NativeErrorBody),
-        (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
-        (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
-        (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
-        (status = 503, description = "The write queue is full or the store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        IngestErrors,
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -125,13 +154,7 @@ pub async fn ingest_requests(
     request_body(content = Vec<IngestAuditEvent>, description = "A JSON array of at most 10,000 events, or NDJSON (one event per line) with Content-Type application/x-ndjson"),
     responses(
         (status = 202, description = "Stored and committed", body = IngestResult),
-        (status = 400, description = "Invalid records (nothing stored; each problem listed in `details`) or a malformed body", body = NativeErrorBody),
-        (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or a record names another org", body = NativeErrorBody),
-        (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
-        (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
-        (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
-        (status = 503, description = "The write queue is full or the store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        IngestErrors,
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
