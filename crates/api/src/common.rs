@@ -2,8 +2,7 @@
 //! JSON body, the 404s of unknown ids, the org named in a path, and the audit entry of a
 //! change. (The next-page cursor is in `wire`.)
 
-use apitrail_model::new_record_id;
-use apitrail_model::{AuditEntry, OrgId, Tenant, Timestamp};
+use apitrail_model::{AuditEntry, OrgId, Tenant, Timestamp, new_record_id};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use uuid::Uuid;

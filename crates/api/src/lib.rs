@@ -6,6 +6,11 @@
 //! own wire types. Errors are [`error::ApiError`]s rendered in the route's dialect envelope.
 //! After the response, the middleware hands the call's own request log to the
 //! [`recorder::Recorder`].
+//!
+//! The routes live in [`dialects`] (the seeds' read dialects, each in its own envelope) and
+//! [`native`] (apitrail's own routes); what they share is in the modules beside them, and no
+//! route module imports another. `routes()` lists every route once, for both the router and
+//! the OpenAPI document.
 
 pub mod auth;
 pub mod caller;
@@ -39,37 +44,38 @@ use utoipa_axum::routes;
 pub use caller::AdminToken;
 pub use state::{ApiConfig, AppState};
 
-use crate::dialects::{actions as records, audit, keys, logs, zoo};
+use crate::dialects::{audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{actions, admin, ingest};
+use crate::native::{admin, ingest};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        // Operations.
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        // The seeds' read dialects; those whose clients read only their own envelope get
+        // their 405 in it.
         .routes(routes!(logs::list_logs))
+        .routes(routes!(keys::list_key_requests).in_envelope::<keys::Keys>())
+        .routes(routes!(zoo::org_list_api_calls).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::get_api_call_for_org).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::user_list_api_calls).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::get_api_call_for_user).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::list_api_calls).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::get_api_call).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::list_api_calls_for_user).in_envelope::<zoo::Zoo>())
         .routes(routes!(audit::list_audit_log_unversioned))
         .routes(routes!(audit::list_audit_log))
         .routes(routes!(audit::verify_audit_log))
-        .routes(answering_in::<keys::Keys>(routes!(keys::list_key_requests)))
-        .routes(answering_in::<zoo::Zoo>(routes!(zoo::org_list_api_calls)))
-        .routes(answering_in::<zoo::Zoo>(routes!(zoo::get_api_call_for_org)))
-        .routes(answering_in::<zoo::Zoo>(routes!(zoo::user_list_api_calls)))
-        .routes(answering_in::<zoo::Zoo>(routes!(
-            zoo::get_api_call_for_user
-        )))
-        .routes(answering_in::<zoo::Zoo>(routes!(zoo::list_api_calls)))
-        .routes(answering_in::<zoo::Zoo>(routes!(zoo::get_api_call)))
-        .routes(answering_in::<zoo::Zoo>(routes!(
-            zoo::list_api_calls_for_user
-        )))
-        .routes(answering_in::<records::Actions>(routes!(
-            records::list_action_records
-        )))
+        .routes(
+            routes!(dialects::actions::list_action_records)
+                .in_envelope::<dialects::actions::Actions>(),
+        )
+        // apitrail's own routes.
         .routes(routes!(ingest::ingest_requests))
         .routes(routes!(ingest::ingest_audit_events))
         .routes(routes!(admin::list_orgs, admin::create_org))
@@ -79,35 +85,41 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::list_keys, admin::create_key))
         .routes(routes!(admin::get_key, admin::revoke_key))
         .routes(routes!(
-            actions::list_credentials,
-            actions::create_credential
+            native::actions::list_credentials,
+            native::actions::create_credential
         ))
         .routes(routes!(
-            actions::list_destinations,
-            actions::create_destination
+            native::actions::list_destinations,
+            native::actions::create_destination
         ))
         .routes(routes!(
-            actions::get_destination,
-            actions::update_destination,
-            actions::delete_destination
+            native::actions::get_destination,
+            native::actions::update_destination,
+            native::actions::delete_destination
         ))
         .routes(routes!(
-            actions::list_definitions,
-            actions::create_definition
+            native::actions::list_definitions,
+            native::actions::create_definition
         ))
         .routes(routes!(
-            actions::get_definition,
-            actions::replace_definition,
-            actions::delete_definition
+            native::actions::get_definition,
+            native::actions::replace_definition,
+            native::actions::delete_definition
         ))
-        .routes(routes!(actions::trigger_action))
-        .routes(routes!(actions::signal_action))
+        .routes(routes!(native::actions::trigger_action))
+        .routes(routes!(native::actions::signal_action))
 }
 
-/// `routes` answering an unsupported method in dialect `D`'s envelope, whose clients read
-/// only that (the router's own answer is in the native envelope).
-fn answering_in<D: Envelope>(routes: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
-    routes.map(|methods| methods.fallback(ops::method_not_allowed_in::<D>))
+/// A dialect route's methods answering an unsupported method in the dialect's envelope
+/// (the router's own answer is in the native one).
+trait InEnvelope {
+    fn in_envelope<D: Envelope>(self) -> Self;
+}
+
+impl InEnvelope for UtoipaMethodRouter<AppState> {
+    fn in_envelope<D: Envelope>(self) -> Self {
+        self.map(|methods| methods.fallback(ops::method_not_allowed_in::<D>))
+    }
 }
 
 /// The router with every route, the answers to unknown routes and methods, and the tracking
