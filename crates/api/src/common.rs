@@ -28,11 +28,7 @@ pub(crate) fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
     serde_path_to_error::deserialize(&mut de)
         .map(|crate::wire::Object(body)| body)
         .map_err(|e| {
-            let inner = e.inner().to_string();
-            let message = inner
-                .rsplit_once(" at line ")
-                .map_or(inner.as_str(), |(m, _)| m)
-                .to_owned();
+            let message = without_position(e.inner());
             let path = e.path().to_string();
             let field = message
                 .strip_prefix("unknown field `")
@@ -47,6 +43,16 @@ pub(crate) fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError
                 )
             }
         })
+}
+
+/// serde_json's message without the position it appends: in a body or a single record, only
+/// noise.
+pub(crate) fn without_position(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m)
+        .to_owned()
 }
 
 /// The 404 of an id that names nothing the caller may see: `no such <what>`.

@@ -113,7 +113,7 @@ impl Modify for EmptyQueryValues {
 }
 
 /// Every route behind a credential refuses a request carrying two different ones
-/// (`auth::credentials`) with a 400 in its own envelope: where the operation documents no
+/// (`auth`) with a 400 in its own envelope: where the operation documents no
 /// other 400, its 401's body (the same envelope) is documented for it; where it does, the
 /// description says so.
 struct AmbiguousCredentials;

@@ -32,6 +32,7 @@ use requests::IngestedLog;
 
 use crate::auth::IngestCaller;
 use crate::caller::Caller;
+use crate::common::without_position;
 use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody, RecordError};
 use crate::openapi::errors;
 use crate::params::{NUL_MESSAGE, nul_fields};
@@ -533,7 +534,7 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
         org_id: None,
         record: Err(vec![(
             None,
-            format!("is not valid JSON: {}", strip_position(e)),
+            format!("is not valid JSON: {}", without_position(e)),
         )]),
     };
     let fields: BTreeMap<String, Box<RawValue>> = match serde_json::from_str(raw) {
@@ -560,7 +561,7 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
     if problems.is_empty() {
         // Each field is fine alone, yet the record is not: a key given twice, which the map
         // above collapsed. Never let such a record pass unreported (it would be dropped).
-        problems.push((None, strip_position(typed)));
+        problems.push((None, without_position(typed)));
     }
     let mistyped: Vec<Option<String>> = problems.iter().map(|(f, _)| f.clone()).collect();
     match serde_json::from_str::<R::Wire>(&clean) {
@@ -576,7 +577,7 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
             }
         }
         Err(e) => {
-            problems.push((None, strip_position(&e)));
+            problems.push((None, without_position(&e)));
             Parsed {
                 org_id: None,
                 record: Err(problems),
@@ -585,25 +586,11 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
     }
 }
 
-/// serde_json's message without the position it appends (within one record, only noise).
-fn strip_position(e: &serde_json::Error) -> String {
-    let inner = e.to_string();
-    inner
-        .rsplit_once(" at line ")
-        .map_or(inner.as_str(), |(m, _)| m)
-        .to_owned()
-}
-
 /// Turns a serde error into `(field, message)`, naming the field wherever serde can.
 fn describe_json_error(
     e: &serde_path_to_error::Error<serde_json::Error>,
 ) -> (Option<String>, String) {
-    let inner = e.inner().to_string();
-    // serde_json appends the position; within one record it only adds noise.
-    let message = inner
-        .rsplit_once(" at line ")
-        .map_or(inner.as_str(), |(m, _)| m)
-        .to_owned();
+    let message = without_position(e.inner());
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some((name, _)) = rest.split_once('`')
     {
