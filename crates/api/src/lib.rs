@@ -44,9 +44,9 @@ use utoipa_axum::routes;
 pub use caller::AdminToken;
 pub use state::{ApiConfig, AppState};
 
-use crate::dialects::{audit, keys, logs, zoo};
+use crate::dialects::{actions as records, audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{admin, ingest};
+use crate::native::{actions, admin, ingest};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
@@ -71,10 +71,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list_audit_log_unversioned))
         .routes(routes!(audit::list_audit_log))
         .routes(routes!(audit::verify_audit_log))
-        .routes(
-            routes!(dialects::actions::list_action_records)
-                .in_envelope::<dialects::actions::Actions>(),
-        )
+        .routes(routes!(records::list_action_records).in_envelope::<records::Actions>())
         // apitrail's own routes.
         .routes(routes!(ingest::ingest_requests))
         .routes(routes!(ingest::ingest_audit_events))
@@ -85,29 +82,29 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::list_keys, admin::create_key))
         .routes(routes!(admin::get_key, admin::revoke_key))
         .routes(routes!(
-            native::actions::list_credentials,
-            native::actions::create_credential
+            actions::list_credentials,
+            actions::create_credential
         ))
         .routes(routes!(
-            native::actions::list_destinations,
-            native::actions::create_destination
+            actions::list_destinations,
+            actions::create_destination
         ))
         .routes(routes!(
-            native::actions::get_destination,
-            native::actions::update_destination,
-            native::actions::delete_destination
+            actions::get_destination,
+            actions::update_destination,
+            actions::delete_destination
         ))
         .routes(routes!(
-            native::actions::list_definitions,
-            native::actions::create_definition
+            actions::list_definitions,
+            actions::create_definition
         ))
         .routes(routes!(
-            native::actions::get_definition,
-            native::actions::replace_definition,
-            native::actions::delete_definition
+            actions::get_definition,
+            actions::replace_definition,
+            actions::delete_definition
         ))
-        .routes(routes!(native::actions::trigger_action))
-        .routes(routes!(native::actions::signal_action))
+        .routes(routes!(actions::trigger_action))
+        .routes(routes!(actions::signal_action))
 }
 
 /// A dialect route's methods answering an unsupported method in the dialect's envelope
