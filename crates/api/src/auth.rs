@@ -6,94 +6,17 @@
 //! Keys are looked up by the SHA-256 of the presented secret, so the secret itself is never
 //! stored, compared or logged.
 
-use std::fmt;
 use std::marker::PhantomData;
 
-use apitrail_model::{ApiKey, Scope, Secret, SecretHash, Tenant};
+use apitrail_model::{Scope, Secret};
 use axum::extract::FromRequestParts;
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName};
 
-use crate::error::{ApiError, Envelope, ErrorKind, Failure};
+use crate::caller::{AuthType, CallSlot, Caller, OrgCaller};
+use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
 use crate::state::AppState;
-
-/// How a credential was presented, as recorded in self-logs (`auth_type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthType {
-    /// A header carrier.
-    ApiKey,
-    /// The session cookie.
-    Session,
-}
-
-impl AuthType {
-    /// The recorded name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthType::ApiKey => "api_key",
-            AuthType::Session => "session",
-        }
-    }
-}
-
-/// The operator token, kept only as its SHA-256.
-#[derive(Clone)]
-pub struct AdminToken(SecretHash);
-
-impl AdminToken {
-    /// Wraps a configured token; refuses tokens too short to be safe.
-    pub fn new(token: &str) -> Result<Self, &'static str> {
-        if token.len() < 16 {
-            return Err("the operator token must be at least 16 characters");
-        }
-        Ok(Self(Secret::from_presented(token).hash()))
-    }
-
-    fn matches(&self, presented: &str) -> bool {
-        self.0.ct_eq(&Secret::from_presented(presented).hash())
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken([redacted])")
-    }
-}
-
-/// An authenticated org caller.
-#[derive(Debug, Clone)]
-pub struct OrgCaller {
-    /// The caller's org.
-    pub tenant: Tenant,
-    /// The key used.
-    pub key: ApiKey,
-    /// How it was presented.
-    pub auth_type: AuthType,
-}
-
-impl OrgCaller {
-    /// Fails with 403 unless the key has `scope`.
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.key.scopes.contains(scope) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                ErrorKind::Forbidden,
-                format!("this API key lacks the {} scope", scope.as_str()),
-            ))
-        }
-    }
-}
-
-/// Who is calling an endpoint open to both kinds of credential (ingest).
-#[derive(Debug, Clone)]
-pub enum Caller {
-    /// The operator token.
-    Operator,
-    /// An org key.
-    Org(Box<OrgCaller>),
-}
 
 /// Which carrier a credential came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +177,7 @@ impl<D: Envelope> FromRequestParts<AppState> for Authed<D> {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let caller = state.authenticate_org(&parts.headers).await?;
-        crate::selflog::note_caller(parts, &caller);
+        CallSlot::note(parts, &caller);
         Ok(Self(caller, PhantomData))
     }
 }
@@ -264,7 +187,7 @@ impl<D: Envelope> FromRequestParts<AppState> for Authed<D> {
 pub struct Operator;
 
 impl FromRequestParts<AppState> for Operator {
-    type Rejection = Failure<crate::error::Native>;
+    type Rejection = Failure<Native>;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -272,6 +195,26 @@ impl FromRequestParts<AppState> for Operator {
     ) -> Result<Self, Self::Rejection> {
         state.authenticate_operator(&parts.headers)?;
         Ok(Self)
+    }
+}
+
+/// Authenticates an ingest caller: the operator token or an org key with the `write` scope.
+#[derive(Debug)]
+pub struct IngestCaller(pub Caller);
+
+impl FromRequestParts<AppState> for IngestCaller {
+    type Rejection = Failure<Native>;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = state.authenticate_any(&parts.headers).await?;
+        if let Caller::Org(org) = &caller {
+            CallSlot::note(parts, org);
+            org.require(Scope::Write)?;
+        }
+        Ok(Self(caller))
     }
 }
 
@@ -355,14 +298,5 @@ mod tests {
             let err = presented(&headers(&pairs)).unwrap_err();
             assert_eq!(err.kind, ErrorKind::AmbiguousCredentials, "{pairs:?}");
         }
-    }
-
-    #[test]
-    fn operator_tokens_are_compared_by_hash_and_never_printed() {
-        let t = AdminToken::new("a-long-operator-token").unwrap();
-        assert!(t.matches("a-long-operator-token"));
-        assert!(!t.matches("a-long-operator-tokeN"));
-        assert!(!format!("{t:?}").contains("operator-token"));
-        assert!(AdminToken::new("short").is_err());
     }
 }

@@ -10,7 +10,8 @@ use apitrail_model::FieldError;
 use apitrail_store::StoreError;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::context;
 
@@ -203,39 +204,90 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// An error envelope: how one dialect writes an error body.
+/// An error envelope: how one dialect writes an error body. The body is a type of its own,
+/// which the OpenAPI document describes under its schema name, so the document and the wire
+/// cannot differ.
 pub trait Envelope: Send + Sync + 'static {
+    /// The error body (its fields in the order they are written).
+    type Body: Serialize + ToSchema;
     /// The body for `err`, given the request id of the call.
-    fn body(err: &ApiError, request_id: &str) -> Value;
+    fn body(err: &ApiError, request_id: &str) -> Self::Body;
 }
 
-/// apitrail's native envelope, also the logs and audit dialects' own:
-/// `{"error": {"code", "message", "param"?, "details"?}, "request_id"}`.
+/// apitrail's native envelope, also the logs and audit dialects' own ([`NativeErrorBody`]):
+/// `{"error": {"code", "details"?, "message", "param"?}, "request_id"}`.
 #[derive(Debug)]
 pub enum Native {}
 
 impl Envelope for Native {
-    fn body(err: &ApiError, request_id: &str) -> Value {
+    type Body = NativeErrorBody;
+
+    fn body(err: &ApiError, request_id: &str) -> NativeErrorBody {
         let (_, code) = err.status_and_code();
-        let mut error = json!({ "code": code, "message": err.message });
-        if let Some(param) = &err.param {
-            error["param"] = json!(param);
-        }
-        if err.kind == ErrorKind::InvalidRecords || !err.details.is_empty() {
-            error["details"] = err
-                .details
+        let records = err.kind == ErrorKind::InvalidRecords;
+        let details = (records || !err.details.is_empty()).then(|| {
+            err.details
                 .iter()
-                .map(|d| {
-                    if err.kind == ErrorKind::InvalidRecords {
-                        json!({ "index": d.index, "field": d.field, "message": d.message })
-                    } else {
-                        json!({ "field": d.field, "message": d.message })
-                    }
+                .map(|d| NativeErrorItem {
+                    field: d.field.clone(),
+                    index: records.then_some(d.index),
+                    message: d.message.clone(),
                 })
-                .collect();
+                .collect()
+        });
+        NativeErrorBody {
+            error: NativeErrorDetail {
+                code: code.to_owned(),
+                details,
+                message: err.message.clone(),
+                param: err.param.clone(),
+            },
+            request_id: request_id.to_owned(),
         }
-        json!({ "error": error, "request_id": request_id })
     }
+}
+
+/// The native error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NativeErrorBody {
+    error: NativeErrorDetail,
+    /// The request id, also in the `X-Request-Id` header.
+    request_id: String,
+}
+
+/// The error object of the native envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NativeErrorDetail {
+    /// Machine-readable code: `unauthorized`, `forbidden`, `not_found`, `route_not_found`,
+    /// `method_not_allowed`, `invalid_parameter`, `invalid_request`, `invalid_records`,
+    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `overloaded`,
+    /// `unavailable` or `internal_error`.
+    code: String,
+    /// Per-record problems of an ingest call (`index`, `field`, `message`), or per-field
+    /// problems of a JSON body (`field`, `message`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    details: Option<Vec<NativeErrorItem>>,
+    /// Human-readable explanation.
+    message: String,
+    /// The parameter or field at fault; absent when none is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    param: Option<String>,
+}
+
+/// One problem of a batch or body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NativeErrorItem {
+    /// The field at fault; null when the whole record is.
+    #[schema(required = true)]
+    field: Option<String>,
+    /// The record's index in the batch (ingest only; absent for a body's fields).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, minimum = 0)]
+    index: Option<usize>,
+    /// What is wrong.
+    message: String,
 }
 
 /// The error code a response carried, kept for the self-log of the call.
@@ -286,6 +338,73 @@ pub fn render<D: Envelope>(err: &ApiError) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every envelope's bytes, key order included, as clients have always received them.
+    #[test]
+    fn envelopes_are_written_byte_for_byte() {
+        use crate::dialects::{actions::Actions, keys::Keys, zoo::Zoo};
+        fn bytes<D: Envelope>(err: &ApiError) -> String {
+            serde_json::to_string(&D::body(err, "req_1")).unwrap_or_default()
+        }
+        let plain = ApiError::new(ErrorKind::NotFound, "no such org");
+        let param = ApiError::param("limit", "must be 1-100");
+        let fields = ApiError::fields(vec![
+            FieldError::new("name", "is required"),
+            FieldError::new("scopes", "must not be empty"),
+        ]);
+        let records = ApiError {
+            details: vec![
+                RecordError {
+                    index: 0,
+                    field: None,
+                    message: "must be a JSON object".into(),
+                },
+                RecordError {
+                    index: 3,
+                    field: Some("method".into()),
+                    message: "is required".into(),
+                },
+            ],
+            ..ApiError::new(ErrorKind::InvalidRecords, "2 of 4 records are invalid")
+        };
+        let no_records = ApiError::new(ErrorKind::InvalidRecords, "none");
+        for (got, want) in [
+            (
+                bytes::<Native>(&plain),
+                r#"{"error":{"code":"not_found","message":"no such org"},"request_id":"req_1"}"#,
+            ),
+            (
+                bytes::<Native>(&param),
+                r#"{"error":{"code":"invalid_parameter","message":"limit must be 1-100","param":"limit"},"request_id":"req_1"}"#,
+            ),
+            (
+                bytes::<Native>(&fields),
+                r#"{"error":{"code":"invalid_request","details":[{"field":"name","message":"is required"},{"field":"scopes","message":"must not be empty"}],"message":"name is required; scopes must not be empty","param":"name"},"request_id":"req_1"}"#,
+            ),
+            (
+                bytes::<Native>(&records),
+                r#"{"error":{"code":"invalid_records","details":[{"field":null,"index":0,"message":"must be a JSON object"},{"field":"method","index":3,"message":"is required"}],"message":"2 of 4 records are invalid"},"request_id":"req_1"}"#,
+            ),
+            (
+                bytes::<Native>(&no_records),
+                r#"{"error":{"code":"invalid_records","details":[],"message":"none"},"request_id":"req_1"}"#,
+            ),
+            (
+                bytes::<Zoo>(&param),
+                r#"{"error_code":"invalid_parameter","message":"limit must be 1-100","request_id":"req_1"}"#,
+            ),
+            (
+                bytes::<Keys>(&param),
+                r#"{"code":400,"data":null,"message":"limit must be 1-100","requestId":"req_1"}"#,
+            ),
+            (
+                bytes::<Actions>(&plain),
+                r#"{"data":null,"errors":[{"code":"not_found","message":"no such org"}]}"#,
+            ),
+        ] {
+            assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn an_unreachable_database_is_503_with_retry_after_and_no_detail() {

@@ -5,28 +5,30 @@
 //! into model types ([`params`]), calls the [`Store`], and maps the result to its dialect's
 //! own wire types. Errors are [`error::ApiError`]s rendered in the route's dialect envelope.
 //! After the response, the middleware hands the call's own request log to the
-//! [`selflog::Recorder`].
+//! [`recorder::Recorder`].
+//!
+//! The routes live in [`dialects`] (the seeds' read dialects, each in its own envelope) and
+//! [`native`] (apitrail's own routes); what they share is in the modules beside them, and no
+//! route module imports another. `routes()` lists every route once, for both the router and
+//! the OpenAPI document.
 
-pub mod action_records;
-pub mod actions;
-pub mod admin;
-pub mod audit;
 pub mod auth;
+pub mod caller;
+mod common;
 pub mod context;
+pub mod dialects;
 pub mod error;
 pub mod head;
-pub mod ingest;
-pub mod keys;
-pub mod logs;
 pub mod metrics;
+pub mod native;
 pub mod openapi;
 pub mod ops;
 pub mod params;
+pub mod recorder;
 pub mod selflog;
 pub mod serve;
 pub mod state;
 pub mod wire;
-pub mod zoo;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,112 +36,94 @@ use std::sync::Arc;
 
 use apitrail_store::{Store, StoreError};
 use axum::Router;
-use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
-pub use auth::AdminToken;
+pub use caller::AdminToken;
 pub use state::{ApiConfig, AppState};
 
-/// The router with every route and the tracking middleware.
+use crate::dialects::{actions as records, audit, keys, logs, zoo};
+use crate::error::Envelope;
+use crate::native::{actions, admin, ingest};
+
+/// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
+/// this one list builds both the router and the OpenAPI document's paths.
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        // Operations.
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        // The seeds' read dialects; those whose clients read only their own envelope get
+        // their 405 in it.
+        .routes(routes!(logs::list_logs))
+        .routes(routes!(keys::list_key_requests).in_envelope::<keys::Keys>())
+        .routes(routes!(zoo::org_list_api_calls).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::get_api_call_for_org).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::user_list_api_calls).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::get_api_call_for_user).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::list_api_calls).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::get_api_call).in_envelope::<zoo::Zoo>())
+        .routes(routes!(zoo::list_api_calls_for_user).in_envelope::<zoo::Zoo>())
+        .routes(routes!(audit::list_audit_log_unversioned))
+        .routes(routes!(audit::list_audit_log))
+        .routes(routes!(audit::verify_audit_log))
+        .routes(routes!(records::list_action_records).in_envelope::<records::Actions>())
+        // apitrail's own routes.
+        .routes(routes!(ingest::ingest_requests))
+        .routes(routes!(ingest::ingest_audit_events))
+        .routes(routes!(admin::list_orgs, admin::create_org))
+        .routes(routes!(admin::get_org))
+        .routes(routes!(admin::admin_list_keys, admin::admin_create_key))
+        .routes(routes!(admin::admin_get_key, admin::admin_revoke_key))
+        .routes(routes!(admin::list_keys, admin::create_key))
+        .routes(routes!(admin::get_key, admin::revoke_key))
+        .routes(routes!(
+            actions::list_credentials,
+            actions::create_credential
+        ))
+        .routes(routes!(
+            actions::list_destinations,
+            actions::create_destination
+        ))
+        .routes(routes!(
+            actions::get_destination,
+            actions::update_destination,
+            actions::delete_destination
+        ))
+        .routes(routes!(
+            actions::list_definitions,
+            actions::create_definition
+        ))
+        .routes(routes!(
+            actions::get_definition,
+            actions::replace_definition,
+            actions::delete_definition
+        ))
+        .routes(routes!(actions::trigger_action))
+        .routes(routes!(actions::signal_action))
+}
+
+/// A dialect route's methods answering an unsupported method in the dialect's envelope
+/// (the router's own answer is in the native one).
+trait InEnvelope {
+    fn in_envelope<D: Envelope>(self) -> Self;
+}
+
+impl InEnvelope for UtoipaMethodRouter<AppState> {
+    fn in_envelope<D: Envelope>(self) -> Self {
+        self.map(|methods| methods.fallback(ops::method_not_allowed_in::<D>))
+    }
+}
+
+/// The router with every route, the answers to unknown routes and methods, and the tracking
+/// middleware.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .route("/v1/logs", get(logs::list_logs))
-        .route("/audit-log", get(audit::list_audit_log_unversioned))
-        .route("/v1/audit-log", get(audit::list_audit_log))
-        .route("/v1/audit-log/verify", get(audit::verify_audit_log))
-        .route(
-            "/v1/api-keys/requests",
-            get(keys::list_key_requests).fallback(ops::method_not_allowed_in::<keys::Keys>),
-        )
-        .route(
-            "/org/api-calls",
-            get(zoo::org_list_api_calls).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
-        )
-        .route(
-            "/org/api-calls/{id}",
-            get(zoo::get_api_call_for_org).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
-        )
-        .route(
-            "/user/api-calls",
-            get(zoo::user_list_api_calls).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
-        )
-        .route(
-            "/user/api-calls/{id}",
-            get(zoo::get_api_call_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
-        )
-        .route(
-            "/api-calls",
-            get(zoo::list_api_calls).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
-        )
-        .route(
-            "/api-calls/{id}",
-            get(zoo::get_api_call).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
-        )
-        .route(
-            "/users/{id}/api-calls",
-            get(zoo::list_api_calls_for_user).fallback(ops::method_not_allowed_in::<zoo::Zoo>),
-        )
-        .route("/v1/ingest/requests", post(ingest::ingest_requests))
-        .route("/v1/ingest/audit-events", post(ingest::ingest_audit_events))
-        .route(
-            "/admin/v1/orgs",
-            get(admin::list_orgs).post(admin::create_org),
-        )
-        .route("/admin/v1/orgs/{org_id}", get(admin::get_org))
-        .route(
-            "/admin/v1/orgs/{org_id}/api-keys",
-            get(admin::admin_list_keys).post(admin::admin_create_key),
-        )
-        .route(
-            "/admin/v1/orgs/{org_id}/api-keys/{id}",
-            get(admin::admin_get_key).delete(admin::admin_revoke_key),
-        )
-        .route(
-            "/v1/api-keys",
-            get(admin::list_keys).post(admin::create_key),
-        )
-        .route(
-            "/v1/api-keys/{id}",
-            get(admin::get_key).delete(admin::revoke_key),
-        )
-        .route(
-            "/v1/credentials",
-            get(actions::list_credentials).post(actions::create_credential),
-        )
-        .route(
-            "/v1/destinations",
-            get(actions::list_destinations).post(actions::create_destination),
-        )
-        .route(
-            "/v1/destinations/{id}",
-            get(actions::get_destination)
-                .patch(actions::update_destination)
-                .delete(actions::delete_destination),
-        )
-        .route(
-            "/v1/action-definitions",
-            get(actions::list_definitions).post(actions::create_definition),
-        )
-        .route(
-            "/v1/action-definitions/{id}",
-            get(actions::get_definition)
-                .merge(put(actions::replace_definition))
-                .delete(actions::delete_definition),
-        )
-        .route("/v1/orgs/{org_id}/actions", post(actions::trigger_action))
-        .route(
-            "/v1/orgs/{org_id}/actions/records",
-            get(action_records::list_action_records)
-                .fallback(ops::method_not_allowed_in::<action_records::Actions>),
-        )
-        .route(
-            "/v1/orgs/{org_id}/actions/records/{id}/signal",
-            post(actions::signal_action),
-        )
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -166,7 +150,7 @@ impl App {
         listen: SocketAddr,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(listen).await?;
-        let (recorder, _task) = selflog::Recorder::spawn(Arc::clone(&store));
+        let (recorder, _task) = recorder::Recorder::spawn(Arc::clone(&store));
         let state = AppState::new(Arc::clone(&store), config, recorder);
         Ok(Self {
             listener,

@@ -1,6 +1,8 @@
 //! The OpenAPI description, generated from the handlers and wire types. The committed copy
 //! (`docs/openapi.json`) is checked against this by a test, so it never drifts.
 
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use apitrail_model::action::MAX_NAMES;
@@ -11,66 +13,20 @@ use utoipa::openapi::schema::{
     AnyOfBuilder, ArrayBuilder, KnownFormat, Object, ObjectBuilder, SchemaFormat, SchemaType, Type,
 };
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{PathItem, RefOr, Schema};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, PathItem, Ref, RefOr, Response, ResponseBuilder, Schema};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire, zoo};
+use crate::error::{self, NativeErrorBody};
 
-/// The API description.
+/// The API description without its paths, which [`document`] takes from the router
+/// (`crate::routes`) and then completes with the modifiers below.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "apitrail",
         description = "Self-hosted, multi-tenant API activity log service: request logs, audit log entries and action records, served through the dialects of five public APIs and apitrail's native API."
     ),
-    paths(
-        logs::list_logs,
-        keys::list_key_requests,
-        zoo::org_list_api_calls,
-        zoo::get_api_call_for_org,
-        zoo::user_list_api_calls,
-        zoo::get_api_call_for_user,
-        zoo::list_api_calls_for_user,
-        zoo::list_api_calls,
-        zoo::get_api_call,
-        audit::list_audit_log,
-        audit::list_audit_log_unversioned,
-        audit::verify_audit_log,
-        action_records::list_action_records,
-        actions::create_credential,
-        actions::list_credentials,
-        actions::create_destination,
-        actions::list_destinations,
-        actions::get_destination,
-        actions::update_destination,
-        actions::delete_destination,
-        actions::create_definition,
-        actions::list_definitions,
-        actions::get_definition,
-        actions::replace_definition,
-        actions::delete_definition,
-        actions::trigger_action,
-        actions::signal_action,
-        ingest::ingest_requests,
-        ingest::ingest_audit_events,
-        admin::create_org,
-        admin::list_orgs,
-        admin::get_org,
-        admin::admin_create_key,
-        admin::admin_list_keys,
-        admin::admin_get_key,
-        admin::admin_revoke_key,
-        admin::create_key,
-        admin::list_keys,
-        admin::get_key,
-        admin::revoke_key,
-        ops::healthz,
-        ops::readyz,
-        ops::metrics,
-        ops::openapi,
-    ),
-    components(schemas(wire::NativeErrorBody, wire::NativeErrorDetail, wire::NativeErrorItem)),
-    modifiers(&SecuritySchemes, &EmptyQueryValues, &AmbiguousCredentials, &HeadLimits, &ResponseHeaders),
+    components(schemas(error::NativeErrorBody, error::NativeErrorDetail, error::NativeErrorItem)),
     tags(
         (name = "logs", description = "The logs dialect: GET /v1/logs."),
         (name = "keys", description = "The keys dialect: GET /v1/api-keys/requests."),
@@ -84,7 +40,7 @@ use crate::{action_records, actions, admin, audit, ingest, keys, logs, ops, wire
     )
 )]
 #[derive(Debug)]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 struct SecuritySchemes;
 
@@ -157,7 +113,7 @@ impl Modify for EmptyQueryValues {
 }
 
 /// Every route behind a credential refuses a request carrying two different ones
-/// (`auth::credentials`) with a 400 in its own envelope: where the operation documents no
+/// (`auth`) with a 400 in its own envelope: where the operation documents no
 /// other 400, its 401's body (the same envelope) is documented for it; where it does, the
 /// description says so.
 struct AmbiguousCredentials;
@@ -190,36 +146,113 @@ struct HeadLimits;
 
 impl Modify for HeadLimits {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let native = |description: &str| {
-            utoipa::openapi::ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    utoipa::openapi::ContentBuilder::new()
-                        .schema(Some(utoipa::openapi::Ref::from_schema_name(
-                            "NativeErrorBody",
-                        )))
-                        .build(),
-                )
-                .build()
-        };
+        let limits = errors::<NativeErrorBody>(&[
+            ("414", "The request target is longer than 8 KiB"),
+            (
+                "431",
+                "More than 100 request headers, or more than 32 KiB of them",
+            ),
+        ]);
         for item in openapi.paths.paths.values_mut() {
             for operation in operations_mut(item) {
-                let responses = &mut operation.responses.responses;
-                responses.insert(
-                    "414".into(),
-                    RefOr::T(native("The request target is longer than 8 KiB")),
-                );
-                responses.insert(
-                    "431".into(),
-                    RefOr::T(native(
-                        "More than 100 request headers, or more than 32 KiB of them",
-                    )),
-                );
+                operation.responses.responses.extend(limits.clone());
             }
         }
     }
 }
+
+/// Error responses in error body `B` (a reference to its schema, as `body = B` writes one),
+/// by status.
+pub(crate) fn errors<B: ToSchema>(responses: &[(&str, &str)]) -> BTreeMap<String, RefOr<Response>> {
+    responses
+        .iter()
+        .map(|(status, description)| {
+            let response = ResponseBuilder::new()
+                .description(*description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(B::name())))
+                        .build(),
+                )
+                .build();
+            ((*status).to_owned(), RefOr::T(response))
+        })
+        .collect()
+}
+
+/// What every route behind an org key answers besides its own responses, in its error body
+/// `B`: 401 (no live key), 503 (the store is unavailable) and, for a route that needs one
+/// [`scope`] (`SCOPE`), the 403 of a key without it.
+#[derive(Debug)]
+pub(crate) struct OrgKeyErrors<B, const SCOPE: u8 = { scope::OWN_403 }>(PhantomData<B>);
+
+/// The scope a route behind an org key requires, as [`OrgKeyErrors`] documents its 403.
+pub(crate) mod scope {
+    /// The route documents its own 403 (several scopes, or another wording).
+    pub(crate) const OWN_403: u8 = 0;
+    /// `read`.
+    pub(crate) const READ: u8 = 1;
+    /// `write`.
+    pub(crate) const WRITE: u8 = 2;
+    /// `admin`.
+    pub(crate) const ADMIN: u8 = 3;
+}
+
+impl<B: ToSchema, const SCOPE: u8> IntoResponses for OrgKeyErrors<B, SCOPE> {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        let forbidden = match SCOPE {
+            scope::READ => "The key lacks the read scope, or the operator token was sent",
+            scope::WRITE => "The key lacks the write scope, or the operator token was sent",
+            scope::ADMIN => "The key lacks the admin scope, or the operator token was sent",
+            _ => "",
+        };
+        let unauthorized = ("401", "Missing, unknown or revoked API key");
+        let unavailable = ("503", STORE_UNAVAILABLE);
+        if forbidden.is_empty() {
+            errors::<B>(&[unauthorized, unavailable])
+        } else {
+            errors::<B>(&[unauthorized, ("403", forbidden), unavailable])
+        }
+    }
+}
+
+/// What every operator route answers besides its own responses: 401 (no or a wrong operator
+/// token), 403 (the operator API is disabled) and 503.
+#[derive(Debug)]
+pub(crate) struct OperatorErrors;
+
+impl IntoResponses for OperatorErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        errors::<NativeErrorBody>(&[
+            ("401", "Missing or wrong operator token"),
+            (
+                "403",
+                "The operator API is disabled (no operator token configured)",
+            ),
+            ("503", STORE_UNAVAILABLE),
+        ])
+    }
+}
+
+/// What every route reading a JSON body (`wire::BodyBytes`, `common::json_body`) answers
+/// about it: 400 (malformed, or a field is invalid) and 413.
+#[derive(Debug)]
+pub(crate) struct JsonBodyErrors;
+
+impl IntoResponses for JsonBodyErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        errors::<NativeErrorBody>(&[
+            (
+                "400",
+                "The body is malformed or a field is invalid (each is named)",
+            ),
+            ("413", "The body exceeds 2 MiB"),
+        ])
+    }
+}
+
+const STORE_UNAVAILABLE: &str = "The store is unavailable; retry after Retry-After seconds";
 
 /// The headers the tracking middleware (`selflog::track`) and the error renderer
 /// (`error::render`) set, on every response they set them on.
@@ -435,7 +468,7 @@ pub(crate) fn tags() -> Schema {
 pub(crate) fn webhook_headers() -> Schema {
     let reserved: Extensions = [(
         "not",
-        serde_json::json!({ "enum": crate::actions::RESERVED_HEADERS }),
+        serde_json::json!({ "enum": crate::wire::RESERVED_HEADERS }),
     )]
     .into_iter()
     .collect();
@@ -753,8 +786,18 @@ pub(crate) fn null() -> Schema {
 pub fn document() -> String {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
+        let mut doc = crate::routes().into_openapi();
+        let modifiers: [&dyn Modify; 5] = [
+            &SecuritySchemes,
+            &EmptyQueryValues,
+            &AmbiguousCredentials,
+            &HeadLimits,
+            &ResponseHeaders,
+        ];
+        for modifier in modifiers {
+            modifier.modify(&mut doc);
+        }
+        doc.to_pretty_json()
             .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
     })
     .clone()

@@ -32,7 +32,7 @@ pub async fn healthz() -> Json<Health> {
     get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The store answers", body = Health),
-        (status = 503, description = "The store does not answer", body = crate::wire::NativeErrorBody),
+        (status = 503, description = "The store does not answer", body = crate::error::NativeErrorBody),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, Failure<Native>> {
@@ -86,8 +86,8 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
         ErrorKind::RouteNotFound,
         format!("no route for {method} {}", uri.path()),
     );
-    if crate::zoo::is_zoo_path(uri.path()) {
-        render::<crate::zoo::Zoo>(&err)
+    if crate::dialects::zoo::is_zoo_path(uri.path()) {
+        render::<crate::dialects::zoo::Zoo>(&err)
     } else {
         render::<Native>(&err)
     }

@@ -6,9 +6,9 @@ use apitrail_dispatch::DispatchStats;
 use apitrail_model::request_log::rules::DEFAULT_BODY_CAP;
 use apitrail_store::Store;
 
-use crate::auth::AdminToken;
+use crate::caller::AdminToken;
 use crate::metrics::Metrics;
-use crate::selflog::Recorder;
+use crate::recorder::Recorder;
 use crate::serve::ServeConfig;
 
 /// Settings of the HTTP layer.

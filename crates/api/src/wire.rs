@@ -1,7 +1,12 @@
-//! Wire pieces shared by the native routes (and documented in the OpenAPI).
+//! Wire pieces shared by several routes (and documented in the OpenAPI): path and body
+//! extractors, pagination and the next cursor, the action types the native routes and the
+//! actions dialect print alike, and serde helpers.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
+use apitrail_model::{ActionState, Cursor, CursorKind, RequestLog, Sort, Timestamp, WebhookConfig};
+use apitrail_store::Page;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
@@ -71,6 +76,21 @@ impl<S: Send + Sync> FromRequest<S> for BodyBytes {
     }
 }
 
+/// The cursor of the page after `page`: `encode` of its last item, or `None` on the last page.
+pub(crate) fn next_cursor<T>(page: &Page<T>, encode: impl FnOnce(&T) -> String) -> Option<String> {
+    page.items.last().filter(|_| page.has_more).map(encode)
+}
+
+/// The keyset cursor resuming a request-log list of `kind`, in order `sort`, after `last`.
+pub(crate) fn log_cursor(kind: CursorKind, sort: Sort, last: &RequestLog) -> String {
+    Cursor {
+        kind,
+        sort,
+        position: sort.position_of(last),
+    }
+    .encode()
+}
+
 /// Cursor pagination of native lists.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Pagination {
@@ -81,47 +101,118 @@ pub struct Pagination {
     pub next_cursor: Option<String>,
 }
 
-/// The native error envelope (documentation only; see `error::Native`).
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct NativeErrorBody {
-    error: NativeErrorDetail,
-    /// The request id, also in the `X-Request-Id` header.
-    request_id: String,
+impl Pagination {
+    /// The pagination of `page`: whether more follow, and the cursor resuming after its last
+    /// item (`encode` of it).
+    pub(crate) fn of<T>(page: &Page<T>, encode: impl FnOnce(&T) -> String) -> Self {
+        Self {
+            has_more: page.has_more,
+            next_cursor: next_cursor(page, encode),
+        }
+    }
+
+    /// The pagination of a list that is always whole: its only page.
+    pub(crate) fn whole() -> Self {
+        Self {
+            has_more: false,
+            next_cursor: None,
+        }
+    }
 }
 
-/// The error object of the native envelope.
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct NativeErrorDetail {
-    /// Machine-readable code: `unauthorized`, `forbidden`, `not_found`, `route_not_found`,
-    /// `method_not_allowed`, `invalid_parameter`, `invalid_request`, `invalid_records`,
-    /// `conflict`, `payload_too_large`, `unsupported_media_type`, `overloaded`,
-    /// `unavailable` or `internal_error`.
-    code: String,
-    /// Human-readable explanation.
-    message: String,
-    /// The parameter or field at fault; absent when none is.
-    #[schema(nullable = false)]
-    param: Option<String>,
-    /// Per-record problems of an ingest call (`index`, `field`, `message`), or per-field
-    /// problems of a JSON body (`field`, `message`); absent otherwise.
-    #[schema(nullable = false)]
-    details: Option<Vec<NativeErrorItem>>,
+// A destination's webhook settings and a record's state, printed alike by the native action
+// routes and the actions dialect.
+
+/// Headers apitrail sets on every delivery, which a destination may not override.
+pub(crate) const RESERVED_HEADERS: [&str; 6] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+    "content-length",
+    "host",
+];
+
+/// The wire form of a destination's config.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfigBody {
+    /// The URL.
+    pub url: String,
+    /// Extra headers.
+    #[schema(schema_with = crate::openapi::webhook_headers)]
+    pub headers: BTreeMap<String, String>,
+    /// Signaling settings.
+    pub signaling: SignalingOut,
+    /// Delivery timeout in milliseconds.
+    #[schema(minimum = 1, maximum = 120_000)]
+    pub response_time_sla_ms: u32,
 }
 
-/// One problem of a batch or body.
+/// Signaling settings as printed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SignalingOut {
+    /// Whether signaling is on.
+    pub enabled: bool,
+    /// Always `ack`.
+    #[schema(schema_with = crate::openapi::signaling_ack)]
+    pub default: &'static str,
+}
+
+impl From<&WebhookConfig> for ConfigBody {
+    fn from(c: &WebhookConfig) -> Self {
+        Self {
+            url: c.url.clone(),
+            headers: c.headers.clone(),
+            signaling: SignalingOut {
+                enabled: c.signaling,
+                default: "ack",
+            },
+            response_time_sla_ms: c.response_time_sla_ms,
+        }
+    }
+}
+
+/// A record's state.
 #[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct NativeErrorItem {
-    /// The record's index in the batch (ingest only; absent for a body's fields).
-    #[schema(nullable = false, minimum = 0)]
-    index: Option<usize>,
-    /// The field at fault; null when the whole record is.
+pub struct StateBody {
+    /// The status.
+    #[schema(schema_with = crate::openapi::action_status)]
+    pub status: &'static str,
+    /// Delivery attempts started.
+    pub attempt: u32,
+    /// RFC 3339.
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// RFC 3339: when the next attempt is due.
+    #[schema(format = DateTime)]
+    pub available_at: String,
+    /// RFC 3339: when an acknowledgement times out.
+    #[schema(required = true, format = DateTime)]
+    pub timeout_at: Option<String>,
+    /// RFC 3339: the first attempt.
+    #[schema(required = true, format = DateTime)]
+    pub started_at: Option<String>,
+    /// RFC 3339: the final status.
+    #[schema(required = true, format = DateTime)]
+    pub completed_at: Option<String>,
+    /// Why it failed.
     #[schema(required = true)]
-    field: Option<String>,
-    /// What is wrong.
-    message: String,
+    pub error_message: Option<String>,
+}
+
+impl From<&ActionState> for StateBody {
+    fn from(s: &ActionState) -> Self {
+        Self {
+            status: s.status.as_str(),
+            attempt: s.attempt,
+            updated_at: s.updated_at.to_rfc3339(),
+            available_at: s.available_at.to_rfc3339(),
+            timeout_at: s.timeout_at.map(Timestamp::to_rfc3339),
+            started_at: s.started_at.map(Timestamp::to_rfc3339),
+            completed_at: s.completed_at.map(Timestamp::to_rfc3339),
+            error_message: s.error_message.clone(),
+        }
+    }
 }
 
 /// Reads an optional JSON integer into `T`. A number with a zero fraction (`201.0`) is that

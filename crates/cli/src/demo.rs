@@ -4,7 +4,7 @@
 //! start revokes the previous console key and prints a fresh one (secrets cannot be shown
 //! twice).
 
-use apitrail_api::admin;
+use apitrail_api::native::admin;
 use apitrail_model::{NewApiKey, NewOrg, OrgId, PrincipalType, Scope, Timestamp};
 use apitrail_store::{LogBatch, Store};
 use apitrail_traffic::Traffic;

@@ -3,14 +3,14 @@
 //! before any token exists, and for checks that must not depend on a running server). They
 //! print the API's own JSON shapes.
 
-use apitrail_api::admin::{self, KeyBody, OrgBody};
+use apitrail_api::native::admin::{self, KeyBody, OrgBody};
 use apitrail_model::key::NewApiKeyInput;
 use apitrail_model::{NewApiKey, NewOrg, OrgId, Tenant};
 use apitrail_store::Store;
 use apitrail_store_sqlite::SqliteOptions;
 use uuid::Uuid;
 
-use apitrail_api::audit::VerifyReport;
+use apitrail_api::dialects::audit::VerifyReport;
 
 use crate::config::{AuditCommand, KeysCommand, OrgsCommand, StoreArgs};
 

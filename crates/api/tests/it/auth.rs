@@ -6,7 +6,7 @@
 
 use crate::http_support;
 
-use apitrail_api::admin::{create_key_as, create_org_as};
+use apitrail_api::native::admin::{create_key_as, create_org_as};
 use apitrail_model::key::NewApiKeyInput;
 use apitrail_model::{NewApiKey, NewOrg};
 use apitrail_testkit::{ADMIN_TOKEN, Options, TestKey, TestServer, expect, expect_native_error};

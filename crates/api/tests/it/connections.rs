@@ -316,7 +316,7 @@ async fn in_flight_ingest(server: &TestServer, secret: &str) -> TcpStream {
 /// An org and a key with `write` made behind the API (as the CLI does), so that no HTTP
 /// connection of the test client holds a slot the connection-cap tests count.
 async fn key_behind_the_api(server: &TestServer, org: &str) -> String {
-    use apitrail_api::admin::{create_key_as, create_org_as};
+    use apitrail_api::native::admin::{create_key_as, create_org_as};
     use apitrail_model::key::NewApiKeyInput;
     use apitrail_model::{NewApiKey, NewOrg, OrgId};
     create_org_as(

@@ -6,28 +6,32 @@ use apitrail_model::{LogFilter, PageRequest, PageStart, RequestLog, Scope, Sort}
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
 use crate::context;
 use crate::error::{ApiError, Envelope, Failure};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
 
-/// The keys dialect's envelope: `{"code": <status>, "data": null, "message", "requestId"}`.
+/// The keys dialect's envelope: [`KeysErrorBody`], `{"code": <status>, "data": null,
+/// "message", "requestId"}`.
 #[derive(Debug)]
 pub enum Keys {}
 
 impl Envelope for Keys {
-    fn body(err: &ApiError, request_id: &str) -> Value {
+    type Body = KeysErrorBody;
+
+    fn body(err: &ApiError, request_id: &str) -> KeysErrorBody {
         let (status, _) = err.status_and_code();
-        json!({
-            "code": status.as_u16(),
-            "data": null,
-            "message": err.message,
-            "requestId": request_id,
-        })
+        KeysErrorBody {
+            code: status.as_u16(),
+            data: None,
+            message: err.message.clone(),
+            request_id: request_id.to_owned(),
+        }
     }
 }
 
@@ -142,10 +146,9 @@ pub struct KeyRequestsPage {
     request_id: String,
 }
 
-/// The keys dialect's error envelope (documentation only; see [`Keys`]).
+/// The keys dialect's error envelope.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
 pub struct KeysErrorBody {
     /// The HTTP status.
     #[schema(minimum = 400, maximum = 599)]
@@ -217,9 +220,7 @@ pub fn parse_query(p: &Params) -> Result<KeyRequestsRequest, ApiError> {
     responses(
         (status = 200, description = "A page of request logs", body = KeyRequestsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = KeysErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = KeysErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = KeysErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = KeysErrorBody),
+        OrgKeyErrors<KeysErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

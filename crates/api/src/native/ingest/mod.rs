@@ -12,29 +12,31 @@ mod requests;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
-use apitrail_model::{AuditEntry, OrgId, Scope, Tenant, Timestamp};
+use apitrail_model::{AuditEntry, OrgId, Tenant, Timestamp};
 use apitrail_store::{AuditBatch, InsertOutcome, LogBatch, StoreError};
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
+use utoipa::openapi::{RefOr, Response};
+use utoipa::{IntoResponses, ToSchema};
 use uuid::Uuid;
 
 pub use audit::IngestAuditEvent;
 pub use requests::IngestLog;
 use requests::IngestedLog;
 
-use crate::auth::Caller;
-use crate::error::{ApiError, ErrorKind, Failure, Native, RecordError};
+use crate::auth::IngestCaller;
+use crate::caller::Caller;
+use crate::common::without_position;
+use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody, RecordError};
+use crate::openapi::errors;
 use crate::params::{NUL_MESSAGE, nul_fields};
 use crate::state::AppState;
-use crate::wire::NativeErrorBody;
 
 /// The answer to a stored batch.
 #[derive(Debug, Serialize, ToSchema)]
@@ -45,23 +47,36 @@ pub struct IngestResult {
     duplicates: u64,
 }
 
-/// Authenticates an ingest caller: the operator token or an org key with the `write` scope.
+/// The refusals of both ingest routes.
 #[derive(Debug)]
-pub struct IngestCaller(Caller);
+pub struct IngestErrors;
 
-impl FromRequestParts<AppState> for IngestCaller {
-    type Rejection = Failure<Native>;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let caller = state.authenticate_any(&parts.headers).await?;
-        if let Caller::Org(org) = &caller {
-            crate::selflog::note_caller(parts, org);
-            org.require(Scope::Write)?;
-        }
-        Ok(Self(caller))
+impl IntoResponses for IngestErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        errors::<NativeErrorBody>(&[
+            (
+                "400",
+                "Invalid records (nothing stored; each problem listed in `details`) or a malformed body",
+            ),
+            ("401", "Missing or invalid credentials"),
+            (
+                "403",
+                "The key lacks the write scope, or a record names another org",
+            ),
+            (
+                "408",
+                "The body stalled or missed the body deadline; the connection is closed",
+            ),
+            ("413", "More than 10,000 records or 16 MiB (decompressed)"),
+            (
+                "415",
+                "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity",
+            ),
+            (
+                "503",
+                "The write queue is full or the store is unavailable; retry after Retry-After seconds",
+            ),
+        ])
     }
 }
 
@@ -98,13 +113,7 @@ pub(crate) trait Ingestible: Sized {
     request_body(content = Vec<IngestLog>, description = "A JSON array of at most 10,000 records, or NDJSON (one record per line) with Content-Type application/x-ndjson"),
     responses(
         (status = 202, description = "Stored and committed", body = IngestResult),
-        (status = 400, description = "Invalid records (nothing stored; each problem listed in `details`) or a malformed body", body = NativeErrorBody),
-        (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or a record names another org", body = NativeErrorBody),
-        (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
-        (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
-        (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
-        (status = 503, description = "The write queue is full or the store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        IngestErrors,
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -146,13 +155,7 @@ pub async fn ingest_requests(
     request_body(content = Vec<IngestAuditEvent>, description = "A JSON array of at most 10,000 events, or NDJSON (one event per line) with Content-Type application/x-ndjson"),
     responses(
         (status = 202, description = "Stored and committed", body = IngestResult),
-        (status = 400, description = "Invalid records (nothing stored; each problem listed in `details`) or a malformed body", body = NativeErrorBody),
-        (status = 401, description = "Missing or invalid credentials", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or a record names another org", body = NativeErrorBody),
-        (status = 408, description = "The body stalled or missed the body deadline; the connection is closed", body = NativeErrorBody),
-        (status = 413, description = "More than 10,000 records or 16 MiB (decompressed)", body = NativeErrorBody),
-        (status = 415, description = "Neither JSON nor NDJSON, or a Content-Encoding other than gzip, zstd or identity", body = NativeErrorBody),
-        (status = 503, description = "The write queue is full or the store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        IngestErrors,
     ),
     security(("operator" = []), ("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -531,7 +534,7 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
         org_id: None,
         record: Err(vec![(
             None,
-            format!("is not valid JSON: {}", strip_position(e)),
+            format!("is not valid JSON: {}", without_position(e)),
         )]),
     };
     let fields: BTreeMap<String, Box<RawValue>> = match serde_json::from_str(raw) {
@@ -558,7 +561,7 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
     if problems.is_empty() {
         // Each field is fine alone, yet the record is not: a key given twice, which the map
         // above collapsed. Never let such a record pass unreported (it would be dropped).
-        problems.push((None, strip_position(typed)));
+        problems.push((None, without_position(typed)));
     }
     let mistyped: Vec<Option<String>> = problems.iter().map(|(f, _)| f.clone()).collect();
     match serde_json::from_str::<R::Wire>(&clean) {
@@ -574,7 +577,7 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
             }
         }
         Err(e) => {
-            problems.push((None, strip_position(&e)));
+            problems.push((None, without_position(&e)));
             Parsed {
                 org_id: None,
                 record: Err(problems),
@@ -583,25 +586,11 @@ fn diagnose<R: Ingestible>(raw: &str, limits: &Limits, typed: &serde_json::Error
     }
 }
 
-/// serde_json's message without the position it appends (within one record, only noise).
-fn strip_position(e: &serde_json::Error) -> String {
-    let inner = e.to_string();
-    inner
-        .rsplit_once(" at line ")
-        .map_or(inner.as_str(), |(m, _)| m)
-        .to_owned()
-}
-
 /// Turns a serde error into `(field, message)`, naming the field wherever serde can.
 fn describe_json_error(
     e: &serde_path_to_error::Error<serde_json::Error>,
 ) -> (Option<String>, String) {
-    let inner = e.inner().to_string();
-    // serde_json appends the position; within one record it only adds noise.
-    let message = inner
-        .rsplit_once(" at line ")
-        .map_or(inner.as_str(), |(m, _)| m)
-        .to_owned();
+    let message = without_position(e.inner());
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some((name, _)) = rest.split_once('`')
     {

@@ -6,8 +6,7 @@
 
 use apitrail_model::key::NewApiKeyInput;
 use apitrail_model::{
-    ApiKey, AuditEntry, NewApiKey, NewOrg, Org, OrgId, Scope, Secret, Tenant, Timestamp,
-    new_record_id,
+    ApiKey, NewApiKey, NewOrg, Org, OrgId, Scope, Secret, Tenant, Timestamp, new_record_id,
 };
 use apitrail_store::Store;
 use axum::Json;
@@ -15,18 +14,19 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{Authed, Operator, OrgCaller};
-use crate::context;
-use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::auth::{Authed, Operator};
+use crate::caller::OrgCaller;
+use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid};
+use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::openapi::{JsonBodyErrors, OperatorErrors, OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, Ids, Pagination};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -189,96 +189,15 @@ pub struct OrgListQuery {
     cursor: Option<String>,
 }
 
-/// Parses a JSON body into `T`, naming the field at fault.
-pub(crate) fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, ApiError> {
-    if let Some(field) = std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|text| crate::params::nul_fields(text).into_iter().next())
-    {
-        return Err(ApiError {
-            param: field,
-            ..ApiError::new(
-                ErrorKind::InvalidBody,
-                format!("the body {}", crate::params::NUL_MESSAGE),
-            )
-        });
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de)
-        .map(|crate::wire::Object(body)| body)
-        .map_err(|e| {
-            let inner = e.inner().to_string();
-            let message = inner
-                .rsplit_once(" at line ")
-                .map_or(inner.as_str(), |(m, _)| m)
-                .to_owned();
-            let path = e.path().to_string();
-            let field = message
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split_once('`'))
-                .map(|(f, _)| f.to_owned())
-                .or_else(|| (path != "." && !path.is_empty()).then_some(path));
-            ApiError {
-                param: field,
-                ..ApiError::new(
-                    ErrorKind::InvalidBody,
-                    format!("the body must be a JSON object as documented: {message}"),
-                )
-            }
-        })
-}
-
-/// The audit entry for a change made by `actor` (`None`: the operator).
-pub(crate) fn audit(
-    actor: Option<&OrgCaller>,
-    action: &str,
-    resource_type: &str,
-    resource_id: String,
-    details: serde_json::Value,
-) -> AuditEntry {
-    AuditEntry {
-        id: new_record_id(),
-        user_id: actor.map(|a| a.key.principal_id.clone()),
-        action: action.into(),
-        resource_type: resource_type.into(),
-        resource_id: Some(resource_id),
-        details: Some(details.to_string()),
-        ip_address: context::client_ip().map(|ip| ip.to_string()),
-        request_id: Some(context::request_id()),
-        created_at: Timestamp::now(),
-    }
-}
-
-pub(crate) fn not_found(what: &str) -> ApiError {
-    ApiError::new(ErrorKind::NotFound, format!("no such {what}"))
-}
-
-/// The org named in an operator path.
-async fn path_tenant(state: &AppState, org_id: &str) -> std::result::Result<Tenant, ApiError> {
-    let id = OrgId::parse(org_id).map_err(|_| not_found("org"))?;
-    state
-        .store()
-        .tenant(&id)
-        .await?
-        .ok_or_else(|| not_found("org"))
-}
-
-fn key_id(raw: &str) -> std::result::Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| not_found("API key"))
-}
-
 /// Create an org.
 #[utoipa::path(
     post, path = "/admin/v1/orgs", tag = "operator",
     request_body = CreateOrg,
     responses(
         (status = 201, description = "The org", body = OrgBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 409, description = "An org with this id exists", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -300,13 +219,7 @@ pub async fn create_org_as(store: &dyn Store, new: NewOrg) -> std::result::Resul
         name: new.name,
         created_at: Timestamp::now(),
     };
-    let entry = audit(
-        None,
-        "create",
-        "org",
-        org.id.to_string(),
-        json!({ "name": org.name }),
-    );
+    let entry = audit_entry(None, "create", "org", &org.id, json!({ "name": org.name }));
     store.create_org(&org, &entry).await?;
     Ok(org)
 }
@@ -318,9 +231,7 @@ pub async fn create_org_as(store: &dyn Store, new: NewOrg) -> std::result::Resul
     responses(
         (status = 200, description = "A page of orgs, by id", body = OrgList),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -345,16 +256,10 @@ pub async fn list_orgs(
         ),
     };
     let page = state.store().list_orgs(after.as_ref(), limit).await?;
-    let next_cursor = match page.items.last() {
-        Some(last) if page.has_more => Some(URL_SAFE_NO_PAD.encode(last.id.as_str())),
-        _ => None,
-    };
+    let pagination = Pagination::of(&page, |last| URL_SAFE_NO_PAD.encode(last.id.as_str()));
     Ok(Json(OrgList {
         data: page.items.into_iter().map(OrgBody::from).collect(),
-        pagination: Pagination {
-            has_more: page.has_more,
-            next_cursor,
-        },
+        pagination,
     }))
 }
 
@@ -364,10 +269,8 @@ pub async fn list_orgs(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)")),
     responses(
         (status = 200, description = "The org", body = OrgBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -376,7 +279,7 @@ pub async fn get_org(
     _: Operator,
     Ids(org_id, _): Ids<String>,
 ) -> Result<Json<OrgBody>> {
-    let tenant = path_tenant(&state, &org_id).await?;
+    let tenant = path_org(&state, None, &org_id, OrgIdForm::Any).await?;
     Ok(Json(state.store().org(&tenant).await?.into()))
 }
 
@@ -430,11 +333,11 @@ pub async fn create_key_as(
         last_used_at: None,
         revoked_at: None,
     };
-    let entry = audit(
+    let entry = audit_entry(
         actor,
         "create",
         "api_key",
-        key.id.to_string(),
+        key.id,
         json!({
             "name": key.name,
             "scopes": key.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
@@ -456,7 +359,7 @@ pub async fn revoke_key_as(
     id: Uuid,
     actor: Option<&OrgCaller>,
 ) -> std::result::Result<Option<ApiKey>, ApiError> {
-    let entry = audit(actor, "revoke", "api_key", id.to_string(), json!({}));
+    let entry = audit_entry(actor, "revoke", "api_key", id, json!({}));
     Ok(store
         .revoke_api_key(tenant, id, Timestamp::now(), &entry)
         .await?)
@@ -469,10 +372,7 @@ async fn do_list_keys(
     let keys = state.store().list_api_keys(tenant).await?;
     Ok(Json(KeyList {
         data: keys.into_iter().map(KeyBody::from).collect(),
-        pagination: Pagination {
-            has_more: false,
-            next_cursor: None,
-        },
+        pagination: Pagination::whole(),
     }))
 }
 
@@ -481,7 +381,7 @@ async fn do_get_key(
     tenant: &Tenant,
     id: &str,
 ) -> std::result::Result<Json<KeyBody>, ApiError> {
-    let id = key_id(id)?;
+    let id = path_uuid(id, "API key")?;
     match state.store().get_api_key(tenant, id).await? {
         Some(k) => Ok(Json(k.into())),
         None => Err(not_found("API key")),
@@ -494,7 +394,7 @@ async fn do_revoke_key(
     actor: Option<&OrgCaller>,
     id: &str,
 ) -> std::result::Result<Json<KeyBody>, ApiError> {
-    match revoke_key_as(state.store(), tenant, key_id(id)?, actor).await? {
+    match revoke_key_as(state.store(), tenant, path_uuid(id, "API key")?, actor).await? {
         Some(k) => Ok(Json(k.into())),
         None => Err(not_found("API key")),
     }
@@ -507,12 +407,9 @@ async fn do_revoke_key(
     request_body = CreateKey,
     responses(
         (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -522,7 +419,7 @@ pub async fn admin_create_key(
     Ids(org_id, _): Ids<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<CreatedKey>)> {
-    let tenant = path_tenant(&state, &org_id).await?;
+    let tenant = path_org(&state, None, &org_id, OrgIdForm::Any).await?;
     Ok(do_create_key(&state, &tenant, None, &body).await?)
 }
 
@@ -532,10 +429,8 @@ pub async fn admin_create_key(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)")),
     responses(
         (status = 200, description = "Every key of the org, revoked ones too", body = KeyList),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -544,7 +439,7 @@ pub async fn admin_list_keys(
     _: Operator,
     Ids(org_id, _): Ids<String>,
 ) -> Result<Json<KeyList>> {
-    let tenant = path_tenant(&state, &org_id).await?;
+    let tenant = path_org(&state, None, &org_id, OrgIdForm::Any).await?;
     Ok(do_list_keys(&state, &tenant).await?)
 }
 
@@ -554,10 +449,8 @@ pub async fn admin_list_keys(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)"), ("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key", body = KeyBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org, or no such key in it", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -566,7 +459,7 @@ pub async fn admin_get_key(
     _: Operator,
     Ids((org_id, id), _): Ids<(String, String)>,
 ) -> Result<Json<KeyBody>> {
-    let tenant = path_tenant(&state, &org_id).await?;
+    let tenant = path_org(&state, None, &org_id, OrgIdForm::Any).await?;
     Ok(do_get_key(&state, &tenant, &id).await?)
 }
 
@@ -576,10 +469,8 @@ pub async fn admin_get_key(
     params(("org_id" = String, Path, pattern = "^[A-Za-z0-9_.:-]{1,64}$", description = "The org's id (anything else is not found)"), ("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key, with revoked_at set (revoking again changes nothing)", body = KeyBody),
-        (status = 401, description = "Missing or wrong operator token", body = NativeErrorBody),
-        (status = 403, description = "The operator API is disabled (no operator token configured)", body = NativeErrorBody),
         (status = 404, description = "No such org, or no such key in it", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OperatorErrors,
     ),
     security(("operator" = []))
 )]
@@ -588,7 +479,7 @@ pub async fn admin_revoke_key(
     _: Operator,
     Ids((org_id, id), _): Ids<(String, String)>,
 ) -> Result<Json<KeyBody>> {
-    let tenant = path_tenant(&state, &org_id).await?;
+    let tenant = path_org(&state, None, &org_id, OrgIdForm::Any).await?;
     Ok(do_revoke_key(&state, &tenant, None, &id).await?)
 }
 
@@ -598,11 +489,8 @@ pub async fn admin_revoke_key(
     request_body = CreateKey,
     responses(
         (status = 201, description = "The key, with its secret (shown once)", body = CreatedKey),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -620,9 +508,7 @@ pub async fn create_key(
     get, path = "/v1/api-keys", tag = "api-keys",
     responses(
         (status = 200, description = "Every key of the org, revoked ones too", body = KeyList),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -640,10 +526,8 @@ pub async fn list_keys(
     params(("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key", body = KeyBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such API key in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -662,10 +546,8 @@ pub async fn get_key(
     params(("id" = String, Path, format = "uuid", description = "The key's id (anything else is not found)")),
     responses(
         (status = 200, description = "The key, with revoked_at set (revoking again changes nothing)", body = KeyBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such API key in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

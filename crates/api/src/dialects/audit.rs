@@ -14,10 +14,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Authed;
-use crate::error::{ApiError, Failure, Native};
+use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::{Params, repair_plus};
 use crate::state::AppState;
-use crate::wire::NativeErrorBody;
+use crate::wire::next_cursor;
 
 /// The seed's default page size.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -173,9 +174,7 @@ pub fn cursor_after(e: &AuditEntry) -> String {
     responses(
         (status = 200, description = "Audit log entries", body = AuditLogPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -190,10 +189,7 @@ pub async fn list_audit_log(
         .store()
         .list_audit_entries(&caller.tenant, &req.filter, req.after, req.limit)
         .await?;
-    let next_cursor = match page.items.last() {
-        Some(last) if page.has_more => Some(cursor_after(last)),
-        _ => None,
-    };
+    let next_cursor = next_cursor(&page, cursor_after);
     let org = caller.tenant.org_id().as_str();
     Ok(Json(AuditLogPage {
         audit_log: page
@@ -217,9 +213,7 @@ pub async fn list_audit_log(
     responses(
         (status = 200, description = "Audit log entries", body = AuditLogPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -263,9 +257,7 @@ pub struct VerifyReport {
     tag = "audit",
     responses(
         (status = 200, description = "The verification outcome (ok or not)", body = VerifyReport),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]

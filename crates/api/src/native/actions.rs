@@ -1,6 +1,6 @@
 //! Actions, the native routes (SPEC §7): credentials, destinations, action definitions,
 //! triggering a record and signaling its outcome. The records list is the `actions` dialect
-//! ([`crate::action_records`]). Every mutation of a credential, destination or definition is
+//! ([`crate::dialects::actions`]). Every mutation of a credential, destination or definition is
 //! self-audited in the same transaction.
 
 use std::collections::BTreeMap;
@@ -11,9 +11,8 @@ use apitrail_model::action::{
 };
 use apitrail_model::transition::{self, EventKind, Occurrence, Refusal, Signal};
 use apitrail_model::{
-    ActionDefinition, ActionEvent, ActionRecord, ActionState, Credential, DefinitionDestination,
-    Destination, FieldError, OrgId, Scope, Tags, Tenant, Timestamp, WebhookConfig, WebhookSecret,
-    new_record_id,
+    ActionDefinition, ActionEvent, ActionRecord, Credential, DefinitionDestination, Destination,
+    FieldError, OrgId, Scope, Tags, Tenant, Timestamp, WebhookConfig, WebhookSecret, new_record_id,
 };
 use apitrail_store::Expected;
 use axum::Json;
@@ -25,13 +24,15 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::admin::{audit, json_body, not_found};
-use crate::auth::{Authed, OrgCaller};
+use crate::auth::Authed;
+use crate::caller::OrgCaller;
+use crate::common::{OrgIdForm, audit_entry, json_body, not_found, path_org, path_uuid, raw_json};
 use crate::context;
-use crate::error::{ApiError, ErrorKind, Failure, Native};
+use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody};
+use crate::openapi::{JsonBodyErrors, OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{BodyBytes, Ids, NativeErrorBody, Pagination};
+use crate::wire::{BodyBytes, ConfigBody, Ids, Pagination, RESERVED_HEADERS, StateBody};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
@@ -50,23 +51,8 @@ const MAX_TEXT: usize = 1000;
 /// Largest schema or input, as JSON text.
 const MAX_JSON: usize = 256 * 1024;
 
-/// Headers apitrail sets on every delivery, which a destination may not override.
-pub(crate) const RESERVED_HEADERS: [&str; 6] = [
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "content-type",
-    "content-length",
-    "host",
-];
-
 fn now() -> Timestamp {
     Timestamp::now()
-}
-
-fn raw(text: &str) -> Box<RawValue> {
-    RawValue::from_string(text.to_owned())
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
 }
 
 /// Reads `Some(null)` as `Some(None)` (a PATCH clearing a field), unlike plain `Option`.
@@ -109,10 +95,6 @@ fn check_map(errors: &mut Vec<FieldError>, field: &str, map: &BTreeMap<String, S
             ));
         }
     }
-}
-
-fn parse_id(raw: &str, what: &str) -> std::result::Result<Uuid, ApiError> {
-    Uuid::try_parse(raw).map_err(|_| not_found(what))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -179,11 +161,8 @@ pub struct CredentialList {
     request_body = CreateCredential,
     responses(
         (status = 201, description = "The credential, with its secret (shown once)", body = CreatedCredential),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -206,11 +185,11 @@ pub async fn create_credential(
         secret: WebhookSecret::generate(),
         created_at: now(),
     };
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "create",
         "credential",
-        credential.id.to_string(),
+        credential.id,
         json!({ "label": credential.label }),
     );
     state
@@ -231,9 +210,7 @@ pub async fn create_credential(
     get, path = "/v1/credentials", tag = "actions",
     responses(
         (status = 200, description = "Every credential of the org, without secrets", body = CredentialList),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -248,10 +225,7 @@ pub async fn list_credentials(
             .iter()
             .map(|c| CredentialBody::new(caller.tenant.org_id(), c))
             .collect(),
-        pagination: Pagination {
-            has_more: false,
-            next_cursor: None,
-        },
+        pagination: Pagination::whole(),
     }))
 }
 
@@ -356,45 +330,6 @@ pub struct NewDestination {
     /// Labels.
     #[schema(schema_with = crate::openapi::tags_or_null)]
     tags: Option<BTreeMap<String, String>>,
-}
-
-/// The wire form of a destination's config.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ConfigBody {
-    /// The URL.
-    pub url: String,
-    /// Extra headers.
-    #[schema(schema_with = crate::openapi::webhook_headers)]
-    pub headers: BTreeMap<String, String>,
-    /// Signaling settings.
-    pub signaling: SignalingOut,
-    /// Delivery timeout in milliseconds.
-    #[schema(minimum = 1, maximum = 120_000)]
-    pub response_time_sla_ms: u32,
-}
-
-/// Signaling settings as printed.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct SignalingOut {
-    /// Whether signaling is on.
-    pub enabled: bool,
-    /// Always `ack`.
-    #[schema(schema_with = crate::openapi::signaling_ack)]
-    pub default: &'static str,
-}
-
-impl From<&WebhookConfig> for ConfigBody {
-    fn from(c: &WebhookConfig) -> Self {
-        Self {
-            url: c.url.clone(),
-            headers: c.headers.clone(),
-            signaling: SignalingOut {
-                enabled: c.signaling,
-                default: "ack",
-            },
-            response_time_sla_ms: c.response_time_sla_ms,
-        }
-    }
 }
 
 /// A destination.
@@ -608,11 +543,8 @@ fn destination_audit(d: &Destination) -> serde_json::Value {
     request_body = NewDestination,
     responses(
         (status = 201, description = "The destination", body = DestinationBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -642,11 +574,11 @@ pub async fn create_destination(
         deleted_at: None,
     };
     apply_destination(&state, &caller.tenant, &mut d, input, true).await?;
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "create",
         "destination",
-        d.id.to_string(),
+        d.id,
         destination_audit(&d),
     );
     state
@@ -666,9 +598,7 @@ pub async fn create_destination(
     responses(
         (status = 200, description = "The org's destinations", body = DestinationList),
         (status = 400, description = "A parameter is malformed", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -690,10 +620,7 @@ pub async fn list_destinations(
             .iter()
             .map(|d| DestinationBody::new(caller.tenant.org_id(), d))
             .collect(),
-        pagination: Pagination {
-            has_more: false,
-            next_cursor: None,
-        },
+        pagination: Pagination::whole(),
     }))
 }
 
@@ -702,7 +629,7 @@ async fn find_destination(
     caller: &OrgCaller,
     id: &str,
 ) -> std::result::Result<Destination, ApiError> {
-    let id = parse_id(id, "destination")?;
+    let id = path_uuid(id, "destination")?;
     state
         .store()
         .get_destination(&caller.tenant, id)
@@ -716,10 +643,8 @@ async fn find_destination(
     params(("id" = String, Path, format = "uuid", description = "The destination's id (anything else is not found)")),
     responses(
         (status = 200, description = "The destination (deleted ones too)", body = DestinationBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -740,13 +665,10 @@ pub async fn get_destination(
     request_body = DestinationInput,
     responses(
         (status = 200, description = "The changed destination", body = DestinationBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
         (status = 409, description = "The destination is deleted", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -764,11 +686,11 @@ pub async fn update_destination(
     }
     apply_destination(&state, &caller.tenant, &mut d, input, false).await?;
     d.updated_at = now();
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "update",
         "destination",
-        d.id.to_string(),
+        d.id,
         destination_audit(&d),
     );
     state
@@ -784,10 +706,8 @@ pub async fn update_destination(
     params(("id" = String, Path, format = "uuid", description = "The destination's id (anything else is not found)")),
     responses(
         (status = 200, description = "The destination, with deleted_at set (deleting again changes nothing)", body = DestinationBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such destination in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -802,13 +722,7 @@ pub async fn delete_destination(
         let at = now();
         d.deleted_at = Some(at);
         d.updated_at = at;
-        let entry = audit(
-            Some(&caller),
-            "delete",
-            "destination",
-            d.id.to_string(),
-            json!({}),
-        );
+        let entry = audit_entry(Some(&caller), "delete", "destination", d.id, json!({}));
         state
             .store()
             .put_destination(&caller.tenant, &d, false, &entry)
@@ -912,7 +826,7 @@ impl DefinitionBody {
             variant: d.variant.clone(),
             version: d.version,
             alias: d.alias.clone(),
-            schema: raw(&d.schema),
+            schema: raw_json(&d.schema),
             destinations: d
                 .destinations
                 .iter()
@@ -1073,12 +987,9 @@ fn definition_audit(d: &ActionDefinition) -> serde_json::Value {
     request_body = DefinitionInput,
     responses(
         (status = 201, description = "Version 1 of the definition", body = DefinitionBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 409, description = "A live definition of the org already has one of the names", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1103,11 +1014,11 @@ pub async fn create_definition(
         updated_at: at,
         deleted_at: None,
     };
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "create",
         "action_definition",
-        d.id.to_string(),
+        d.id,
         definition_audit(&d),
     );
     state
@@ -1127,9 +1038,7 @@ pub async fn create_definition(
     responses(
         (status = 200, description = "The latest version of each definition", body = DefinitionList),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1151,10 +1060,7 @@ pub async fn list_definitions(
             .iter()
             .map(|d| DefinitionBody::new(caller.tenant.org_id(), d))
             .collect(),
-        pagination: Pagination {
-            has_more: false,
-            next_cursor: None,
-        },
+        pagination: Pagination::whole(),
     }))
 }
 
@@ -1164,7 +1070,7 @@ async fn find_definition(
     id: &str,
     version: Option<u32>,
 ) -> std::result::Result<ActionDefinition, ApiError> {
-    let id = parse_id(id, "action definition")?;
+    let id = path_uuid(id, "action definition")?;
     state
         .store()
         .get_action_definition(&caller.tenant, id, version)
@@ -1179,10 +1085,8 @@ async fn find_definition(
     responses(
         (status = 200, description = "The definition (deleted ones too)", body = DefinitionBody),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such action definition (or version) in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1205,13 +1109,10 @@ pub async fn get_definition(
     request_body = DefinitionInput,
     responses(
         (status = 200, description = "The definition; a changed schema made the next version", body = DefinitionBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such action definition in the caller's org", body = NativeErrorBody),
         (status = 409, description = "The definition is deleted, or another live definition has one of the names", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1243,11 +1144,11 @@ pub async fn replace_definition(
         updated_at: at,
         deleted_at: None,
     };
-    let entry = audit(
+    let entry = audit_entry(
         Some(&caller),
         "update",
         "action_definition",
-        d.id.to_string(),
+        d.id,
         definition_audit(&d),
     );
     state
@@ -1264,10 +1165,8 @@ pub async fn replace_definition(
     params(("id" = String, Path, format = "uuid", description = "The action definition's id (anything else is not found)")),
     responses(
         (status = 200, description = "The definition, with deleted_at set (deleting again changes nothing)", body = DefinitionBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "No such action definition in the caller's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1282,11 +1181,11 @@ pub async fn delete_definition(
         let at = now();
         d.deleted_at = Some(at);
         d.updated_at = at;
-        let entry = audit(
+        let entry = audit_entry(
             Some(&caller),
             "delete",
             "action_definition",
-            d.id.to_string(),
+            d.id,
             json!({}),
         );
         state
@@ -1326,49 +1225,6 @@ pub struct TriggerInput {
     /// The id of a live destination of the org (default: the definition's default).
     #[schema(format = "uuid")]
     destination_id: Option<String>,
-}
-
-/// A record's state.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StateBody {
-    /// The status.
-    #[schema(schema_with = crate::openapi::action_status)]
-    pub status: &'static str,
-    /// Delivery attempts started.
-    pub attempt: u32,
-    /// RFC 3339.
-    #[schema(format = DateTime)]
-    pub updated_at: String,
-    /// RFC 3339: when the next attempt is due.
-    #[schema(format = DateTime)]
-    pub available_at: String,
-    /// RFC 3339: when an acknowledgement times out.
-    #[schema(required = true, format = DateTime)]
-    pub timeout_at: Option<String>,
-    /// RFC 3339: the first attempt.
-    #[schema(required = true, format = DateTime)]
-    pub started_at: Option<String>,
-    /// RFC 3339: the final status.
-    #[schema(required = true, format = DateTime)]
-    pub completed_at: Option<String>,
-    /// Why it failed.
-    #[schema(required = true)]
-    pub error_message: Option<String>,
-}
-
-impl From<&ActionState> for StateBody {
-    fn from(s: &ActionState) -> Self {
-        Self {
-            status: s.status.as_str(),
-            attempt: s.attempt,
-            updated_at: s.updated_at.to_rfc3339(),
-            available_at: s.available_at.to_rfc3339(),
-            timeout_at: s.timeout_at.map(Timestamp::to_rfc3339),
-            started_at: s.started_at.map(Timestamp::to_rfc3339),
-            completed_at: s.completed_at.map(Timestamp::to_rfc3339),
-            error_message: s.error_message.clone(),
-        }
-    }
 }
 
 /// An action record, as the native routes print it.
@@ -1417,7 +1273,7 @@ impl RecordBody {
             action_definition_id: r.definition_id.to_string(),
             variant: r.variant.clone(),
             version: r.version,
-            input: raw(&r.input),
+            input: raw_json(&r.input),
             timeout: r.timeout_secs,
             tags: r.tags.clone(),
             destination_id: r.destination_id.to_string(),
@@ -1425,16 +1281,6 @@ impl RecordBody {
             created_at: r.created_at.to_rfc3339(),
             state: (&r.state).into(),
         }
-    }
-}
-
-/// The path's org must be the caller's; any other (or malformed) id is a 404, so that other
-/// orgs' existence never shows.
-fn own_org(caller: &OrgCaller, org_id: &str) -> std::result::Result<(), ApiError> {
-    if caller.tenant.org_id().as_str() == org_id {
-        Ok(())
-    } else {
-        Err(not_found("org"))
     }
 }
 
@@ -1484,12 +1330,9 @@ async fn resolve_definition(
     request_body = TriggerInput,
     responses(
         (status = 201, description = "The record, pending", body = RecordBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "`org_id` is not the key's org", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::WRITE }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1499,7 +1342,7 @@ pub async fn trigger_action(
     Ids(org_id, _): Ids<String>,
     BodyBytes(body): BodyBytes,
 ) -> Result<(StatusCode, Json<RecordBody>)> {
-    own_org(&caller, &org_id)?;
+    path_org(&state, Some(&caller), &org_id, OrgIdForm::Any).await?;
     caller.require(Scope::Write)?;
     let input: TriggerInput = json_body(&body)?;
     let Some(action) = input.action.filter(|a| !a.is_empty()) else {
@@ -1621,13 +1464,10 @@ pub struct SignalInput {
     request_body = SignalInput,
     responses(
         (status = 200, description = "The record with its final status", body = RecordBody),
-        (status = 400, description = "The body is malformed or a field is invalid (each is named)", body = NativeErrorBody),
-        (status = 413, description = "The body exceeds 2 MiB", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the write scope, or the operator token was sent", body = NativeErrorBody),
         (status = 404, description = "`org_id` is not the key's org, or no such record", body = NativeErrorBody),
         (status = 409, description = "The record is not waiting for a signal, or its timeout passed", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        JsonBodyErrors,
+        OrgKeyErrors<NativeErrorBody, { scope::WRITE }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -1637,7 +1477,7 @@ pub async fn signal_action(
     Ids((org_id, id), _): Ids<(String, String)>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Json<RecordBody>> {
-    own_org(&caller, &org_id)?;
+    path_org(&state, Some(&caller), &org_id, OrgIdForm::Any).await?;
     caller.require(Scope::Write)?;
     let input: SignalInput = json_body(&body)?;
     let Some(outcome) = input.status.as_deref().and_then(Signal::parse) else {
@@ -1669,7 +1509,7 @@ pub async fn signal_action(
         )])
         .into());
     }
-    let id = parse_id(&id, "action record")?;
+    let id = path_uuid(&id, "action record")?;
     let mut record = state
         .store()
         .get_action_record(&caller.tenant, id)

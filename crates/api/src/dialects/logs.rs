@@ -12,10 +12,12 @@ use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
-use crate::error::{ApiError, Failure, Native};
+use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::{NativeErrorBody, Pagination};
+use crate::wire::Pagination;
+use crate::wire::log_cursor;
 
 /// A request log as the logs dialect prints it: exactly the seed's ten fields, every one
 /// present (`null` when the log has no value).
@@ -206,9 +208,7 @@ pub fn parse_query(p: &Params) -> Result<LogsRequest, ApiError> {
     responses(
         (status = 200, description = "Paginated request logs", body = LogsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = NativeErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = NativeErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = NativeErrorBody),
+        OrgKeyErrors<NativeErrorBody, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -223,23 +223,10 @@ pub async fn list_logs(
         .store()
         .list_request_logs(&caller.tenant, &req.filter, req.sort, req.page)
         .await?;
-    let next_cursor = match page.items.last() {
-        Some(last) if page.has_more => Some(
-            Cursor {
-                kind: CursorKind::Logs,
-                sort: req.sort,
-                position: req.sort.position_of(last),
-            }
-            .encode(),
-        ),
-        _ => None,
-    };
+    let pagination = Pagination::of(&page, |last| log_cursor(CursorKind::Logs, req.sort, last));
     Ok(Json(LogsPage {
         data: page.items.into_iter().map(LogItem::from).collect(),
-        pagination: Pagination {
-            has_more: page.has_more,
-            next_cursor,
-        },
+        pagination,
     }))
 }
 

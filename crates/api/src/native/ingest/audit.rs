@@ -180,7 +180,7 @@ fn compact_json(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::parse_record;
+    use crate::native::ingest::parse_record;
 
     /// The server's clock in these tests: 2026-01-01T00:00:00Z.
     const NOW_MS: i64 = 1_767_225_600_000;

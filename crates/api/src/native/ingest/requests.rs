@@ -336,7 +336,7 @@ fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed<RequestLo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::parse_record;
+    use crate::native::ingest::parse_record;
 
     /// The server's clock in these tests: 2026-01-01T00:00:00Z.
     const NOW_MS: i64 = 1_767_225_600_000;

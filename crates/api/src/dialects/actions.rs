@@ -7,22 +7,22 @@ use std::collections::{BTreeMap, HashMap};
 
 use apitrail_model::{
     ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionStatus,
-    Destination, OrgId, Scope, Tags, Tenant, Timestamp,
+    Destination, Scope, Tags, Tenant, Timestamp,
 };
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::actions::{ConfigBody, StateBody};
 use crate::auth::Authed;
-use crate::error::{ApiError, Envelope, ErrorKind, Failure};
+use crate::common::{OrgIdForm, path_org, raw_json};
+use crate::error::{ApiError, Envelope, Failure};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
-use crate::wire::Ids;
+use crate::wire::{ConfigBody, Ids, StateBody};
 
 /// The seed's default page size.
 pub const DEFAULT_TAKE: u32 = 20;
@@ -31,18 +31,27 @@ pub const MAX_TAKE: u32 = 50;
 /// The deepest `skip` accepted: an offset costs time in proportion to it.
 pub const MAX_SKIP: u64 = 1_000_000;
 
-/// The actions dialect's error envelope: `{"data": null, "errors": [{"code", "message"}]}`.
+/// The actions dialect's error envelope: [`ActionsErrorBody`], `{"data": null, "errors":
+/// [{"code", "message"}]}`.
 #[derive(Debug)]
 pub enum Actions {}
 
 impl Envelope for Actions {
-    fn body(err: &ApiError, _request_id: &str) -> Value {
+    type Body = ActionsErrorBody;
+
+    fn body(err: &ApiError, _request_id: &str) -> ActionsErrorBody {
         let (_, code) = err.status_and_code();
-        json!({ "data": null, "errors": [{ "code": code, "message": err.message }] })
+        ActionsErrorBody {
+            data: None,
+            errors: vec![ActionsError {
+                code: code.to_owned(),
+                message: err.message.clone(),
+            }],
+        }
     }
 }
 
-/// The error body of the actions dialect (documentation only).
+/// The error body of the actions dialect.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionsErrorBody {
     /// Always null on errors.
@@ -197,7 +206,7 @@ impl EventItem {
             available_at: e.available_at.map(Timestamp::to_rfc3339),
             timeout_at: e.timeout_at.map(Timestamp::to_rfc3339),
             message: e.message.clone(),
-            data: e.data.as_deref().map(raw),
+            data: e.data.as_deref().map(raw_json),
         }
     }
 }
@@ -433,11 +442,6 @@ pub fn parse_query(p: &Params) -> Result<RecordsRequest, ApiError> {
     })
 }
 
-fn raw(text: &str) -> Box<RawValue> {
-    RawValue::from_string(text.to_owned())
-        .unwrap_or_else(|_| RawValue::from_string("null".into()).unwrap_or_default())
-}
-
 /// The definitions (at each record's version) with their destinations.
 async fn definitions(
     state: &AppState,
@@ -491,7 +495,7 @@ async fn definitions(
                 variant: d.variant.clone(),
                 version: d.version,
                 alias: d.alias.clone(),
-                schema: raw(&d.schema),
+                schema: raw_json(&d.schema),
                 deleted_at: d.deleted_at.map(Timestamp::to_rfc3339),
                 destinations: links,
             },
@@ -510,10 +514,8 @@ async fn definitions(
     responses(
         (status = 200, description = "A page of action records", body = RecordsResponse),
         (status = 400, description = "A parameter is malformed or out of range", body = ActionsErrorBody),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ActionsErrorBody),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ActionsErrorBody),
         (status = 404, description = "`org_id` is not the key's org", body = ActionsErrorBody),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ActionsErrorBody),
+        OrgKeyErrors<ActionsErrorBody, { scope::READ }>,
     ),
     security(("arklow" = []), ("api_key" = []), ("bearer" = []), ("session" = []))
 )]
@@ -523,12 +525,7 @@ pub async fn list_action_records(
     Ids(org_id, _): Ids<String, Actions>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<RecordsResponse>, Failure<Actions>> {
-    if org_id.is_empty() || !org_id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ApiError::param("org_id", "must match ^[0-9]+$").into());
-    }
-    if caller.tenant.org_id() != &OrgId::parse(&org_id).map_err(|_| not_found())? {
-        return Err(not_found().into());
-    }
+    path_org(&state, Some(&caller), &org_id, OrgIdForm::Digits).await?;
     caller.require(Scope::Read)?;
     let request = parse_query(&Params::parse(query.as_deref()))?;
     let tenant = &caller.tenant;
@@ -566,7 +563,7 @@ pub async fn list_action_records(
             id: r.id.to_string(),
             org_id: org.to_owned(),
             action_definition_id: r.definition_id.to_string(),
-            input: raw(&r.input),
+            input: raw_json(&r.input),
             timeout: r.timeout_secs,
             tags: r.tags.clone(),
             state: request.include_state.then(|| (&r.state).into()),
@@ -582,8 +579,4 @@ pub async fn list_action_records(
         data: RecordsData { items, count },
         errors: None,
     }))
-}
-
-fn not_found() -> ApiError {
-    ApiError::new(ErrorKind::NotFound, "no such org")
 }

@@ -16,24 +16,45 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
+
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::auth::{Authed, OrgCaller};
-use crate::error::{ApiError, Envelope, ErrorKind, Failure};
+use crate::auth::Authed;
+use crate::caller::OrgCaller;
+use crate::common::not_found;
+use crate::error::{ApiError, Envelope, Failure};
+use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
+use crate::wire::{log_cursor, next_cursor};
 
-/// The zoo dialect's error envelope: `{"error_code", "message", "request_id"}`.
+/// The zoo dialect's error envelope: [`ZooError`].
 #[derive(Debug)]
 pub enum Zoo {}
 
 impl Envelope for Zoo {
-    fn body(err: &ApiError, request_id: &str) -> Value {
+    type Body = ZooError;
+
+    fn body(err: &ApiError, request_id: &str) -> ZooError {
         let (_, code) = err.status_and_code();
-        json!({ "error_code": code, "message": err.message, "request_id": request_id })
+        ZooError {
+            error_code: code.to_owned(),
+            message: err.message.clone(),
+            request_id: request_id.to_owned(),
+        }
     }
+}
+
+/// The zoo error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ZooError {
+    /// Machine-readable code, e.g. `invalid_parameter`, `unauthorized`, `not_found`.
+    error_code: String,
+    /// What is wrong, naming the parameter at fault.
+    message: String,
+    /// The request id, also in the `X-Request-Id` header.
+    request_id: String,
 }
 
 /// Default page size.
@@ -194,18 +215,6 @@ pub struct ApiCallWithPriceResultsPage {
     next_page: Option<String>,
 }
 
-/// The zoo error envelope (documentation only; see [`Zoo`]).
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct ZooError {
-    /// Machine-readable code, e.g. `invalid_parameter`, `unauthorized`, `not_found`.
-    error_code: String,
-    /// What is wrong, naming the parameter at fault.
-    message: String,
-    /// The request id, also in the `X-Request-Id` header.
-    request_id: String,
-}
-
 /// Query parameters of the zoo list routes (documentation only; see [`parse_query`]).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -293,17 +302,7 @@ async fn list(
         .store()
         .list_request_logs(&caller.tenant, &filter, req.sort, req.page)
         .await?;
-    let next_page = match page.items.last() {
-        Some(last) if page.has_more => Some(
-            Cursor {
-                kind: CursorKind::Zoo,
-                sort: req.sort,
-                position: req.sort.position_of(last),
-            }
-            .encode(),
-        ),
-        _ => None,
-    };
+    let next_page = next_cursor(&page, |last| log_cursor(CursorKind::Zoo, req.sort, last));
     let org = org_uuid(caller);
     Ok(Json(ApiCallWithPriceResultsPage {
         items: page
@@ -322,7 +321,6 @@ async fn fetch(
     id: Result<Path<String>, PathRejection>,
     keep: impl FnOnce(&RequestLog) -> bool,
 ) -> Result<Json<ApiCallWithPrice>, ApiError> {
-    let not_found = || ApiError::new(ErrorKind::NotFound, "no such API call");
     let Path(id) = id.map_err(|_| ApiError::param("id", "must be a UUID"))?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::param("id", "must be a UUID"))?;
     let log = state
@@ -330,7 +328,7 @@ async fn fetch(
         .get_request_log(&caller.tenant, id)
         .await?
         .filter(keep)
-        .ok_or_else(not_found)?;
+        .ok_or_else(|| not_found("API call"))?;
     Ok(Json(ApiCallWithPrice::new(
         log,
         org_uuid(caller).as_deref(),
@@ -373,9 +371,7 @@ fn own_filter(caller: &OrgCaller) -> LogFilter {
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -398,10 +394,8 @@ pub async fn org_list_api_calls(
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
         (status = 404, description = "No such call in the caller's org", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -427,9 +421,7 @@ pub async fn get_api_call_for_org(
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -452,10 +444,8 @@ pub async fn user_list_api_calls(
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the read scope, or the operator token was sent", body = ZooError),
         (status = 404, description = "No such call of the caller's user", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::READ }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -482,9 +472,8 @@ pub async fn get_api_call_for_user(
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
         (status = 403, description = "The key lacks the admin scope", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -510,10 +499,9 @@ pub async fn list_api_calls(
     responses(
         (status = 200, description = "The API call", body = ApiCallWithPrice),
         (status = 400, description = "The id is not a UUID", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
         (status = 403, description = "The key has neither the read nor the admin scope", body = ZooError),
         (status = 404, description = "No such call of the caller's user (or, with admin, of the org)", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -555,9 +543,7 @@ pub fn is_zoo_path(path: &str) -> bool {
     responses(
         (status = 200, description = "A page of API calls", body = ApiCallWithPriceResultsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = ZooError),
-        (status = 401, description = "Missing, unknown or revoked API key", body = ZooError),
-        (status = 403, description = "The key lacks the admin scope, or the operator token was sent", body = ZooError),
-        (status = 503, description = "The store is unavailable; retry after Retry-After seconds", body = ZooError),
+        OrgKeyErrors<ZooError, { scope::ADMIN }>,
     ),
     security(("api_key" = []), ("bearer" = []), ("arklow" = []), ("session" = []))
 )]
@@ -658,7 +644,7 @@ mod tests {
         ] {
             let raw = price_number(stored).unwrap();
             assert_eq!(raw.get(), wire);
-            let v: Value = serde_json::from_str(raw.get()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
             assert!(v.is_number(), "{stored}");
         }
     }
