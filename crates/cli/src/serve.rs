@@ -104,7 +104,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+pub(crate) fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("APITRAIL_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -117,7 +117,7 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -138,7 +138,7 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutdown requested: draining in-flight requests and the write queue");
+    tracing::info!("shutdown requested: draining in-flight requests and queued writes");
 }
 
 /// Removes request logs older than `days`, every minute. The store deletes in bounded

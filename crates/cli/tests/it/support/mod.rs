@@ -107,3 +107,29 @@ pub fn org_with_key(at: At<'_>, id: &str, scopes: &str) -> String {
     ));
     key["secret"].as_str().expect("the key's secret").to_owned()
 }
+
+/// `apitrail proxy` on a free port; returns the child and its base URL.
+pub fn proxy(at: At<'_>, extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apitrail"))
+        .args(["proxy", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .args(at.args())
+        .env("APITRAIL_LOG", "warn")
+        .env_remove("APITRAIL_DATABASE_URL")
+        .env_remove("APITRAIL_ORG")
+        .env_remove("APITRAIL_UPSTREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = lines.next().expect("the proxy's banner").unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let base = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .trim_end_matches(',')
+        .to_owned();
+    (child, base)
+}

@@ -1,0 +1,88 @@
+//! `apitrail proxy`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apitrail_proxy::{FingerprintKey, Proxy, ProxyConfig, Routes, StoreSink};
+use apitrail_store_sqlite::SqliteOptions;
+
+use crate::config::{ProxyArgs, StoreArgs};
+use crate::serve::{init_tracing, shutdown_signal};
+
+/// Runs the capture proxy until SIGINT or SIGTERM, then stops gracefully: stops accepting,
+/// finishes the exchanges in flight, writes the buffered records.
+pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
+    init_tracing(args.log_format);
+    let routes = match &args.routes {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--routes {}: {e}", path.display()))?;
+            Routes::parse(&text).map_err(|e| format!("--routes {}: {e}", path.display()))?
+        }
+        None => Routes::default(),
+    };
+    let fingerprint_key = match args.fingerprint_key.as_deref().filter(|k| !k.is_empty()) {
+        Some(key) => FingerprintKey::new(key).map_err(|e| format!("--fingerprint-key: {e}"))?,
+        None => FingerprintKey::load_or_create(&store_args.data_directory())?,
+    };
+    // The proxy only appends and looks orgs up: small caches keep its memory low.
+    let store = store_args
+        .open(SqliteOptions {
+            readers: 1,
+            writer_cache_mib: 32,
+            reader_cache_mib: 8,
+            ..SqliteOptions::default()
+        })
+        .await?;
+    let mut serve = args.connections.serve_config();
+    let (fd_limit, lowered) = apitrail_api::serve::fit_to_fd_limit(&mut serve);
+    if lowered {
+        tracing::warn!(
+            open_file_limit = fd_limit,
+            max_connections = serve.max_connections,
+            "--max-connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
+        );
+    }
+    let upstream = args.upstream.clone();
+    let config = ProxyConfig {
+        routes,
+        trusted_proxies: args.trusted_proxy.clone(),
+        default_org: args.org.clone(),
+        capture_bodies: args.capture_bodies,
+        body_cap_bytes: usize::try_from(args.body_cap_bytes).unwrap_or(usize::MAX),
+        buffer_records: usize::try_from(args.buffer_records).unwrap_or(usize::MAX),
+        serve,
+        connect_timeout: Duration::from_secs(args.upstream_connect_timeout_secs),
+        ..ProxyConfig::new(args.upstream, fingerprint_key)
+    };
+    let routes_len = config.routes.len();
+    let sink = Arc::new(StoreSink::new(Arc::clone(&store)));
+    let proxy = Proxy::bind(config, sink, args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = proxy
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let stats = proxy.stats();
+    tracing::info!(%addr, %upstream, store = %store_args.describe(), routes = routes_len,
+        default_org = ?args.org.as_ref().map(|o| o.as_str()),
+        capture_bodies = args.capture_bodies, "apitrail proxy listening");
+    println!(
+        "apitrail proxy is listening on http://{addr}, forwarding to {upstream}, recording into {}",
+        store_args.describe()
+    );
+    proxy
+        .run_until(shutdown_signal())
+        .await
+        .map_err(|e| format!("proxying on {addr}: {e}"))?;
+    store
+        .shutdown()
+        .await
+        .map_err(|e| format!("closing the store ({}): {e}", store_args.describe()))?;
+    tracing::info!(
+        recorded = stats.recorded.load(std::sync::atomic::Ordering::Relaxed),
+        dropped = stats.dropped_total(),
+        "apitrail proxy stopped; every buffered record was written"
+    );
+    Ok(())
+}

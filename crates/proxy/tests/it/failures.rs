@@ -1,0 +1,151 @@
+//! Exchanges that go wrong are recorded too, and the log never fails or blocks traffic.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use apitrail_model::OrgId;
+use apitrail_proxy::{DropReason, StoreSink};
+use apitrail_testkit::{TestServer, expect, header};
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_recorded_502() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    // A port that was free a moment ago: nothing listens there.
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    drop(upstream);
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    config.upstream = format!("http://{}", closed.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(closed);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/down?x=1", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    let id = header(&resp, "x-request-id").unwrap();
+    let body = expect(resp, StatusCode::BAD_GATEWAY).await;
+    assert_eq!(body["error"]["code"], "bad_gateway");
+    assert_eq!(body["request_id"], id.as_str());
+    let log = &logs(&server, &key.secret, 1).await[0];
+    assert_eq!(log["status_code"], 502);
+    assert_eq!(log["path"], "/v1/down");
+    assert_eq!(log["request_id"], id.as_str());
+    assert_eq!(log["error_code"], "upstream_unreachable");
+    assert_eq!(proxy.stats.upstream_errors.load(Ordering::Relaxed), 1);
+    proxy.stop().await;
+}
+
+/// Sends a raw request and returns the open socket.
+async fn raw_request(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_client_gone_before_the_response_ended_is_a_recorded_499() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+
+    // Gone while the upstream is still thinking.
+    let arrived = upstream.arrived.notified();
+    let stream = raw_request(proxy.addr, "/hang/before-head").await;
+    arrived.await;
+    drop(stream);
+    let log = &logs(&server, &key.secret, 1).await[0];
+    assert_eq!(log["path"], "/hang/before-head");
+    assert_eq!(log["status_code"], 499);
+
+    // Gone in the middle of the response body.
+    let arrived = upstream.arrived.notified();
+    let mut stream = raw_request(proxy.addr, "/drip/mid-body").await;
+    arrived.await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("first chunk") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "the proxy closed early: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    drop(stream);
+    let items = logs(&server, &key.secret, 2).await;
+    let log = items
+        .iter()
+        .find(|l| l["path"] == "/drip/mid-body")
+        .unwrap();
+    assert_eq!(log["status_code"], 499, "{log}");
+    assert_eq!(proxy.stats.client_gone.load(Ordering::Relaxed), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_buffer_drops_records_never_requests() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    config.buffer_records = 4;
+    let sink = Arc::new(GatedSink {
+        inner: StoreSink::new(Arc::clone(&server.store)),
+        open: Semaphore::new(0),
+        waiting: Notify::new(),
+    });
+    let proxy = RunningProxy::start(config, Arc::clone(&sink) as _).await;
+    let client = reqwest::Client::new();
+    // The first record reaches the (stuck) sink; four wait in the buffer; the rest are
+    // dropped, and every request is answered all the same.
+    let waiting = sink.waiting.notified();
+    let resp = client
+        .get(format!("{}/r/0", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    waiting.await;
+    const N: usize = 50;
+    for i in 1..N {
+        let resp = client
+            .get(format!("{}/r/{i}", proxy.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+    }
+    let stats = Arc::clone(&proxy.stats);
+    eventually("the buffer to overflow", || async {
+        (stats.dropped(DropReason::BufferFull) == (N - 5) as u64).then_some(())
+    })
+    .await;
+    assert_eq!(stats.forwarded.load(Ordering::Relaxed), N as u64);
+    // The sink comes back: what was buffered is written.
+    sink.open.add_permits(1000);
+    proxy.stop().await;
+    assert_eq!(stats.recorded.load(Ordering::Relaxed), 5);
+    assert_eq!(stats.dropped_total(), (N - 5) as u64);
+    let items = logs(&server, &key.secret, 5).await;
+    assert_eq!(items.len(), 5);
+}

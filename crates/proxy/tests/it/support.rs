@@ -1,0 +1,343 @@
+//! A real upstream (hyper on port 0), the real proxy in front of it, and the real apitrail
+//! server reading the records back.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apitrail_proxy::{
+    FingerprintKey, Proxy, ProxyConfig, ProxyStats, Routes, Sink, StoreSink, Upstream,
+};
+use apitrail_store::Store;
+use async_trait::async_trait;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Bytes, Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+/// The key of fingerprints in these tests.
+pub const FP_KEY: &str = "test-fingerprint-key-0123456789";
+
+/// A test upstream. Paths:
+/// - `/hang…`: never answers (`arrived` is notified when such a request comes in);
+/// - `/drip…`: answers 200 with one chunk, then never sends the rest (`arrived` too);
+/// - `/bytes/N`: N bytes of `x`, streamed in 64 KiB chunks;
+/// - `/count`: reads the whole body and answers `{"received": n}`;
+/// - anything else: echoes `{method, path, query, headers, body}` as JSON, with the status
+///   of `?status=N` and the response headers listed in the request header `x-respond`
+///   (`name=value, name=value`).
+#[derive(Debug)]
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub arrived: Arc<Notify>,
+    pub requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl TestUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = Arc::new(Notify::new());
+        let requests = Arc::new(AtomicU64::new(0));
+        let (a, r) = (Arc::clone(&arrived), Arc::clone(&requests));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (a, r) = (Arc::clone(&a), Arc::clone(&r));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (a, r) = (Arc::clone(&a), Arc::clone(&r));
+                        async move {
+                            r.fetch_add(1, Ordering::Relaxed);
+                            Ok::<_, Infallible>(answer(req, a).await)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            arrived,
+            requests,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(req: Request<Incoming>, arrived: Arc<Notify>) -> Response<TestBody> {
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/hang") {
+        arrived.notify_one();
+        std::future::pending::<()>().await;
+    }
+    if path.starts_with("/drip") {
+        arrived.notify_one();
+        return Response::new(Drip { sent: false }.boxed());
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap();
+        return Response::new(Bytes64k { left: n }.boxed());
+    }
+    if path == "/count" {
+        let mut body = req.into_body();
+        let mut received = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                received += data.len() as u64;
+            }
+        }
+        return json_response(StatusCode::OK, &json!({ "received": received }), &[]);
+    }
+    let status = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("status=")))
+        .and_then(|s| s.parse::<u16>().ok())
+        .map_or(StatusCode::OK, |s| StatusCode::from_u16(s).unwrap());
+    let respond: Vec<(String, String)> = req
+        .headers()
+        .get("x-respond")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_owned())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let echo = json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "headers": headers,
+    });
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let mut echo = echo;
+    echo["body"] = Value::String(String::from_utf8_lossy(&body).into_owned());
+    json_response(status, &echo, &respond)
+}
+
+fn json_response(
+    status: StatusCode,
+    v: &Value,
+    headers: &[(String, String)],
+) -> Response<TestBody> {
+    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    for (k, v) in headers {
+        resp.headers_mut().append(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    resp
+}
+
+/// One chunk, then nothing more, ever.
+struct Drip {
+    sent: bool,
+}
+
+impl HttpBody for Drip {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent {
+            return Poll::Pending;
+        }
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first chunk\n")))))
+    }
+}
+
+/// `left` bytes of `x`, 64 KiB at a time, with an exact size.
+struct Bytes64k {
+    left: u64,
+}
+
+impl HttpBody for Bytes64k {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        static CHUNK: [u8; 65536] = [b'x'; 65536];
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len() as u64);
+        self.left -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &CHUNK[..n as usize],
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A running in-process proxy.
+#[derive(Debug)]
+pub struct RunningProxy {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub stats: Arc<ProxyStats>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningProxy {
+    /// Starts a proxy with `config` writing into `sink`.
+    pub async fn start(config: ProxyConfig, sink: Arc<dyn Sink>) -> Self {
+        let proxy = Proxy::bind(config, sink, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = proxy.local_addr().unwrap();
+        let stats = proxy.stats();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(proxy.run_until(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            stats,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops it gracefully (every buffered record written) and waits.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The configuration of the tests: forwarding to `upstream`, fingerprints under [`FP_KEY`].
+pub fn config(upstream: &TestUpstream) -> ProxyConfig {
+    ProxyConfig::new(
+        upstream.url().parse::<Upstream>().unwrap(),
+        FingerprintKey::new(FP_KEY).unwrap(),
+    )
+}
+
+/// Routes from lines.
+pub fn routes(lines: &[&str]) -> Routes {
+    Routes::parse(&lines.join("\n")).unwrap()
+}
+
+/// The store as the proxy's sink.
+pub fn store_sink(store: &Arc<dyn Store>) -> Arc<dyn Sink> {
+    Arc::new(StoreSink::new(Arc::clone(store)))
+}
+
+/// A sink in front of the real store that writes nothing until `open` gets permits: a
+/// store that is slow (or gone) as far as the proxy can tell.
+#[derive(Debug)]
+pub struct GatedSink {
+    pub inner: StoreSink,
+    pub open: Semaphore,
+    pub waiting: Notify,
+}
+
+#[async_trait]
+impl Sink for GatedSink {
+    async fn write(&self, batch: Vec<apitrail_proxy::Captured>) -> apitrail_proxy::Written {
+        self.waiting.notify_one();
+        let permit = self.open.acquire().await.unwrap();
+        permit.forget();
+        self.inner.write(batch).await
+    }
+}
+
+/// Polls `f` until it gives a value, for at most 10 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The org's request logs through `/v1/logs` once there are `n`, newest first.
+pub async fn logs(server: &apitrail_testkit::TestServer, secret: &str, n: usize) -> Vec<Value> {
+    eventually(&format!("{n} request logs"), || async {
+        let page = server.logs(secret, "limit=100").await;
+        let items = page["data"].as_array().unwrap().clone();
+        (items.len() >= n).then_some(items)
+    })
+    .await
+}
