@@ -284,6 +284,10 @@ pub struct ProxyArgs {
     /// specific match (a literal segment beats a placeholder).
     #[arg(long, env = "APITRAIL_ROUTES")]
     pub routes: Option<PathBuf>,
+    /// An OpenAPI 3 document (JSON or YAML) whose `paths` are the route patterns, instead of
+    /// --routes.
+    #[arg(long, env = "APITRAIL_OPENAPI", conflicts_with = "routes")]
+    pub openapi: Option<PathBuf>,
     /// A peer whose `X-Forwarded-For` is believed: an address or a range such as
     /// `10.0.0.0/8` (repeat the flag for several; comma-separated in the environment).
     #[arg(
@@ -314,6 +318,9 @@ pub struct ProxyArgs {
     /// Seconds a connection to the upstream may take before the exchange is answered 502.
     #[arg(long, env = "APITRAIL_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub upstream_connect_timeout_secs: u64,
+    /// Address of the proxy's own `/healthz` and `/metrics` (off without it).
+    #[arg(long, env = "APITRAIL_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Log format on stderr.
     #[arg(long, env = "APITRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

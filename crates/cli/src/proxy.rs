@@ -13,13 +13,23 @@ use crate::serve::{init_tracing, shutdown_signal};
 /// finishes the exchanges in flight, writes the buffered records.
 pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
     init_tracing(args.log_format);
-    let routes = match &args.routes {
-        Some(path) => {
+    let routes = match (&args.routes, &args.openapi) {
+        (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("--routes {}: {e}", path.display()))?;
             Routes::parse(&text).map_err(|e| format!("--routes {}: {e}", path.display()))?
         }
-        None => Routes::default(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--openapi {}: {e}", path.display()))?;
+            let (routes, skipped) = Routes::from_openapi(&text)
+                .map_err(|e| format!("--openapi {}: {e}", path.display()))?;
+            for problem in skipped {
+                tracing::warn!(file = %path.display(), %problem, "--openapi: a path is skipped");
+            }
+            routes
+        }
+        (None, None) => Routes::default(),
     };
     let fingerprint_key = match args.fingerprint_key.as_deref().filter(|k| !k.is_empty()) {
         Some(key) => FingerprintKey::new(key).map_err(|e| format!("--fingerprint-key: {e}"))?,
@@ -57,9 +67,18 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
     };
     let routes_len = config.routes.len();
     let sink = Arc::new(StoreSink::new(Arc::clone(&store)));
-    let proxy = Proxy::bind(config, sink, args.listen)
+    let mut proxy = Proxy::bind(config, sink, args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let admin = match args.admin_listen {
+        Some(listen) => Some(
+            proxy
+                .bind_admin(listen)
+                .await
+                .map_err(|e| format!("--admin-listen {listen}: {e}"))?,
+        ),
+        None => None,
+    };
     let addr = proxy
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -71,6 +90,9 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         "apitrail proxy is listening on http://{addr}, forwarding to {upstream}, recording into {}",
         store_args.describe()
     );
+    if let Some(admin) = admin {
+        println!("apitrail proxy admin (/healthz, /metrics) on http://{admin}");
+    }
     proxy
         .run_until(shutdown_signal())
         .await

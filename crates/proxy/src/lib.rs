@@ -232,6 +232,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
     writer: Writer,
     stats: Arc<ProxyStats>,
@@ -272,6 +273,7 @@ impl Proxy {
         });
         Ok(Self {
             listener,
+            admin: None,
             shared,
             writer,
             stats,
@@ -282,6 +284,14 @@ impl Proxy {
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Binds the admin listener (`/healthz`, `/metrics`) on `listen`; returns its address.
+    pub async fn bind_admin(&mut self, listen: SocketAddr) -> io::Result<SocketAddr> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        self.admin = Some(listener);
+        Ok(addr)
     }
 
     /// The proxy's figures.
@@ -299,11 +309,29 @@ impl Proxy {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let Self {
             listener,
+            admin,
             shared,
             writer,
             serve_stats,
             ..
         } = self;
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        let admin_task = admin.map(|listener| {
+            let router = admin_router(Arc::clone(&shared), Arc::clone(&serve_stats));
+            let mut stopped = admin_stopped.clone();
+            tokio::spawn(apitrail_api::serve::serve(
+                listener,
+                router,
+                ServeConfig {
+                    max_connections: 64,
+                    ..ServeConfig::default()
+                },
+                Arc::new(ServeStats::default()),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         let serve_config = shared.config.serve.clone();
         let service = tower::service_fn(move |req: Request<Body>| {
             let shared = Arc::clone(&shared);
@@ -313,8 +341,56 @@ impl Proxy {
             apitrail_api::serve::serve(listener, service, serve_config, serve_stats, shutdown)
                 .await;
         writer.finish().await;
+        let _ = stop_admin.send(true);
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
         served
     }
+}
+
+/// The admin listener's routes: `/healthz` (the process is up) and `/metrics`.
+fn admin_router(shared: Arc<Shared>, serve_stats: Arc<ServeStats>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let shared = Arc::clone(&shared);
+                let serve_stats = Arc::clone(&serve_stats);
+                async move {
+                    let (buffered, capacity) = shared.buffer.fill();
+                    let mut text = shared.stats.render(buffered, capacity);
+                    text.push_str(&render_connections(&serve_stats));
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
+}
+
+/// The client side's connection figures.
+fn render_connections(s: &ServeStats) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "# HELP apitrail_proxy_connections_open Client connections open now.\n\
+         # TYPE apitrail_proxy_connections_open gauge\n\
+         apitrail_proxy_connections_open {}\n\
+         # HELP apitrail_proxy_connections_total Client connections accepted.\n\
+         # TYPE apitrail_proxy_connections_total counter\n\
+         apitrail_proxy_connections_total {}\n",
+        s.open.load(Relaxed),
+        s.accepted.load(Relaxed),
+    )
 }
 
 /// One exchange, phase by phase (see [`exchange`]).

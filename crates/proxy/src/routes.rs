@@ -1,4 +1,5 @@
-//! Route patterns (`/v1/users/{id}`), compiled once into a radix tree (`matchit`), so that
+//! Route patterns (`/v1/users/{id}`, from a routes file or an OpenAPI document's `paths`),
+//! compiled once into a radix tree (`matchit`), so that
 //! matching a path costs the same whatever the number of routes. The most specific pattern
 //! wins: at every segment a literal beats a placeholder (`/users/me` before `/users/{id}`).
 
@@ -47,6 +48,41 @@ impl Routes {
             })?;
         }
         Ok(routes)
+    }
+
+    /// Routes from an OpenAPI 3 document's `paths` (JSON, or YAML when the text does not
+    /// start with `{`), taken as written. Paths the tree cannot hold (a placeholder in part
+    /// of a segment, two paths of one shape) are skipped and returned, for the caller to
+    /// say so.
+    pub fn from_openapi(text: &str) -> Result<(Self, Vec<String>), String> {
+        let paths: Vec<String> = if text.trim_start().starts_with('{') {
+            let doc: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+            doc.get("paths")
+                .and_then(serde_json::Value::as_object)
+                .ok_or("the document has no `paths` object")?
+                .keys()
+                .cloned()
+                .collect()
+        } else {
+            let docs = yaml_rust2::YamlLoader::load_from_str(text)
+                .map_err(|e| format!("not valid YAML: {e}"))?;
+            match docs.first().map(|d| &d["paths"]) {
+                Some(yaml_rust2::Yaml::Hash(paths)) => paths
+                    .keys()
+                    .filter_map(|k| k.as_str().map(str::to_owned))
+                    .collect(),
+                _ => return Err("the document has no `paths` mapping".into()),
+            }
+        };
+        let mut routes = Self::default();
+        let mut skipped = Vec::new();
+        for path in paths {
+            if let Err(e) = routes.insert(&path) {
+                skipped.push(e);
+            }
+        }
+        Ok((routes, skipped))
     }
 
     /// Adds one pattern. Placeholders are renamed by position before they reach the tree,
@@ -163,6 +199,30 @@ mod tests {
         assert_eq!(find("/users/42/"), None);
         assert_eq!(find("/nothing"), None);
         assert_eq!(r.len(), 6);
+    }
+
+    #[test]
+    fn openapi_paths_come_from_json_or_yaml() {
+        let json = r#"{"openapi": "3.1.0", "paths": {
+            "/pets/{petId}": {"get": {}}, "/pets/mine": {}, "/files/{name}.json": {}}}"#;
+        let (r, skipped) = Routes::from_openapi(json).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.find("/pets/7").map(|s| &**s), Some("/pets/{petId}"));
+        assert_eq!(r.find("/pets/mine").map(|s| &**s), Some("/pets/mine"));
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        let yaml = "openapi: 3.0.3\ninfo:\n  title: t\npaths:\n  /pets/{petId}:\n    get:\n      responses: {}\n  '/pets/{petId}/toys/{toy}':\n    get: {}\n  \"/stores\": {}\n";
+        let (r, skipped) = Routes::from_openapi(yaml).unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            r.find("/pets/1/toys/2").map(|s| &**s),
+            Some("/pets/{petId}/toys/{toy}")
+        );
+        assert_eq!(r.find("/stores").map(|s| &**s), Some("/stores"));
+        assert!(Routes::from_openapi("openapi: 3.0.0\n").is_err());
+        assert!(Routes::from_openapi("{\"paths\": 1}").is_err());
+        assert!(Routes::from_openapi("{ nope").is_err());
+        assert!(Routes::from_openapi("a: [unclosed").is_err());
     }
 
     #[test]

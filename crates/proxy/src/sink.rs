@@ -55,6 +55,12 @@ pub(crate) struct Buffer {
 }
 
 impl Buffer {
+    /// Records waiting now, and the most that may wait.
+    pub(crate) fn fill(&self) -> (usize, usize) {
+        let max = self.tx.max_capacity();
+        (max - self.tx.capacity(), max)
+    }
+
     /// Queues a record, or drops and counts it when the buffer is full. Never waits.
     pub(crate) fn push(&self, record: Captured) {
         match self.tx.try_send(record) {

@@ -43,6 +43,14 @@ async fn an_unreachable_upstream_is_a_recorded_502() {
     assert_eq!(log["request_id"], id.as_str());
     assert_eq!(log["error_code"], "upstream_unreachable");
     assert_eq!(proxy.stats.upstream_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        proxy.metric("apitrail_proxy_upstream_errors_total").await,
+        1.0
+    );
+    let health = reqwest::get(format!("{}/healthz", proxy.admin))
+        .await
+        .unwrap();
+    assert_eq!(expect(health, StatusCode::OK).await["status"], "ok");
     proxy.stop().await;
 }
 
@@ -141,6 +149,24 @@ async fn a_full_buffer_drops_records_never_requests() {
     })
     .await;
     assert_eq!(stats.forwarded.load(Ordering::Relaxed), N as u64);
+    // /metrics tells the same.
+    let dropped = proxy
+        .metric("apitrail_proxy_dropped_total{reason=\"buffer_full\"}")
+        .await;
+    assert_eq!(dropped, (N - 5) as f64);
+    assert_eq!(
+        proxy.metric("apitrail_proxy_forwarded_total").await,
+        N as f64
+    );
+    assert_eq!(proxy.metric("apitrail_proxy_buffer_records").await, 4.0);
+    assert_eq!(
+        proxy.metric("apitrail_proxy_buffer_capacity_records").await,
+        4.0
+    );
+    assert_eq!(
+        proxy.metric("apitrail_proxy_upstream_seconds_count").await,
+        N as f64
+    );
     // The sink comes back: what was buffered is written.
     sink.open.add_permits(1000);
     proxy.stop().await;
@@ -148,4 +174,105 @@ async fn a_full_buffer_drops_records_never_requests() {
     assert_eq!(stats.dropped_total(), (N - 5) as u64);
     let items = logs(&server, &key.secret, 5).await;
     assert_eq!(items.len(), 5);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_exchanges_in_flight_and_writes_their_records() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let mut proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let arrived = upstream.arrived.notified();
+    let request = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("{}/slow/in-flight", proxy.base))
+            .send(),
+    );
+    arrived.await;
+    proxy.begin_stop();
+    // It stops accepting...
+    let addr = proxy.addr;
+    eventually("the listener to close", || async move {
+        TcpStream::connect(addr).await.is_err().then_some(())
+    })
+    .await;
+    // ...but the exchange in flight completes, and its record is written before the end.
+    upstream.release.notify_one();
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "slow");
+    proxy.stop().await;
+    let items = server.logs(&key.secret, "").await;
+    assert_eq!(items["data"][0]["path"], "/slow/in-flight", "{items}");
+}
+
+#[tokio::test]
+async fn bodies_are_captured_while_streaming_up_to_the_cap() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    config.capture_bodies = true;
+    config.body_cap_bytes = 16;
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{}/count", proxy.base))
+        .body("0123456789abcdefXYZ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expect(resp, StatusCode::OK).await["received"], 19);
+    let resp = client
+        .post(format!("{}/bytes/10", proxy.base))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "x".repeat(10));
+    proxy.stop().await;
+    let calls = eventually("two calls", || async {
+        let resp = server
+            .get("/org/api-calls?sort_by=created_at_ascending", &key.secret)
+            .send()
+            .await
+            .unwrap();
+        let page = expect(resp, StatusCode::OK).await;
+        let items = page["items"].as_array().unwrap().clone();
+        (items.len() == 2).then_some(items)
+    })
+    .await;
+    assert_eq!(
+        calls[0]["request_body"], "0123456789abcdef",
+        "cut at the cap"
+    );
+    assert_eq!(calls[0]["response_body"], r#"{"received":19}"#);
+    assert_eq!(calls[1]["request_body"], "small");
+    assert_eq!(calls[1]["response_body"], "xxxxxxxxxx");
+    let stored = {
+        let tenant = server
+            .store
+            .tenant(&OrgId::parse("acme").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        server
+            .store
+            .list_request_logs(
+                &tenant,
+                &apitrail_model::LogFilter::default(),
+                apitrail_model::Sort::NEWEST_FIRST,
+                apitrail_model::PageRequest::first(10),
+            )
+            .await
+            .unwrap()
+            .items
+    };
+    let count = stored.iter().find(|l| l.path == "/count").unwrap();
+    assert!(count.request_body_truncated && !count.response_body_truncated);
+    let bytes = stored.iter().find(|l| l.path == "/bytes/10").unwrap();
+    assert!(!bytes.request_body_truncated && !bytes.response_body_truncated);
 }

@@ -471,3 +471,39 @@ async fn auth_types_are_recorded_with_fingerprints_and_no_secret_reaches_the_sto
         );
     }
 }
+
+#[tokio::test]
+async fn route_patterns_from_an_openapi_document() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    let yaml = "openapi: 3.0.3\ninfo: {title: pets, version: '1'}\npaths:\n  /pets:\n    get: {}\n  /pets/{petId}:\n    get: {}\n  /pets/mine:\n    get: {}\n  /pets/{petId}/photo.{format}:\n    get: {}\n";
+    let (routes, skipped) = apitrail_proxy::Routes::from_openapi(yaml).unwrap();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    config.routes = routes;
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let client = reqwest::Client::new();
+    for path in ["/pets", "/pets/12", "/pets/mine", "/pets/12/photo.png"] {
+        let resp = client
+            .get(format!("{}{path}", proxy.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let items = logs(&server, &key.secret, 4).await;
+    let pattern = |path: &str| {
+        items
+            .iter()
+            .find(|l| l["path"] == path)
+            .map(|l| l["route_pattern"].clone())
+            .unwrap()
+    };
+    assert_eq!(pattern("/pets"), "/pets");
+    assert_eq!(pattern("/pets/12"), "/pets/{petId}");
+    assert_eq!(pattern("/pets/mine"), "/pets/mine");
+    assert_eq!(pattern("/pets/12/photo.png"), Value::Null);
+    proxy.stop().await;
+}

@@ -33,6 +33,7 @@ pub const FP_KEY: &str = "test-fingerprint-key-0123456789";
 /// A test upstream. Paths:
 /// - `/hang…`: never answers (`arrived` is notified when such a request comes in);
 /// - `/drip…`: answers 200 with one chunk, then never sends the rest (`arrived` too);
+/// - `/slow…`: answers 200 `slow` once `release` is notified (`arrived` too);
 /// - `/bytes/N`: N bytes of `x`, streamed in 64 KiB chunks;
 /// - `/count`: reads the whole body and answers `{"received": n}`;
 /// - anything else: echoes `{method, path, query, headers, body}` as JSON, with the status
@@ -42,6 +43,8 @@ pub const FP_KEY: &str = "test-fingerprint-key-0123456789";
 pub struct TestUpstream {
     pub addr: SocketAddr,
     pub arrived: Arc<Notify>,
+    /// Lets the `/slow…` requests answer.
+    pub release: Arc<Notify>,
     pub requests: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
@@ -51,20 +54,25 @@ impl TestUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let arrived = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
         let requests = Arc::new(AtomicU64::new(0));
-        let (a, r) = (Arc::clone(&arrived), Arc::clone(&requests));
+        let (a, r, rel) = (
+            Arc::clone(&arrived),
+            Arc::clone(&requests),
+            Arc::clone(&release),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (a, r) = (Arc::clone(&a), Arc::clone(&r));
+                let (a, r, rel) = (Arc::clone(&a), Arc::clone(&r), Arc::clone(&rel));
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let (a, r) = (Arc::clone(&a), Arc::clone(&r));
+                        let (a, r, rel) = (Arc::clone(&a), Arc::clone(&r), Arc::clone(&rel));
                         async move {
                             r.fetch_add(1, Ordering::Relaxed);
-                            Ok::<_, Infallible>(answer(req, a).await)
+                            Ok::<_, Infallible>(answer(req, a, rel).await)
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -76,6 +84,7 @@ impl TestUpstream {
         Self {
             addr,
             arrived,
+            release,
             requests,
             task,
         }
@@ -94,8 +103,18 @@ impl Drop for TestUpstream {
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn answer(req: Request<Incoming>, arrived: Arc<Notify>) -> Response<TestBody> {
+async fn answer(
+    req: Request<Incoming>,
+    arrived: Arc<Notify>,
+    release: Arc<Notify>,
+) -> Response<TestBody> {
     let path = req.uri().path().to_owned();
+    if path.starts_with("/slow") {
+        let released = release.notified();
+        arrived.notify_one();
+        released.await;
+        return Response::new(Full::new(Bytes::from_static(b"slow")).boxed());
+    }
     if path.starts_with("/hang") {
         arrived.notify_one();
         std::future::pending::<()>().await;
@@ -230,6 +249,8 @@ impl HttpBody for Bytes64k {
 #[derive(Debug)]
 pub struct RunningProxy {
     pub addr: SocketAddr,
+    /// `http://` + the admin listener.
+    pub admin: String,
     pub base: String,
     pub stats: Arc<ProxyStats>,
     stop: Option<oneshot::Sender<()>>,
@@ -239,10 +260,14 @@ pub struct RunningProxy {
 impl RunningProxy {
     /// Starts a proxy with `config` writing into `sink`.
     pub async fn start(config: ProxyConfig, sink: Arc<dyn Sink>) -> Self {
-        let proxy = Proxy::bind(config, sink, "127.0.0.1:0".parse().unwrap())
+        let mut proxy = Proxy::bind(config, sink, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let addr = proxy.local_addr().unwrap();
+        let admin = proxy
+            .bind_admin("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let stats = proxy.stats();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(proxy.run_until(async {
@@ -250,6 +275,7 @@ impl RunningProxy {
         }));
         Self {
             addr,
+            admin: format!("http://{admin}"),
             base: format!("http://{addr}"),
             stats,
             stop: Some(tx),
@@ -257,11 +283,31 @@ impl RunningProxy {
         }
     }
 
-    /// Stops it gracefully (every buffered record written) and waits.
-    pub async fn stop(mut self) {
+    /// The value of an unlabelled metric on `/metrics` (or one with `labels`, as written).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Asks it to stop (it stops accepting at once).
+    pub fn begin_stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Stops it gracefully (every buffered record written) and waits.
+    pub async fn stop(mut self) {
+        self.begin_stop();
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
         }
