@@ -318,6 +318,18 @@ pub struct ProxyArgs {
     /// Seconds a connection to the upstream may take before the exchange is answered 502.
     #[arg(long, env = "APITRAIL_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub upstream_connect_timeout_secs: u64,
+    /// Send the records to a remote `apitrail serve` (its base URL, e.g.
+    /// `https://apitrail.internal:8080`) through its ingest API, instead of writing the
+    /// store.
+    #[arg(long, env = "APITRAIL_INGEST_URL", requires = "ingest_key")]
+    pub ingest_url: Option<String>,
+    /// The key for --ingest-url: an org key with scope `write` (records of its own org
+    /// only) or the operator token.
+    #[arg(long, env = "APITRAIL_INGEST_KEY", hide_env_values = true)]
+    pub ingest_key: Option<String>,
+    /// How long a batch for --ingest-url is retried (with backoff) before it is given up.
+    #[arg(long, env = "APITRAIL_INGEST_RETRY_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ingest_retry_secs: u64,
     /// Address of the proxy's own `/healthz` and `/metrics` (off without it).
     #[arg(long, env = "APITRAIL_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apitrail_proxy::{FingerprintKey, Proxy, ProxyConfig, Routes, StoreSink};
+use apitrail_proxy::{FingerprintKey, Proxy, ProxyConfig, RemoteSink, Routes, Sink, StoreSink};
 use apitrail_store_sqlite::SqliteOptions;
 
 use crate::config::{ProxyArgs, StoreArgs};
@@ -35,15 +35,33 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         Some(key) => FingerprintKey::new(key).map_err(|e| format!("--fingerprint-key: {e}"))?,
         None => FingerprintKey::load_or_create(&store_args.data_directory())?,
     };
-    // The proxy only appends and looks orgs up: small caches keep its memory low.
-    let store = store_args
-        .open(SqliteOptions {
-            readers: 1,
-            writer_cache_mib: 32,
-            reader_cache_mib: 8,
-            ..SqliteOptions::default()
-        })
-        .await?;
+    let (sink, store, recording_into): (Arc<dyn Sink>, _, _) = match &args.ingest_url {
+        Some(url) => {
+            let sink = RemoteSink::new(
+                url,
+                args.ingest_key.as_deref().unwrap_or_default(),
+                Duration::from_secs(args.ingest_retry_secs),
+            )
+            .map_err(|e| format!("--ingest-url: {e}"))?;
+            (Arc::new(sink), None, format!("the ingest API of {url}"))
+        }
+        None => {
+            // The proxy only appends and looks orgs up: small caches keep its memory low.
+            let store = store_args
+                .open(SqliteOptions {
+                    readers: 1,
+                    writer_cache_mib: 32,
+                    reader_cache_mib: 8,
+                    ..SqliteOptions::default()
+                })
+                .await?;
+            (
+                Arc::new(StoreSink::new(Arc::clone(&store))),
+                Some(store),
+                store_args.describe(),
+            )
+        }
+    };
     let mut serve = args.connections.serve_config();
     let (fd_limit, lowered) = apitrail_api::serve::fit_to_fd_limit(&mut serve);
     if lowered {
@@ -66,7 +84,6 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         ..ProxyConfig::new(args.upstream, fingerprint_key)
     };
     let routes_len = config.routes.len();
-    let sink = Arc::new(StoreSink::new(Arc::clone(&store)));
     let mut proxy = Proxy::bind(config, sink, args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -83,12 +100,11 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let stats = proxy.stats();
-    tracing::info!(%addr, %upstream, store = %store_args.describe(), routes = routes_len,
+    tracing::info!(%addr, %upstream, sink = %recording_into, routes = routes_len,
         default_org = ?args.org.as_ref().map(|o| o.as_str()),
         capture_bodies = args.capture_bodies, "apitrail proxy listening");
     println!(
-        "apitrail proxy is listening on http://{addr}, forwarding to {upstream}, recording into {}",
-        store_args.describe()
+        "apitrail proxy is listening on http://{addr}, forwarding to {upstream}, recording into {recording_into}"
     );
     if let Some(admin) = admin {
         println!("apitrail proxy admin (/healthz, /metrics) on http://{admin}");
@@ -97,14 +113,16 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         .run_until(shutdown_signal())
         .await
         .map_err(|e| format!("proxying on {addr}: {e}"))?;
-    store
-        .shutdown()
-        .await
-        .map_err(|e| format!("closing the store ({}): {e}", store_args.describe()))?;
+    if let Some(store) = store {
+        store
+            .shutdown()
+            .await
+            .map_err(|e| format!("closing the store ({}): {e}", store_args.describe()))?;
+    }
     tracing::info!(
         recorded = stats.recorded.load(std::sync::atomic::Ordering::Relaxed),
         dropped = stats.dropped_total(),
-        "apitrail proxy stopped; every buffered record was written"
+        "apitrail proxy stopped; every buffered record was handed to the sink"
     );
     Ok(())
 }

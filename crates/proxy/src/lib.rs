@@ -4,13 +4,15 @@
 //! Connections are accepted by `apitrail_api::serve` (the same accept loop, timeouts and
 //! connection cap as `serve`); each request runs through the phases of [`exchange`] and is
 //! forwarded by hyper's pooled client, bodies streamed both ways. Records go through a
-//! bounded buffer to a [`Sink`] (the embedded store: [`StoreSink`]), so the log never slows
+//! bounded buffer to a [`Sink`] (the embedded store: [`StoreSink`]; a remote `serve`:
+//! [`RemoteSink`]), so the log never slows
 //! or fails traffic: when the buffer is full, records are dropped and counted.
 
 pub mod body;
 pub mod exchange;
 pub mod headers;
 pub mod net;
+pub mod remote;
 pub mod routes;
 pub mod sink;
 pub mod stats;
@@ -35,6 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 
 pub use net::Cidr;
+pub use remote::RemoteSink;
 pub use routes::{RouteError, Routes};
 pub use sink::{Captured, Sink, StoreSink, Written};
 pub use stats::{DropReason, ProxyStats};

@@ -7,7 +7,9 @@ use apitrail_testkit::expect;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{At, apitrail, org_with_key, proxy, serve, stop};
+use crate::support::{
+    At, apitrail, kill, org_with_key, proxy, proxy_with_admin, serve, serve_on, stop,
+};
 
 #[test]
 fn the_proxy_binary_records_every_exchange_into_the_store() {
@@ -303,5 +305,140 @@ fn two_hundred_megabytes_each_way_stream_in_flat_memory() {
             ]
         );
     });
+    stop(server);
+}
+
+/// The figures of the proxy's `/metrics`: recorded, and dropped for any reason.
+async fn recorded_and_dropped(admin: &str) -> (u64, u64) {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut recorded = 0;
+    let mut dropped = 0;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("apitrail_proxy_recorded_total ") {
+            recorded = v.parse().unwrap();
+        } else if line.starts_with("apitrail_proxy_dropped_total{") {
+            dropped += line.rsplit(' ').next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    (recorded, dropped)
+}
+
+/// The remote sink: records go to `serve`'s ingest API; `serve` is killed (SIGKILL) and
+/// restarted on the same port mid-run. Batches sent again are never stored twice, records
+/// beyond the buffer are dropped and counted, and every request is answered meanwhile.
+/// (The buffer holds all of the first 20 records, so none is dropped while serve is up.)
+#[test]
+fn the_remote_sink_rides_out_serve_killed_and_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = At::Dir(dir.path());
+    let secret = org_with_key(at, "acme", "read,write");
+    let (server, base, _) = serve(at, &["--no-self-log"]);
+    let listen = base.trim_start_matches("http://").to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(big_upstream());
+    // The proxy keeps no store of its own: its data dir only holds the fingerprint key.
+    let proxy_dir = tempfile::tempdir().unwrap();
+    let (proxy_child, proxy_base, admin) = proxy_with_admin(
+        At::Dir(proxy_dir.path()),
+        &[
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--org",
+            "acme",
+            "--ingest-url",
+            &base,
+            "--ingest-key",
+            &secret,
+            "--buffer-records",
+            "30",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = admin.unwrap();
+    let client = reqwest::Client::new();
+    let send = |from: usize, to: usize| {
+        let client = client.clone();
+        let proxy_base = proxy_base.clone();
+        async move {
+            for i in from..to {
+                let resp = client
+                    .post(format!("{proxy_base}/count?i={i}"))
+                    .body("abc")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+            }
+        }
+    };
+    let wait_for = |total: u64| {
+        let admin = admin.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let (recorded, dropped) = recorded_and_dropped(&admin).await;
+                if recorded + dropped >= total {
+                    return (recorded, dropped);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{recorded} + {dropped} < {total}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    rt.block_on(async {
+        send(0, 20).await;
+        assert_eq!(wait_for(20).await, (20, 0));
+    });
+    kill(server);
+    // While serve is down the writer retries one batch (at most 30 records) and 30 more
+    // wait: of 100 records, at least 40 are dropped.
+    rt.block_on(send(20, 120));
+    let (server, _, _) = serve_on(at, &listen, &["--no-self-log"]);
+    let (recorded, dropped) = rt.block_on(wait_for(120));
+    assert_eq!(recorded + dropped, 120);
+    assert!(dropped >= 40, "{dropped} dropped");
+    assert!(
+        recorded >= 21,
+        "the batch retried across the restart was stored"
+    );
+    rt.block_on(async {
+        let page = expect(
+            client
+                .get(format!("{base}/v1/logs?limit=100"))
+                .header("x-api-key", &secret)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let items = page["data"].as_array().unwrap();
+        assert_eq!(items.len() as u64, recorded, "stored once each");
+        let mut ids: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len() as u64, recorded);
+        let mut request_ids: Vec<&str> = items
+            .iter()
+            .map(|i| i["request_id"].as_str().unwrap())
+            .collect();
+        request_ids.sort_unstable();
+        request_ids.dedup();
+        assert_eq!(
+            request_ids.len() as u64,
+            recorded,
+            "no exchange stored twice"
+        );
+    });
+    stop(proxy_child);
     stop(server);
 }

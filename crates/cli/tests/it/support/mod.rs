@@ -52,8 +52,13 @@ pub fn json_out(out: &Output) -> Value {
 
 /// `apitrail serve` on a free port; returns the child, its base URL and its banner.
 pub fn serve(at: At<'_>, extra: &[&str]) -> (Child, String, Vec<String>) {
+    serve_on(at, "127.0.0.1:0", extra)
+}
+
+/// `apitrail serve` on `listen`; returns the child, its base URL and its banner.
+pub fn serve_on(at: At<'_>, listen: &str, extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_apitrail"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .args(extra)
         .args(at.args())
         .env("APITRAIL_LOG", "warn")
@@ -108,8 +113,15 @@ pub fn org_with_key(at: At<'_>, id: &str, scopes: &str) -> String {
     key["secret"].as_str().expect("the key's secret").to_owned()
 }
 
-/// `apitrail proxy` on a free port; returns the child and its base URL.
+/// `apitrail proxy` on a free port; returns the child and its base URL (and the admin
+/// listener's, with `--admin-listen`, as the last word of the banner's second line).
 pub fn proxy(at: At<'_>, extra: &[&str]) -> (Child, String) {
+    let (child, base, _) = proxy_with_admin(at, extra);
+    (child, base)
+}
+
+/// As [`proxy`], also returning the admin base URL when `extra` asks for one.
+pub fn proxy_with_admin(at: At<'_>, extra: &[&str]) -> (Child, String, Option<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_apitrail"))
         .args(["proxy", "--listen", "127.0.0.1:0"])
         .args(extra)
@@ -124,6 +136,13 @@ pub fn proxy(at: At<'_>, extra: &[&str]) -> (Child, String) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let banner = lines.next().expect("the proxy's banner").unwrap();
+    let admin = extra.contains(&"--admin-listen").then(|| {
+        let line = lines.next().expect("the admin line").unwrap();
+        line.split_whitespace()
+            .last()
+            .expect("the admin address")
+            .to_owned()
+    });
     std::thread::spawn(move || for _ in lines {});
     let base = banner
         .split_whitespace()
@@ -131,5 +150,11 @@ pub fn proxy(at: At<'_>, extra: &[&str]) -> (Child, String) {
         .unwrap_or_else(|| panic!("no address in {banner:?}"))
         .trim_end_matches(',')
         .to_owned();
-    (child, base)
+    (child, base, admin)
+}
+
+/// SIGKILL, and reap.
+pub fn kill(mut child: Child) {
+    child.kill().expect("SIGKILL"); // `Child::kill` sends SIGKILL on Unix.
+    let _ = child.wait();
 }
