@@ -330,6 +330,10 @@ pub struct ProxyArgs {
     /// How long a batch for --ingest-url is retried (with backoff) before it is given up.
     #[arg(long, env = "APITRAIL_INGEST_RETRY_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ingest_retry_secs: u64,
+    /// Seconds the exchanges in flight get to finish at shutdown (SIGINT/SIGTERM) before
+    /// the proxy stops without them.
+    #[arg(long, env = "APITRAIL_SHUTDOWN_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_secs: u64,
     /// Address of the proxy's own `/healthz` and `/metrics` (off without it).
     #[arg(long, env = "APITRAIL_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,

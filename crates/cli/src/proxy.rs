@@ -81,6 +81,7 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         buffer_records: usize::try_from(args.buffer_records).unwrap_or(usize::MAX),
         serve,
         connect_timeout: Duration::from_secs(args.upstream_connect_timeout_secs),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         ..ProxyConfig::new(args.upstream, fingerprint_key)
     };
     let routes_len = config.routes.len();

@@ -203,6 +203,9 @@ pub struct ProxyConfig {
     pub serve: ServeConfig,
     /// How long connecting to the upstream may take before the exchange is a 502.
     pub connect_timeout: Duration,
+    /// How long exchanges in flight may take to finish once shutdown is asked for; then the
+    /// proxy stops without them (their records are lost, counted as `shutdown`).
+    pub shutdown_grace: Duration,
 }
 
 impl ProxyConfig {
@@ -219,6 +222,7 @@ impl ProxyConfig {
             fingerprint_key,
             serve: ServeConfig::default(),
             connect_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -308,7 +312,8 @@ impl Proxy {
     }
 
     /// Proxies until `shutdown` resolves, then stops accepting, lets the exchanges in flight
-    /// finish (idle connections close at once), and writes the buffered records.
+    /// finish (idle connections close at once) for at most the shutdown grace, and writes
+    /// the buffered records.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let Self {
             listener,
@@ -336,13 +341,35 @@ impl Proxy {
             ))
         });
         let serve_config = shared.config.serve.clone();
+        let grace = shared.config.shutdown_grace;
         let service = tower::service_fn(move |req: Request<Body>| {
             let shared = Arc::clone(&shared);
             async move { Ok::<_, Infallible>(handle(shared, req).await) }
         });
-        let served =
-            apitrail_api::serve::serve(listener, service, serve_config, serve_stats, shutdown)
-                .await;
+        let (asked_tx, asked_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = asked_tx.send(());
+        };
+        let serving =
+            apitrail_api::serve::serve(listener, service, serve_config, serve_stats, shutdown);
+        // A download that never ends, or an upstream that never answers, must not hold the
+        // proxy forever: after the grace it stops waiting for them.
+        let grace_over = async move {
+            if asked_rx.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = grace_over => {
+                tracing::warn!(grace_secs = grace.as_secs_f64(),
+                    "exchanges still in flight after the shutdown grace; stopping without them");
+                Ok(())
+            }
+        };
         writer.finish().await;
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {

@@ -276,3 +276,22 @@ async fn bodies_are_captured_while_streaming_up_to_the_cap() {
     let bytes = stored.iter().find(|l| l.path == "/bytes/10").unwrap();
     assert!(!bytes.request_body_truncated && !bytes.response_body_truncated);
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_exchanges_in_flight_only_for_the_grace() {
+    let server = TestServer::start().await;
+    server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    config.shutdown_grace = std::time::Duration::from_millis(200);
+    let mut proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let arrived = upstream.arrived.notified();
+    let _stuck = raw_request(proxy.addr, "/hang/forever").await;
+    arrived.await;
+    proxy.begin_stop();
+    // The upstream never answers, yet the proxy stops (after the grace).
+    tokio::time::timeout(std::time::Duration::from_secs(10), proxy.stop())
+        .await
+        .expect("the proxy stopped within the grace");
+}
