@@ -162,7 +162,7 @@ pub enum Command {
     },
     /// Run the capture proxy: a reverse proxy in front of an HTTP API that records a request
     /// log for every exchange passing through.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
 }
 
 /// Log output format.
@@ -275,8 +275,8 @@ pub struct ProxyArgs {
     /// Address to listen on.
     #[arg(long, env = "APITRAIL_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
-    /// The API requests are forwarded to, e.g. `http://127.0.0.1:3000`; a path in it is put
-    /// before every request's path.
+    /// The API requests are forwarded to, e.g. `http://127.0.0.1:3000` or
+    /// `https://api.internal` (TLS); a path in it is put before every request's path.
     #[arg(long, env = "APITRAIL_UPSTREAM")]
     pub upstream: Upstream,
     /// A file of route patterns, one a line, `{name}` placeholders for whole segments
@@ -315,6 +315,10 @@ pub struct ProxyArgs {
     /// every proxy that should fingerprint alike.
     #[arg(long, env = "APITRAIL_FINGERPRINT_KEY", hide_env_values = true)]
     pub fingerprint_key: Option<String>,
+    /// A PEM file of certificate authorities to trust for an `https://` upstream, besides
+    /// the Mozilla roots compiled in (a private CA).
+    #[arg(long, env = "APITRAIL_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
     /// Seconds a connection to the upstream may take before the exchange is answered 502.
     #[arg(long, env = "APITRAIL_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub upstream_connect_timeout_secs: u64,

@@ -71,6 +71,12 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
             "--max-connections lowered to fit the open-file limit (raise `ulimit -n` for more)"
         );
     }
+    let upstream_ca = match &args.upstream_ca {
+        Some(path) => {
+            apitrail_proxy::read_certificates(path).map_err(|e| format!("--upstream-ca {e}"))?
+        }
+        None => Vec::new(),
+    };
     let upstream = args.upstream.clone();
     let config = ProxyConfig {
         routes,
@@ -82,6 +88,7 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         serve,
         connect_timeout: Duration::from_secs(args.upstream_connect_timeout_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        upstream_ca,
         ..ProxyConfig::new(args.upstream, fingerprint_key)
     };
     let routes_len = config.routes.len();

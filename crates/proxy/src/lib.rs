@@ -31,9 +31,11 @@ use apitrail_model::OrgId;
 use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{Request, Response, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
 pub use net::Cidr;
@@ -46,7 +48,7 @@ use crate::body::RequestBody;
 use crate::exchange::Exchange;
 use crate::sink::{Buffer, Writer};
 
-/// Where requests are forwarded: `http://host:port`, optionally with a path prefix that is
+/// Where requests are forwarded: `http://host:port` or `https://host:port`, optionally with a path prefix that is
 /// put before every request's path (`http://host/api` sends `/users` to `/api/users`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -65,12 +67,8 @@ impl FromStr for Upstream {
             .map_err(|_| format!("{s:?} is not a URL such as http://127.0.0.1:3000"))?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
-            Some("https") => {
-                return Err(format!(
-                    "{s:?}: TLS towards the upstream is not supported yet; use http://"
-                ));
-            }
-            _ => return Err(format!("{s:?} must start with http://")),
+            Some("https") => Scheme::HTTPS,
+            _ => return Err(format!("{s:?} must start with http:// or https://")),
         };
         let authority = uri
             .authority()
@@ -203,6 +201,9 @@ pub struct ProxyConfig {
     pub serve: ServeConfig,
     /// How long connecting to the upstream may take before the exchange is a 502.
     pub connect_timeout: Duration,
+    /// Certificate authorities trusted for an `https://` upstream besides the Mozilla roots
+    /// (a private CA).
+    pub upstream_ca: Vec<CertificateDer<'static>>,
     /// How long exchanges in flight may take to finish once shutdown is asked for; then the
     /// proxy stops without them (their records are lost, counted as `shutdown`).
     pub shutdown_grace: Duration,
@@ -222,6 +223,7 @@ impl ProxyConfig {
             fingerprint_key,
             serve: ServeConfig::default(),
             connect_timeout: Duration::from_secs(10),
+            upstream_ca: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
         }
     }
@@ -230,7 +232,7 @@ impl ProxyConfig {
 /// What every exchange shares.
 pub(crate) struct Shared {
     pub(crate) config: ProxyConfig,
-    pub(crate) client: Client<HttpConnector, RequestBody>,
+    pub(crate) client: Client<HttpsConnector<HttpConnector>, RequestBody>,
     pub(crate) buffer: Buffer,
     pub(crate) stats: Arc<ProxyStats>,
 }
@@ -268,6 +270,12 @@ impl Proxy {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(&config.upstream_ca)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(60))
@@ -421,6 +429,36 @@ fn render_connections(s: &ServeStats) -> String {
         s.open.load(Relaxed),
         s.accepted.load(Relaxed),
     )
+}
+
+/// The TLS client settings towards the upstream: the Mozilla roots and `extra` CAs.
+fn tls_config(extra: &[CertificateDer<'static>]) -> io::Result<rustls::ClientConfig> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for ca in extra {
+        roots
+            .add(ca.clone())
+            .map_err(|e| invalid(format!("an upstream CA certificate is not usable: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The certificates of a PEM file (`--upstream-ca`).
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(certs)
 }
 
 /// One exchange, phase by phase (see [`exchange`]).

@@ -507,3 +507,42 @@ async fn route_patterns_from_an_openapi_document() {
     assert_eq!(pattern("/pets/12/photo.png"), Value::Null);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_https_upstream_is_reached_over_tls_with_a_private_ca() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let (upstream, ca) = TestUpstream::start_tls().await;
+    let mut trusting = config(&upstream);
+    trusting.default_org = Some(OrgId::parse("acme").unwrap());
+    let mut untrusting = trusting.clone();
+    trusting.upstream_ca = vec![ca];
+    let client = reqwest::Client::new();
+    let proxy = RunningProxy::start(trusting, store_sink(&server.store)).await;
+    let resp = client
+        .post(format!("{}/over-tls?status=201", proxy.base))
+        .body("secret payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let seen: Value = resp.json().await.unwrap();
+    assert_eq!(seen["body"], "secret payload");
+    assert_eq!(seen["headers"]["host"][0], proxy.addr.to_string());
+    proxy.stop().await;
+    // Without the private CA the upstream's certificate is refused: a 502, recorded.
+    untrusting.upstream_ca.clear();
+    let proxy = RunningProxy::start(untrusting, store_sink(&server.store)).await;
+    let resp = client
+        .get(format!("{}/untrusted", proxy.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    proxy.stop().await;
+    let items = logs(&server, &key.secret, 2).await;
+    let status =
+        |path: &str| items.iter().find(|l| l["path"] == path).unwrap()["status_code"].clone();
+    assert_eq!(status("/over-tls"), 201);
+    assert_eq!(status("/untrusted"), 502);
+}

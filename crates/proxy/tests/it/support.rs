@@ -41,6 +41,8 @@ pub const FP_KEY: &str = "test-fingerprint-key-0123456789";
 ///   (`name=value, name=value`).
 #[derive(Debug)]
 pub struct TestUpstream {
+    /// Behind TLS.
+    pub tls: bool,
     pub addr: SocketAddr,
     pub arrived: Arc<Notify>,
     /// Lets the `/slow…` requests answer.
@@ -51,8 +53,39 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same upstream behind TLS, with a certificate for `localhost` and `127.0.0.1`
+    /// issued by a private CA made here; returns it and the CA's certificate.
+    pub async fn start_tls() -> (Self, rustls_pki_types::CertificateDer<'static>) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::start_with(Some(acceptor)).await, ca.der().clone())
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let tls_scheme = tls.is_some();
         let arrived = Arc::new(Notify::new());
         let release = Arc::new(Notify::new());
         let requests = Arc::new(AtomicU64::new(0));
@@ -67,6 +100,7 @@ impl TestUpstream {
                     return;
                 };
                 let (a, r, rel) = (Arc::clone(&a), Arc::clone(&r), Arc::clone(&rel));
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (a, r, rel) = (Arc::clone(&a), Arc::clone(&r), Arc::clone(&rel));
@@ -75,13 +109,27 @@ impl TestUpstream {
                             Ok::<_, Infallible>(answer(req, a, rel).await)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
         Self {
+            tls: tls_scheme,
             addr,
             arrived,
             release,
@@ -91,7 +139,11 @@ impl TestUpstream {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 }
 
