@@ -17,10 +17,11 @@ use apitrail_model::time::ingest_window;
 use apitrail_model::{OrgId, RequestId, RequestLog, Timestamp, new_record_id};
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::header::{CONTENT_TYPE, EXPECT, ORIGIN, USER_AGENT};
+use axum::http::header::{CONNECTION, CONTENT_TYPE, EXPECT, ORIGIN, UPGRADE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use crate::Shared;
 use crate::body::{Captured, RequestBody, RequestTap, ResponseBody, Source};
@@ -52,6 +53,8 @@ pub(crate) struct Exchange {
     upstream_broke: bool,
     request_tap: Option<Arc<RequestTap>>,
     response_capture: Option<Captured>,
+    /// The client's side of an upgrade it asked for (`Upgrade`, e.g. WebSocket).
+    client_upgrade: Option<OnUpgrade>,
 }
 
 impl Exchange {
@@ -111,6 +114,7 @@ impl Exchange {
             upstream_broke: false,
             request_tap: None,
             response_capture: None,
+            client_upgrade: None,
         }
     }
 
@@ -144,8 +148,16 @@ impl Exchange {
         body: Body,
     ) -> Option<Request<RequestBody>> {
         let uri = self.shared.config.upstream.uri_for(&parts.uri)?;
+        let upgrade = headers::upgrade_asked(&parts.headers);
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
+        if let Some(protocol) = upgrade {
+            // The one hop-by-hop exchange passed on: the upstream must see the request to
+            // switch protocols, and the client's socket is kept to tunnel it.
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, protocol);
+            self.client_upgrade = parts.extensions.remove::<OnUpgrade>();
+        }
         // `Expect: 100-continue` is answered by this hop (hyper does when the body is read).
         headers.remove(EXPECT);
         append_forwarded_for(headers, self.peer);
@@ -178,6 +190,9 @@ impl Exchange {
     /// request id goes back, and the body streams to the client carrying this context.
     pub(crate) fn respond(mut self, response: Response<Incoming>) -> Response<Body> {
         self.shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS && self.client_upgrade.is_some() {
+            return self.tunnel(response);
+        }
         let (mut parts, incoming) = response.into_parts();
         self.response_attribution = Attribution::take(&mut parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -188,6 +203,51 @@ impl Exchange {
             exchange: self,
         };
         Response::from_parts(parts, Body::new(body))
+    }
+
+    /// Phase *response* of an upgrade the upstream accepted: the client gets the `101`, and
+    /// a task copies bytes both ways between the two upgraded sockets. The exchange goes
+    /// with the task, so it is logged once, when the tunnel closes, with its duration.
+    fn tunnel(mut self, mut response: Response<Incoming>) -> Response<Body> {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let client_upgrade = self.client_upgrade.take();
+        let (mut parts, _) = response.into_parts();
+        self.response_attribution = Attribution::take(&mut parts.headers);
+        let protocol = parts.headers.get(UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(protocol) = protocol {
+            parts.headers.insert(UPGRADE, protocol);
+        }
+        self.set_request_id(&mut parts.headers);
+        self.status = Some(101);
+        tokio::spawn(async move {
+            let mut exchange = self;
+            let client = match client_upgrade {
+                Some(upgrade) => upgrade.await,
+                None => return,
+            };
+            match (client, upstream_upgrade.await) {
+                (Ok(client), Ok(upstream)) => {
+                    let mut client = hyper_util::rt::TokioIo::new(client);
+                    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                    // Either side closing (or failing) ends the tunnel.
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    exchange.response_ended();
+                }
+                (client, upstream) => {
+                    tracing::debug!(
+                        client_ok = client.is_ok(),
+                        upstream_ok = upstream.is_ok(),
+                        "an upgrade did not complete"
+                    );
+                    exchange.log.error_code = Some("upgrade_failed".into());
+                }
+            }
+        });
+        Response::from_parts(parts, Body::empty())
     }
 
     /// Phase *forward* failed: the client's body broke off (`408` when it was too slow,

@@ -2,7 +2,7 @@
 //! headers, and the credential a request presents.
 
 use apitrail_model::request_log::rules::MAX_TEXT;
-use axum::http::header::{AUTHORIZATION, CONNECTION, COOKIE, HeaderName};
+use axum::http::header::{AUTHORIZATION, CONNECTION, COOKIE, HeaderName, UPGRADE};
 use axum::http::{HeaderMap, HeaderValue};
 
 /// Fields that concern one connection only (RFC 9110 §7.6.1, plus the historical ones every
@@ -36,6 +36,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` and `Upgrade: P`).
+pub fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asked.then(|| headers.get(UPGRADE).cloned()).flatten()
 }
 
 /// The attribution headers: who a request was made by, as a gateway in front (request) or

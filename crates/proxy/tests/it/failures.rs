@@ -295,3 +295,61 @@ async fn shutdown_waits_for_exchanges_in_flight_only_for_the_grace() {
         .await
         .expect("the proxy stopped within the grace");
 }
+
+#[tokio::test]
+async fn an_upgrade_is_tunnelled_and_logged_once_with_the_tunnels_duration() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /upgrade/chat HTTP/1.1\r\nHost: test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("x-request-id: req_"), "{head}");
+    assert!(!head.contains("apitrail-user-id"), "{head}");
+    // Bytes go both ways through the tunnel, for a while.
+    for message in ["hello", "tunnel"] {
+        stream.write_all(message.as_bytes()).await.unwrap();
+        let mut echo = vec![0u8; message.len()];
+        stream.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, message.as_bytes());
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
+    // Nothing is logged while the tunnel is open...
+    assert_eq!(proxy.stats.recorded.load(Ordering::Relaxed), 0);
+    drop(stream);
+    // ...and one record when it closes.
+    let items = logs(&server, &key.secret, 1).await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["status_code"], 101);
+    assert_eq!(items[0]["path"], "/upgrade/chat");
+    assert!(
+        items[0]["duration_ms"].as_i64().unwrap() >= 120,
+        "the tunnel's duration: {}",
+        items[0]
+    );
+    // The 101's attribution headers count, as any response's.
+    let resp = server
+        .get("/v1/api-keys/requests", &key.secret)
+        .send()
+        .await
+        .unwrap();
+    let page = expect(resp, StatusCode::OK).await;
+    assert_eq!(page["data"]["items"][0]["userId"], "usr_tunnel");
+    proxy.stop().await;
+}

@@ -34,6 +34,7 @@ pub const FP_KEY: &str = "test-fingerprint-key-0123456789";
 /// - `/hang…`: never answers (`arrived` is notified when such a request comes in);
 /// - `/drip…`: answers 200 with one chunk, then never sends the rest (`arrived` too);
 /// - `/slow…`: answers 200 `slow` once `release` is notified (`arrived` too);
+/// - `/upgrade…`: switches to the protocol asked for, echoing every byte back;
 /// - `/bytes/N`: N bytes of `x`, streamed in 64 KiB chunks;
 /// - `/count`: reads the whole body and answers `{"received": n}`;
 /// - anything else: echoes `{method, path, query, headers, body}` as JSON, with the status
@@ -117,11 +118,13 @@ impl TestUpstream {
                             };
                             builder
                                 .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
                                 .await
                         }
                         None => {
                             builder
                                 .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
                                 .await
                         }
                     };
@@ -156,11 +159,31 @@ impl Drop for TestUpstream {
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn answer(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     arrived: Arc<Notify>,
     release: Arc<Notify>,
 ) -> Response<TestBody> {
     let path = req.uri().path().to_owned();
+    if path.starts_with("/upgrade") {
+        // Switches to an echo protocol: every byte comes back, until the client closes.
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        });
+        let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let protocol = req.headers().get("upgrade").cloned().unwrap();
+        resp.headers_mut().insert("upgrade", protocol);
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        resp.headers_mut()
+            .insert("apitrail-user-id", "usr_tunnel".parse().unwrap());
+        return resp;
+    }
     if path.starts_with("/slow") {
         let released = release.notified();
         arrived.notify_one();
