@@ -353,3 +353,48 @@ async fn an_upgrade_is_tunnelled_and_logged_once_with_the_tunnels_duration() {
     assert_eq!(page["data"]["items"][0]["userId"], "usr_tunnel");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_too_slow_is_a_recorded_408() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    config.serve.body_read_timeout = std::time::Duration::from_millis(200);
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST /count HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .await
+        .unwrap();
+    // The rest never comes.
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    let log = &logs(&server, &key.secret, 1).await[0];
+    assert_eq!(log["status_code"], 408);
+    assert_eq!(log["path"], "/count");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_breaking_off_its_body_is_recorded_with_an_error_code() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    let upstream = TestUpstream::start().await;
+    let mut config = config(&upstream);
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let resp = reqwest::get(format!("{}/abort", proxy.base)).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.bytes().await.is_err(),
+        "the client sees the body cut short"
+    );
+    let log = &logs(&server, &key.secret, 1).await[0];
+    assert_eq!(log["status_code"], 200);
+    assert_eq!(log["error_code"], "upstream_aborted");
+    proxy.stop().await;
+}

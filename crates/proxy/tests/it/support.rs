@@ -34,6 +34,7 @@ pub const FP_KEY: &str = "test-fingerprint-key-0123456789";
 /// - `/hang…`: never answers (`arrived` is notified when such a request comes in);
 /// - `/drip…`: answers 200 with one chunk, then never sends the rest (`arrived` too);
 /// - `/slow…`: answers 200 `slow` once `release` is notified (`arrived` too);
+/// - `/abort…`: answers 200 promising 1000 bytes, sends 7, then breaks off;
 /// - `/upgrade…`: switches to the protocol asked for, echoing every byte back;
 /// - `/bytes/N`: N bytes of `x`, streamed in 64 KiB chunks;
 /// - `/count`: reads the whole body and answers `{"received": n}`;
@@ -156,7 +157,14 @@ impl Drop for TestUpstream {
     }
 }
 
-type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+type TestBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A body that cannot fail, as a [`TestBody`].
+fn boxed(
+    body: impl HttpBody<Data = Bytes, Error = Infallible> + Send + Sync + 'static,
+) -> TestBody {
+    body.map_err(|never| match never {}).boxed()
+}
 
 async fn answer(
     mut req: Request<Incoming>,
@@ -174,7 +182,7 @@ async fn answer(
             let (mut rd, mut wr) = tokio::io::split(TokioIo::new(upgraded));
             let _ = tokio::io::copy(&mut rd, &mut wr).await;
         });
-        let mut resp = Response::new(Full::new(Bytes::new()).boxed());
+        let mut resp = Response::new(boxed(Full::new(Bytes::new())));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let protocol = req.headers().get("upgrade").cloned().unwrap();
         resp.headers_mut().insert("upgrade", protocol);
@@ -188,19 +196,32 @@ async fn answer(
         let released = release.notified();
         arrived.notify_one();
         released.await;
-        return Response::new(Full::new(Bytes::from_static(b"slow")).boxed());
+        return Response::new(boxed(Full::new(Bytes::from_static(b"slow"))));
     }
     if path.starts_with("/hang") {
         arrived.notify_one();
         std::future::pending::<()>().await;
     }
+    if path.starts_with("/abort") {
+        // 200, one chunk of a promised 1000 bytes, then the upstream breaks off.
+        let mut resp = Response::new(
+            Abort {
+                sent: false,
+                pause: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+            }
+            .boxed(),
+        );
+        resp.headers_mut()
+            .insert("content-length", "1000".parse().unwrap());
+        return resp;
+    }
     if path.starts_with("/drip") {
         arrived.notify_one();
-        return Response::new(Drip { sent: false }.boxed());
+        return Response::new(boxed(Drip { sent: false }));
     }
     if let Some(n) = path.strip_prefix("/bytes/") {
         let n: u64 = n.parse().unwrap();
-        return Response::new(Bytes64k { left: n }.boxed());
+        return Response::new(boxed(Bytes64k { left: n }));
     }
     if path == "/count" {
         let mut body = req.into_body();
@@ -253,7 +274,7 @@ fn json_response(
     v: &Value,
     headers: &[(String, String)],
 ) -> Response<TestBody> {
-    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
+    let mut resp = Response::new(boxed(Full::new(Bytes::from(v.to_string()))));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
@@ -264,6 +285,32 @@ fn json_response(
         );
     }
     resp
+}
+
+/// One chunk, a pause (so that the head and the chunk are surely written), then an error.
+struct Abort {
+    sent: bool,
+    pause: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl HttpBody for Abort {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        use std::future::Future as _;
+        if !self.sent {
+            self.sent = true;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"partial")))));
+        }
+        if self.pause.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Err(std::io::Error::other("the upstream broke off"))))
+    }
 }
 
 /// One chunk, then nothing more, ever.
