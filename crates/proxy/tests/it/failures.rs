@@ -398,3 +398,58 @@ async fn an_upstream_breaking_off_its_body_is_recorded_with_an_error_code() {
     assert_eq!(log["error_code"], "upstream_aborted");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_echo_works_through_the_proxy() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start().await;
+    let key = server.org_with_key("acme").await;
+    // A real WebSocket echo server as the upstream.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() || message.is_binary() {
+                        ws.send(message).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let upstream: apitrail_proxy::Upstream = format!("http://{ws_addr}").parse().unwrap();
+    let mut config = apitrail_proxy::ProxyConfig::new(
+        upstream,
+        apitrail_proxy::FingerprintKey::new(FP_KEY).unwrap(),
+    );
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let (mut ws, response) =
+        tokio_tungstenite::connect_async(format!("ws://{}/socket?room=1", proxy.addr))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through the proxy"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echo = ws.next().await.unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[0u8, 1, 2, 255]
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let log = &logs(&server, &key.secret, 1).await[0];
+    assert_eq!(log["status_code"], 101);
+    assert_eq!(log["path"], "/socket");
+    assert_eq!(log["method"], "GET");
+    proxy.stop().await;
+}
