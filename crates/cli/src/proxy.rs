@@ -7,7 +7,7 @@ use apitrail_proxy::{FingerprintKey, Proxy, ProxyConfig, RemoteSink, Routes, Sin
 use apitrail_store_sqlite::SqliteOptions;
 
 use crate::config::{ProxyArgs, StoreArgs};
-use crate::serve::{init_tracing, shutdown_signal};
+use crate::serve::init_tracing;
 
 /// Runs the capture proxy until SIGINT or SIGTERM, then stops gracefully: stops accepting,
 /// finishes the exchanges in flight, writes the buffered records.
@@ -108,6 +108,9 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     let stats = proxy.stats();
+    // Listening for SIGTERM from before the banner: a signal sent as soon as the address is
+    // printed must stop the proxy gracefully, not kill it.
+    let shutdown = shutdown_signal_now().map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
     tracing::info!(%addr, %upstream, sink = %recording_into, routes = routes_len,
         default_org = ?args.org.as_ref().map(|o| o.as_str()),
         capture_bodies = args.capture_bodies, "apitrail proxy listening");
@@ -118,7 +121,7 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         println!("apitrail proxy admin (/healthz, /metrics) on http://{admin}");
     }
     proxy
-        .run_until(shutdown_signal())
+        .run_until(shutdown)
         .await
         .map_err(|e| format!("proxying on {addr}: {e}"))?;
     if let Some(store) = store {
@@ -133,4 +136,30 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         "apitrail proxy stopped; every buffered record was handed to the sink"
     );
     Ok(())
+}
+
+/// A future resolving at SIGINT or SIGTERM, with the SIGTERM handler installed now.
+fn shutdown_signal_now() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        let ctrl_c = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let term = async move {
+            term.recv().await;
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
+        }
+        tracing::info!(
+            "shutdown requested: finishing the exchanges in flight, writing the buffered records"
+        );
+    })
 }

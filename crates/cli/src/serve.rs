@@ -117,7 +117,7 @@ pub(crate) fn init_tracing(format: LogFormat) {
     };
 }
 
-pub(crate) async fn shutdown_signal() {
+async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -138,7 +138,7 @@ pub(crate) async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutdown requested: draining in-flight requests and queued writes");
+    tracing::info!("shutdown requested: draining in-flight requests and the write queue");
 }
 
 /// Removes request logs older than `days`, every minute. The store deletes in bounded

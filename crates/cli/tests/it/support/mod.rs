@@ -94,7 +94,8 @@ pub fn stop(mut child: Child) {
     #[allow(unsafe_code)]
     let rc = unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
     assert_eq!(rc, 0);
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exited with {status}");
 }
 
 /// Creates org `id` (named after it) and a key on it with `scopes` (comma-separated, e.g.
