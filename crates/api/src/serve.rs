@@ -683,7 +683,10 @@ impl Connection {
                 }))
             }
         });
-        let mut conn = pin!(self.builder.serve_connection(io, handler));
+        // With upgrades, a `101 Switching Protocols` hands the socket to whoever awaits the
+        // request's upgrade (the capture proxy tunnels WebSockets so); the API never answers
+        // 101, so for it nothing changes.
+        let mut conn = pin!(self.builder.serve_connection(io, handler).with_upgrades());
         let mut stop = self.stop.clone();
         let mut stopping = pin!(async move {
             let _ = stop.wait_for(|s| *s).await;

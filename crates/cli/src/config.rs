@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use apitrail_api::serve::ServeConfig;
 
-use apitrail_model::RetrySchedule;
+use apitrail_model::{OrgId, RetrySchedule};
+use apitrail_proxy::{Cidr, Upstream};
 use apitrail_store::Store;
 use apitrail_store_postgres::{PgOptions, PgStore};
 use apitrail_store_sqlite::{DB_FILE, SqliteOptions, SqliteStore};
@@ -83,6 +84,18 @@ impl StoreArgs {
         }
     }
 
+    /// The directory beside the data, for files kept with it (the SQLite file's directory,
+    /// else `--data-dir`).
+    pub fn data_directory(&self) -> PathBuf {
+        match self.location() {
+            Ok(Location::Sqlite(path)) => match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
+            },
+            _ => self.data_dir.clone(),
+        }
+    }
+
     /// Which backend, and where.
     pub fn location(&self) -> Result<Location, String> {
         match self.database_url.as_deref() {
@@ -147,6 +160,9 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run the capture proxy: a reverse proxy in front of an HTTP API that records a request
+    /// log for every exchange passing through.
+    Proxy(Box<ProxyArgs>),
 }
 
 /// Log output format.
@@ -204,6 +220,14 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "APITRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+    /// Connection limits and timeouts.
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+/// Limits and timeouts of client connections, shared by `serve` and `proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
     /// A request's headers must be complete this many seconds after its first byte (a new
     /// connection must send its first request within it); else the connection is closed.
     #[arg(long, env = "APITRAIL_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -225,7 +249,7 @@ pub struct ServeArgs {
     pub max_connections: u64,
 }
 
-impl ServeArgs {
+impl ConnectionArgs {
     /// The listener's limits and timeouts.
     pub fn serve_config(&self) -> ServeConfig {
         ServeConfig {
@@ -236,6 +260,97 @@ impl ServeArgs {
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
         }
     }
+}
+
+impl ServeArgs {
+    /// The listener's limits and timeouts.
+    pub fn serve_config(&self) -> ServeConfig {
+        self.connections.serve_config()
+    }
+}
+
+/// `apitrail proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, env = "APITRAIL_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// The API requests are forwarded to, e.g. `http://127.0.0.1:3000` or
+    /// `https://api.internal` (TLS); a path in it is put before every request's path.
+    #[arg(long, env = "APITRAIL_UPSTREAM")]
+    pub upstream: Upstream,
+    /// A file of route patterns, one a line, `{name}` placeholders for whole segments
+    /// (`/v1/users/{id}`); `#` starts a comment line. A record's `route_pattern` is the most
+    /// specific match (a literal segment beats a placeholder).
+    #[arg(long, env = "APITRAIL_ROUTES")]
+    pub routes: Option<PathBuf>,
+    /// An OpenAPI 3 document (JSON or YAML) whose `paths` are the route patterns, instead of
+    /// --routes.
+    #[arg(long, env = "APITRAIL_OPENAPI", conflicts_with = "routes")]
+    pub openapi: Option<PathBuf>,
+    /// A peer whose `X-Forwarded-For` is believed: an address or a range such as
+    /// `10.0.0.0/8` (repeat the flag for several; comma-separated in the environment).
+    #[arg(
+        long = "trusted-proxy",
+        env = "APITRAIL_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<Cidr>,
+    /// The org of exchanges without an `apitrail-org` header; without it such exchanges are
+    /// not recorded (and counted as unattributed).
+    #[arg(long, env = "APITRAIL_ORG", value_parser = parse_org)]
+    pub org: Option<OrgId>,
+    /// Keep request and response bodies in the records (each up to --body-cap-bytes).
+    #[arg(long, env = "APITRAIL_CAPTURE_BODIES")]
+    pub capture_bodies: bool,
+    /// Most bytes of each body kept with --capture-bodies.
+    #[arg(long, env = "APITRAIL_BODY_CAP_BYTES", default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
+    pub body_cap_bytes: u64,
+    /// Records waiting for the store before new ones are dropped (and counted), so that a
+    /// slow store never slows traffic.
+    #[arg(long, env = "APITRAIL_BUFFER_RECORDS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub buffer_records: u64,
+    /// The key of credential fingerprints (at least 16 characters). Default: the key in
+    /// `proxy-fingerprint.key` beside the data, made at first start; give the same key to
+    /// every proxy that should fingerprint alike.
+    #[arg(long, env = "APITRAIL_FINGERPRINT_KEY", hide_env_values = true)]
+    pub fingerprint_key: Option<String>,
+    /// A PEM file of certificate authorities to trust for an `https://` upstream, besides
+    /// the Mozilla roots compiled in (a private CA).
+    #[arg(long, env = "APITRAIL_UPSTREAM_CA")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Seconds a connection to the upstream may take before the exchange is answered 502.
+    #[arg(long, env = "APITRAIL_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub upstream_connect_timeout_secs: u64,
+    /// Send the records to a remote `apitrail serve` (its base URL, e.g.
+    /// `https://apitrail.internal:8080`) through its ingest API, instead of writing the
+    /// store.
+    #[arg(long, env = "APITRAIL_INGEST_URL", requires = "ingest_key")]
+    pub ingest_url: Option<String>,
+    /// The key for --ingest-url: an org key with scope `write` (records of its own org
+    /// only) or the operator token.
+    #[arg(long, env = "APITRAIL_INGEST_KEY", hide_env_values = true)]
+    pub ingest_key: Option<String>,
+    /// How long a batch for --ingest-url is retried (with backoff) before it is given up.
+    #[arg(long, env = "APITRAIL_INGEST_RETRY_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub ingest_retry_secs: u64,
+    /// Seconds the exchanges in flight get to finish at shutdown (SIGINT/SIGTERM) before
+    /// the proxy stops without them.
+    #[arg(long, env = "APITRAIL_SHUTDOWN_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_secs: u64,
+    /// Address of the proxy's own `/healthz` and `/metrics` (off without it).
+    #[arg(long, env = "APITRAIL_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Log format on stderr.
+    #[arg(long, env = "APITRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Connection limits and timeouts (towards clients).
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
+}
+
+fn parse_org(s: &str) -> Result<OrgId, String> {
+    OrgId::parse(s).map_err(|e| e.to_string())
 }
 
 /// `apitrail orgs ...`.
@@ -374,6 +489,41 @@ mod tests {
         assert!(serve(&["--header-read-timeout-secs", "0"]).is_err());
         assert!(serve(&["--retry-schedule", "5d"]).is_err());
         assert!(serve(&["--action-lease-secs", "1"]).is_err());
+    }
+
+    #[test]
+    fn proxy_flags_have_the_documented_defaults() {
+        let proxy = |args: &[&str]| {
+            let mut all = vec!["apitrail", "proxy"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Proxy(p)) => Ok(p),
+                Ok(_) => panic!("not proxy"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let p = proxy(&["--upstream", "http://127.0.0.1:3000"]).unwrap();
+        assert_eq!(p.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(p.upstream.to_string(), "http://127.0.0.1:3000");
+        assert_eq!((p.buffer_records, p.body_cap_bytes), (10_000, 65_536));
+        assert!(!p.capture_bodies && p.org.is_none() && p.trusted_proxy.is_empty());
+        assert_eq!(p.connections.serve_config().max_connections, 10_000);
+        let p = proxy(&[
+            "--upstream",
+            "http://up/base",
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "192.0.2.1",
+            "--org",
+            "acme",
+        ])
+        .unwrap();
+        assert_eq!(p.trusted_proxy.len(), 2);
+        assert_eq!(p.org.as_ref().map(OrgId::as_str), Some("acme"));
+        assert!(proxy(&[]).is_err(), "--upstream is required");
+        assert!(proxy(&["--upstream", "http://x", "--buffer-records", "0"]).is_err());
+        assert!(proxy(&["--upstream", "http://x", "--body-cap-bytes", "0"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod config;
 mod demo;
 mod manage;
+mod proxy;
 mod serve;
 
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
             Command::Orgs { command } => manage::orgs(cli.store, command).await,
             Command::Keys { command } => manage::keys(cli.store, command).await,
             Command::Audit { command } => manage::audit(cli.store, command).await,
+            Command::Proxy(args) => proxy::run(cli.store, *args).await,
         }
     });
     match result {

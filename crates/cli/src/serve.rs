@@ -104,7 +104,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+pub(crate) fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_env("APITRAIL_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));

@@ -11,3 +11,4 @@ mod actions;
 mod cli;
 mod durability;
 mod postgres;
+mod proxy;

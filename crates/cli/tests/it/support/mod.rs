@@ -52,8 +52,13 @@ pub fn json_out(out: &Output) -> Value {
 
 /// `apitrail serve` on a free port; returns the child, its base URL and its banner.
 pub fn serve(at: At<'_>, extra: &[&str]) -> (Child, String, Vec<String>) {
+    serve_on(at, "127.0.0.1:0", extra)
+}
+
+/// `apitrail serve` on `listen`; returns the child, its base URL and its banner.
+pub fn serve_on(at: At<'_>, listen: &str, extra: &[&str]) -> (Child, String, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_apitrail"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["serve", "--listen", listen])
         .args(extra)
         .args(at.args())
         .env("APITRAIL_LOG", "warn")
@@ -89,7 +94,8 @@ pub fn stop(mut child: Child) {
     #[allow(unsafe_code)]
     let rc = unsafe { libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGTERM) };
     assert_eq!(rc, 0);
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exited with {status}");
 }
 
 /// Creates org `id` (named after it) and a key on it with `scopes` (comma-separated, e.g.
@@ -106,4 +112,50 @@ pub fn org_with_key(at: At<'_>, id: &str, scopes: &str) -> String {
         ],
     ));
     key["secret"].as_str().expect("the key's secret").to_owned()
+}
+
+/// `apitrail proxy` on a free port; returns the child and its base URL (and the admin
+/// listener's, with `--admin-listen`, as the last word of the banner's second line).
+pub fn proxy(at: At<'_>, extra: &[&str]) -> (Child, String) {
+    let (child, base, _) = proxy_with_admin(at, extra);
+    (child, base)
+}
+
+/// As [`proxy`], also returning the admin base URL when `extra` asks for one.
+pub fn proxy_with_admin(at: At<'_>, extra: &[&str]) -> (Child, String, Option<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apitrail"))
+        .args(["proxy", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .args(at.args())
+        .env("APITRAIL_LOG", "warn")
+        .env_remove("APITRAIL_DATABASE_URL")
+        .env_remove("APITRAIL_ORG")
+        .env_remove("APITRAIL_UPSTREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = lines.next().expect("the proxy's banner").unwrap();
+    let admin = extra.contains(&"--admin-listen").then(|| {
+        let line = lines.next().expect("the admin line").unwrap();
+        line.split_whitespace()
+            .last()
+            .expect("the admin address")
+            .to_owned()
+    });
+    std::thread::spawn(move || for _ in lines {});
+    let base = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .trim_end_matches(',')
+        .to_owned();
+    (child, base, admin)
+}
+
+/// SIGKILL, and reap.
+pub fn kill(mut child: Child) {
+    child.kill().expect("SIGKILL"); // `Child::kill` sends SIGKILL on Unix.
+    let _ = child.wait();
 }
