@@ -5,6 +5,7 @@ mod demo;
 mod manage;
 mod proxy;
 mod serve;
+mod signals;
 
 use std::process::ExitCode;
 

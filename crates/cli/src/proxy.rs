@@ -110,7 +110,10 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
     let stats = proxy.stats();
     // Listening for SIGTERM from before the banner: a signal sent as soon as the address is
     // printed must stop the proxy gracefully, not kill it.
-    let shutdown = shutdown_signal_now().map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+    let shutdown = crate::signals::shutdown_requested(
+        "finishing the exchanges in flight, writing the buffered records",
+    )
+    .map_err(|e| format!("cannot listen for SIGINT/SIGTERM: {e}"))?;
     tracing::info!(%addr, %upstream, sink = %recording_into, routes = routes_len,
         default_org = ?args.org.as_ref().map(|o| o.as_str()),
         capture_bodies = args.capture_bodies, "apitrail proxy listening");
@@ -136,30 +139,4 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         "apitrail proxy stopped; every buffered record was handed to the sink"
     );
     Ok(())
-}
-
-/// A future resolving at SIGINT or SIGTERM, with the SIGTERM handler installed now.
-fn shutdown_signal_now() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    Ok(async move {
-        let ctrl_c = async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        #[cfg(unix)]
-        let term = async move {
-            term.recv().await;
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            () = ctrl_c => {},
-            () = term => {},
-        }
-        tracing::info!(
-            "shutdown requested: finishing the exchanges in flight, writing the buffered records"
-        );
-    })
 }

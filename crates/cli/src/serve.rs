@@ -16,6 +16,10 @@ use crate::demo;
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     init_tracing(args.log_format);
+    // Listening before anything is printed: see `signals`.
+    let stop_requested =
+        crate::signals::shutdown_requested("draining in-flight requests and the write queue")
+            .map_err(|e| format!("cannot listen for SIGINT/SIGTERM: {e}"))?;
     let admin_token = args
         .admin_token
         .as_deref()
@@ -94,7 +98,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
     // Deliveries in flight get a few seconds to record their outcome (signals keep being
     // served meanwhile); the rest are delivered again after their lease.
     let shutdown = async move {
-        shutdown_signal().await;
+        stop_requested.await;
         dispatcher.stop(Duration::from_secs(10)).await;
     };
     app.run_until(shutdown)
@@ -115,30 +119,6 @@ pub(crate) fn init_tracing(format: LogFormat) {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown requested: draining in-flight requests and the write queue");
 }
 
 /// Removes request logs older than `days`, every minute. The store deletes in bounded
