@@ -9,7 +9,6 @@ use apitrail_model::{ActionState, Cursor, CursorKind, RequestLog, Sort, Timestam
 use apitrail_store::Page;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -55,25 +54,92 @@ pub struct BodyBytes(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for BodyBytes {
     type Rejection = Failure<Native>;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
-            .await
-            .map(Self)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        ErrorKind::PayloadTooLarge,
-                        format!("the body exceeds {MAX_JSON_BODY} bytes"),
-                    )
-                } else {
-                    ApiError::new(
-                        ErrorKind::InvalidBody,
-                        format!("could not read the request body: {}", e.body_text()),
-                    )
-                }
-                .into()
-            })
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let declared = declared_length(req.headers());
+        match read_limited(req.into_body(), declared, MAX_JSON_BODY).await {
+            Ok(bytes) => Ok(Self(bytes)),
+            Err(BodyError::TooLarge) => Err(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("the body exceeds {MAX_JSON_BODY} bytes"),
+            )
+            .into()),
+            Err(BodyError::Unreadable(why)) => Err(ApiError::new(
+                ErrorKind::InvalidBody,
+                format!("could not read the request body: {why}"),
+            )
+            .into()),
+        }
     }
+}
+
+/// How much of a refused body is still read (and thrown away) after the `413` was sent, so
+/// that a client that writes its whole body before reading the answer gets the `413` instead
+/// of a connection reset by a server that stopped reading. The drain runs in the background,
+/// bounded by this size and by the server's body timeouts; a body declared larger than this
+/// is not drained at all.
+pub const DRAIN_MAX: u64 = 64 * 1024 * 1024;
+
+/// Why a body was not read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// More than the limit.
+    TooLarge,
+    /// The stream failed (the client went away, a body timeout, invalid framing).
+    Unreadable(String),
+}
+
+/// The `Content-Length` a request declares, if any.
+pub(crate) fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads `body` whole if it holds at most `max` bytes. A larger one (declared or found while
+/// streaming) is refused at once, and its rest is drained in the background.
+pub(crate) async fn read_limited(
+    body: axum::body::Body,
+    declared: Option<u64>,
+    max: usize,
+) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    if declared.is_some_and(|n| n > max as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_MAX) {
+            drain(body, 0);
+        }
+        return Err(BodyError::TooLarge);
+    }
+    let mut kept: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if kept.len() + data.len() > max {
+            drain(body, (kept.len() + data.len()) as u64);
+            return Err(BodyError::TooLarge);
+        }
+        kept.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(kept))
+}
+
+/// Reads and discards the rest of a refused body (up to [`DRAIN_MAX`] in all, `seen` bytes
+/// of it already read), so hyper keeps reading the connection after the answer was written.
+fn drain(mut body: axum::body::Body, mut seen: u64) {
+    use http_body_util::BodyExt;
+    tokio::spawn(async move {
+        while seen <= DRAIN_MAX {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                }
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
 }
 
 /// The cursor of the page after `page`: `encode` of its last item, or `None` on the last page.

@@ -18,7 +18,6 @@ use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -37,6 +36,7 @@ use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody, Record
 use crate::openapi::errors;
 use crate::params::{NUL_MESSAGE, nul_fields};
 use crate::state::AppState;
+use crate::wire::{BodyError, declared_length, read_limited};
 
 /// The answer to a stored batch.
 #[derive(Debug, Serialize, ToSchema)]
@@ -263,20 +263,13 @@ fn too_large(message: String) -> ApiError {
 async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, ApiError> {
     let coding = content_coding(headers)?;
     let limit_msg = || too_large(format!("the body exceeds {max} bytes; split the batch"));
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(limit_msg());
-    }
-    let raw = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(limit_msg()),
-        Err(e) => {
+    let raw = match read_limited(body, declared_length(headers), max).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => return Err(limit_msg()),
+        Err(BodyError::Unreadable(why)) => {
             return Err(ApiError::new(
                 ErrorKind::InvalidBody,
-                format!("could not read the request body: {e}"),
+                format!("could not read the request body: {why}"),
             ));
         }
     };
