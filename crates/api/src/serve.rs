@@ -1,10 +1,11 @@
-//! Serving HTTP/1.1 over TCP with the protections a public listener needs, which
-//! `axum::serve` lacks: a header-read timeout, a keep-alive idle timeout, request-body
-//! timeouts and a cap on concurrent connections. It knows nothing of apitrail's routes, so the
-//! capture proxy can serve through it too.
+//! Serving HTTP/1.1 (and, when asked, HTTP/2) over TCP with the protections a public
+//! listener needs, which `axum::serve` lacks: a header-read timeout, a keep-alive idle
+//! timeout, request-body timeouts and a cap on concurrent connections. It knows nothing of
+//! apitrail's routes, so the capture proxy can serve through it too, with a [`Handshake`]
+//! (its TLS termination) between the socket and HTTP.
 //!
-//! Each accepted connection runs on its own task, driven by hyper's HTTP/1.1 connection and a
-//! watchdog polled alongside it. The watchdog knows which phase the connection is in:
+//! Each accepted connection runs on its own task: the handshake first (bounded by the
+//! header-read timeout), then hyper's connection and a watchdog polled alongside it. The watchdog knows which phase the connection is in:
 //! - **idle**: no request in flight and no byte of the next one read. A new connection must
 //!   start its first request within the header-read timeout; between requests a connection
 //!   may idle for the keep-alive timeout. Then it is closed.
@@ -15,6 +16,11 @@
 //!   timeout, or the whole body not received within the body deadline, fails the read, the
 //!   request is marked (see [`BodyWatch`]) so the application can answer `408`, and the
 //!   response closes the connection.
+//!
+//! An HTTP/2 connection (h2c with prior knowledge, or h2 chosen by ALPN) carries many
+//! requests at once and frames of its own between them, so for it bytes arriving do not
+//! start a head: between requests it is idle, and closed after the keep-alive timeout, and
+//! its headers are bounded by size ([`H2_MAX_HEADER_LIST`]) instead of by time.
 //!
 //! On shutdown the loop stops accepting; connections with a request in flight finish it
 //! (keep-alive off), the others close at once.
@@ -38,9 +44,9 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::header::CONNECTION;
-use axum::http::{HeaderValue, Request, Response};
+use axum::http::{HeaderValue, Request, Response, Version};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -62,6 +68,9 @@ pub struct ServeConfig {
     pub body_deadline: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Speak HTTP/2 as well as HTTP/1.1: h2c with prior knowledge, or h2 over a TLS
+    /// [`Handshake`] that chose it by ALPN. Off, an HTTP/2 preface is refused as HTTP/1.
+    pub http2: bool,
 }
 
 impl Default for ServeConfig {
@@ -72,6 +81,7 @@ impl Default for ServeConfig {
             body_read_timeout: Duration::from_secs(30),
             body_deadline: Duration::from_secs(300),
             max_connections: 10_000,
+            http2: false,
         }
     }
 }
@@ -86,6 +96,13 @@ pub const RESERVED_FDS: u64 = 512;
 /// How many request headers hyper parses before answering `431` itself (with an empty body);
 /// kept above the application's own limit, so that the application answers in its envelope.
 const HYPER_MAX_HEADERS: usize = 256;
+
+/// Streams one HTTP/2 connection may have open at once.
+pub const H2_MAX_STREAMS: u32 = 256;
+
+/// Most bytes of one HTTP/2 request's header list (names, values and 32 bytes each), as
+/// HTTP/1.1's header limits bound a head.
+pub const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// How often the connection-cap warning is logged at most.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -310,20 +327,37 @@ enum Closed {
 }
 
 #[derive(Debug)]
-struct ConnState(Mutex<Phase>);
+struct ConnState {
+    phase: Mutex<Phase>,
+    /// The connection speaks HTTP/2: bytes between requests are its own frames.
+    h2: std::sync::atomic::AtomicBool,
+}
 
 impl ConnState {
+    fn new() -> Self {
+        Self {
+            phase: Mutex::new(Phase::Idle {
+                since: Instant::now(),
+                first: true,
+            }),
+            h2: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     fn phase(&self) -> Phase {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn update(&self, f: impl FnOnce(Phase) -> Phase) {
-        let mut phase = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         *phase = f(*phase);
     }
 
-    /// Bytes arrived: an idle connection is now reading a request head.
+    /// Bytes arrived: an idle HTTP/1 connection is now reading a request head.
     fn on_read(&self) {
+        if self.h2.load(Ordering::Relaxed) {
+            return;
+        }
         self.update(|p| match p {
             Phase::Idle { .. } => Phase::Head {
                 since: Instant::now(),
@@ -405,13 +439,45 @@ impl HttpBody for GuardedBody {
     }
 }
 
-/// The socket, noting when bytes arrive.
-struct TrackedIo {
+/// An accepted TCP connection, as a [`Handshake`] gets it: it notes when bytes arrive, for
+/// the connection's timeouts.
+pub struct Socket {
     stream: TcpStream,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for TrackedIo {
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket")
+            .field("peer", &self.stream.peer_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns an accepted connection into the stream HTTP is spoken on: [`Plain`] keeps it as
+/// it is; the capture proxy's TLS termination makes a handshake. It runs on the
+/// connection's own task, within the header-read timeout.
+pub trait Handshake: Send + Sync + 'static {
+    /// The stream after the handshake.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Makes the handshake; an error closes the connection (logged at debug level).
+    fn handshake(&self, socket: Socket) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// No handshake: HTTP on the TCP connection itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Stream = Socket;
+
+    async fn handshake(&self, socket: Socket) -> io::Result<Socket> {
+        Ok(socket)
+    }
+}
+
+impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -427,7 +493,7 @@ impl AsyncRead for TrackedIo {
     }
 }
 
-impl AsyncWrite for TrackedIo {
+impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -502,18 +568,33 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    serve_with(listener, Plain, service, config, stats, shutdown).await
+}
+
+/// [`serve`], with `handshake` made on every accepted connection before HTTP is spoken on
+/// it (TLS termination).
+pub async fn serve_with<H, S>(
+    listener: TcpListener,
+    handshake: H,
+    service: S,
+    config: ServeConfig,
+    stats: Arc<ServeStats>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()>
+where
+    H: Handshake,
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let max = config.max_connections.clamp(1, MAX_CONNECTIONS);
     let permits = Arc::new(Semaphore::new(max));
     let shed = Arc::new(Shed::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .max_headers(HYPER_MAX_HEADERS)
-        // The watchdog times headers out; hyper's own timer would also close idle
-        // kept-alive connections at the header timeout.
-        .header_read_timeout(None);
-    let builder = Arc::new(builder);
+    let builder = Arc::new(Builder::new(&config));
+    let handshake = Arc::new(handshake);
     let config = Arc::new(config);
     let mut shutdown = pin!(shutdown);
     let mut warned: Option<Instant> = None;
@@ -572,6 +653,7 @@ where
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             builder: Arc::clone(&builder),
+            handshake: Arc::clone(&handshake),
             config: Arc::clone(&config),
             stats: Arc::clone(&stats),
             shed: Arc::clone(&shed),
@@ -588,6 +670,78 @@ where
     // Every connection holds a permit until it closes.
     let _ = permits.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// hyper's connection settings: HTTP/1.1 alone, or HTTP/1.1 and HTTP/2 told apart by the
+/// first bytes. Kept apart because hyper's automatic builder, once it can speak HTTP/2,
+/// answers an HTTP/2 preface with HTTP/2 whatever it was told.
+enum Builder {
+    Http1(hyper::server::conn::http1::Builder),
+    Auto(hyper_util::server::conn::auto::Builder<TokioExecutor>),
+}
+
+impl Builder {
+    fn new(config: &ServeConfig) -> Self {
+        if config.http2 {
+            let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            auto.http1()
+                .keep_alive(true)
+                .max_headers(HYPER_MAX_HEADERS)
+                .header_read_timeout(None);
+            auto.http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                .max_header_list_size(H2_MAX_HEADER_LIST);
+            return Self::Auto(auto);
+        }
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .keep_alive(true)
+            .max_headers(HYPER_MAX_HEADERS)
+            // The watchdog times headers out; hyper's own timer would also close idle
+            // kept-alive connections at the header timeout.
+            .header_read_timeout(None);
+        Self::Http1(http1)
+    }
+}
+
+/// A connection hyper drives, whichever builder made it.
+trait Driven: Future<Output = Result<(), Self::Error>> {
+    type Error: std::fmt::Display;
+    /// Finish the requests in flight, take no more.
+    fn shut_down(self: Pin<&mut Self>);
+}
+
+impl<I, S> Driven for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as HttpBody>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Error = hyper::Error;
+
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B> Driven
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn shut_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
 }
 
 /// A connection's slot: counted open, and released when the connection's task ends (a
@@ -623,15 +777,16 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-struct Connection {
-    builder: Arc<hyper::server::conn::http1::Builder>,
+struct Connection<H> {
+    builder: Arc<Builder>,
+    handshake: Arc<H>,
     config: Arc<ServeConfig>,
     stats: Arc<ServeStats>,
     shed: Arc<Shed>,
     stop: watch::Receiver<bool>,
 }
 
-impl Connection {
+impl<H: Handshake> Connection<H> {
     async fn run<S>(&self, stream: TcpStream, peer: SocketAddr, service: S)
     where
         S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -640,18 +795,38 @@ impl Connection {
             + 'static,
         S::Future: Send + 'static,
     {
-        let state = Arc::new(ConnState(Mutex::new(Phase::Idle {
-            since: Instant::now(),
-            first: true,
-        })));
-        let io = TokioIo::new(TrackedIo {
+        let state = Arc::new(ConnState::new());
+        let socket = Socket {
             stream,
             state: Arc::clone(&state),
-        });
+        };
+        let mut stop = self.stop.clone();
+        let stream = tokio::select! {
+            shaken = tokio::time::timeout(
+                self.config.header_read_timeout,
+                self.handshake.handshake(socket),
+            ) => match shaken {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    self.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "handshake timed out");
+                    return;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let io = TokioIo::new(stream);
         let config = Arc::clone(&self.config);
         let stats = Arc::clone(&self.stats);
         let conn_state = Arc::clone(&state);
         let handler = hyper::service::service_fn(move |req: Request<Incoming>| {
+            if req.version() == Version::HTTP_2 {
+                conn_state.h2.store(true, Ordering::Relaxed);
+            }
             let guard = conn_state.begin_request();
             let watch = BodyWatch::new(config.body_read_timeout, config.body_deadline);
             let (mut parts, body) = req.into_parts();
@@ -670,9 +845,9 @@ impl Connection {
                 .oneshot(Request::from_parts(parts, Body::new(body)));
             async move {
                 let Ok(mut response) = call.await;
-                if watch.timed_out().is_some() {
+                if watch.timed_out().is_some() && response.version() != Version::HTTP_2 {
                     // The rest of the body may still be on its way: this connection cannot
-                    // carry another request.
+                    // carry another request. (An HTTP/2 stream ends by itself.)
                     response
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -686,7 +861,22 @@ impl Connection {
         // With upgrades, a `101 Switching Protocols` hands the socket to whoever awaits the
         // request's upgrade (the capture proxy tunnels WebSockets so); the API never answers
         // 101, so for it nothing changes.
-        let mut conn = pin!(self.builder.serve_connection(io, handler).with_upgrades());
+        // Dropping the connection closes the socket.
+        match &*self.builder {
+            Builder::Http1(http1) => {
+                let conn = pin!(http1.serve_connection(io, handler).with_upgrades());
+                self.watch(conn, &state, peer).await;
+            }
+            Builder::Auto(auto) => {
+                let conn = pin!(auto.serve_connection_with_upgrades(io, handler));
+                self.watch(conn, &state, peer).await;
+            }
+        }
+    }
+
+    /// Drives `conn` until it ends or the watchdog closes it (counted before `conn` is
+    /// dropped, so a client that saw the close sees the count).
+    async fn watch<C: Driven>(&self, mut conn: Pin<&mut C>, state: &ConnState, peer: SocketAddr) {
         let mut stop = self.stop.clone();
         let mut stopping = pin!(async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -700,7 +890,7 @@ impl Connection {
             if !stopped && stopping.as_mut().poll(cx).is_ready() {
                 stopped = true;
                 // Busy connections close after their response.
-                conn.as_mut().graceful_shutdown();
+                conn.as_mut().shut_down();
             }
             if stopped && !matches!(state.phase(), Phase::Busy { .. }) {
                 // Idle, or half a request head: nothing is in flight, close now rather than
@@ -751,7 +941,6 @@ impl Connection {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(reason = ?closed, %peer, "connection closed by the server");
-        // Dropping the connection closes the socket.
     }
 }
 

@@ -258,6 +258,7 @@ impl ConnectionArgs {
             body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
             body_deadline: Duration::from_secs(self.body_deadline_secs),
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            http2: false,
         }
     }
 }
@@ -319,6 +320,17 @@ pub struct ProxyArgs {
     /// the Mozilla roots compiled in (a private CA).
     #[arg(long, env = "APITRAIL_UPSTREAM_CA")]
     pub upstream_ca: Option<PathBuf>,
+    /// Speak HTTP/2 to the upstream (h2c with prior knowledge for `http://`, h2 by ALPN for
+    /// `https://`) instead of HTTP/1.1, for upstreams that only speak HTTP/2 (gRPC).
+    #[arg(long, env = "APITRAIL_UPSTREAM_HTTP2")]
+    pub upstream_http2: bool,
+    /// A PEM certificate chain: clients connect over TLS (HTTPS, h2 or HTTP/1.1 by ALPN).
+    /// Needs --tls-key.
+    #[arg(long, env = "APITRAIL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "APITRAIL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Seconds a connection to the upstream may take before the exchange is answered 502.
     #[arg(long, env = "APITRAIL_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub upstream_connect_timeout_secs: u64,

@@ -77,6 +77,14 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         }
         None => Vec::new(),
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            apitrail_proxy::server_tls(cert, key)
+                .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let upstream = args.upstream.clone();
     let config = ProxyConfig {
         routes,
@@ -89,6 +97,8 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         connect_timeout: Duration::from_secs(args.upstream_connect_timeout_secs),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         upstream_ca,
+        tls,
+        upstream_http2: args.upstream_http2,
         ..ProxyConfig::new(args.upstream, fingerprint_key)
     };
     let routes_len = config.routes.len();
@@ -118,7 +128,7 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         default_org = ?args.org.as_ref().map(|o| o.as_str()),
         capture_bodies = args.capture_bodies, "apitrail proxy listening");
     println!(
-        "apitrail proxy is listening on http://{addr}, forwarding to {upstream}, recording into {recording_into}"
+        "apitrail proxy is listening on {scheme}://{addr}, forwarding to {upstream}, recording into {recording_into}"
     );
     if let Some(admin) = admin {
         println!("apitrail proxy admin (/healthz, /metrics) on http://{admin}");

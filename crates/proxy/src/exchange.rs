@@ -17,7 +17,7 @@ use apitrail_model::time::ingest_window;
 use apitrail_model::{OrgId, RequestId, RequestLog, Timestamp, new_record_id};
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::header::{CONNECTION, CONTENT_TYPE, EXPECT, ORIGIN, UPGRADE, USER_AGENT};
+use axum::http::header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST, ORIGIN, TE, UPGRADE, USER_AGENT};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -147,10 +147,25 @@ impl Exchange {
         mut parts: Parts,
         body: Body,
     ) -> Option<Request<RequestBody>> {
-        let uri = self.shared.config.upstream.uri_for(&parts.uri)?;
-        let upgrade = headers::upgrade_asked(&parts.headers);
+        let config = &self.shared.config;
+        let uri = config.upstream.uri_for(&parts.uri)?;
+        // HTTP/2 has no `101`: towards an HTTP/2 upstream an upgrade is not asked for.
+        let upgrade = headers::upgrade_asked(&parts.headers).filter(|_| !config.upstream_http2);
+        let trailers = config.upstream_http2 && headers::te_trailers(&parts.headers);
         let headers = &mut parts.headers;
         headers::strip_hop_by_hop(headers);
+        if trailers {
+            // The one `TE` HTTP/2 allows, which gRPC servers require.
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+        if !headers.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            // An HTTP/2 client names the host in `:authority`, not in `Host`: the upstream
+            // still gets the host the client asked for.
+            headers.insert(HOST, host);
+        }
         if let Some(protocol) = upgrade {
             // The one hop-by-hop exchange passed on: the upstream must see the request to
             // switch protocols, and the client's socket is kept to tunnel it.
@@ -169,8 +184,11 @@ impl Exchange {
         // `Host` is kept as the client sent it; hyper adds the upstream's only when absent
         // (an HTTP/1.0 client).
         parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        let config = &self.shared.config;
+        parts.version = if config.upstream_http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
         let tap = Arc::new(RequestTap {
             capture: config
                 .capture_bodies

@@ -2,7 +2,7 @@
 //! headers, and the credential a request presents.
 
 use apitrail_model::request_log::rules::MAX_TEXT;
-use axum::http::header::{AUTHORIZATION, CONNECTION, COOKIE, HeaderName, UPGRADE};
+use axum::http::header::{AUTHORIZATION, CONNECTION, COOKIE, HeaderName, TE, UPGRADE};
 use axum::http::{HeaderMap, HeaderValue};
 
 /// Fields that concern one connection only (RFC 9110 §7.6.1, plus the historical ones every
@@ -36,6 +36,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
+}
+
+/// Whether a request's `TE` accepts trailers.
+pub fn te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 /// The protocol a request asks to switch to (`Connection: upgrade` and `Upgrade: P`).

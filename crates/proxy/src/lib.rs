@@ -26,7 +26,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apitrail_api::serve::{ServeConfig, ServeStats};
+use apitrail_api::serve::{Handshake, ServeConfig, ServeStats, Socket, serve, serve_with};
 use apitrail_model::OrgId;
 use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
@@ -207,6 +207,13 @@ pub struct ProxyConfig {
     /// How long exchanges in flight may take to finish once shutdown is asked for; then the
     /// proxy stops without them (their records are lost, counted as `shutdown`).
     pub shutdown_grace: Duration,
+    /// TLS towards clients (`--tls-cert`/`--tls-key`, see [`server_tls`]): HTTPS, with h2
+    /// or HTTP/1.1 chosen by ALPN. Without it clients speak HTTP/1.1 or h2c in the clear.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Speak HTTP/2 to the upstream (h2c with prior knowledge for `http://`, h2 by ALPN for
+    /// `https://`) rather than HTTP/1.1; `Upgrade` requests are then forwarded as plain
+    /// requests (HTTP/2 has no `101`).
+    pub upstream_http2: bool,
 }
 
 impl ProxyConfig {
@@ -225,6 +232,8 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(10),
             upstream_ca: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
+            upstream_http2: false,
         }
     }
 }
@@ -267,19 +276,26 @@ impl Proxy {
         let listener = TcpListener::bind(listen).await?;
         let stats = Arc::new(ProxyStats::default());
         let (buffer, writer) = Writer::spawn(sink, config.buffer_records, Arc::clone(&stats));
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(&config.upstream_ca)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
+            .https_or_http();
+        let connector = if config.upstream_http2 {
+            connector
+                .enable_http2()
+                .wrap_connector(connector_tcp(&config))
+        } else {
+            connector
+                .enable_http1()
+                .wrap_connector(connector_tcp(&config))
+        };
+        let mut client = Client::builder(TokioExecutor::new());
+        client
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .pool_idle_timeout(Duration::from_secs(60));
+        if config.upstream_http2 {
+            client.http2_only(true).timer(TokioTimer::new());
+        }
+        let client = client.build(connector);
         let shared = Arc::new(Shared {
             config,
             client,
@@ -348,7 +364,12 @@ impl Proxy {
                 },
             ))
         });
-        let serve_config = shared.config.serve.clone();
+        // Clients may speak HTTP/1.1 or HTTP/2 (h2c, or h2 by ALPN over TLS).
+        let serve_config = ServeConfig {
+            http2: true,
+            ..shared.config.serve.clone()
+        };
+        let tls = shared.config.tls.clone();
         let grace = shared.config.shutdown_grace;
         let service = tower::service_fn(move |req: Request<Body>| {
             let shared = Arc::clone(&shared);
@@ -359,8 +380,23 @@ impl Proxy {
             shutdown.await;
             let _ = asked_tx.send(());
         };
-        let serving =
-            apitrail_api::serve::serve(listener, service, serve_config, serve_stats, shutdown);
+        let serving = async move {
+            match tls {
+                Some(tls) => {
+                    let handshake = TlsHandshake(tokio_rustls::TlsAcceptor::from(tls));
+                    serve_with(
+                        listener,
+                        handshake,
+                        service,
+                        serve_config,
+                        serve_stats,
+                        shutdown,
+                    )
+                    .await
+                }
+                None => serve(listener, service, serve_config, serve_stats, shutdown).await,
+            }
+        };
         // A download that never ends, or an upstream that never answers, must not hold the
         // proxy forever: after the grace it stops waiting for them.
         let grace_over = async move {
@@ -429,6 +465,44 @@ fn render_connections(s: &ServeStats) -> String {
         s.open.load(Relaxed),
         s.accepted.load(Relaxed),
     )
+}
+
+/// The TCP side of the connections to the upstream.
+fn connector_tcp(config: &ProxyConfig) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.enforce_http(false);
+    connector
+}
+
+/// The TLS settings towards clients from a PEM certificate chain and its PEM private key
+/// (PKCS#8, PKCS#1 or SEC1), offering h2 and HTTP/1.1 by ALPN.
+pub fn server_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let chain = read_certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("the certificate and key do not make a usable pair: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// TLS termination: the handshake `serve` makes on every accepted connection.
+struct TlsHandshake(tokio_rustls::TlsAcceptor);
+
+impl Handshake for TlsHandshake {
+    type Stream = tokio_rustls::server::TlsStream<Socket>;
+
+    async fn handshake(&self, socket: Socket) -> io::Result<Self::Stream> {
+        self.0.accept(socket).await
+    }
 }
 
 /// The TLS client settings towards the upstream: the Mozilla roots and `extra` CAs.

@@ -26,6 +26,7 @@ fn limits(f: impl FnOnce(&mut ServeConfig)) -> Options {
         body_read_timeout: Duration::from_secs(30),
         body_deadline: Duration::from_secs(60),
         max_connections: 1000,
+        http2: false,
     };
     f(&mut serve);
     Options {
@@ -528,5 +529,26 @@ async fn too_many_or_too_large_headers_are_431_in_the_native_envelope() {
         .await
         .unwrap();
     assert_eq!(header(&resp, "x-request-id").as_deref(), Some("req-big-1"));
+    server.stop().await;
+}
+
+/// The API speaks HTTP/1.1 only (HTTP/2 is the capture proxy's): an h2c preface is not
+/// answered as HTTP/2, and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_does_not_speak_h2c() {
+    let server = TestServer::start().await;
+    let mut s = connect(&server).await;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(SLACK, s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection is still open");
+    // An HTTP/2 server would answer with a SETTINGS frame (type 0x04 at byte 3).
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 "),
+        "answered as HTTP/2: {got:?}"
+    );
+    healthz_ok(&server).await;
     server.stop().await;
 }

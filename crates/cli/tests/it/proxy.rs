@@ -106,7 +106,30 @@ fn proxy_start_up_errors_name_the_flag() {
     let at = At::Dir(dir.path());
     let routes = dir.path().join("routes.txt");
     std::fs::write(&routes, "/a/{x}\n/a/{y}\n").unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let not_pem = routes.to_str().unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &[
+                "proxy",
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--tls-cert",
+                not_pem,
+            ],
+            "--tls-key",
+        ),
+        (
+            &[
+                "proxy",
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--tls-cert",
+                not_pem,
+                "--tls-key",
+                not_pem,
+            ],
+            "--tls-cert",
+        ),
         (
             &[
                 "proxy",
@@ -145,6 +168,82 @@ fn proxy_start_up_errors_name_the_flag() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// `--tls-cert`/`--tls-key`: clients reach the proxy over HTTPS; the exchange is recorded.
+#[test]
+fn the_proxy_binary_terminates_tls() {
+    use rcgen::{CertificateParams, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let at = At::Dir(dir.path());
+    let secret = org_with_key(at, "acme", "read");
+    let (server, base, _) = serve(at, &["--no-self-log"]);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let (proxy_child, proxy_base) = proxy(
+        at,
+        &[
+            "--upstream",
+            &base,
+            "--org",
+            "acme",
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let port = proxy_base
+        .strip_prefix("https://127.0.0.1:")
+        .unwrap_or_else(|| panic!("the banner names no https:// address: {proxy_base}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_der(cert.der()).unwrap())
+            .build()
+            .unwrap();
+        let resp = client
+            .get(format!("https://localhost:{port}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        // Without trusting the certificate, the client refuses the proxy.
+        assert!(
+            reqwest::get(format!("https://localhost:{port}/healthz"))
+                .await
+                .is_err()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let page = expect(
+                client
+                    .get(format!("{base}/v1/logs"))
+                    .header("x-api-key", &secret)
+                    .send()
+                    .await
+                    .unwrap(),
+                StatusCode::OK,
+            )
+            .await;
+            let items = page["data"].as_array().unwrap();
+            if let Some(item) = items.first() {
+                assert_eq!(item["path"], "/healthz");
+                assert_eq!(item["status_code"], 200);
+                break;
+            }
+            assert!(Instant::now() < deadline, "no record of the exchange");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    stop(proxy_child);
+    stop(server);
 }
 
 /// A loopback upstream for big transfers: `/bytes/N` streams N bytes (64 KiB frames, with a

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use apitrail_model::{LogFilter, NewOrg, OrgId, PageRequest, RequestLog, Sort};
+use apitrail_model::{NewOrg, OrgId};
 use apitrail_proxy::DropReason;
 use apitrail_proxy::headers::fingerprint;
 use apitrail_store::Store;
@@ -160,25 +160,6 @@ async fn proxy_recorded(server: &TestServer, org: &str) -> u64 {
         .unwrap()
         .unwrap();
     server.store.count_request_logs(&tenant).await.unwrap()
-}
-
-/// The org's stored logs, newest first.
-async fn stored_logs(store: &dyn Store, org: &str) -> Vec<RequestLog> {
-    let tenant = store
-        .tenant(&OrgId::parse(org).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .list_request_logs(
-            &tenant,
-            &LogFilter::default(),
-            Sort::NEWEST_FIRST,
-            PageRequest::first(100),
-        )
-        .await
-        .unwrap()
-        .items
 }
 
 #[tokio::test]

@@ -55,36 +55,30 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, false).await
     }
 
     /// The same upstream behind TLS, with a certificate for `localhost` and `127.0.0.1`
     /// issued by a private CA made here; returns it and the CA's certificate.
     pub async fn start_tls() -> (Self, rustls_pki_types::CertificateDer<'static>) {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let made = TestCertificate::new();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
+            .with_single_cert(vec![made.cert_der.clone()], made.key_der())
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        (Self::start_with(Some(acceptor)).await, ca.der().clone())
+        (Self::start_with(Some(acceptor), false).await, made.ca_der)
     }
 
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    /// The same upstream speaking HTTP/2 only (h2c, prior knowledge).
+    pub async fn start_h2c() -> Self {
+        Self::start_with(None, true).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>, h2: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let tls_scheme = tls.is_some();
@@ -111,6 +105,15 @@ impl TestUpstream {
                             Ok::<_, Infallible>(answer(req, a, rel).await)
                         }
                     });
+                    if h2 {
+                        let builder = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        );
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        return;
+                    }
                     let builder = hyper::server::conn::http1::Builder::new();
                     let _ = match tls {
                         Some(tls) => {
@@ -258,6 +261,7 @@ async fn answer(
             .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
     let echo = json!({
+        "version": format!("{:?}", req.version()),
         "method": req.method().as_str(),
         "path": req.uri().path(),
         "query": req.uri().query(),
@@ -364,6 +368,52 @@ impl HttpBody for Bytes64k {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         hyper::body::SizeHint::with_exact(self.left)
+    }
+}
+
+/// A private CA and a certificate it issued for `localhost` and `127.0.0.1`.
+pub struct TestCertificate {
+    pub ca_der: rustls_pki_types::CertificateDer<'static>,
+    pub cert_der: rustls_pki_types::CertificateDer<'static>,
+    pub cert_pem: String,
+    pub key_pem: String,
+    key_pkcs8: Vec<u8>,
+}
+
+impl TestCertificate {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        Self {
+            ca_der: ca.der().clone(),
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            key_pkcs8: key.serialize_der(),
+        }
+    }
+
+    pub fn key_der(&self) -> rustls_pki_types::PrivateKeyDer<'static> {
+        rustls_pki_types::PrivateKeyDer::Pkcs8(self.key_pkcs8.clone().into())
+    }
+
+    /// A TLS client configuration trusting the CA.
+    pub fn client_config(&self) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth()
     }
 }
 
@@ -508,4 +558,26 @@ pub async fn logs(server: &apitrail_testkit::TestServer, secret: &str, n: usize)
         (items.len() >= n).then_some(items)
     })
     .await
+}
+
+/// The org's stored logs, newest first.
+pub async fn stored_logs(
+    store: &dyn apitrail_store::Store,
+    org: &str,
+) -> Vec<apitrail_model::RequestLog> {
+    let tenant = store
+        .tenant(&apitrail_model::OrgId::parse(org).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .list_request_logs(
+            &tenant,
+            &apitrail_model::LogFilter::default(),
+            apitrail_model::Sort::NEWEST_FIRST,
+            apitrail_model::PageRequest::first(100),
+        )
+        .await
+        .unwrap()
+        .items
 }

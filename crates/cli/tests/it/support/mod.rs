@@ -147,7 +147,7 @@ pub fn proxy_with_admin(at: At<'_>, extra: &[&str]) -> (Child, String, Option<St
     std::thread::spawn(move || for _ in lines {});
     let base = banner
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
         .unwrap_or_else(|| panic!("no address in {banner:?}"))
         .trim_end_matches(',')
         .to_owned();
