@@ -551,6 +551,23 @@ impl Shed {
     }
 }
 
+/// What [`serve`] runs for every request: an axum router, or any tower service of its shape.
+pub trait AppService:
+    tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> AppService for S where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish (idle connections close at once) and returns when every
 /// connection is closed.
@@ -562,11 +579,7 @@ pub async fn serve<S>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()>
 where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: AppService,
 {
     serve_with(listener, Plain, service, config, stats, shutdown).await
 }
@@ -583,11 +596,7 @@ pub async fn serve_with<H, S>(
 ) -> io::Result<()>
 where
     H: Handshake,
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: AppService,
 {
     let max = config.max_connections.clamp(1, MAX_CONNECTIONS);
     let permits = Arc::new(Semaphore::new(max));
@@ -789,11 +798,7 @@ struct Connection<H> {
 impl<H: Handshake> Connection<H> {
     async fn run<S>(&self, stream: TcpStream, peer: SocketAddr, service: S)
     where
-        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: AppService,
     {
         let state = Arc::new(ConnState::new());
         let socket = Socket {

@@ -11,6 +11,28 @@ use crate::support::{
     At, apitrail, kill, org_with_key, proxy, proxy_with_admin, serve, serve_on, stop,
 };
 
+/// The first page of `/v1/logs` once it holds `n` records (or after 10 s, as it is).
+async fn logs_when(client: &reqwest::Client, base: &str, secret: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = expect(
+            client
+                .get(format!("{base}/v1/logs"))
+                .header("x-api-key", secret)
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await;
+        let items = page["data"].as_array().unwrap().clone();
+        if items.len() >= n || Instant::now() > deadline {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[test]
 fn the_proxy_binary_records_every_exchange_into_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -57,24 +79,7 @@ fn the_proxy_binary_records_every_exchange_into_the_store() {
             request_id.as_str(),
             "the upstream saw the id"
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let items = loop {
-            let page = expect(
-                client
-                    .get(format!("{base}/v1/logs"))
-                    .header("x-api-key", &secret)
-                    .send()
-                    .await
-                    .unwrap(),
-                StatusCode::OK,
-            )
-            .await;
-            let items = page["data"].as_array().unwrap().clone();
-            if items.len() >= 2 || Instant::now() > deadline {
-                break items;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let items = logs_when(&client, &base, &secret, 2).await;
         assert_eq!(items.len(), 2, "{items:?}");
         let find = |path: &str| -> &Value { items.iter().find(|i| i["path"] == path).unwrap() };
         assert_eq!(find("/healthz")["status_code"], 200);
@@ -220,27 +225,10 @@ fn the_proxy_binary_terminates_tls() {
                 .await
                 .is_err()
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let page = expect(
-                client
-                    .get(format!("{base}/v1/logs"))
-                    .header("x-api-key", &secret)
-                    .send()
-                    .await
-                    .unwrap(),
-                StatusCode::OK,
-            )
-            .await;
-            let items = page["data"].as_array().unwrap();
-            if let Some(item) = items.first() {
-                assert_eq!(item["path"], "/healthz");
-                assert_eq!(item["status_code"], 200);
-                break;
-            }
-            assert!(Instant::now() < deadline, "no record of the exchange");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let items = logs_when(&client, &base, &secret, 1).await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0]["path"], "/healthz");
+        assert_eq!(items[0]["status_code"], 200);
     });
     stop(proxy_child);
     stop(server);
