@@ -55,6 +55,8 @@ pub(crate) struct Exchange {
     response_capture: Option<Captured>,
     /// The client's side of an upgrade it asked for (`Upgrade`, e.g. WebSocket).
     client_upgrade: Option<OnUpgrade>,
+    /// The protocol version the client spoke, which its answer is written in.
+    client_version: Version,
 }
 
 impl Exchange {
@@ -115,6 +117,7 @@ impl Exchange {
             request_tap: None,
             response_capture: None,
             client_upgrade: None,
+            client_version: parts.version,
         }
     }
 
@@ -212,6 +215,9 @@ impl Exchange {
             return self.tunnel(response);
         }
         let (mut parts, incoming) = response.into_parts();
+        // The upstream's version is its hop's: an HTTP/1.0 upstream must not turn the
+        // client's kept-alive HTTP/1.1 connection into one that closes after each answer.
+        parts.version = self.client_version;
         self.response_attribution = Attribution::take(&mut parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers);
         self.set_request_id(&mut parts.headers);

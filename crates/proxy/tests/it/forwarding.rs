@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use apitrail_model::{NewOrg, OrgId};
-use apitrail_proxy::DropReason;
 use apitrail_proxy::headers::fingerprint;
+use apitrail_proxy::{DropReason, FingerprintKey, ProxyConfig};
 use apitrail_store::Store;
 use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
 use apitrail_testkit::{TestServer, expect, header};
@@ -526,4 +526,56 @@ async fn an_https_upstream_is_reached_over_tls_with_a_private_ca() {
         |path: &str| items.iter().find(|l| l["path"] == path).unwrap()["status_code"].clone();
     assert_eq!(status("/over-tls"), 201);
     assert_eq!(status("/untrusted"), 502);
+}
+
+/// The answer is written in the client's protocol version, not the upstream's: an HTTP/1.0
+/// upstream (one connection per request) leaves the client's HTTP/1.1 connection kept alive.
+#[tokio::test]
+async fn an_http10_upstream_does_not_close_the_clients_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    server.org_with_key("acme").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let mut config = ProxyConfig::new(
+        format!("http://{upstream}").parse().unwrap(),
+        FingerprintKey::new(FP_KEY).unwrap(),
+    );
+    config.default_org = Some(OrgId::parse("acme").unwrap());
+    let proxy = RunningProxy::start(config, store_sink(&server.store)).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for i in 0..3 {
+        client
+            .write_all(b"GET /old HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"\r\n\r\nok") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request {i}: the connection closed: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    proxy.stop().await;
+    assert_eq!(proxy_recorded(&server, "acme").await, 3);
 }
