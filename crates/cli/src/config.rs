@@ -331,6 +331,10 @@ pub struct ProxyArgs {
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "APITRAIL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Event loops serving clients, one thread each (default: one per CPU); each has its own
+    /// listening socket and upstream pool, so an exchange never changes threads.
+    #[arg(long, env = "APITRAIL_PROXY_THREADS", value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
     /// Seconds a connection to the upstream may take before the exchange is answered 502.
     #[arg(long, env = "APITRAIL_UPSTREAM_CONNECT_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
     pub upstream_connect_timeout_secs: u64,

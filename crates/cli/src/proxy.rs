@@ -99,6 +99,11 @@ pub async fn run(store_args: StoreArgs, args: ProxyArgs) -> Result<(), String> {
         upstream_ca,
         tls,
         upstream_http2: args.upstream_http2,
+        threads: args
+            .threads
+            .map_or_else(apitrail_proxy::default_threads, |n| {
+                usize::try_from(n).unwrap_or(1)
+            }),
         ..ProxyConfig::new(args.upstream, fingerprint_key)
     };
     let routes_len = config.routes.len();

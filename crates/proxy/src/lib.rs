@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -214,6 +215,16 @@ pub struct ProxyConfig {
     /// `https://`) rather than HTTP/1.1; `Upgrade` requests are then forwarded as plain
     /// requests (HTTP/2 has no `101`).
     pub upstream_http2: bool,
+    /// Event loops serving clients, each on a thread of its own with its own listening
+    /// socket (`SO_REUSEPORT`: the kernel spreads connections over them) and its own pool of
+    /// upstream connections, so an exchange never changes threads. The connection cap is
+    /// shared out among them.
+    pub threads: usize,
+}
+
+/// The default of [`ProxyConfig::threads`]: one event loop per CPU.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 impl ProxyConfig {
@@ -234,6 +245,7 @@ impl ProxyConfig {
             shutdown_grace: Duration::from_secs(30),
             tls: None,
             upstream_http2: false,
+            threads: default_threads(),
         }
     }
 }
@@ -249,7 +261,8 @@ pub(crate) struct Shared {
 /// A bound, ready-to-run proxy.
 #[derive(Debug)]
 pub struct Proxy {
-    listener: TcpListener,
+    /// One listening socket per event loop, all on one address.
+    listeners: Vec<std::net::TcpListener>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     writer: Writer,
@@ -273,37 +286,17 @@ impl Proxy {
         sink: Arc<dyn Sink>,
         listen: SocketAddr,
     ) -> io::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
+        let listeners = bind_reuseport(listen, config.threads.max(1))?;
         let stats = Arc::new(ProxyStats::default());
         let (buffer, writer) = Writer::spawn(sink, config.buffer_records, Arc::clone(&stats));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(&config.upstream_ca)?)
-            .https_or_http();
-        let connector = if config.upstream_http2 {
-            connector
-                .enable_http2()
-                .wrap_connector(connector_tcp(&config))
-        } else {
-            connector
-                .enable_http1()
-                .wrap_connector(connector_tcp(&config))
-        };
-        let mut client = Client::builder(TokioExecutor::new());
-        client
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60));
-        if config.upstream_http2 {
-            client.http2_only(true).timer(TokioTimer::new());
-        }
-        let client = client.build(connector);
         let shared = Arc::new(Shared {
+            client: upstream_client(&config)?,
             config,
-            client,
             buffer,
             stats: Arc::clone(&stats),
         });
         Ok(Self {
-            listener,
+            listeners,
             admin: None,
             shared,
             writer,
@@ -314,7 +307,10 @@ impl Proxy {
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match self.listeners.first() {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::Error::other("no listener")),
+        }
     }
 
     /// Binds the admin listener (`/healthz`, `/metrics`) on `listen`; returns its address.
@@ -340,7 +336,7 @@ impl Proxy {
     /// the buffered records.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let Self {
-            listener,
+            listeners,
             admin,
             shared,
             writer,
@@ -365,55 +361,74 @@ impl Proxy {
             ))
         });
         // Clients may speak HTTP/1.1 or HTTP/2 (h2c, or h2 by ALPN over TLS).
+        let loops = listeners.len().max(1);
         let serve_config = ServeConfig {
             http2: true,
+            max_connections: shared.config.serve.max_connections.div_ceil(loops),
             ..shared.config.serve.clone()
         };
-        let tls = shared.config.tls.clone();
         let grace = shared.config.shutdown_grace;
-        let service = tower::service_fn(move |req: Request<Body>| {
-            let shared = Arc::clone(&shared);
-            async move { Ok::<_, Infallible>(handle(shared, req).await) }
-        });
-        let (asked_tx, asked_rx) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            shutdown.await;
-            let _ = asked_tx.send(());
-        };
-        let serving = async move {
-            match tls {
-                Some(tls) => {
-                    let handshake = TlsHandshake(tokio_rustls::TlsAcceptor::from(tls));
-                    serve_with(
-                        listener,
-                        handshake,
-                        service,
-                        serve_config,
-                        serve_stats,
-                        shutdown,
-                    )
-                    .await
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (abort_tx, abort_rx) = tokio::sync::watch::channel(false);
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<io::Result<()>>(loops);
+        for (i, listener) in listeners.into_iter().enumerate() {
+            // Each loop has its own upstream pool: a pooled connection is driven by a task of
+            // the runtime that opened it.
+            let own = Arc::new(Shared {
+                config: shared.config.clone(),
+                client: upstream_client(&shared.config)?,
+                buffer: shared.buffer.clone(),
+                stats: Arc::clone(&shared.stats),
+            });
+            let event_loop = EventLoop {
+                shared: own,
+                serve_config: serve_config.clone(),
+                serve_stats: Arc::clone(&serve_stats),
+                stop: stop_rx.clone(),
+                abort: abort_rx.clone(),
+            };
+            let done = done_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("apitrail-proxy-{i}"))
+                .spawn(move || {
+                    let _ = done.blocking_send(event_loop.run(listener));
+                })?;
+        }
+        drop(done_tx);
+        let mut shutdown = pin!(shutdown);
+        let mut asked = false;
+        let mut aborted = false;
+        // Armed when shutdown is asked.
+        let mut grace_over = pin!(tokio::time::sleep(Duration::from_secs(365 * 86_400)));
+        let mut served = Ok(());
+        loop {
+            tokio::select! {
+                ended = done_rx.recv() => match ended {
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        // One loop failing stops them all.
+                        if served.is_ok() {
+                            served = Err(e);
+                        }
+                        let _ = stop_tx.send(true);
+                    }
+                    None => break,
+                },
+                () = &mut shutdown, if !asked => {
+                    asked = true;
+                    let _ = stop_tx.send(true);
+                    grace_over.as_mut().reset(tokio::time::Instant::now() + grace);
                 }
-                None => serve(listener, service, serve_config, serve_stats, shutdown).await,
+                // A download that never ends, or an upstream that never answers, must not
+                // hold the proxy forever: after the grace it stops waiting for them.
+                () = &mut grace_over, if asked && !aborted => {
+                    aborted = true;
+                    tracing::warn!(grace_secs = grace.as_secs_f64(),
+                        "exchanges still in flight after the shutdown grace; stopping without them");
+                    let _ = abort_tx.send(true);
+                }
             }
-        };
-        // A download that never ends, or an upstream that never answers, must not hold the
-        // proxy forever: after the grace it stops waiting for them.
-        let grace_over = async move {
-            if asked_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
-        let served = tokio::select! {
-            served = serving => served,
-            () = grace_over => {
-                tracing::warn!(grace_secs = grace.as_secs_f64(),
-                    "exchanges still in flight after the shutdown grace; stopping without them");
-                Ok(())
-            }
-        };
+        }
         writer.finish().await;
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
@@ -465,6 +480,110 @@ fn render_connections(s: &ServeStats) -> String {
         s.open.load(Relaxed),
         s.accepted.load(Relaxed),
     )
+}
+
+/// One client-facing event loop: a current-thread runtime serving its own listener.
+struct EventLoop {
+    shared: Arc<Shared>,
+    serve_config: ServeConfig,
+    serve_stats: Arc<ServeStats>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    abort: tokio::sync::watch::Receiver<bool>,
+}
+
+impl EventLoop {
+    /// Serves until asked to stop (finishing the exchanges in flight) or to abort.
+    fn run(self, listener: std::net::TcpListener) -> io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let Self {
+                shared,
+                serve_config,
+                serve_stats,
+                mut stop,
+                mut abort,
+            } = self;
+            let listener = TcpListener::from_std(listener)?;
+            let tls = shared.config.tls.clone();
+            let service = tower::service_fn(move |req: Request<Body>| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+            });
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let serving = async move {
+                match tls {
+                    Some(tls) => {
+                        let handshake = TlsHandshake(tokio_rustls::TlsAcceptor::from(tls));
+                        serve_with(
+                            listener,
+                            handshake,
+                            service,
+                            serve_config,
+                            serve_stats,
+                            stopped,
+                        )
+                        .await
+                    }
+                    None => serve(listener, service, serve_config, serve_stats, stopped).await,
+                }
+            };
+            tokio::select! {
+                served = serving => served,
+                _ = abort.wait_for(|a| *a) => Ok(()),
+            }
+        })
+    }
+}
+
+/// `n` listening sockets on `addr` (the first picks the port when it is 0), with
+/// `SO_REUSEPORT`, for the event loops.
+fn bind_reuseport(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// hyper's pooled client towards the upstream, with TLS for an `https://` one.
+fn upstream_client(
+    config: &ProxyConfig,
+) -> io::Result<Client<HttpsConnector<HttpConnector>, RequestBody>> {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(&config.upstream_ca)?)
+        .https_or_http();
+    let connector = if config.upstream_http2 {
+        connector
+            .enable_http2()
+            .wrap_connector(connector_tcp(config))
+    } else {
+        connector
+            .enable_http1()
+            .wrap_connector(connector_tcp(config))
+    };
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60));
+    if config.upstream_http2 {
+        client.http2_only(true).timer(TokioTimer::new());
+    }
+    Ok(client.build(connector))
 }
 
 /// The TCP side of the connections to the upstream.

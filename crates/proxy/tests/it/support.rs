@@ -494,12 +494,16 @@ impl Drop for RunningProxy {
     }
 }
 
-/// The configuration of the tests: forwarding to `upstream`, fingerprints under [`FP_KEY`].
+/// The configuration of the tests: forwarding to `upstream`, fingerprints under [`FP_KEY`],
+/// three event loops whatever the CPUs (so that exchanges are spread over threads).
 pub fn config(upstream: &TestUpstream) -> ProxyConfig {
-    ProxyConfig::new(
-        upstream.url().parse::<Upstream>().unwrap(),
-        FingerprintKey::new(FP_KEY).unwrap(),
-    )
+    ProxyConfig {
+        threads: 3,
+        ..ProxyConfig::new(
+            upstream.url().parse::<Upstream>().unwrap(),
+            FingerprintKey::new(FP_KEY).unwrap(),
+        )
+    }
 }
 
 /// Routes from lines.
