@@ -753,6 +753,7 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
     let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
     conn.execute_batch(
         "DROP TABLE request_log_values; ALTER TABLE destinations DROP COLUMN allow_private; \
+         DROP INDEX audit_entries_by_request_id; DROP INDEX action_records_by_request_id; \
          PRAGMA user_version = 4;",
     )
     .unwrap();
