@@ -216,7 +216,7 @@ async fn calls_are_traced() {
 
 /// The request timeline's lookups by request id read each spelling of the id from its
 /// `(org, request_id, created_at, id)` index in order and stop at the limit: no scan of the
-/// org's rows, and no sort of every match (only the two bounded runs are merged).
+/// org's rows and no sort, a `Merge Append` of the two limited index scans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeline_lookups_read_the_request_id_indexes() {
     use apitrail_store_tests::support::{at, audit_entry, new_org};
@@ -247,6 +247,17 @@ async fn timeline_lookups_read_the_request_id_indexes() {
     assert!(
         !plan.contains("Seq Scan") && !plan.contains("Bitmap"),
         "no scan of the org's rows:\n{plan}"
+    );
+    assert_eq!(
+        plan.matches("Merge Append").count(),
+        2,
+        "the two ordered runs are merged:\n{plan}"
+    );
+    assert!(
+        !plan
+            .lines()
+            .any(|l| l.trim_start().trim_start_matches("->").trim_start() == "Sort"),
+        "nothing is sorted:\n{plan}"
     );
     store.shutdown().await.unwrap();
 }
