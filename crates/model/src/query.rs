@@ -248,6 +248,21 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_match_in_either_spelling_and_never_absent_ones() {
+        for (want, have) in [("abc", "abc"), ("abc", "req_abc"), ("req_abc", "abc")] {
+            assert!(request_id_matches(want, Some(have)), "{want} vs {have}");
+        }
+        for (want, have) in [
+            ("abc", "req_abcd"),
+            ("abc", "ab"),
+            ("req_abc", "req_req_abc"),
+        ] {
+            assert!(!request_id_matches(want, Some(have)), "{want} vs {have}");
+        }
+        assert!(!request_id_matches("abc", None));
+    }
+
+    #[test]
     fn orders_break_ties_by_id_in_the_same_direction() {
         let a = Position {
             key: 5,
