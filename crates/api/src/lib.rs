@@ -9,7 +9,8 @@
 //!
 //! The routes live in [`dialects`] (the seeds' read dialects, each in its own envelope) and
 //! [`native`] (apitrail's own routes); what they share is in the modules beside them, and no
-//! route module imports another. `routes()` lists every route once, for both the router and
+//! route module imports another, except [`native::timeline`], whose items are by definition
+//! the dialects' own. `routes()` lists every route once, for both the router and
 //! the OpenAPI document.
 
 pub mod auth;
@@ -46,7 +47,7 @@ pub use state::{ApiConfig, AppState};
 
 use crate::dialects::{actions as records, audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{actions, admin, ingest};
+use crate::native::{actions, admin, ingest, timeline};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
@@ -105,6 +106,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(actions::trigger_action))
         .routes(routes!(actions::signal_action))
+        .routes(routes!(timeline::request_timeline))
 }
 
 /// A dialect route's methods answering an unsupported method in the dialect's envelope

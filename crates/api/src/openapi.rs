@@ -34,6 +34,7 @@ use crate::error::{self, NativeErrorBody};
         (name = "audit", description = "The audit dialect: GET /audit-log and GET /v1/audit-log, and the hash-chain check."),
         (name = "actions", description = "The actions dialect (GET /v1/orgs/{org_id}/actions/records) and the native routes of credentials, destinations, action definitions, triggers and signals."),
         (name = "ingest", description = "Writing records into apitrail."),
+        (name = "timeline", description = "One request's records of every kind: GET /v1/requests/{request_id}/timeline."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),
         (name = "operations", description = "Health, readiness, metrics, this document."),

@@ -186,6 +186,13 @@ pub fn request_id_variants(v: &str) -> [String; 2] {
     }
 }
 
+/// Whether a stored request id (`have`) is the one asked for (`want`, in either spelling:
+/// [`request_id_variants`]). The reference semantics of every lookup by request id: the
+/// request log filter and the request timeline's audit entries and action records.
+pub fn request_id_matches(want: &str, have: Option<&str>) -> bool {
+    have.is_some_and(|have| request_id_variants(want).iter().any(|v| v == have))
+}
+
 impl LogFilter {
     /// The reference semantics of the filter, which every store must agree with.
     pub fn matches(&self, log: &RequestLog) -> bool {
@@ -194,12 +201,10 @@ impl LogFilter {
         }
         self.method.as_ref().is_none_or(|m| *m == log.method)
             && eq(&self.route_pattern, &log.route_pattern)
-            && self.request_id.as_ref().is_none_or(|r| {
-                let have = log.request_id.as_deref();
-                request_id_variants(r)
-                    .iter()
-                    .any(|v| Some(v.as_str()) == have)
-            })
+            && self
+                .request_id
+                .as_ref()
+                .is_none_or(|r| request_id_matches(r, log.request_id.as_deref()))
             && eq(&self.auth_type, &log.auth_type)
             && self.status_min.is_none_or(|s| log.status_code >= s)
             && self.status_max.is_none_or(|s| log.status_code <= s)
@@ -240,6 +245,21 @@ mod tests {
         };
         assert!(!f.matches(&log("req_abcd")));
         assert!(!f.matches(&RequestLog::default()));
+    }
+
+    #[test]
+    fn request_ids_match_in_either_spelling_and_never_absent_ones() {
+        for (want, have) in [("abc", "abc"), ("abc", "req_abc"), ("req_abc", "abc")] {
+            assert!(request_id_matches(want, Some(have)), "{want} vs {have}");
+        }
+        for (want, have) in [
+            ("abc", "req_abcd"),
+            ("abc", "ab"),
+            ("req_abc", "req_req_abc"),
+        ] {
+            assert!(!request_id_matches(want, Some(have)), "{want} vs {have}");
+        }
+        assert!(!request_id_matches("abc", None));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use apitrail_model::{
     ActionStatus, AuditEntry, Credential, Destination, Tenant, Timestamp, WebhookConfig,
     WebhookSecret,
 };
-use apitrail_store::{ActionStore, Expected, Leased, StoreError, Transition};
+use apitrail_store::{ActionStore, Expected, Leased, Page, StoreError, Transition};
 use async_trait::async_trait;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -72,11 +72,11 @@ fn definition_from_row(r: &Row) -> Result<ActionDefinition, StoreError> {
     })
 }
 
-const RECORD_COLUMNS: &str = "r.id, r.definition_id, r.version, r.variant, r.input, \
+pub(crate) const RECORD_COLUMNS: &str = "r.id, r.definition_id, r.version, r.variant, r.input, \
      r.timeout_secs, r.tags, r.destination_id, r.request_id, r.created_at, r.status, r.attempt, \
      r.updated_at, r.available_at, r.timeout_at, r.started_at, r.completed_at, r.error_message";
 
-fn record_from_row(r: &Row) -> Result<ActionRecord, StoreError> {
+pub(crate) fn record_from_row(r: &Row) -> Result<ActionRecord, StoreError> {
     Ok(ActionRecord {
         id: r.get(0),
         definition_id: r.get(1),
@@ -744,6 +744,24 @@ impl ActionStore for PgStore {
             )
             .await?;
         Ok((items, total))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
+    async fn action_records_by_request(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+        limit: u32,
+    ) -> Result<Page<ActionRecord>, StoreError> {
+        crate::timeline::by_request(
+            &self.reader().await?.client,
+            crate::timeline::Kind::Actions,
+            tenant.key(),
+            request_id,
+            limit,
+            record_from_row,
+        )
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]

@@ -26,6 +26,7 @@ mod reader;
 mod request_logs;
 mod rows;
 mod schema;
+mod timeline;
 mod writer;
 
 use std::sync::Arc;
@@ -295,6 +296,32 @@ impl PgStore {
         request_logs::explain_list(&*self.reader().await?, tenant.key(), filter, sort, page).await
     }
 
+    /// PostgreSQL's plans for the request timeline's lookups by request id (audit entries,
+    /// then action records; `EXPLAIN`, without costs), so tests can check that they read the
+    /// `(org, request_id, created_at, id)` indexes.
+    pub async fn explain_timeline(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+    ) -> Result<String, StoreError> {
+        let reader = self.reader().await?;
+        let audit = timeline::explain(
+            &reader.client,
+            timeline::Kind::Audit,
+            tenant.key(),
+            request_id,
+        )
+        .await?;
+        let actions = timeline::explain(
+            &reader.client,
+            timeline::Kind::Actions,
+            tenant.key(),
+            request_id,
+        )
+        .await?;
+        Ok(format!("{audit}\n{actions}"))
+    }
+
     /// The next read connection (round robin), reopened first if it is closed.
     async fn reader(&self) -> Result<Arc<Reader>, StoreError> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
@@ -518,6 +545,24 @@ impl Store for PgStore {
             filter,
             after,
             limit,
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
+    async fn audit_entries_by_request(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+        limit: u32,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        timeline::by_request(
+            &self.reader().await?.client,
+            timeline::Kind::Audit,
+            tenant.key(),
+            request_id,
+            limit,
+            audit::entry_from_row,
         )
         .await
     }

@@ -7,7 +7,7 @@ use apitrail_model::{
     ActionDefinition, ActionEvent, ActionFilter, ActionRecord, ActionSearch, ActionState,
     AuditEntry, Credential, Destination, Tenant, Timestamp, WebhookConfig, WebhookSecret,
 };
-use apitrail_store::{ActionStore, Expected, Leased, StoreError, Transition};
+use apitrail_store::{ActionStore, Expected, Leased, Page, StoreError, Transition};
 use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row, params, params_from_iter};
@@ -69,11 +69,11 @@ fn definition_from_row(row: &Row<'_>) -> rusqlite::Result<ActionDefinition> {
     })
 }
 
-const RECORD_COLUMNS: &str = "r.id, r.definition_id, r.version, r.variant, r.input, \
+pub(crate) const RECORD_COLUMNS: &str = "r.id, r.definition_id, r.version, r.variant, r.input, \
      r.timeout_secs, r.tags, r.destination_id, r.request_id, r.created_at, r.status, r.attempt, \
      r.updated_at, r.available_at, r.timeout_at, r.started_at, r.completed_at, r.error_message";
 
-fn record_from_row(row: &Row<'_>) -> rusqlite::Result<ActionRecord> {
+pub(crate) fn record_from_row(row: &Row<'_>) -> rusqlite::Result<ActionRecord> {
     Ok(ActionRecord {
         id: uuid_col(row, 0)?,
         definition_id: uuid_col(row, 1)?,
@@ -707,6 +707,28 @@ impl ActionStore for SqliteStore {
                 args.push(Value::Integer(i64::try_from(skip).unwrap_or(i64::MAX)));
                 let items = conn.all(&sql, params_from_iter(args), record_from_row)?;
                 Ok((items, total))
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
+    async fn action_records_by_request(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+        limit: u32,
+    ) -> Result<Page<ActionRecord>, StoreError> {
+        let (org, request_id) = (tenant.key(), request_id.to_owned());
+        self.readers
+            .run(move |conn| {
+                crate::timeline::by_request(
+                    conn,
+                    crate::timeline::Kind::Actions,
+                    org,
+                    &request_id,
+                    limit,
+                    record_from_row,
+                )
             })
             .await
     }

@@ -13,6 +13,7 @@ mod reader;
 mod request_logs;
 mod rows;
 mod schema;
+mod timeline;
 mod writer;
 
 use std::collections::HashMap;
@@ -158,6 +159,30 @@ impl SqliteStore {
         let (org, filter) = (tenant.key(), filter.clone());
         self.readers
             .run(move |conn| request_logs::explain(conn, org, &filter, sort, page))
+            .await
+    }
+
+    /// SQLite's query plans for the request timeline's lookups by request id (audit entries,
+    /// then action records; one line per step), so that tests can check which indexes answer
+    /// them. Not part of the `Store` interface.
+    #[doc(hidden)]
+    pub async fn explain_timeline(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (org, request_id) = (tenant.key(), request_id.to_owned());
+        self.readers
+            .run(move |conn| {
+                let mut steps = timeline::explain(conn, timeline::Kind::Audit, org, &request_id)?;
+                steps.extend(timeline::explain(
+                    conn,
+                    timeline::Kind::Actions,
+                    org,
+                    &request_id,
+                )?);
+                Ok(steps)
+            })
             .await
     }
 
@@ -517,6 +542,28 @@ impl Store for SqliteStore {
         let (org, filter) = (tenant.key(), filter.clone());
         self.readers
             .run(move |conn| audit::list(conn, org, &filter, after, limit))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
+    async fn audit_entries_by_request(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+        limit: u32,
+    ) -> Result<Page<AuditEntry>, StoreError> {
+        let (org, request_id) = (tenant.key(), request_id.to_owned());
+        self.readers
+            .run(move |conn| {
+                timeline::by_request(
+                    conn,
+                    timeline::Kind::Audit,
+                    org,
+                    &request_id,
+                    limit,
+                    audit::entry_from_row,
+                )
+            })
             .await
     }
 

@@ -4,8 +4,8 @@
 //! (it lists every org) and checks behaviour only through the [`Store`] trait, so the same
 //! stories run unchanged against SQLite, PostgreSQL or any later backend. Expected results
 //! are computed from the reference model in `apitrail-model` ([`LogFilter::matches`],
-//! [`Sort::before`], [`ActionFilter::matches`]) over the records a story stored, never
-//! hard-coded.
+//! [`Sort::before`], [`ActionFilter::matches`], [`request_id_matches`]) over the records a
+//! story stored, never hard-coded.
 //!
 //! A backend runs the whole suite with one macro call in an integration test:
 //!
@@ -23,6 +23,7 @@
 //! [`LogFilter::matches`]: apitrail_model::LogFilter::matches
 //! [`Sort::before`]: apitrail_model::Sort::before
 //! [`ActionFilter::matches`]: apitrail_model::ActionFilter::matches
+//! [`request_id_matches`]: apitrail_model::query::request_id_matches
 
 // Test code: a failed expectation is a panic with a message.
 #![allow(clippy::unwrap_used)]
@@ -39,6 +40,7 @@ mod orgs;
 mod paging;
 mod retention;
 pub mod support;
+mod timeline;
 
 pub use actions::{
     action_credentials_and_destinations_round_trip,
@@ -73,6 +75,7 @@ pub use paging::{
 pub use retention::{
     expire_removes_old_logs_of_every_org, purge_removes_only_expired_logs_of_one_org,
 };
+pub use timeline::records_are_found_by_request_id;
 
 /// Expands to one `#[tokio::test]` per story of the suite, each running against a fresh store
 /// made by `$factory` (an expression whose `.await` yields something that dereferences to a
@@ -111,6 +114,7 @@ macro_rules! store_conformance {
             expire_removes_old_logs_of_every_org,
             retries_on_another_day_are_duplicates,
             unseen_filter_values_are_empty_until_logged,
+            records_are_found_by_request_id,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {

@@ -8,7 +8,7 @@ use apitrail_model::{
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{Page, StoreError};
 
 /// The state a transition expects a record to be in (compare-and-set).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +187,17 @@ pub trait ActionStore: Send + Sync {
         skip: u64,
         take: u32,
     ) -> Result<(Vec<ActionRecord>, u64), StoreError>;
+
+    /// The org's records triggered by request `request_id` (stored in either spelling, as
+    /// [`apitrail_model::query::request_id_matches`] says), oldest first (`created_at`, then
+    /// id), at most `limit` (plus whether more follow): the request timeline's actions part.
+    /// Reads at most a bounded number of rows whatever the number of matches.
+    async fn action_records_by_request(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+        limit: u32,
+    ) -> Result<Page<ActionRecord>, StoreError>;
 
     /// Only the number of records matching `filter`.
     async fn count_action_records(

@@ -275,6 +275,17 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
         limit: u32,
     ) -> Result<Page<AuditEntry>, StoreError>;
 
+    /// The org's audit entries made by request `request_id` (stored in either spelling, as
+    /// [`apitrail_model::query::request_id_matches`] says), oldest first (`created_at`, then
+    /// id), at most `limit` (plus whether more follow): the request timeline's audit part.
+    /// Reads at most a bounded number of rows whatever the number of matches.
+    async fn audit_entries_by_request(
+        &self,
+        tenant: &Tenant,
+        request_id: &str,
+        limit: u32,
+    ) -> Result<Page<AuditEntry>, StoreError>;
+
     /// Stores audit entries atomically, appending each new one to its org's hash chain (see
     /// [`apitrail_model::chain`]) in batch order. An entry whose id is already stored for its
     /// org is skipped and counted as a duplicate. Returns only once durably committed.

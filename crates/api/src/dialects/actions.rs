@@ -504,6 +504,51 @@ async fn definitions(
     Ok(found)
 }
 
+/// The dialect's items of `records` (in their order), each with its events, and its state and
+/// definition when asked for (also the request timeline's action items).
+pub(crate) async fn record_items(
+    state: &AppState,
+    tenant: &Tenant,
+    records: &[ActionRecord],
+    include_state: bool,
+    include_definition: bool,
+) -> Result<Vec<RecordItem>, ApiError> {
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let mut events: HashMap<Uuid, Vec<EventItem>> = HashMap::new();
+    let org = tenant.org_id().as_str();
+    if !ids.is_empty() {
+        for e in state.store().action_events(tenant, &ids).await? {
+            events
+                .entry(e.record_id)
+                .or_default()
+                .push(EventItem::new(org, &e));
+        }
+    }
+    let defs = if include_definition {
+        definitions(state, tenant, records).await?
+    } else {
+        HashMap::new()
+    };
+    Ok(records
+        .iter()
+        .map(|r| RecordItem {
+            id: r.id.to_string(),
+            org_id: org.to_owned(),
+            action_definition_id: r.definition_id.to_string(),
+            input: raw_json(&r.input),
+            timeout: r.timeout_secs,
+            tags: r.tags.clone(),
+            state: include_state.then(|| (&r.state).into()),
+            definition: if include_definition {
+                defs.get(&(r.definition_id, r.version)).cloned()
+            } else {
+                None
+            },
+            events: events.remove(&r.id).unwrap_or_default(),
+        })
+        .collect())
+}
+
 /// List action records.
 ///
 /// The org's action records, newest first, paged by `take` and `skip`, with the total
@@ -541,40 +586,14 @@ pub async fn list_action_records(
             .list_action_records(tenant, &request.filter, request.skip, request.take)
             .await?
     };
-    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-    let mut events: HashMap<Uuid, Vec<EventItem>> = HashMap::new();
-    let org = tenant.org_id().as_str();
-    if !ids.is_empty() {
-        for e in state.store().action_events(tenant, &ids).await? {
-            events
-                .entry(e.record_id)
-                .or_default()
-                .push(EventItem::new(org, &e));
-        }
-    }
-    let defs = if request.include_definition {
-        definitions(&state, tenant, &records).await?
-    } else {
-        HashMap::new()
-    };
-    let items = records
-        .iter()
-        .map(|r| RecordItem {
-            id: r.id.to_string(),
-            org_id: org.to_owned(),
-            action_definition_id: r.definition_id.to_string(),
-            input: raw_json(&r.input),
-            timeout: r.timeout_secs,
-            tags: r.tags.clone(),
-            state: request.include_state.then(|| (&r.state).into()),
-            definition: if request.include_definition {
-                defs.get(&(r.definition_id, r.version)).cloned()
-            } else {
-                None
-            },
-            events: events.remove(&r.id).unwrap_or_default(),
-        })
-        .collect();
+    let items = record_items(
+        &state,
+        tenant,
+        &records,
+        request.include_state,
+        request.include_definition,
+    )
+    .await?;
     Ok(Json(RecordsResponse {
         data: RecordsData { items, count },
         errors: None,

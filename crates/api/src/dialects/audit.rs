@@ -55,7 +55,8 @@ pub struct AuditItem {
 }
 
 impl AuditItem {
-    fn new(org_id: &str, e: AuditEntry) -> Self {
+    /// The item of entry `e` of org `org_id` (also the request timeline's audit items).
+    pub(crate) fn new(org_id: &str, e: AuditEntry) -> Self {
         Self {
             id: e.id.to_string(),
             org_id: org_id.to_owned(),

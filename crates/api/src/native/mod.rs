@@ -5,7 +5,10 @@
 //! - [`ingest`]: `POST /v1/ingest/requests` and `POST /v1/ingest/audit-events`.
 //! - [`actions`]: credentials, destinations, action definitions, triggering a record and
 //!   signaling its outcome.
+//! - [`timeline`]: `GET /v1/requests/{request_id}/timeline`, one request's records of every
+//!   kind, in the dialects' items.
 
 pub mod actions;
 pub mod admin;
 pub mod ingest;
+pub mod timeline;

@@ -530,6 +530,11 @@ async fn no_route_answers_one_org_with_anothers_data() {
             StatusCode::OK,
         ),
         (
+            "timeline of the request id both orgs used",
+            key("/v1/requests/req_shared/timeline", Method::GET),
+            StatusCode::OK,
+        ),
+        (
             "ingest",
             key("/v1/ingest/requests", Method::POST)
                 .json(&json!([{"method": "GET", "path": "/alpha/sweep", "status_code": 200}])),

@@ -213,3 +213,51 @@ async fn calls_are_traced() {
     apitrail_store_tests::support::assert_calls_are_traced(&store).await;
     store.shutdown().await.unwrap();
 }
+
+/// The request timeline's lookups by request id read each spelling of the id from its
+/// `(org, request_id, created_at, id)` index in order and stop at the limit: no scan of the
+/// org's rows and no sort, a `Merge Append` of the two limited index scans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_lookups_read_the_request_id_indexes() {
+    use apitrail_store_tests::support::{at, audit_entry, new_org};
+    let url = PgServer::shared().fresh_database().await;
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let tenant = new_org(&store, "timeline-plan").await;
+    let entries = (0..2_000)
+        .map(|i| audit_entry("update", "destination", &format!("d{i}"), at(i)))
+        .collect();
+    store
+        .insert_audit_entries(vec![apitrail_store::AuditBatch {
+            tenant: tenant.clone(),
+            entries,
+        }])
+        .await
+        .unwrap();
+    let plan = store.explain_timeline(&tenant, "req_plan").await.unwrap();
+    for index in [
+        "audit_entries_by_request_id",
+        "action_records_by_request_id",
+    ] {
+        assert_eq!(
+            plan.matches(&format!("Index Scan using {index}")).count(),
+            2,
+            "each spelling reads {index} in order:\n{plan}"
+        );
+    }
+    assert!(
+        !plan.contains("Seq Scan") && !plan.contains("Bitmap"),
+        "no scan of the org's rows:\n{plan}"
+    );
+    assert_eq!(
+        plan.matches("Merge Append").count(),
+        2,
+        "the two ordered runs are merged:\n{plan}"
+    );
+    assert!(
+        !plan
+            .lines()
+            .any(|l| l.trim_start().trim_start_matches("->").trim_start() == "Sort"),
+        "nothing is sorted:\n{plan}"
+    );
+    store.shutdown().await.unwrap();
+}

@@ -753,6 +753,7 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
     let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
     conn.execute_batch(
         "DROP TABLE request_log_values; ALTER TABLE destinations DROP COLUMN allow_private; \
+         DROP INDEX audit_entries_by_request_id; DROP INDEX action_records_by_request_id; \
          PRAGMA user_version = 4;",
     )
     .unwrap();
@@ -871,5 +872,51 @@ async fn calls_are_traced() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), SqliteOptions::default());
     apitrail_store_tests::support::assert_calls_are_traced(&store).await;
+    store.shutdown().await.unwrap();
+}
+
+/// The request timeline's lookups by request id read each spelling of the id from its
+/// `(org, request_id, created_at, id)` index in order and stop at the limit: no table scan,
+/// and no sort of every match. (SQLite sorts each limited run, at most limit + 1 rows, again
+/// for the `MERGE (UNION ALL)`: the `TEMP B-TREE` steps after `SCAN (subquery-N)`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_lookups_read_the_request_id_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SqliteOptions::default());
+    let a = new_org(&store, "timeline-plan").await;
+    let steps = store.explain_timeline(&a, "req_plan").await.unwrap();
+    let text = steps.join("\n");
+    for index in [
+        "audit_entries_by_request_id",
+        "action_records_by_request_id",
+    ] {
+        assert_eq!(
+            steps.iter().filter(|s| s.contains(index)).count(),
+            2,
+            "each spelling reads {index}:\n{text}"
+        );
+    }
+    assert!(
+        !steps.iter().any(|s| s.starts_with("SCAN r")),
+        "no table scan:\n{text}"
+    );
+    for (i, step) in steps.iter().enumerate() {
+        if step.starts_with("SEARCH r") {
+            assert!(
+                steps
+                    .get(i + 1)
+                    .is_some_and(|next| next.starts_with("SCAN (subquery")),
+                "each run is read in index order and limited there, not sorted:\n{text}"
+            );
+        }
+    }
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| s.starts_with("MERGE (UNION ALL)"))
+            .count(),
+        2,
+        "the two runs are merged:\n{text}"
+    );
     store.shutdown().await.unwrap();
 }
