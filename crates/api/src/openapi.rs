@@ -34,6 +34,7 @@ use crate::error::{self, NativeErrorBody};
         (name = "audit", description = "The audit dialect: GET /audit-log and GET /v1/audit-log, and the hash-chain check."),
         (name = "actions", description = "The actions dialect (GET /v1/orgs/{org_id}/actions/records) and the native routes of credentials, destinations, action definitions, triggers and signals."),
         (name = "ingest", description = "Writing records into apitrail."),
+        (name = "export", description = "Streamed exports of request logs and audit entries, without caps."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
@@ -370,6 +371,14 @@ pub(crate) fn logs_sort_by() -> Schema {
 /// `sort_dir` of `GET /v1/logs`.
 pub(crate) fn sort_dir() -> Schema {
     described(string_enum(&["asc", "desc"], "desc"), "The sort direction.")
+}
+
+/// `format` of the exports.
+pub(crate) fn export_format() -> Schema {
+    described(
+        string_enum(&["ndjson", "csv"], "ndjson"),
+        "The export's format.",
+    )
 }
 
 /// `sort_by` of the zoo lists.

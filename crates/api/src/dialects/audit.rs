@@ -126,16 +126,22 @@ pub fn parse_query(p: &Params) -> Result<AuditRequest, ApiError> {
     let limit = p
         .int::<u32>("limit", 1..=MAX_LIMIT)?
         .unwrap_or(DEFAULT_LIMIT);
-    let filter = AuditFilter {
-        resource_type: p.text("resource_type", rules::MAX_TEXT)?,
-        resource_id: p.text("resource_id", rules::MAX_TEXT)?,
-        action: p.text("action", rules::MAX_TEXT)?,
-    };
+    let filter = parse_filter(p)?;
     let after = p.str("cursor")?.map(parse_cursor).transpose()?;
     Ok(AuditRequest {
         filter,
         after,
         limit,
+    })
+}
+
+/// Parses and checks the audit filters (shared with the export, so both read the same
+/// entries); each error names its parameter.
+pub fn parse_filter(p: &Params) -> Result<AuditFilter, ApiError> {
+    Ok(AuditFilter {
+        resource_type: p.text("resource_type", rules::MAX_TEXT)?,
+        resource_id: p.text("resource_id", rules::MAX_TEXT)?,
+        action: p.text("action", rules::MAX_TEXT)?,
     })
 }
 

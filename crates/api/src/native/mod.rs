@@ -3,9 +3,11 @@
 //! - [`admin`]: the operator API (`/admin/v1/...`) and an org admin's own keys
 //!   (`/v1/api-keys`).
 //! - [`ingest`]: `POST /v1/ingest/requests` and `POST /v1/ingest/audit-events`.
+//! - [`export`]: `GET /v1/logs/export` and `GET /v1/audit-log/export`, streamed.
 //! - [`actions`]: credentials, destinations, action definitions, triggering a record and
 //!   signaling its outcome.
 
 pub mod actions;
 pub mod admin;
+pub mod export;
 pub mod ingest;
