@@ -330,9 +330,15 @@ async fn remote(
     let mut skip_header = format == Format::Csv && kept.header;
     let mut counter = RowCounter::new(format, !kept.header);
     let mut head: Vec<u8> = Vec::new();
+    // The last line so far: a failed NDJSON export ends with an error line, not a record.
+    let mut recent: Vec<u8> = Vec::new();
     loop {
         let chunk = match resp.chunk().await {
             Ok(Some(c)) => c,
+            Ok(None) if recent.starts_with(b"{\"error\"") => {
+                progress.rows = progress.rows.saturating_sub(1);
+                return Err(drop_error_line(file, &recent, url));
+            }
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("the export from {url} was cut off: {e}")),
         };
@@ -348,6 +354,32 @@ async fn remote(
         };
         write_all(file, &bytes)?;
         progress.add(counter.feed(&bytes));
+        if format == Format::Ndjson {
+            recent.extend_from_slice(&bytes);
+            let before_end = &recent[..recent.len().saturating_sub(1)];
+            if let Some(p) = before_end.iter().rposition(|b| *b == b'\n') {
+                recent.drain(..=p);
+            }
+        }
+    }
+}
+
+/// Takes the error line a failed NDJSON export ended with back out of the file (so a
+/// `--resume` continues after the last record) and says what the server reported.
+fn drop_error_line(file: &mut File, line: &[u8], url: &str) -> String {
+    let cut = file
+        .metadata()
+        .map(|m| m.len().saturating_sub(line.len() as u64))
+        .and_then(|len| file.set_len(len));
+    let message = serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(line).trim().to_owned());
+    match cut {
+        Ok(()) => format!("the export from {url} failed before its end: {message}"),
+        Err(e) => format!(
+            "the export from {url} failed before its end: {message} (and its error line could not be taken out of the file: {e})"
+        ),
     }
 }
 

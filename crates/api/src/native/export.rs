@@ -8,10 +8,10 @@
 //! pages whatever the export's size, and a slow client slows the walk instead of filling
 //! memory. A client that goes away ends the walk.
 //!
-//! A store error after the first page cannot change the status any more: NDJSON gets a last
-//! line `{"error": {...}, "request_id": ...}` (the native envelope), then the body is aborted;
-//! CSV is cut off (the chunked body ends without its last chunk), so no client mistakes a
-//! partial export for a whole one.
+//! A store error after the first page cannot change the status any more: NDJSON then ends
+//! with a last line `{"error": {...}, "request_id": ...}` (the native envelope; no record line
+//! has an `error` field); CSV, which has no room for one, is cut off (the chunked body ends
+//! without its last chunk), so no client mistakes a partial export for a whole one.
 
 use std::io;
 use std::pin::Pin;
@@ -181,7 +181,7 @@ pub struct AuditExportQuery {
 /// with the operator token; CSV (RFC 4180) has a header row of the same names, JSON values
 /// as JSON text, and cells starting with `=`, `+`, `-`, `@`, tab or CR prefixed with `'`.
 /// `after` resumes after a record. A failure after the first record ends NDJSON with a line
-/// `{"error": ...}` and cuts CSV off.
+/// `{"error": ...}` (the native envelope) and cuts CSV off.
 #[utoipa::path(
     get,
     path = "/v1/logs/export",
@@ -588,16 +588,19 @@ async fn stream(mut export: Export, name: &str) -> Result<Response, ApiError> {
                 Ok(n) => n,
                 Err(e) => {
                     let err = ApiError::from(e);
-                    if format == Format::Ndjson {
-                        let mut line = Vec::new();
-                        json_line(&mut line, &Native::body(&err, &context::request_id()));
-                        let _ = tx.send(Ok(Bytes::from(line))).await;
-                    }
-                    let _ = tx
-                        .send(Err(io::Error::other(
+                    // NDJSON ends with the error as its last line (an abort here could lose
+                    // that line in hyper's buffer); CSV has no room for one, so it is cut off.
+                    let last = match format {
+                        Format::Ndjson => {
+                            let mut line = Vec::new();
+                            json_line(&mut line, &Native::body(&err, &context::request_id()));
+                            Ok(Bytes::from(line))
+                        }
+                        Format::Csv => Err(io::Error::other(
                             "the export failed before its end; resume with after",
-                        )))
-                        .await;
+                        )),
+                    };
+                    let _ = tx.send(last).await;
                     return;
                 }
             };

@@ -700,3 +700,109 @@ async fn an_ndjson_export_from_sqlite_reingests_into_postgres_and_both_answer_al
     lite.stop().await;
     pg.stop().await;
 }
+
+/// A store that fails in the middle of an export (its table renamed away under it, on a real
+/// PostgreSQL server) ends the NDJSON body with an error line in the native envelope, and cuts
+/// the CSV body off: the client sees an error, never a silent success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_mid_export_is_an_error_the_client_sees() {
+    use std::sync::Arc;
+
+    use apitrail_api::{AdminToken, ApiConfig, App};
+    use apitrail_store_postgres::{PgOptions, PgStore};
+
+    let url = apitrail_pgtest::PgServer::shared().fresh_database().await;
+    let store = Arc::new(PgStore::connect(&url, PgOptions::default()).await.unwrap());
+    let config = ApiConfig {
+        admin_token: Some(AdminToken::new(apitrail_testkit::ADMIN_TOKEN).unwrap()),
+        ..ApiConfig::default()
+    };
+    let app = App::build(store, config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("{base}/admin/v1/orgs"))
+        .bearer_auth(apitrail_testkit::ADMIN_TOKEN)
+        .json(&json!({"id": "failing", "name": "Failing"}))
+        .send()
+        .await
+        .unwrap();
+    expect(resp, StatusCode::CREATED).await;
+    let resp = client
+        .post(format!("{base}/admin/v1/orgs/failing/api-keys"))
+        .bearer_auth(apitrail_testkit::ADMIN_TOKEN)
+        .json(&json!({"name": "k", "scopes": ["read", "write"], "principal_type": "user", "principal_id": "u"}))
+        .send()
+        .await
+        .unwrap();
+    let secret = expect(resp, StatusCode::CREATED).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut rng = Rng(0xFA11);
+    for batch in records(&mut rng, 30_000).chunks(10_000) {
+        let resp = client
+            .post(format!("{base}/v1/ingest/requests"))
+            .header("x-api-key", &secret)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        expect(resp, StatusCode::ACCEPTED).await;
+    }
+
+    let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for format in ["ndjson", "csv"] {
+        let mut resp = client
+            .get(format!("{base}/v1/logs/export?format={format}"))
+            .header("x-api-key", &secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut got = resp.chunk().await.unwrap().unwrap().to_vec();
+        // The walk reads a few pages ahead of the client at most; the rest fails.
+        admin
+            .batch_execute("ALTER TABLE request_logs RENAME TO request_logs_gone")
+            .await
+            .unwrap();
+        let ended = loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => got.extend_from_slice(&c),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        admin
+            .batch_execute("ALTER TABLE request_logs_gone RENAME TO request_logs")
+            .await
+            .unwrap();
+        let text = String::from_utf8(got).unwrap();
+        if format == "csv" {
+            assert!(ended.is_err(), "the CSV body is cut off, not ended cleanly");
+            let rows = text.matches("\r\n").count();
+            assert!(rows > 1 && rows < 30_000, "{rows}");
+            continue;
+        }
+        let lines = ndjson(&text);
+        assert!(lines.len() > 1 && lines.len() < 30_000, "{}", lines.len());
+        let last = lines.last().unwrap();
+        assert_eq!(last["error"]["code"], "internal_error", "{last}");
+        assert!(
+            last["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+            "{last}"
+        );
+        assert!(lines[..lines.len() - 1].iter().all(|l| l["id"].is_string()));
+    }
+    let _ = stop.send(());
+    let _ = task.await;
+}
