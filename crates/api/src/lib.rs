@@ -18,6 +18,7 @@ mod common;
 pub mod context;
 pub mod dialects;
 pub mod error;
+pub mod filters;
 pub mod head;
 pub mod metrics;
 pub mod native;

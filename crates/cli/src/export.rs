@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use apitrail_api::dialects::{audit, logs};
+use apitrail_api::filters;
 use apitrail_api::native::export::{Export, Format, StartError};
 use apitrail_api::params::Params;
 use apitrail_model::OrgId;
@@ -237,11 +237,11 @@ async fn local(
         progress.total = total;
         let mut export = match args.kind {
             ExportKind::Requests => {
-                let filter = logs::parse_filter(&params).map_err(bad)?;
+                let filter = filters::logs(&params).map_err(bad)?;
                 Export::requests(store.clone(), tenant, filter, kept.last, format).await
             }
             ExportKind::Audit => {
-                let filter = audit::parse_filter(&params).map_err(bad)?;
+                let filter = filters::audit(&params).map_err(bad)?;
                 Export::audit(store.clone(), tenant, filter, kept.last, format).await
             }
         }

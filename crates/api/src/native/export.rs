@@ -37,8 +37,8 @@ use uuid::Uuid;
 
 use crate::auth::Authed;
 use crate::context;
-use crate::dialects::{audit, logs};
 use crate::error::{ApiError, Envelope, Failure, Native, NativeErrorBody};
+use crate::filters;
 use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
@@ -204,7 +204,7 @@ pub async fn export_logs(
 ) -> Result<Response, Failure<Native>> {
     caller.require(Scope::Read)?;
     let p = Params::parse(query.as_deref());
-    let filter = logs::parse_filter(&p)?;
+    let filter = filters::logs(&p)?;
     let format = format_param(&p)?;
     let export = Export::requests(
         state.shared_store(),
@@ -246,7 +246,7 @@ pub async fn export_audit_log(
 ) -> Result<Response, Failure<Native>> {
     caller.require(Scope::Read)?;
     let p = Params::parse(query.as_deref());
-    let filter = audit::parse_filter(&p)?;
+    let filter = filters::audit(&p)?;
     let format = format_param(&p)?;
     let export = Export::audit(
         state.shared_store(),
