@@ -19,6 +19,7 @@ mod common;
 pub mod context;
 pub mod dialects;
 pub mod error;
+pub mod filters;
 pub mod head;
 pub mod metrics;
 pub mod native;
@@ -47,7 +48,7 @@ pub use state::{ApiConfig, AppState};
 
 use crate::dialects::{actions as records, audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{actions, admin, ingest, timeline};
+use crate::native::{actions, admin, export, ingest, timeline};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
@@ -76,6 +77,8 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         // apitrail's own routes.
         .routes(routes!(ingest::ingest_requests))
         .routes(routes!(ingest::ingest_audit_events))
+        .routes(routes!(export::export_logs))
+        .routes(routes!(export::export_audit_log))
         .routes(routes!(admin::list_orgs, admin::create_org))
         .routes(routes!(admin::get_org))
         .routes(routes!(admin::admin_list_keys, admin::admin_create_key))

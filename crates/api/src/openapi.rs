@@ -35,6 +35,7 @@ use crate::error::{self, NativeErrorBody};
         (name = "actions", description = "The actions dialect (GET /v1/orgs/{org_id}/actions/records) and the native routes of credentials, destinations, action definitions, triggers and signals."),
         (name = "ingest", description = "Writing records into apitrail."),
         (name = "timeline", description = "One request's records of every kind: GET /v1/requests/{request_id}/timeline."),
+        (name = "export", description = "Streamed exports of request logs and audit entries, without caps."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
@@ -371,6 +372,14 @@ pub(crate) fn logs_sort_by() -> Schema {
 /// `sort_dir` of `GET /v1/logs`.
 pub(crate) fn sort_dir() -> Schema {
     described(string_enum(&["asc", "desc"], "desc"), "The sort direction.")
+}
+
+/// `format` of the exports.
+pub(crate) fn export_format() -> Schema {
+    described(
+        string_enum(&["ndjson", "csv"], "ndjson"),
+        "The export's format.",
+    )
 }
 
 /// `sort_by` of the zoo lists.

@@ -80,6 +80,11 @@ impl AppState {
         self.0.store.as_ref()
     }
 
+    /// The store, shared (for work that outlives the handler, such as a streamed export).
+    pub fn shared_store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.0.store)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ApiConfig {
         &self.0.config

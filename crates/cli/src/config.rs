@@ -163,6 +163,123 @@ pub enum Command {
     /// Run the capture proxy: a reverse proxy in front of an HTTP API that records a request
     /// log for every exchange passing through.
     Proxy(Box<ProxyArgs>),
+    /// Export an org's request logs or audit entries to a file (NDJSON or CSV, oldest first),
+    /// directly from the store or from a running server (`--url`, `--key`).
+    Export(Box<ExportArgs>),
+}
+
+/// What `apitrail export` exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportKind {
+    /// Request logs (`GET /v1/logs/export`).
+    Requests,
+    /// Audit entries with their chain fields (`GET /v1/audit-log/export`).
+    Audit,
+}
+
+/// The file format of `apitrail export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line (re-ingestible through `POST /v1/ingest/requests`).
+    Ndjson,
+    /// RFC 4180 with a header row.
+    Csv,
+}
+
+/// `apitrail export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The org to export (required on the store; with --url the key's org is exported).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// What to export.
+    #[arg(long, value_enum, default_value = "requests")]
+    pub kind: ExportKind,
+    /// The file format.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    pub format: ExportFormat,
+    /// The file to write.
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// Continue a partial file: keep its complete lines/rows and export what follows the last
+    /// one (without it the file is replaced).
+    #[arg(long)]
+    pub resume: bool,
+    /// Export from this running server instead of the store (e.g. `http://127.0.0.1:8080`).
+    #[arg(long, env = "APITRAIL_URL")]
+    pub url: Option<String>,
+    /// The org API key (scope `read`) for --url.
+    #[arg(long, env = "APITRAIL_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Requests: earliest created_at, inclusive (RFC 3339 with offset).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Requests: latest created_at, exclusive (RFC 3339 with offset).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Requests: HTTP method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Requests: route pattern.
+    #[arg(long)]
+    pub route_pattern: Option<String>,
+    /// Requests: request id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Requests: auth type.
+    #[arg(long)]
+    pub auth_type: Option<String>,
+    /// Requests: lowest status code, inclusive.
+    #[arg(long)]
+    pub status_min: Option<u16>,
+    /// Requests: highest status code, inclusive.
+    #[arg(long)]
+    pub status_max: Option<u16>,
+    /// Audit: resource type.
+    #[arg(long)]
+    pub resource_type: Option<String>,
+    /// Audit: resource id.
+    #[arg(long)]
+    pub resource_id: Option<String>,
+    /// Audit: action.
+    #[arg(long)]
+    pub action: Option<String>,
+}
+
+impl ExportArgs {
+    /// The filters as the export route's query parameters (`name`, value), checked against
+    /// the kind.
+    pub fn filters(&self) -> Result<Vec<(&'static str, String)>, String> {
+        let requests = [
+            ("from", self.from.clone()),
+            ("to", self.to.clone()),
+            ("method", self.method.clone()),
+            ("route_pattern", self.route_pattern.clone()),
+            ("request_id", self.request_id.clone()),
+            ("auth_type", self.auth_type.clone()),
+            ("status_min", self.status_min.map(|n| n.to_string())),
+            ("status_max", self.status_max.map(|n| n.to_string())),
+        ];
+        let audit = [
+            ("resource_type", self.resource_type.clone()),
+            ("resource_id", self.resource_id.clone()),
+            ("action", self.action.clone()),
+        ];
+        let (own, other, kind) = match self.kind {
+            ExportKind::Requests => (&requests[..], &audit[..], "requests"),
+            ExportKind::Audit => (&audit[..], &requests[..], "audit"),
+        };
+        if let Some((name, _)) = other.iter().find(|(_, v)| v.is_some()) {
+            return Err(format!(
+                "--{} does not filter --kind {kind}",
+                name.replace('_', "-")
+            ));
+        }
+        Ok(own
+            .iter()
+            .filter_map(|(n, v)| v.clone().map(|v| (*n, v)))
+            .collect())
+    }
 }
 
 /// Log output format.

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod export;
 mod manage;
 mod proxy;
 mod serve;
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
             Command::Keys { command } => manage::keys(cli.store, command).await,
             Command::Audit { command } => manage::audit(cli.store, command).await,
             Command::Proxy(args) => proxy::run(cli.store, *args).await,
+            Command::Export(args) => export::run(cli.store, *args).await,
         }
     });
     match result {

@@ -185,14 +185,71 @@ pub(crate) async fn chain(
              WHERE org = $1 AND chain_pos > $2 ORDER BY chain_pos LIMIT $3"
         ),
         &[&org, &sql_pos(after), &i64::from(limit)],
-        |r| {
-            Ok(ChainLink {
-                entry: entry_from_row(r)?,
-                position: read_pos(r.get(9)),
-                prev_hash: hash_col(r, 10),
-                hash: hash_col(r, 11),
-            })
-        },
+        link_from_row,
     )
     .await
+}
+
+/// A row of `{ENTRY_COLUMNS}, chain_pos, prev_hash, hash`.
+fn link_from_row(r: &Row) -> Result<ChainLink, StoreError> {
+    Ok(ChainLink {
+        entry: entry_from_row(r)?,
+        position: read_pos(r.get(9)),
+        prev_hash: hash_col(r, 10),
+        hash: hash_col(r, 11),
+    })
+}
+
+/// Entries with their chain fields, oldest first (`created_at`, id), after `after`.
+pub(crate) async fn list_links(
+    c: &impl Sql,
+    org: i64,
+    filter: &AuditFilter,
+    after: Option<AuditAfter>,
+    limit: u32,
+) -> Result<Page<ChainLink>, StoreError> {
+    let mut sql = format!(
+        "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries WHERE org = $1"
+    );
+    let mut args: Args = vec![Box::new(org)];
+    for (column, value) in [
+        ("resource_type", &filter.resource_type),
+        ("resource_id", &filter.resource_id),
+        ("action", &filter.action),
+    ] {
+        if let Some(v) = value {
+            let p = push(&mut args, v.clone());
+            sql.push_str(&format!(" AND {column} = {p}"));
+        }
+    }
+    if let Some(a) = after {
+        let (t, id) = (
+            push(&mut args, a.created_at.millis()),
+            push(&mut args, a.id),
+        );
+        sql.push_str(&format!(" AND (created_at, id) > ({t}, {id})"));
+    }
+    let n = push(&mut args, i64::from(limit) + 1);
+    sql.push_str(&format!(" ORDER BY created_at, id LIMIT {n}"));
+    let items = c.all(&sql, &params(&args), link_from_row).await?;
+    Ok(Page::from_lookahead(items, limit))
+}
+
+/// One entry with its chain fields.
+pub(crate) async fn get_link(
+    c: &impl Sql,
+    org: i64,
+    id: uuid::Uuid,
+) -> Result<Option<ChainLink>, StoreError> {
+    let mut links = c
+        .all(
+            &format!(
+                "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
+                 WHERE org = $1 AND id = $2"
+            ),
+            &[&org, &id],
+            link_from_row,
+        )
+        .await?;
+    Ok(links.pop())
 }

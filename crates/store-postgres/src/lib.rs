@@ -610,6 +610,33 @@ impl Store for PgStore {
         audit::chain(&self.reader().await?.client, tenant.key(), after, limit).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
+    async fn list_audit_links(
+        &self,
+        tenant: &Tenant,
+        filter: &AuditFilter,
+        after: Option<AuditAfter>,
+        limit: u32,
+    ) -> Result<Page<ChainLink>, StoreError> {
+        audit::list_links(
+            &self.reader().await?.client,
+            tenant.key(),
+            filter,
+            after,
+            limit,
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), %id))]
+    async fn get_audit_link(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<ChainLink>, StoreError> {
+        audit::get_link(&self.reader().await?.client, tenant.key(), id).await
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
         audit::head(&self.reader().await?.client, tenant.key()).await

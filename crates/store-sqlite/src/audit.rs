@@ -199,18 +199,76 @@ pub(crate) fn chain(
              WHERE org = ?1 AND chain_pos > ?2 ORDER BY chain_pos LIMIT ?3"
         ),
         params![org, sql_pos(after), limit],
-        |r| {
-            Ok(ChainLink {
-                entry: entry_from_row(r)?,
-                position: match r.get::<_, Value>(9)? {
-                    Value::Integer(p) => read_pos(p),
-                    _ => u64::MAX,
-                },
-                prev_hash: hash_col(r, 10)?,
-                hash: hash_col(r, 11)?,
-            })
-        },
+        link_from_row,
     )
+}
+
+/// A row of `{ENTRY_COLUMNS}, chain_pos, prev_hash, hash`.
+fn link_from_row(r: &Row<'_>) -> rusqlite::Result<ChainLink> {
+    Ok(ChainLink {
+        entry: entry_from_row(r)?,
+        position: match r.get::<_, Value>(9)? {
+            Value::Integer(p) => read_pos(p),
+            _ => u64::MAX,
+        },
+        prev_hash: hash_col(r, 10)?,
+        hash: hash_col(r, 11)?,
+    })
+}
+
+/// Entries with their chain fields, oldest first (`created_at`, id), after `after`.
+pub(crate) fn list_links(
+    conn: &Connection,
+    org: i64,
+    filter: &AuditFilter,
+    after: Option<AuditAfter>,
+    limit: u32,
+) -> Result<Page<ChainLink>, StoreError> {
+    let mut sql = format!(
+        "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries WHERE org = ?1"
+    );
+    let mut args: Vec<Value> = vec![Value::Integer(org)];
+    for (column, value) in [
+        ("resource_type", &filter.resource_type),
+        ("resource_id", &filter.resource_id),
+        ("action", &filter.action),
+    ] {
+        if let Some(v) = value {
+            args.push(Value::Text(v.clone()));
+            let _ = write!(sql, " AND {column} = ?{}", args.len());
+        }
+    }
+    if let Some(a) = after {
+        args.push(Value::Integer(a.created_at.millis()));
+        args.push(Value::Blob(a.id.as_bytes().to_vec()));
+        let _ = write!(
+            sql,
+            " AND (created_at, id) > (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        );
+    }
+    args.push(Value::Integer(i64::from(limit) + 1));
+    let _ = write!(sql, " ORDER BY created_at, id LIMIT ?{}", args.len());
+    let items = conn.all(&sql, params_from_iter(args), link_from_row)?;
+    Ok(Page::from_lookahead(items, limit))
+}
+
+/// One entry with its chain fields.
+pub(crate) fn get_link(
+    conn: &Connection,
+    org: i64,
+    id: uuid::Uuid,
+) -> Result<Option<ChainLink>, StoreError> {
+    let mut links = conn.all(
+        &format!(
+            "SELECT {ENTRY_COLUMNS}, chain_pos, prev_hash, hash FROM audit_entries \
+             WHERE org = ?1 AND id = ?2"
+        ),
+        params![org, id.as_bytes()],
+        link_from_row,
+    )?;
+    Ok(links.pop())
 }
 
 /// Migration step: links entries written before the chain existed, per org in insertion

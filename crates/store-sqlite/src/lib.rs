@@ -600,6 +600,32 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), limit))]
+    async fn list_audit_links(
+        &self,
+        tenant: &Tenant,
+        filter: &AuditFilter,
+        after: Option<AuditAfter>,
+        limit: u32,
+    ) -> Result<Page<ChainLink>, StoreError> {
+        let (org, filter) = (tenant.key(), filter.clone());
+        self.readers
+            .run(move |conn| audit::list_links(conn, org, &filter, after, limit))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str(), %id))]
+    async fn get_audit_link(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<ChainLink>, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| audit::get_link(conn, org, id))
+            .await
+    }
+
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError> {
         let org = tenant.key();

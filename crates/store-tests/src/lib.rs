@@ -31,6 +31,7 @@
 mod actions;
 mod audit;
 mod concurrency;
+mod export;
 mod ingest;
 mod isolation;
 mod keys;
@@ -57,6 +58,7 @@ pub use audit::{
 pub use concurrency::{
     concurrent_batches_are_all_committed_once, racing_retries_store_each_record_once,
 };
+pub use export::audit_links_walk_oldest_first;
 pub use ingest::{
     ingest_is_idempotent_per_org, request_logs_round_trip_every_field,
     retries_on_another_day_are_duplicates,
@@ -115,6 +117,7 @@ macro_rules! store_conformance {
             retries_on_another_day_are_duplicates,
             unseen_filter_values_are_empty_until_logged,
             records_are_found_by_request_id,
+            audit_links_walk_oldest_first,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {

@@ -305,6 +305,24 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
     /// The org's chain head as stored.
     async fn audit_chain_head(&self, tenant: &Tenant) -> Result<ChainHead, StoreError>;
 
+    /// One page of the org's audit entries matching `filter`, with their chain fields, oldest
+    /// first (`created_at`, then id, ascending), starting after `after` when given: the walk
+    /// of an audit export.
+    async fn list_audit_links(
+        &self,
+        tenant: &Tenant,
+        filter: &AuditFilter,
+        after: Option<AuditAfter>,
+        limit: u32,
+    ) -> Result<Page<ChainLink>, StoreError>;
+
+    /// One of the org's audit entries, with its chain fields.
+    async fn get_audit_link(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+    ) -> Result<Option<ChainLink>, StoreError>;
+
     /// Recomputes the org's audit chain up to its head as read first (entries appended
     /// meanwhile are left for the next run), page by page so no read holds a snapshot long.
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]

@@ -5,7 +5,6 @@
 //! stored with millisecond precision, exactly as printed, so it is exact).
 
 use apitrail_model::chain::hex;
-use apitrail_model::request_log::rules;
 use apitrail_model::{AuditAfter, AuditEntry, AuditFilter, Scope, Timestamp};
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -15,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::Authed;
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::filters;
 use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::{Params, repair_plus};
 use crate::state::AppState;
@@ -127,11 +127,7 @@ pub fn parse_query(p: &Params) -> Result<AuditRequest, ApiError> {
     let limit = p
         .int::<u32>("limit", 1..=MAX_LIMIT)?
         .unwrap_or(DEFAULT_LIMIT);
-    let filter = AuditFilter {
-        resource_type: p.text("resource_type", rules::MAX_TEXT)?,
-        resource_id: p.text("resource_id", rules::MAX_TEXT)?,
-        action: p.text("action", rules::MAX_TEXT)?,
-    };
+    let filter = filters::audit(p)?;
     let after = p.str("cursor")?.map(parse_cursor).transpose()?;
     Ok(AuditRequest {
         filter,
@@ -353,7 +349,7 @@ mod tests {
             let err = parse(q).expect_err(q);
             assert_eq!(err.param.as_deref(), Some(param), "{q}");
         }
-        let long = "x".repeat(rules::MAX_TEXT + 1);
+        let long = "x".repeat(apitrail_model::request_log::rules::MAX_TEXT + 1);
         assert_eq!(
             parse(&format!("resource_id={long}"))
                 .expect_err("too long")

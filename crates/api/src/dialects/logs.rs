@@ -1,7 +1,6 @@
 //! The `logs` dialect: `GET /v1/logs`, exactly as seed 003 documents it (and apitrail's
 //! native request-log style).
 
-use apitrail_model::request_log::rules;
 use apitrail_model::{
     Cursor, CursorKind, LogFilter, PageRequest, PageStart, RequestLog, Scope, Sort, SortDir,
     SortKey,
@@ -13,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authed;
 use crate::error::{ApiError, Failure, Native, NativeErrorBody};
+use crate::filters;
 use crate::openapi::{OrgKeyErrors, scope};
 use crate::params::Params;
 use crate::state::AppState;
@@ -147,38 +147,7 @@ pub fn parse_query(p: &Params) -> Result<LogsRequest, ApiError> {
         .choice("sort_dir", SortDir::parse, "asc, desc")?
         .unwrap_or(SortDir::Desc);
     let sort = Sort { key, dir };
-    let method = match p.str("method")? {
-        Some(m) => Some(rules::method(m).map_err(|e| ApiError::param("method", e))?),
-        None => None,
-    };
-    let status_min = p.int::<u16>("status_min", 100..=599)?;
-    let status_max = p.int::<u16>("status_max", 100..=599)?;
-    if let (Some(lo), Some(hi)) = (status_min, status_max)
-        && lo > hi
-    {
-        return Err(ApiError::param(
-            "status_min",
-            "must not be greater than status_max",
-        ));
-    }
-    let from = p.timestamp("from")?;
-    let to = p.timestamp("to")?;
-    if let (Some(f), Some(t)) = (from, to)
-        && f > t
-    {
-        return Err(ApiError::param("from", "must not be later than to"));
-    }
-    let filter = LogFilter {
-        method,
-        route_pattern: p.text("route_pattern", rules::MAX_TEXT)?,
-        request_id: p.text("request_id", rules::MAX_TEXT)?,
-        auth_type: p.text("auth_type", rules::MAX_TEXT)?,
-        status_min,
-        status_max,
-        from,
-        to,
-        ..LogFilter::default()
-    };
+    let filter = filters::logs(p)?;
     let start = match p.str("cursor")? {
         None => PageStart::First,
         Some(c) => PageStart::After(

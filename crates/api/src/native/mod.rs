@@ -3,6 +3,7 @@
 //! - [`admin`]: the operator API (`/admin/v1/...`) and an org admin's own keys
 //!   (`/v1/api-keys`).
 //! - [`ingest`]: `POST /v1/ingest/requests` and `POST /v1/ingest/audit-events`.
+//! - [`export`]: `GET /v1/logs/export` and `GET /v1/audit-log/export`, streamed.
 //! - [`actions`]: credentials, destinations, action definitions, triggering a record and
 //!   signaling its outcome.
 //! - [`timeline`]: `GET /v1/requests/{request_id}/timeline`, one request's records of every
@@ -10,5 +11,6 @@
 
 pub mod actions;
 pub mod admin;
+pub mod export;
 pub mod ingest;
 pub mod timeline;

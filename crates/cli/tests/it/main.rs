@@ -10,5 +10,6 @@ mod support;
 mod actions;
 mod cli;
 mod durability;
+mod export;
 mod postgres;
 mod proxy;

@@ -107,6 +107,13 @@ pub struct IngestLog {
     /// A string, or any JSON (stored as its text); cut like `request_body`.
     #[schema(required = false, value_type = Value)]
     response_body: Option<Value>,
+    /// Whether `request_body` was already cut before it came here (as an export of another
+    /// apitrail says); the flag is also set when this server cuts the body.
+    #[serde(default)]
+    request_body_truncated: Option<bool>,
+    /// Whether `response_body` was already cut, like `request_body_truncated`.
+    #[serde(default)]
+    response_body_truncated: Option<bool>,
     /// A decimal, as a string ("16.74") or a number; stored exactly as written.
     #[schema(schema_with = crate::openapi::price)]
     price: Option<Box<RawValue>>,
@@ -265,8 +272,11 @@ fn validate(rec: IngestLog, body_cap: usize, now: Timestamp) -> Parsed<RequestLo
             (Some(s), cut)
         }
     };
-    let (request_body, request_body_truncated) = body(rec.request_body);
-    let (response_body, response_body_truncated) = body(rec.response_body);
+    let (request_body, request_cut) = body(rec.request_body);
+    let (response_body, response_cut) = body(rec.response_body);
+    // A body cut elsewhere stays marked as cut (an export re-ingested keeps its flags).
+    let request_body_truncated = request_cut || rec.request_body_truncated == Some(true);
+    let response_body_truncated = response_cut || rec.response_body_truncated == Some(true);
 
     let mut text = |field: &str, v: Option<String>, max: usize| match v {
         Some(s) if s.is_empty() => None,
