@@ -11,10 +11,10 @@ use crate::reader::Sql;
 use crate::rows::ts;
 use crate::{Args, params, push};
 
-const ENTRY_COLUMNS: &str =
+pub(crate) const ENTRY_COLUMNS: &str =
     "id, created_at, user_id, action, resource_type, resource_id, details, ip_address, request_id";
 
-fn entry_from_row(r: &Row) -> Result<AuditEntry, StoreError> {
+pub(crate) fn entry_from_row(r: &Row) -> Result<AuditEntry, StoreError> {
     Ok(AuditEntry {
         id: r.get(0),
         created_at: ts(r.get(1))?,

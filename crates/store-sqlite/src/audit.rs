@@ -14,10 +14,10 @@ use crate::rows::{corrupt, ts, uuid_col};
 use crate::schema::MigrateError;
 
 /// The columns [`entry_from_row`] reads, in its order.
-const ENTRY_COLUMNS: &str =
+pub(crate) const ENTRY_COLUMNS: &str =
     "id, created_at, user_id, action, resource_type, resource_id, details, ip_address, request_id";
 
-fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+pub(crate) fn entry_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
         id: uuid_col(r, 0)?,
         created_at: ts(r.get(1)?)?,

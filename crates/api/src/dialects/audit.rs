@@ -55,7 +55,8 @@ pub struct AuditItem {
 }
 
 impl AuditItem {
-    fn new(org_id: &str, e: AuditEntry) -> Self {
+    /// The item of org `org_id`'s entry `e`.
+    pub fn new(org_id: &str, e: AuditEntry) -> Self {
         Self {
             id: e.id.to_string(),
             org_id: org_id.to_owned(),
@@ -126,16 +127,22 @@ pub fn parse_query(p: &Params) -> Result<AuditRequest, ApiError> {
     let limit = p
         .int::<u32>("limit", 1..=MAX_LIMIT)?
         .unwrap_or(DEFAULT_LIMIT);
-    let filter = AuditFilter {
-        resource_type: p.text("resource_type", rules::MAX_TEXT)?,
-        resource_id: p.text("resource_id", rules::MAX_TEXT)?,
-        action: p.text("action", rules::MAX_TEXT)?,
-    };
+    let filter = parse_filter(p)?;
     let after = p.str("cursor")?.map(parse_cursor).transpose()?;
     Ok(AuditRequest {
         filter,
         after,
         limit,
+    })
+}
+
+/// Parses the filters of `GET /v1/audit-log` (shared with its live tail); each error names
+/// its parameter.
+pub fn parse_filter(p: &Params) -> Result<AuditFilter, ApiError> {
+    Ok(AuditFilter {
+        resource_type: p.text("resource_type", rules::MAX_TEXT)?,
+        resource_id: p.text("resource_id", rules::MAX_TEXT)?,
+        action: p.text("action", rules::MAX_TEXT)?,
     })
 }
 

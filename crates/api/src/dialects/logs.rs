@@ -147,6 +147,24 @@ pub fn parse_query(p: &Params) -> Result<LogsRequest, ApiError> {
         .choice("sort_dir", SortDir::parse, "asc, desc")?
         .unwrap_or(SortDir::Desc);
     let sort = Sort { key, dir };
+    let filter = parse_filter(p)?;
+    let start = match p.str("cursor")? {
+        None => PageStart::First,
+        Some(c) => PageStart::After(
+            Cursor::resume(c, CursorKind::Logs, sort)
+                .map_err(|e| ApiError::param("cursor", e.to_string()))?,
+        ),
+    };
+    Ok(LogsRequest {
+        filter,
+        sort,
+        page: PageRequest { limit, start },
+    })
+}
+
+/// Parses the filters of `GET /v1/logs` (shared with its live tail); each error names its
+/// parameter.
+pub fn parse_filter(p: &Params) -> Result<LogFilter, ApiError> {
     let method = match p.str("method")? {
         Some(m) => Some(rules::method(m).map_err(|e| ApiError::param("method", e))?),
         None => None,
@@ -179,18 +197,7 @@ pub fn parse_query(p: &Params) -> Result<LogsRequest, ApiError> {
         to,
         ..LogFilter::default()
     };
-    let start = match p.str("cursor")? {
-        None => PageStart::First,
-        Some(c) => PageStart::After(
-            Cursor::resume(c, CursorKind::Logs, sort)
-                .map_err(|e| ApiError::param("cursor", e.to_string()))?,
-        ),
-    };
-    Ok(LogsRequest {
-        filter,
-        sort,
-        page: PageRequest { limit, start },
-    })
+    Ok(filter)
 }
 
 /// List request logs.

@@ -27,4 +27,5 @@ mod logs;
 mod openapi;
 mod ops;
 mod smoke;
+mod tail;
 mod zoo_dialect;

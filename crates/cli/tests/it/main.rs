@@ -12,3 +12,4 @@ mod cli;
 mod durability;
 mod postgres;
 mod proxy;
+mod tail;
