@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apitrail_model::{AuditEntry, AuditFilter, LogFilter, OrgId, RequestLog, Tenant};
-use apitrail_store::{Store, StoreError, TailKind, TailPosition};
+use apitrail_store::{Store, StoreError, TailKind, TailPosition, TailSnapshot};
 use tokio::sync::{Notify, mpsc, watch};
 
 /// Limits and timings of live tails.
@@ -138,6 +138,7 @@ struct OrgTail {
 struct Sub {
     filter: TailFilter,
     cursor: TailPosition,
+    skip: Option<Arc<TailSnapshot>>,
     tx: mpsc::Sender<Arc<TailEvent>>,
     behind: Arc<AtomicBool>,
 }
@@ -263,6 +264,7 @@ impl TailHub {
         tenant: &Tenant,
         filter: TailFilter,
         after: TailPosition,
+        skip: Option<Arc<TailSnapshot>>,
         render: Render,
     ) -> Live {
         let (tx, events) = mpsc::channel(self.config.queue.max(1));
@@ -271,6 +273,7 @@ impl TailHub {
         let sub = Sub {
             filter,
             cursor: after,
+            skip,
             tx,
             behind: Arc::clone(&behind),
         };
@@ -362,7 +365,7 @@ fn deliver(
             if sub.cursor < from || *pos <= sub.cursor {
                 continue;
             }
-            if !sub.filter.matches(record) {
+            if !sub.filter.matches(record) || sub.skip.as_ref().is_some_and(|s| s.saw(*pos)) {
                 sub.cursor = *pos;
                 continue;
             }

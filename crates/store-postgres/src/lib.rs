@@ -39,7 +39,7 @@ use apitrail_model::{
 };
 use apitrail_store::{
     AuditBatch, CommitHook, Expired, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats,
-    TailKind, TailPosition,
+    TailKind, TailPosition, TailStart,
 };
 use async_trait::async_trait;
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc};
@@ -639,11 +639,7 @@ impl Store for PgStore {
         Ok(expired)
     }
 
-    async fn tail_start(
-        &self,
-        tenant: &Tenant,
-        kind: TailKind,
-    ) -> Result<TailPosition, StoreError> {
+    async fn tail_start(&self, tenant: &Tenant, kind: TailKind) -> Result<TailStart, StoreError> {
         tail::start(self, tenant, kind).await
     }
 

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use apitrail_model::{AuditEntry, RequestLog, Tenant};
-use apitrail_store::{CommitHook, StoreError, TailKind, TailPosition};
+use apitrail_store::{CommitHook, StoreError, TailKind, TailPosition, TailSnapshot, TailStart};
 use uuid::Uuid;
 
 use crate::reader::Sql;
@@ -145,20 +145,31 @@ pub(crate) async fn start(
     store: &PgStore,
     tenant: &Tenant,
     kind: TailKind,
-) -> Result<TailPosition, StoreError> {
+) -> Result<TailStart, StoreError> {
     let reader = store.reader().await?;
     let c = &reader.client;
     match kind {
-        // Rows of transactions below the horizon were visible before this call; rows of the
-        // others (sequence values start at 1) are after it.
+        // Rows of transactions below the snapshot's xmin were visible before this call; of
+        // the others (sequence values start at 1), those of transactions the snapshot saw
+        // committed are skipped.
         TailKind::RequestLogs => {
             let row = c
                 .row(
-                    &format!("SELECT pg_snapshot_xmin(pg_current_snapshot()){XID}"),
+                    &format!(
+                        "SELECT pg_snapshot_xmin(s){XID}, pg_snapshot_xmax(s){XID}, \
+                         array(SELECT pg_snapshot_xip(s){XID}) \
+                         FROM (SELECT pg_current_snapshot() AS s) AS now"
+                    ),
                     &[],
                 )
                 .await?;
-            Ok(TailPosition::new(row.get(0), 0))
+            Ok(TailStart {
+                after: TailPosition::new(row.get(0), 0),
+                stored_before: Some(TailSnapshot {
+                    xmax: row.get(1),
+                    running: row.get(2),
+                }),
+            })
         }
         TailKind::AuditEntries => {
             let row = c
@@ -167,7 +178,10 @@ pub(crate) async fn start(
                     &[&tenant.key()],
                 )
                 .await?;
-            Ok(TailPosition::new(0, row.get(0)))
+            Ok(TailStart {
+                after: TailPosition::new(0, row.get(0)),
+                stored_before: None,
+            })
         }
     }
 }

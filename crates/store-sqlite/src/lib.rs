@@ -28,7 +28,7 @@ use apitrail_model::{
 };
 use apitrail_store::{
     AuditBatch, CommitHook, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats, TailKind,
-    TailPosition,
+    TailPosition, TailStart,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
@@ -607,11 +607,7 @@ impl Store for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
-    async fn tail_start(
-        &self,
-        tenant: &Tenant,
-        kind: TailKind,
-    ) -> Result<TailPosition, StoreError> {
+    async fn tail_start(&self, tenant: &Tenant, kind: TailKind) -> Result<TailStart, StoreError> {
         let org = tenant.key();
         self.readers
             .run(move |conn| tail::start(conn, org, kind))

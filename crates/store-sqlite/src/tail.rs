@@ -7,7 +7,7 @@
 //! simply what a read sees.
 
 use apitrail_model::{AuditEntry, RequestLog};
-use apitrail_store::{StoreError, TailKind, TailPosition};
+use apitrail_store::{StoreError, TailKind, TailPosition, TailStart};
 use rusqlite::{Connection, params};
 use uuid::Uuid;
 
@@ -36,11 +36,7 @@ pub(crate) fn set_last_position(conn: &Connection, last: i64) -> Result<(), Stor
 }
 
 /// Where a tail that starts now starts: after everything committed so far.
-pub(crate) fn start(
-    conn: &Connection,
-    org: i64,
-    kind: TailKind,
-) -> Result<TailPosition, StoreError> {
+pub(crate) fn start(conn: &Connection, org: i64, kind: TailKind) -> Result<TailStart, StoreError> {
     let minor = match kind {
         TailKind::RequestLogs => last_position(conn)?,
         TailKind::AuditEntries => conn.one(
@@ -49,7 +45,10 @@ pub(crate) fn start(
             |r| r.get(0),
         )?,
     };
-    Ok(TailPosition::new(0, minor))
+    Ok(TailStart {
+        after: TailPosition::new(0, minor),
+        stored_before: None,
+    })
 }
 
 /// The position of the org's record `id`.

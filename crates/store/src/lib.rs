@@ -25,7 +25,7 @@ use uuid::Uuid;
 pub use actions::{ActionStore, Expected, Leased, Transition};
 pub use stats::{Histogram, HistogramSnapshot, StoreStats};
 pub use stored::ValueField;
-pub use tail::{CommitHook, TailKind, TailPosition};
+pub use tail::{CommitHook, TailKind, TailPosition, TailSnapshot, TailStart};
 
 /// Errors every backend maps its failures into.
 #[derive(Debug, thiserror::Error)]
@@ -365,11 +365,9 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
         }
     }
 
-    /// The position a tail that starts now starts after: every record that becomes visible
-    /// after this call returns has a greater position (a few committed just before may
-    /// have one too).
-    async fn tail_start(&self, tenant: &Tenant, kind: TailKind)
-    -> Result<TailPosition, StoreError>;
+    /// Where a tail that starts now starts: every record that becomes visible after this
+    /// call returns has a greater position than `after`, and is not in `stored_before`.
+    async fn tail_start(&self, tenant: &Tenant, kind: TailKind) -> Result<TailStart, StoreError>;
 
     /// The position of the org's record `id` of `kind`, if it has one (records stored
     /// before the store kept positions have none).

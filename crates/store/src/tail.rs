@@ -37,6 +37,34 @@ impl TailPosition {
     }
 }
 
+/// Where a tail that starts now starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TailStart {
+    /// Records after this position may be sent.
+    pub after: TailPosition,
+    /// Records after `after` that were nevertheless stored before the start, to skip (a
+    /// backend whose horizon lags behind the present says which).
+    pub stored_before: Option<TailSnapshot>,
+}
+
+/// The transactions a PostgreSQL snapshot saw as committed above its xmin: every id below
+/// `xmax` except those `running`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TailSnapshot {
+    /// The first transaction id the snapshot did not see.
+    pub xmax: i64,
+    /// Transactions that were running when the snapshot was taken.
+    pub running: Vec<i64>,
+}
+
+impl TailSnapshot {
+    /// Whether the record at `pos` (whose `major` is its transaction id) was committed when
+    /// the snapshot was taken.
+    pub fn saw(&self, pos: TailPosition) -> bool {
+        pos.major < self.xmax && !self.running.contains(&pos.major)
+    }
+}
+
 /// Called by a store after every commit that may have added records to a tail, from the
 /// writing thread: it must be cheap and must not block.
 pub type CommitHook = Arc<dyn Fn() + Send + Sync>;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use apitrail_model::{OrgId, Scope, Tenant};
-use apitrail_store::{TailKind, TailPosition};
+use apitrail_store::{TailKind, TailPosition, TailSnapshot, TailStart};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -210,7 +210,7 @@ async fn open(
         TailFilter::Audit(_) => TailKind::AuditEntries,
     };
     let store = state.store();
-    let after = match last_event_id(headers, params)? {
+    let start = match last_event_id(headers, params)? {
         Some((param, id)) => store
             .tail_position(tenant, kind, id)
             .await?
@@ -219,6 +219,10 @@ async fn open(
                     param,
                     "names no record of this org that a tail can resume after; reconnect without it to start from now",
                 )
+            })
+            .map(|after| TailStart {
+                after,
+                stored_before: None,
             })?,
         None => store.tail_start(tenant, kind).await?,
     };
@@ -239,7 +243,10 @@ async fn open(
         filter,
         render,
         name: event_name,
-        mode: Mode::CatchUp { cursor: after },
+        mode: Mode::CatchUp {
+            cursor: start.after,
+        },
+        skip: start.stored_before.map(Arc::new),
         pending: VecDeque::new(),
         last_id: None,
         done: false,
@@ -288,6 +295,8 @@ struct Tail {
     render: Render,
     name: &'static str,
     mode: Mode,
+    /// Records after the start position that were stored before the tail started.
+    skip: Option<Arc<TailSnapshot>>,
     /// Events read while catching up, sent before anything else.
     pending: VecDeque<TailEvent>,
     closed: watch::Receiver<bool>,
@@ -333,7 +342,9 @@ impl Tail {
                     let mut last = after;
                     for (pos, record) in &page {
                         last = *pos;
-                        if !self.filter.matches(record) {
+                        if !self.filter.matches(record)
+                            || self.skip.as_ref().is_some_and(|s| s.saw(*pos))
+                        {
                             continue;
                         }
                         if let Some(json) = (self.render)(self.tenant.org_id(), record) {
@@ -351,6 +362,7 @@ impl Tail {
                             &self.tenant,
                             self.filter.clone(),
                             last,
+                            self.skip.clone(),
                             self.render,
                         ))
                     };

@@ -1,6 +1,8 @@
 //! The live tail across processes, with the real binary: two `serve` nodes on one PostgreSQL
 //! (records ingested through either reach the tails of both, in one and the same order, woken
-//! by `NOTIFY` rather than the poll), and a `serve` whose tails stop cleanly on SIGTERM.
+//! by `NOTIFY` rather than the poll), `serve` and the capture proxy writing one SQLite file
+//! (the proxy's records reach the server's tail by its poll), and servers whose tails stop
+//! cleanly on SIGTERM.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -134,4 +136,52 @@ fn a_record_ingested_through_one_node_reaches_the_tails_of_both() {
     stop(a);
     stop(b);
     drop(open_tails);
+}
+
+#[test]
+fn records_of_another_process_on_the_same_sqlite_file_reach_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = At::Dir(dir.path());
+    let secret = org_with_key(at, "acme", "read,write");
+    let (server, base, _) = serve(at, &["--no-self-log", "--tail-poll-ms", "50"]);
+    // A second process writing the same file: the capture proxy, in front of the server.
+    let (proxy_child, proxy_base) = support::proxy(at, &["--upstream", &base, "--org", "acme"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let open_tail = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut tail = Tail::open(&base, &secret).await;
+        // Both processes write at once: ingest through the server, requests through the proxy.
+        let through_proxy = {
+            let (client, proxy_base) = (client.clone(), proxy_base.clone());
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let resp = client
+                        .get(format!("{proxy_base}/healthz?n={i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK);
+                }
+            })
+        };
+        for batch in 0..20 {
+            let records: Vec<Value> = (0..10)
+                .map(|i| json!({"method": "POST", "path": format!("/direct/{batch}/{i}"), "status_code": 201}))
+                .collect();
+            ingest(&client, &base, &secret, &Value::Array(records)).await;
+        }
+        through_proxy.await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..240 {
+            seen.push(tail.next(Duration::from_secs(20)).await);
+        }
+        let ids: HashSet<&str> = seen.iter().map(|v| v["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 240, "a record was repeated");
+        let proxied = seen.iter().filter(|v| v["path"] == "/healthz").count();
+        assert_eq!(proxied, 40, "the proxy's records reach the server's tail");
+        tail
+    });
+    stop(proxy_child);
+    stop(server);
+    drop(open_tail);
 }
