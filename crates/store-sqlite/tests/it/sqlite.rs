@@ -753,7 +753,8 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
     let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
     conn.execute_batch(
         "DROP TABLE request_log_values; ALTER TABLE destinations DROP COLUMN allow_private; \
-         PRAGMA user_version = 4;",
+         DROP INDEX request_logs_by_tail; ALTER TABLE request_logs DROP COLUMN tail_pos; \
+         DROP TABLE tail_counters; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
