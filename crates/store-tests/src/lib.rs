@@ -39,6 +39,7 @@ mod orgs;
 mod paging;
 mod retention;
 pub mod support;
+mod tail;
 
 pub use actions::{
     action_credentials_and_destinations_round_trip,
@@ -73,6 +74,7 @@ pub use paging::{
 pub use retention::{
     expire_removes_old_logs_of_every_org, purge_removes_only_expired_logs_of_one_org,
 };
+pub use tail::tails_read_each_record_once_in_order_under_concurrent_writers;
 
 /// Expands to one `#[tokio::test]` per story of the suite, each running against a fresh store
 /// made by `$factory` (an expression whose `.await` yields something that dereferences to a
@@ -111,6 +113,7 @@ macro_rules! store_conformance {
             expire_removes_old_logs_of_every_org,
             retries_on_another_day_are_duplicates,
             unseen_filter_values_are_empty_until_logged,
+            tails_read_each_record_once_in_order_under_concurrent_writers,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {
