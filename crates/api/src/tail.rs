@@ -30,13 +30,21 @@ pub struct TailConfig {
     pub heartbeat: Duration,
     /// Time between reads when nothing woke the poller (writes of other processes).
     pub poll_interval: Duration,
+    /// Least time between two reads of one poller: the commits in between are read at once
+    /// (every commit wakes every poller of the server, whatever org it wrote). It doubles
+    /// after each read that found nothing, up to `poll_interval`.
+    pub min_read_interval: Duration,
     /// Open tails allowed per org (both kinds together); more are refused with 429.
     pub max_per_org: usize,
     /// Open tails allowed on this server; more are refused with 429.
     pub max_total: usize,
     /// Events a tail may have waiting to be sent; a tail that has this many waiting when
-    /// another arrives has fallen behind and is closed.
+    /// another arrives is detached from the poller and catches up on its own, reading the
+    /// store at its client's pace.
     pub queue: usize,
+    /// How long a detached tail may take to catch up; one still behind after this is sent an
+    /// error event and disconnected (zero: at once).
+    pub max_lag: Duration,
 }
 
 impl Default for TailConfig {
@@ -44,9 +52,11 @@ impl Default for TailConfig {
         Self {
             heartbeat: Duration::from_secs(15),
             poll_interval: Duration::from_millis(250),
+            min_read_interval: Duration::from_millis(50),
             max_per_org: 64,
             max_total: 2_048,
             queue: 1_024,
+            max_lag: Duration::from_secs(30),
         }
     }
 }
@@ -58,6 +68,8 @@ const PAGE: u32 = 1_000;
 /// tail that receives it.
 #[derive(Debug)]
 pub struct TailEvent {
+    /// The record's position.
+    pub pos: TailPosition,
     /// The record's id (the SSE `id`).
     pub id: String,
     /// The dialect item, as JSON (the SSE `data`).
@@ -299,6 +311,7 @@ impl TailHub {
     async fn poll(self: Arc<Self>, key: Key, tenant: Tenant, org: Arc<OrgTail>, render: Render) {
         let mut commits = self.commits.subscribe();
         let mut closed = self.closed.subscribe();
+        let mut interval = self.config.min_read_interval;
         loop {
             if *closed.borrow() {
                 self.retire(&key, &org, true);
@@ -309,7 +322,16 @@ impl TailHub {
             };
             let read = self.read(&tenant, key.0, from, PAGE).await;
             let again = match read {
-                Ok(records) => deliver(&org, &key.1, from, records, render),
+                Ok(records) => {
+                    // A poller whose reads find nothing reads less often, down to the poll
+                    // interval: every commit of the server wakes it, whatever org it wrote.
+                    interval = if records.is_empty() {
+                        (interval * 2).min(self.config.poll_interval)
+                    } else {
+                        self.config.min_read_interval
+                    };
+                    deliver(&org, &key.1, from, records, render)
+                }
                 Err(e) => {
                     log_failure(&e);
                     false
@@ -318,10 +340,15 @@ impl TailHub {
             if again {
                 continue;
             }
+            let read_at = tokio::time::Instant::now();
             tokio::select! {
                 _ = commits.changed() => {}
                 () = org.wake.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = closed.changed() => continue,
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(read_at + interval) => {}
                 _ = closed.changed() => {}
             }
         }
@@ -377,6 +404,7 @@ fn deliver(
                         continue;
                     };
                     let e = Arc::new(TailEvent {
+                        pos: *pos,
                         id: record_id(record),
                         json,
                     });

@@ -260,6 +260,7 @@ impl TailArgs {
             max_per_org: size(self.tail_max_per_org),
             max_total: size(self.tail_max),
             queue: size(self.tail_queue_events),
+            ..apitrail_api::tail::TailConfig::default()
         }
     }
 }

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use apitrail_model::{OrgId, Scope, Tenant};
 use apitrail_store::{TailKind, TailPosition, TailSnapshot, TailStart};
@@ -249,6 +250,8 @@ async fn open(
         skip: start.stored_before.map(Arc::new),
         pending: VecDeque::new(),
         last_id: None,
+        position: start.after,
+        lagging_since: None,
         done: false,
         _slot: slot,
     };
@@ -301,6 +304,10 @@ struct Tail {
     pending: VecDeque<TailEvent>,
     closed: watch::Receiver<bool>,
     last_id: Option<String>,
+    /// Where the stream is: the last event sent, or where it attached.
+    position: TailPosition,
+    /// Since when a tail detached for a full queue has been catching up.
+    lagging_since: Option<Instant>,
     done: bool,
     _slot: Slot,
 }
@@ -325,6 +332,13 @@ impl Tail {
             }
             match &mut self.mode {
                 Mode::CatchUp { cursor } => {
+                    if self
+                        .lagging_since
+                        .is_some_and(|t| t.elapsed() > self.hub.config().max_lag)
+                    {
+                        self.done = true;
+                        return Some(self.fell_behind());
+                    }
                     let after = *cursor;
                     let page = match self
                         .hub
@@ -349,6 +363,7 @@ impl Tail {
                         }
                         if let Some(json) = (self.render)(self.tenant.org_id(), record) {
                             self.pending.push_back(TailEvent {
+                                pos: *pos,
                                 id: record_id(record),
                                 json,
                             });
@@ -357,6 +372,8 @@ impl Tail {
                     self.mode = if full {
                         Mode::CatchUp { cursor: last }
                     } else {
+                        self.lagging_since = None;
+                        self.position = last;
                         // Caught up with what is stored: the poller goes on after `last`.
                         Mode::Live(self.hub.attach(
                             &self.tenant,
@@ -376,8 +393,16 @@ impl Tail {
                     match next {
                         Some(ev) => return Some(self.record_event(&ev)),
                         None if live.behind.load(Ordering::Acquire) => {
-                            self.done = true;
-                            return Some(self.fell_behind());
+                            // Detached for a full queue: catch up from the last event sent,
+                            // at the client's pace, unless that is not allowed at all.
+                            if self.hub.config().max_lag.is_zero() {
+                                self.done = true;
+                                return Some(self.fell_behind());
+                            }
+                            self.lagging_since = Some(Instant::now());
+                            self.mode = Mode::CatchUp {
+                                cursor: self.position,
+                            };
                         }
                         None => return None,
                     }
@@ -388,6 +413,7 @@ impl Tail {
 
     fn record_event(&mut self, ev: &TailEvent) -> Event {
         self.last_id = Some(ev.id.clone());
+        self.position = self.position.max(ev.pos);
         Event::default()
             .id(ev.id.as_str())
             .event(self.name)

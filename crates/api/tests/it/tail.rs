@@ -465,6 +465,8 @@ async fn the_audit_tail_sends_entries_in_chain_order_with_filters() {
 async fn a_slow_client_is_cut_off_with_an_error_event_and_can_resume() {
     let server = server_with(TailConfig {
         queue: 16,
+        // Cut off as soon as the queue overflows, rather than after a catch-up allowance.
+        max_lag: Duration::ZERO,
         ..TailConfig::default()
     })
     .await;
@@ -518,6 +520,31 @@ async fn a_slow_client_is_cut_off_with_an_error_event_and_can_resume() {
             (got.len()..BATCHES * PER).collect::<Vec<_>>()
         );
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_larger_than_the_queue_reaches_a_client_that_keeps_reading() {
+    let server = server_with(TailConfig {
+        queue: 8,
+        ..TailConfig::default()
+    })
+    .await;
+    let key = server.org_with_key("acme").await;
+    let mut tail = Sse::open(&server, "/v1/logs/tail", &key.secret, None).await;
+    // Each call stores far more than the queue holds in one commit; the client reads as
+    // fast as it can, and the tail catches up through the store instead of dropping it.
+    for b in 0..3 {
+        let records: Vec<Value> = (0..2_000).map(|j| log(b * 2_000 + j, "GET", 200)).collect();
+        server
+            .ingest(&key.secret, &Value::Array(records), StatusCode::ACCEPTED)
+            .await;
+    }
+    let got = tail.take(6_000, "request_log").await;
+    assert_eq!(
+        got.iter().map(index_of).collect::<Vec<_>>(),
+        (0..6_000).collect::<Vec<_>>()
+    );
     server.stop().await;
 }
 
