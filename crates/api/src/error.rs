@@ -50,6 +50,8 @@ pub enum ErrorKind {
     AmbiguousCredentials,
     /// The write queue is full; retry later.
     Overloaded,
+    /// As many live tails are open as allowed (for the org, or on this server).
+    TooManyTails,
     /// The store is unreachable or shutting down.
     Unavailable,
     /// A bug or an unexpected failure; details are logged, never sent.
@@ -81,6 +83,7 @@ impl ErrorKind {
             ),
             ErrorKind::AmbiguousCredentials => (StatusCode::BAD_REQUEST, "ambiguous_credentials"),
             ErrorKind::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ErrorKind::TooManyTails => (StatusCode::TOO_MANY_REQUESTS, "too_many_tails"),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorKind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }

@@ -30,6 +30,7 @@ pub mod recorder;
 pub mod selflog;
 pub mod serve;
 pub mod state;
+pub mod tail;
 pub mod wire;
 
 use std::future::Future;
@@ -48,7 +49,7 @@ pub use state::{ApiConfig, AppState};
 
 use crate::dialects::{actions as records, audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{actions, admin, export, ingest, timeline};
+use crate::native::{actions, admin, export, ingest, tail as tails, timeline};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
@@ -62,6 +63,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         // The seeds' read dialects; those whose clients read only their own envelope get
         // their 405 in it.
         .routes(routes!(logs::list_logs))
+        .routes(routes!(tails::tail_logs))
         .routes(routes!(keys::list_key_requests).in_envelope::<keys::Keys>())
         .routes(routes!(zoo::org_list_api_calls).in_envelope::<zoo::Zoo>())
         .routes(routes!(zoo::get_api_call_for_org).in_envelope::<zoo::Zoo>())
@@ -73,6 +75,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::list_audit_log_unversioned))
         .routes(routes!(audit::list_audit_log))
         .routes(routes!(audit::verify_audit_log))
+        .routes(routes!(tails::tail_audit_log))
         .routes(routes!(records::list_action_records).in_envelope::<records::Actions>())
         // apitrail's own routes.
         .routes(routes!(ingest::ingest_requests))
@@ -183,6 +186,13 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let app = router(self.state.clone());
+        // Live tails never end by themselves: they end when shutdown begins, so that the
+        // graceful stop does not wait for them.
+        let tails = Arc::clone(self.state.tails());
+        let shutdown = async move {
+            shutdown.await;
+            tails.close();
+        };
         serve::serve(
             self.listener,
             app,

@@ -10,6 +10,7 @@ use crate::caller::AdminToken;
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 use crate::serve::ServeConfig;
+use crate::tail::{TailConfig, TailHub};
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -34,6 +35,8 @@ pub struct ApiConfig {
     /// The dispatcher's figures, shown on `/metrics` (none when this process runs no
     /// dispatcher).
     pub dispatch_stats: Option<Arc<DispatchStats>>,
+    /// Limits and timings of the live tails.
+    pub tail: TailConfig,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +51,7 @@ impl Default for ApiConfig {
             dispatch_wake: Arc::new(tokio::sync::Notify::new()),
             serve: ServeConfig::default(),
             dispatch_stats: None,
+            tail: TailConfig::default(),
         }
     }
 }
@@ -62,13 +66,16 @@ struct Inner {
     config: ApiConfig,
     metrics: Metrics,
     recorder: Recorder,
+    tails: Arc<TailHub>,
 }
 
 impl AppState {
     /// Assembles the state; `recorder` must write to the same `store`.
     pub fn new(store: Arc<dyn Store>, config: ApiConfig, recorder: Recorder) -> Self {
+        let tails = TailHub::new(Arc::clone(&store), config.tail.clone());
         Self(Arc::new(Inner {
             store,
+            tails,
             config,
             metrics: Metrics::default(),
             recorder,
@@ -93,6 +100,11 @@ impl AppState {
     /// The metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The live tails of this server.
+    pub fn tails(&self) -> &Arc<TailHub> {
+        &self.0.tails
     }
 
     /// The self-log and key-usage recorder.

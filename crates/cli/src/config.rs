@@ -340,6 +340,46 @@ pub struct ServeArgs {
     /// Connection limits and timeouts.
     #[command(flatten)]
     pub connections: ConnectionArgs,
+    /// Limits and timings of the live tails.
+    #[command(flatten)]
+    pub tail: TailArgs,
+}
+
+/// Limits and timings of the live tails (`GET /v1/logs/tail`, `GET /v1/audit-log/tail`).
+#[derive(Debug, Clone, Args)]
+pub struct TailArgs {
+    /// Most live tails open at once per org (both kinds together); more are refused with 429.
+    #[arg(long, env = "APITRAIL_TAIL_MAX_PER_ORG", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub tail_max_per_org: u64,
+    /// Most live tails open at once on this server; more are refused with 429.
+    #[arg(long, env = "APITRAIL_TAIL_MAX", default_value_t = 2_048, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub tail_max: u64,
+    /// Seconds between heartbeat comments on an idle tail.
+    #[arg(long, env = "APITRAIL_TAIL_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tail_heartbeat_secs: u64,
+    /// Milliseconds between reads of new records when no commit woke the tails (records
+    /// written by other processes on one SQLite file; a lost PostgreSQL notification).
+    #[arg(long, env = "APITRAIL_TAIL_POLL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub tail_poll_ms: u64,
+    /// Events a tail may have waiting for its client; a client that falls this far behind
+    /// gets an error event and is disconnected.
+    #[arg(long, env = "APITRAIL_TAIL_QUEUE_EVENTS", default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub tail_queue_events: u64,
+}
+
+impl TailArgs {
+    /// The live tails' configuration.
+    pub fn tail_config(&self) -> apitrail_api::tail::TailConfig {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        apitrail_api::tail::TailConfig {
+            heartbeat: Duration::from_secs(self.tail_heartbeat_secs),
+            poll_interval: Duration::from_millis(self.tail_poll_ms),
+            max_per_org: size(self.tail_max_per_org),
+            max_total: size(self.tail_max),
+            queue: size(self.tail_queue_events),
+            ..apitrail_api::tail::TailConfig::default()
+        }
+    }
 }
 
 /// Limits and timeouts of client connections, shared by `serve` and `proxy`.

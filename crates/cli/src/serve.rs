@@ -49,6 +49,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         self_log: !args.no_self_log,
         body_cap_bytes: args.body_cap_bytes,
         allow_private_destinations: args.allow_private_destinations,
+        tail: args.tail.tail_config(),
         ..ApiConfig::default()
     };
     let dispatcher = Dispatcher::spawn(

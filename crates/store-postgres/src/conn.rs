@@ -58,7 +58,7 @@ const KEEPALIVES_RETRIES: u32 = 3;
 /// The connection settings of `url`, with TCP keepalives tightened where it leaves them at
 /// their defaults: a connection whose peer vanished without closing it (a failover, a dropped
 /// network path) is otherwise only noticed when TCP gives up, after more than two hours.
-fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+pub(crate) fn config(url: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_keepalives_idle() == LIBPQ_KEEPALIVES_IDLE {
         config.keepalives_idle(KEEPALIVES_IDLE);

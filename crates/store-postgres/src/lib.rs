@@ -26,6 +26,7 @@ mod reader;
 mod request_logs;
 mod rows;
 mod schema;
+mod tail;
 mod timeline;
 mod writer;
 
@@ -38,7 +39,8 @@ use apitrail_model::{
     PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, new_record_id,
 };
 use apitrail_store::{
-    AuditBatch, Expired, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats,
+    AuditBatch, CommitHook, Expired, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats,
+    TailKind, TailPosition, TailStart,
 };
 use async_trait::async_trait;
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc};
@@ -208,6 +210,8 @@ impl PgStore {
             values: KnownValues::default(),
             stats: CommitStats::new(),
         });
+        // The live tail's LISTEN connection opens at the first tail hook.
+        let _ = shared.stats.hooks.url.set(Arc::clone(&url));
         // The coming days' partitions exist before the first write needs them.
         let reader = readers[0].current();
         shared
@@ -705,6 +709,41 @@ impl Store for PgStore {
             }
         }
         Ok(expired)
+    }
+
+    async fn tail_start(&self, tenant: &Tenant, kind: TailKind) -> Result<TailStart, StoreError> {
+        tail::start(self, tenant, kind).await
+    }
+
+    async fn tail_position(
+        &self,
+        tenant: &Tenant,
+        kind: TailKind,
+        id: Uuid,
+    ) -> Result<Option<TailPosition>, StoreError> {
+        tail::position(self, tenant, kind, id).await
+    }
+
+    async fn tail_request_logs(
+        &self,
+        tenant: &Tenant,
+        after: TailPosition,
+        limit: u32,
+    ) -> Result<Vec<(TailPosition, RequestLog)>, StoreError> {
+        tail::request_logs(self, tenant, after, limit).await
+    }
+
+    async fn tail_audit_entries(
+        &self,
+        tenant: &Tenant,
+        after: TailPosition,
+        limit: u32,
+    ) -> Result<Vec<(TailPosition, AuditEntry)>, StoreError> {
+        tail::audit_entries(self, tenant, after, limit).await
+    }
+
+    fn on_commit(&self, hook: CommitHook) {
+        tail::on_commit(self, hook);
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]

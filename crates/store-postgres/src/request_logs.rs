@@ -17,14 +17,14 @@ use crate::rows::{corrupt, ts};
 use crate::{Args, backend, params, push};
 
 /// The columns [`log_from_row`] reads, in its order.
-const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, route_pattern, \
+pub(crate) const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, route_pattern, \
      request_id, auth_type, error_code, query, started_at, completed_at, client_ip, user_agent, \
      origin, principal_type, principal_id, user_id, email, api_key_id, service_account_id, \
      price, minutes, seconds, stripe_invoice_item_id, request_body_truncated, \
      response_body_truncated, metadata, request_body, response_body";
 
 /// A row of [`COLUMNS`] of org `org`, decoded by the rule of `apitrail_store::stored`.
-fn log_from_row(org: i64, r: &Row) -> Result<RequestLog, StoreError> {
+pub(crate) fn log_from_row(org: i64, r: &Row) -> Result<RequestLog, StoreError> {
     let id = r.get(0);
     let duration: i64 = r.get(2);
     let status: i32 = r.get(3);

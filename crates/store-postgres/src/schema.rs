@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_error_durations.sql"),
     include_str!("../migrations/0007_bounded_partitions.sql"),
     include_str!("../migrations/0008_destination_private.sql"),
+    include_str!("../migrations/0009_tail_positions.sql"),
     include_str!("../migrations/0010_request_id_indexes.sql"),
 ];
 

@@ -36,6 +36,8 @@ pub(crate) struct CommitStats {
     pub(crate) committed_records: AtomicU64,
     pub(crate) commit_seconds: Histogram,
     pub(crate) group_records: Histogram,
+    /// Run after every commit: the live tail's wake-ups.
+    pub(crate) hooks: crate::tail::Hooks,
 }
 
 impl CommitStats {
@@ -45,6 +47,7 @@ impl CommitStats {
             committed_records: AtomicU64::new(0),
             commit_seconds: Histogram::new(Histogram::SECONDS),
             group_records: Histogram::new(Histogram::RECORDS),
+            hooks: crate::tail::Hooks::default(),
         }
     }
 
@@ -55,6 +58,7 @@ impl CommitStats {
             .fetch_add(records as u64, Ordering::Relaxed);
         self.commit_seconds.observe(started.elapsed().as_secs_f64());
         self.group_records.observe(records as f64);
+        self.hooks.run();
     }
 }
 

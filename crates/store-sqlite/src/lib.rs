@@ -13,6 +13,7 @@ mod reader;
 mod request_logs;
 mod rows;
 mod schema;
+mod tail;
 mod timeline;
 mod writer;
 
@@ -26,7 +27,10 @@ use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
     PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
 };
-use apitrail_store::{AuditBatch, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats};
+use apitrail_store::{
+    AuditBatch, CommitHook, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats, TailKind,
+    TailPosition, TailStart,
+};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use uuid::Uuid;
@@ -76,6 +80,26 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     checkpointer: Arc<Checkpointer>,
     tenants: RwLock<HashMap<OrgId, Tenant>>,
+    commit_hooks: Arc<CommitHooks>,
+}
+
+/// What runs after each of the writer's commits (the live tail's wake-ups).
+#[derive(Default)]
+struct CommitHooks(RwLock<Vec<CommitHook>>);
+
+impl std::fmt::Debug for CommitHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.read().map(|h| h.len()).unwrap_or(0);
+        f.debug_tuple("CommitHooks").field(&n).finish()
+    }
+}
+
+impl CommitHooks {
+    fn run(&self) {
+        for hook in self.0.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook();
+        }
+    }
 }
 
 /// The database file inside a data directory.
@@ -112,6 +136,8 @@ impl SqliteStore {
         wal.push("-wal");
         let levels = Arc::new(Levels::load(&conn, options.level_caps)?);
         let maintained = Arc::clone(&levels);
+        let commit_hooks = Arc::new(CommitHooks::default());
+        let hooks = Arc::clone(&commit_hooks);
         // When the WAL is reset, SQLite truncates the file to this size.
         conn.pragma_update(None, "journal_size_limit", WAL_RESTART_FRAMES * 16384)
             .map_err(StoreError::backend)?;
@@ -123,6 +149,7 @@ impl SqliteStore {
                 max_group_records: options.max_group_records,
             },
             move |conn: &Connection| {
+                hooks.run();
                 wake.wake();
                 if wake.take_long_wal() {
                     writer::restart_wal(conn);
@@ -138,6 +165,7 @@ impl SqliteStore {
             readers: Readers::new(readers),
             checkpointer: Arc::new(checkpointer),
             tenants: RwLock::new(HashMap::new()),
+            commit_hooks,
         })
     }
 
@@ -652,6 +680,57 @@ impl Store for SqliteStore {
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn tail_start(&self, tenant: &Tenant, kind: TailKind) -> Result<TailStart, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| tail::start(conn, org, kind))
+            .await
+    }
+
+    async fn tail_position(
+        &self,
+        tenant: &Tenant,
+        kind: TailKind,
+        id: Uuid,
+    ) -> Result<Option<TailPosition>, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| tail::position(conn, org, kind, id))
+            .await
+    }
+
+    async fn tail_request_logs(
+        &self,
+        tenant: &Tenant,
+        after: TailPosition,
+        limit: u32,
+    ) -> Result<Vec<(TailPosition, RequestLog)>, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| tail::request_logs(conn, org, after, limit))
+            .await
+    }
+
+    async fn tail_audit_entries(
+        &self,
+        tenant: &Tenant,
+        after: TailPosition,
+        limit: u32,
+    ) -> Result<Vec<(TailPosition, AuditEntry)>, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| tail::audit_entries(conn, org, after, limit))
+            .await
+    }
+
+    fn on_commit(&self, hook: CommitHook) {
+        self.commit_hooks
+            .0
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
         let org = tenant.key();
         self.readers

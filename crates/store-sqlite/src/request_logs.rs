@@ -21,9 +21,9 @@ const INSERT: &str = "INSERT INTO request_logs (org, id, created_at, duration_ms
      method, path, route_pattern, request_id, auth_type, error_code, query, started_at, \
      completed_at, client_ip, user_agent, origin, principal_type, principal_id, user_id, email, \
      api_key_id, service_account_id, price, minutes, seconds, stripe_invoice_item_id, \
-     request_body_truncated, response_body_truncated, metadata, request_body, response_body) \
+     request_body_truncated, response_body_truncated, metadata, request_body, response_body, tail_pos) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32) \
+     ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33) \
      ON CONFLICT (org, id) DO NOTHING";
 
 /// Whether the org's logs have ever held `value` in `field` (`request_log_values`): `false`
@@ -67,6 +67,9 @@ pub(crate) fn insert(
     let mut noted: HashSet<(i64, ValueField, &str)> = HashSet::new();
     let mut with_request_id = 0;
     let mut outcome = InsertOutcome::default();
+    // The tail's positions: taken here, under the database's write lock, so they follow
+    // commit order (a duplicate wastes one, which leaves a hole, never a reordering).
+    let mut tail_pos = crate::tail::last_position(conn)?;
     for batch in batches {
         let org = batch.tenant.key();
         for log in &batch.logs {
@@ -105,6 +108,10 @@ pub(crate) fn insert(
                     log.metadata,
                     log.request_body,
                     log.response_body,
+                    {
+                        tail_pos += 1;
+                        tail_pos
+                    },
                 ])
                 .map_err(backend)?;
             if n == 1 {
@@ -144,19 +151,20 @@ pub(crate) fn insert(
             }
         }
     }
+    crate::tail::set_last_position(conn, tail_pos)?;
     levels.added(SideKey::Duration, outcome.accepted);
     levels.added(SideKey::RequestId, with_request_id);
     Ok(outcome)
 }
 
-const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, route_pattern, \
+pub(crate) const COLUMNS: &str = "id, created_at, duration_ms, status_code, method, path, route_pattern, \
      request_id, auth_type, error_code, query, started_at, completed_at, client_ip, user_agent, \
      origin, principal_type, principal_id, user_id, email, api_key_id, service_account_id, price, \
      minutes, seconds, stripe_invoice_item_id, request_body_truncated, response_body_truncated, \
      metadata, request_body, response_body";
 
 /// A row of [`COLUMNS`] of org `org`, decoded by the rule of `apitrail_store::stored`.
-fn from_row(org: i64, r: &Row<'_>) -> rusqlite::Result<RequestLog> {
+pub(crate) fn from_row(org: i64, r: &Row<'_>) -> rusqlite::Result<RequestLog> {
     let id = uuid_col(r, 0)?;
     let duration: i64 = r.get(2)?;
     // Read as any type: SQLite keeps whatever was written, and an optional value that is not

@@ -30,6 +30,7 @@ const MIGRATIONS: &[Migration] = &[
     Migration::plain(include_str!("../migrations/0004_actions.sql")),
     Migration::plain(include_str!("../migrations/0005_request_log_values.sql")),
     Migration::plain(include_str!("../migrations/0006_destination_private.sql")),
+    Migration::plain(include_str!("../migrations/0007_tail_positions.sql")),
     Migration::plain(include_str!("../migrations/0008_request_id_indexes.sql")),
 ];
 

@@ -41,6 +41,7 @@ mod orgs;
 mod paging;
 mod retention;
 pub mod support;
+mod tail;
 mod timeline;
 
 pub use actions::{
@@ -77,6 +78,7 @@ pub use paging::{
 pub use retention::{
     expire_removes_old_logs_of_every_org, purge_removes_only_expired_logs_of_one_org,
 };
+pub use tail::tails_read_each_record_once_in_order_under_concurrent_writers;
 pub use timeline::records_are_found_by_request_id;
 
 /// Expands to one `#[tokio::test]` per story of the suite, each running against a fresh store
@@ -116,6 +118,7 @@ macro_rules! store_conformance {
             expire_removes_old_logs_of_every_org,
             retries_on_another_day_are_duplicates,
             unseen_filter_values_are_empty_until_logged,
+            tails_read_each_record_once_in_order_under_concurrent_writers,
             records_are_found_by_request_id,
             audit_links_walk_oldest_first,
         );

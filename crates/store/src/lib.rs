@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod stats;
 pub mod stored;
+pub mod tail;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +25,7 @@ use uuid::Uuid;
 pub use actions::{ActionStore, Expected, Leased, Transition};
 pub use stats::{Histogram, HistogramSnapshot, StoreStats};
 pub use stored::ValueField;
+pub use tail::{CommitHook, TailKind, TailPosition, TailSnapshot, TailStart};
 
 /// Errors every backend maps its failures into.
 #[derive(Debug, thiserror::Error)]
@@ -391,6 +393,41 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
             }
         }
     }
+
+    /// Where a tail that starts now starts: every record that becomes visible after this
+    /// call returns has a greater position than `after`, and is not in `stored_before`.
+    async fn tail_start(&self, tenant: &Tenant, kind: TailKind) -> Result<TailStart, StoreError>;
+
+    /// The position of the org's record `id` of `kind`, if it has one (records stored
+    /// before the store kept positions have none).
+    async fn tail_position(
+        &self,
+        tenant: &Tenant,
+        kind: TailKind,
+        id: Uuid,
+    ) -> Result<Option<TailPosition>, StoreError>;
+
+    /// The org's request logs at positions after `after`, in position order, at most
+    /// `limit`; only records no later reader can see a predecessor of (the safe horizon).
+    async fn tail_request_logs(
+        &self,
+        tenant: &Tenant,
+        after: TailPosition,
+        limit: u32,
+    ) -> Result<Vec<(TailPosition, RequestLog)>, StoreError>;
+
+    /// The org's audit entries at positions after `after`, in position order, at most
+    /// `limit`, up to the safe horizon as [`Store::tail_request_logs`].
+    async fn tail_audit_entries(
+        &self,
+        tenant: &Tenant,
+        after: TailPosition,
+        limit: u32,
+    ) -> Result<Vec<(TailPosition, AuditEntry)>, StoreError>;
+
+    /// Registers `hook`, called after every commit of this process's writes that may have
+    /// added records (other processes' writes are found by polling).
+    fn on_commit(&self, hook: CommitHook);
 
     /// Counts the org's request logs (for diagnostics and tests).
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError>;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use apitrail_api::serve::ServeConfig;
+use apitrail_api::tail::TailConfig;
 use apitrail_api::{AdminToken, ApiConfig, App};
 use apitrail_pgtest::PgServer;
 use apitrail_store::Store;
@@ -61,6 +62,8 @@ pub struct Options {
     pub allow_private_destinations: bool,
     /// The listener's connection limits and timeouts.
     pub serve: ServeConfig,
+    /// Limits and timings of the live tails.
+    pub tail: TailConfig,
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             body_cap_bytes: 64 * 1024,
             allow_private_destinations: false,
             serve: ServeConfig::default(),
+            tail: TailConfig::default(),
         }
     }
 }
@@ -203,6 +207,7 @@ impl TestServer {
             body_cap_bytes: options.body_cap_bytes,
             allow_private_destinations: options.allow_private_destinations,
             serve: options.serve,
+            tail: options.tail,
             ..ApiConfig::default()
         };
         let app = App::build(Arc::clone(&store), config, "127.0.0.1:0".parse().unwrap())

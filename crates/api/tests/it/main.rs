@@ -28,5 +28,6 @@ mod logs;
 mod openapi;
 mod ops;
 mod smoke;
+mod tail;
 mod timeline;
 mod zoo_dialect;

@@ -13,3 +13,4 @@ mod durability;
 mod export;
 mod postgres;
 mod proxy;
+mod tail;

@@ -754,7 +754,8 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
     conn.execute_batch(
         "DROP TABLE request_log_values; ALTER TABLE destinations DROP COLUMN allow_private; \
          DROP INDEX audit_entries_by_request_id; DROP INDEX action_records_by_request_id; \
-         PRAGMA user_version = 4;",
+         DROP INDEX request_logs_by_tail; ALTER TABLE request_logs DROP COLUMN tail_pos; \
+         DROP TABLE tail_counters; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
