@@ -71,6 +71,21 @@ pub struct LogsTailQuery {
     last_event_id: Option<String>,
 }
 
+/// One event of a tail's stream, as an SSE parser hands it over (documentation only; heartbeat
+/// comments are not events).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// The record's id, to resume after with `Last-Event-ID` (absent on the final `error`
+    /// event).
+    #[schema(format = "uuid")]
+    id: Option<String>,
+    /// `request_log`, `audit_entry`, or `error` (the tail fell behind and was cut off).
+    event: String,
+    /// The record as its list route prints it (JSON text), or the error.
+    data: String,
+}
+
 /// Query parameters of `GET /v1/audit-log/tail` (documentation only).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -105,10 +120,10 @@ pub struct AuditTailQuery {
     tag = "logs",
     params(
         LogsTailQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume right after this log id (as sent by an EventSource reconnecting)"),
+        ("Last-Event-ID" = Option<String>, Header, format = "uuid", description = "Resume right after this log id (as sent by an EventSource reconnecting)"),
     ),
     responses(
-        (status = 200, description = "A stream of request logs", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of request logs", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "A parameter is malformed, or Last-Event-ID names no log of the org", body = NativeErrorBody),
         (status = 429, description = "As many tails are open as allowed (per org or per server)", body = NativeErrorBody),
         OrgKeyErrors<NativeErrorBody, { scope::READ }>,
@@ -147,10 +162,10 @@ pub async fn tail_logs(
     tag = "audit",
     params(
         AuditTailQuery,
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume right after this entry id (as sent by an EventSource reconnecting)"),
+        ("Last-Event-ID" = Option<String>, Header, format = "uuid", description = "Resume right after this entry id (as sent by an EventSource reconnecting)"),
     ),
     responses(
-        (status = 200, description = "A stream of audit entries", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of audit entries", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "A parameter is malformed, or Last-Event-ID names no entry of the org", body = NativeErrorBody),
         (status = 429, description = "As many tails are open as allowed (per org or per server)", body = NativeErrorBody),
         OrgKeyErrors<NativeErrorBody, { scope::READ }>,
@@ -266,7 +281,11 @@ fn last_event_id(
     params: &Params,
 ) -> Result<Option<(&'static str, Uuid)>, ApiError> {
     const HEADER: &str = "Last-Event-ID";
-    let (name, raw) = match headers.get(HEADER) {
+    // An empty header (no event received yet) resumes nothing: the parameter may.
+    let header = headers
+        .get(HEADER)
+        .filter(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
+    let (name, raw) = match header {
         Some(v) => (
             HEADER,
             v.to_str()

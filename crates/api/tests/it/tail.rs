@@ -328,6 +328,12 @@ async fn an_unknown_or_malformed_last_event_id_is_a_400() {
             None,
             "last_event_id",
         ),
+        // An empty header resumes nothing, so the parameter is still read.
+        (
+            "/v1/audit-log/tail?last_event_id=AAA".to_owned(),
+            Some(""),
+            "last_event_id",
+        ),
         (
             "/v1/logs/tail?status_min=700".to_owned(),
             None,

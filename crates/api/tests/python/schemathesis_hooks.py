@@ -24,8 +24,9 @@ import schemathesis
 
 FIXTURES: dict[str, str] = json.loads(os.environ.get("APITRAIL_ST_FIXTURES", "{}"))
 
-# Page tokens that only a previous page issues (checksummed, bound to their sort).
-SERVER_ISSUED = ("cursor", "page_token")
+# Page tokens that only a previous page issues (checksummed, bound to their sort), and the
+# record ids an export or a tail resumes after (only the org's own records resume).
+SERVER_ISSUED = ("cursor", "page_token", "after", "last_event_id")
 # (lower, upper) query parameters: the lower bound may not exceed the upper one.
 ORDERED_PAIRS = (("status_min", "status_max"), ("from", "to"))
 
@@ -168,4 +169,7 @@ def before_call(context, case, kwargs):
         return
     if isinstance(case.query, dict):
         _query(case.query)
+    if isinstance(case.headers, dict):
+        for name in [h for h in case.headers if h.lower() == "last-event-id"]:
+            del case.headers[name]
     _body(operation, case.body)
