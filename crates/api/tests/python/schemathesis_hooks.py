@@ -169,7 +169,8 @@ def before_call(context, case, kwargs):
         return
     if isinstance(case.query, dict):
         _query(case.query)
-    if isinstance(case.headers, dict):
-        for name in [h for h in case.headers if h.lower() == "last-event-id"]:
+    # A case-insensitive mapping, not a dict.
+    if case.headers is not None:
+        for name in [h for h in list(case.headers) if h.lower() == "last-event-id"]:
             del case.headers[name]
     _body(operation, case.body)
