@@ -49,7 +49,7 @@ pub use state::{ApiConfig, AppState};
 
 use crate::dialects::{actions as records, audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{actions, admin, export, ingest, tail as tails, timeline};
+use crate::native::{actions, admin, export, ingest, stats, tail as tails, timeline};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
@@ -82,6 +82,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(ingest::ingest_audit_events))
         .routes(routes!(export::export_logs))
         .routes(routes!(export::export_audit_log))
+        .routes(routes!(stats::log_stats))
         .routes(routes!(admin::list_orgs, admin::create_org))
         .routes(routes!(admin::get_org))
         .routes(routes!(admin::admin_list_keys, admin::admin_create_key))

@@ -36,6 +36,7 @@ use crate::error::{self, NativeErrorBody};
         (name = "ingest", description = "Writing records into apitrail."),
         (name = "timeline", description = "One request's records of every kind: GET /v1/requests/{request_id}/timeline."),
         (name = "export", description = "Streamed exports of request logs and audit entries, without caps."),
+        (name = "stats", description = "Request-log statistics: counts, error counts and latency percentiles per time bucket."),
         (name = "api-keys", description = "An org admin's own API keys."),
         (name = "operator", description = "Org and key management with the operator token."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
@@ -380,6 +381,32 @@ pub(crate) fn export_format() -> Schema {
         string_enum(&["ndjson", "csv"], "ndjson"),
         "The export's format.",
     )
+}
+
+/// `interval` of the stats.
+pub(crate) fn stats_interval() -> Schema {
+    described(
+        string_enum(&["1m", "5m", "15m", "1h", "1d"], "1h"),
+        "The bucket width.",
+    )
+}
+
+/// `group_by` of the stats (no default: one series of everything).
+pub(crate) fn stats_group_by() -> Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([
+            "route_pattern",
+            "method",
+            "status_code",
+            "status_class",
+            "api_key_id",
+            "user_id",
+            "origin",
+        ]))
+        .description(Some("What the series are grouped by."))
+        .into()
 }
 
 /// `sort_by` of the zoo lists.

@@ -24,6 +24,7 @@ mod orgs;
 mod partitions;
 mod reader;
 mod request_logs;
+mod rollups;
 mod rows;
 mod schema;
 mod tail;
@@ -39,8 +40,8 @@ use apitrail_model::{
     PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, new_record_id,
 };
 use apitrail_store::{
-    AuditBatch, CommitHook, Expired, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats,
-    TailKind, TailPosition, TailStart,
+    AuditBatch, CommitHook, Expired, GroupBy, InsertOutcome, LogBatch, Page, RollupRead, RollupRow,
+    StatsRecord, Store, StoreError, StoreStats, TailKind, TailPosition, TailStart,
 };
 use async_trait::async_trait;
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc};
@@ -70,6 +71,10 @@ pub struct PgOptions {
     /// older ones go into a coarse partition spanning the gap below the window, so the number
     /// of partitions does not follow the dates clients send.
     pub partition_window_days: u32,
+    /// Keep the stats rollups (the default). Off only to measure what they cost (the stats
+    /// bench): stats of records written without them are wrong.
+    #[doc(hidden)]
+    pub rollups: bool,
 }
 
 impl Default for PgOptions {
@@ -81,6 +86,7 @@ impl Default for PgOptions {
             queue_capacity: 200_000,
             max_group_records: 50_000,
             partition_window_days: 31,
+            rollups: true,
         }
     }
 }
@@ -209,6 +215,7 @@ impl PgStore {
             partitions: Arc::new(Partitions::new(options.partition_window_days)),
             values: KnownValues::default(),
             stats: CommitStats::new(),
+            rollups: options.rollups,
         });
         // The live tail's LISTEN connection opens at the first tail hook.
         let _ = shared.stats.hooks.url.set(Arc::clone(&url));
@@ -658,7 +665,9 @@ impl Store for PgStore {
         max: u32,
     ) -> Result<u64, StoreError> {
         let (_open, client) = self.writer().await?;
-        request_logs::purge(&*client, tenant.key(), before, max).await
+        let n = request_logs::purge(&*client, tenant.key(), before, max).await?;
+        rollups::expire(&*client, Some(tenant.key()), before.millis()).await?;
+        Ok(n)
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(before = before.millis(), batch))]
@@ -708,6 +717,8 @@ impl Store for PgStore {
                 }
             }
         }
+        let (_open, client) = self.writer().await?;
+        rollups::expire(&*client, None, before.millis()).await?;
         Ok(expired)
     }
 
@@ -749,6 +760,26 @@ impl Store for PgStore {
     #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError> {
         request_logs::count(&*self.reader().await?, tenant.key()).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn read_rollups(
+        &self,
+        tenant: &Tenant,
+        read: &RollupRead,
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        rollups::read(&*self.reader().await?, tenant.key(), read).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn read_stats_records(
+        &self,
+        tenant: &Tenant,
+        filter: &LogFilter,
+        group: Option<GroupBy>,
+        max: u32,
+    ) -> Result<Vec<StatsRecord>, StoreError> {
+        rollups::records(&*self.reader().await?, tenant.key(), filter, group, max).await
     }
 
     fn stats(&self) -> StoreStats {

@@ -20,7 +20,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_destination_private.sql"),
     include_str!("../migrations/0009_tail_positions.sql"),
     include_str!("../migrations/0010_request_id_indexes.sql"),
+    include_str!("../migrations/0011_request_log_rollups.sql"),
 ];
+
+/// The version after which the stats rollups are filled from the logs already stored.
+const ROLLUPS_VERSION: usize = 11;
 
 /// An arbitrary constant naming apitrail's migration lock ("apitrail" in ASCII).
 const LOCK_KEY: i64 = 0x6170_6974_7261_696c;
@@ -61,6 +65,9 @@ async fn migrate_locked(client: &mut Client) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         let tx = client.transaction().await.map_err(backend)?;
         tx.batch(sql).await?;
+        if i + 1 == ROLLUPS_VERSION {
+            crate::rollups::backfill(&tx).await?;
+        }
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         tx.exec("UPDATE apitrail_schema SET version = $1", &[&version])
             .await?;

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) values: KnownValues,
     /// Every committed write transaction, ingest or not.
     pub(crate) stats: CommitStats,
+    /// Whether ingest keeps the stats rollups (`PgOptions::rollups`).
+    pub(crate) rollups: bool,
 }
 
 /// Counts of committed write transactions, for `/metrics`.
@@ -357,6 +359,11 @@ async fn try_write_group(
     request_logs::count_stored(&tx, slot, &rows)
         .await
         .map_err(before)?;
+    if shared.rollups {
+        crate::rollups::write(&tx, slot, &rows)
+            .await
+            .map_err(before)?;
+    }
     let values = shared.values.unknown(request_logs::values_of(&rows));
     request_logs::note_values(&tx, &values)
         .await

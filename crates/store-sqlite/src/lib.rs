@@ -11,6 +11,7 @@ mod levels;
 mod orgs;
 mod reader;
 mod request_logs;
+mod rollups;
 mod rows;
 mod schema;
 mod tail;
@@ -28,8 +29,8 @@ use apitrail_model::{
     PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
 };
 use apitrail_store::{
-    AuditBatch, CommitHook, InsertOutcome, LogBatch, Page, Store, StoreError, StoreStats, TailKind,
-    TailPosition, TailStart,
+    AuditBatch, CommitHook, GroupBy, InsertOutcome, LogBatch, Page, RollupRead, RollupRow,
+    StatsRecord, Store, StoreError, StoreStats, TailKind, TailPosition, TailStart,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
@@ -56,6 +57,10 @@ pub struct SqliteOptions {
     pub reader_cache_mib: u32,
     /// When the leveled side keys (duration, request id) move between levels.
     pub level_caps: LevelCaps,
+    /// Keep the stats rollups (the default). Off only to measure what they cost (the stats
+    /// bench): stats of records written without them are wrong.
+    #[doc(hidden)]
+    pub rollups: bool,
 }
 
 impl Default for SqliteOptions {
@@ -67,6 +72,7 @@ impl Default for SqliteOptions {
             writer_cache_mib: 512,
             reader_cache_mib: 64,
             level_caps: LevelCaps::default(),
+            rollups: true,
         }
     }
 }
@@ -76,6 +82,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     levels: Arc<Levels>,
+    rollups: bool,
     writer: Arc<Writer>,
     readers: Arc<Readers>,
     checkpointer: Arc<Checkpointer>,
@@ -161,6 +168,7 @@ impl SqliteStore {
         Ok(Self {
             path,
             levels,
+            rollups: options.rollups,
             writer: Arc::new(writer),
             readers: Readers::new(readers),
             checkpointer: Arc::new(checkpointer),
@@ -512,10 +520,10 @@ impl Store for SqliteStore {
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.logs.len()).sum();
         tracing::Span::current().record("records", records);
-        let levels = Arc::clone(&self.levels);
+        let (levels, rollups) = (Arc::clone(&self.levels), self.rollups);
         self.writer
             .submit(records, move |conn| {
-                request_logs::insert(conn, &batches, &levels)
+                request_logs::insert(conn, &batches, &levels, rollups)
             })
             .await
     }
@@ -735,6 +743,32 @@ impl Store for SqliteStore {
         let org = tenant.key();
         self.readers
             .run(move |conn| request_logs::count(conn, org))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn read_rollups(
+        &self,
+        tenant: &Tenant,
+        read: &RollupRead,
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        let (org, read) = (tenant.key(), read.clone());
+        self.readers
+            .run(move |conn| rollups::read(conn, org, &read))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn read_stats_records(
+        &self,
+        tenant: &Tenant,
+        filter: &LogFilter,
+        group: Option<GroupBy>,
+        max: u32,
+    ) -> Result<Vec<StatsRecord>, StoreError> {
+        let (org, filter) = (tenant.key(), filter.clone());
+        self.readers
+            .run(move |conn| rollups::records(conn, org, &filter, group, max))
             .await
     }
 

@@ -43,6 +43,7 @@ pub(crate) fn insert(
     conn: &Connection,
     batches: &[LogBatch],
     levels: &Levels,
+    with_rollups: bool,
 ) -> Result<InsertOutcome, StoreError> {
     let mut st = conn.prepare_cached(INSERT).map_err(backend)?;
     let side = |key: SideKey, columns: &str, values: &str| {
@@ -70,6 +71,7 @@ pub(crate) fn insert(
     // The tail's positions: taken here, under the database's write lock, so they follow
     // commit order (a duplicate wastes one, which leaves a hole, never a reordering).
     let mut tail_pos = crate::tail::last_position(conn)?;
+    let mut rollups = apitrail_store::logstats::Rollups::new();
     for batch in batches {
         let org = batch.tenant.key();
         for log in &batch.logs {
@@ -116,6 +118,9 @@ pub(crate) fn insert(
                 .map_err(backend)?;
             if n == 1 {
                 outcome.accepted += 1;
+                if with_rollups {
+                    rollups.add(org, log);
+                }
                 let seq = conn.last_insert_rowid();
                 let id = log.id.as_bytes();
                 by_duration
@@ -152,6 +157,7 @@ pub(crate) fn insert(
         }
     }
     crate::tail::set_last_position(conn, tail_pos)?;
+    crate::rollups::write(conn, rollups)?;
     levels.added(SideKey::Duration, outcome.accepted);
     levels.added(SideKey::RequestId, with_request_id);
     Ok(outcome)
@@ -227,7 +233,7 @@ fn sort_column(key: SortKey) -> &'static str {
 
 /// Builds the WHERE clause (after `org = ?1`) and its parameters for `filter`, on columns of
 /// `request_logs` qualified by `table` (`""` or `"r."`).
-fn filter_sql(filter: &LogFilter, table: &str, sql: &mut String, args: &mut Vec<Value>) {
+pub(crate) fn filter_sql(filter: &LogFilter, table: &str, sql: &mut String, args: &mut Vec<Value>) {
     let eq = |column: &str, value: &Option<String>, sql: &mut String, args: &mut Vec<Value>| {
         if let Some(v) = value {
             args.push(Value::Text(v.clone()));
@@ -707,6 +713,7 @@ pub(crate) fn purge(
         }
         rows.execute([seq]).map_err(backend)?;
     }
+    crate::rollups::expire(conn, org, before.millis())?;
     Ok(doomed.len() as u64)
 }
 

@@ -32,6 +32,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration::plain(include_str!("../migrations/0006_destination_private.sql")),
     Migration::plain(include_str!("../migrations/0007_tail_positions.sql")),
     Migration::plain(include_str!("../migrations/0008_request_id_indexes.sql")),
+    Migration {
+        sql: include_str!("../migrations/0009_request_log_rollups.sql"),
+        then: Some(crate::rollups::backfill),
+    },
 ];
 
 /// Errors while migrating.
@@ -40,6 +44,9 @@ pub enum MigrateError {
     /// SQLite refused a statement.
     #[error("migration failed: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A migration's code failed.
+    #[error("migration failed: {0}")]
+    Backfill(String),
     /// The file was written by a newer apitrail.
     #[error(
         "the database has schema version {found}, newer than this apitrail supports ({supported}); upgrade apitrail"

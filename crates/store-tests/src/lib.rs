@@ -40,6 +40,7 @@ mod live;
 mod orgs;
 mod paging;
 mod retention;
+mod stats;
 pub mod support;
 mod tail;
 mod timeline;
@@ -78,6 +79,7 @@ pub use paging::{
 pub use retention::{
     expire_removes_old_logs_of_every_org, purge_removes_only_expired_logs_of_one_org,
 };
+pub use stats::{assert_stats_agree, stats_rollups_agree_with_the_records};
 pub use tail::tails_read_each_record_once_in_order_under_concurrent_writers;
 pub use timeline::records_are_found_by_request_id;
 
@@ -121,6 +123,7 @@ macro_rules! store_conformance {
             tails_read_each_record_once_in_order_under_concurrent_writers,
             records_are_found_by_request_id,
             audit_links_walk_oldest_first,
+            stats_rollups_agree_with_the_records,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {

@@ -8,6 +8,7 @@
 //! [`Tenant`], which only a store can mint, so no caller can forget the org.
 
 pub mod actions;
+pub mod logstats;
 pub mod stats;
 pub mod stored;
 pub mod tail;
@@ -23,6 +24,9 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 pub use actions::{ActionStore, Expected, Leased, Transition};
+pub use logstats::{
+    Assembler, GroupBy, RollupRead, RollupRow, StatsAnswer, StatsError, StatsQuery, StatsRecord,
+};
 pub use stats::{Histogram, HistogramSnapshot, StoreStats};
 pub use stored::ValueField;
 pub use tail::{CommitHook, TailKind, TailPosition, TailSnapshot, TailStart};
@@ -428,6 +432,59 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
     /// Registers `hook`, called after every commit of this process's writes that may have
     /// added records (other processes' writes are found by polling).
     fn on_commit(&self, hook: CommitHook);
+
+    /// The org's rollup cells that `read` selects, in any order, at most `read.max_rows + 1`
+    /// (one more than the bound says it was passed).
+    async fn read_rollups(
+        &self,
+        tenant: &Tenant,
+        read: &RollupRead,
+    ) -> Result<Vec<RollupRow>, StoreError>;
+
+    /// The org's request logs matching `filter` (whose `from` and `to` are set), in any order,
+    /// at most `max + 1`, with the `group` column when given.
+    async fn read_stats_records(
+        &self,
+        tenant: &Tenant,
+        filter: &LogFilter,
+        group: Option<GroupBy>,
+        max: u32,
+    ) -> Result<Vec<StatsRecord>, StoreError>;
+
+    /// Request-log statistics (`GET /v1/logs/stats`): from the rollups when the query's
+    /// filters and grouping are rollup dimensions, else from the records; either read is
+    /// bounded by [`logstats::MAX_ROWS`].
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn log_stats(
+        &self,
+        tenant: &Tenant,
+        query: &StatsQuery,
+    ) -> Result<StatsAnswer, StatsError> {
+        let mut assembler = Assembler::new(query);
+        if query.uses_rollups() {
+            let read = RollupRead::of(query);
+            let rows = self.read_rollups(tenant, &read).await?;
+            if rows.len() > read.max_rows as usize {
+                return Err(StatsError::TooLarge { max: read.max_rows });
+            }
+            for row in &rows {
+                assembler.add_row(row).map_err(StoreError::backend)?;
+            }
+            Ok(assembler.finish(true))
+        } else {
+            let max = logstats::MAX_ROWS;
+            let records = self
+                .read_stats_records(tenant, &query.ranged_filter(), query.group_by, max)
+                .await?;
+            if records.len() > max as usize {
+                return Err(StatsError::TooLarge { max });
+            }
+            for r in &records {
+                assembler.add_record(r);
+            }
+            Ok(assembler.finish(false))
+        }
+    }
 
     /// Counts the org's request logs (for diagnostics and tests).
     async fn count_request_logs(&self, tenant: &Tenant) -> Result<u64, StoreError>;

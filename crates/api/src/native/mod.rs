@@ -6,6 +6,7 @@
 //! - [`export`]: `GET /v1/logs/export` and `GET /v1/audit-log/export`, streamed.
 //! - [`actions`]: credentials, destinations, action definitions, triggering a record and
 //!   signaling its outcome.
+//! - [`stats`]: `GET /v1/logs/stats`, counts and latency percentiles per time bucket.
 //! - [`tail`]: the live tails of request logs and the audit log (Server-Sent Events).
 //! - [`timeline`]: `GET /v1/requests/{request_id}/timeline`, one request's records of every
 //!   kind, in the dialects' items.
@@ -14,5 +15,6 @@ pub mod actions;
 pub mod admin;
 pub mod export;
 pub mod ingest;
+pub mod stats;
 pub mod tail;
 pub mod timeline;

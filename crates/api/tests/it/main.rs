@@ -28,6 +28,7 @@ mod logs;
 mod openapi;
 mod ops;
 mod smoke;
+mod stats;
 mod tail;
 mod timeline;
 mod zoo_dialect;

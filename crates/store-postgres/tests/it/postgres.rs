@@ -161,6 +161,33 @@ async fn upgraded_destinations_have_no_recorded_decision() {
     assert_upgraded_destination(&store, &tenant, &old).await;
 }
 
+/// A database from before the stats rollups (schema version 10) gets the rollups of its
+/// stored logs on upgrade, so stats over old records answer as over new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_fills_the_stats_rollups_of_stored_logs() {
+    use apitrail_store_tests::support::{LogGen, insert_all_new, new_org};
+    let url = PgServer::shared().fresh_database().await;
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    let tenant = new_org(&store, "rollups-upgrade").await;
+    let mut g = LogGen::new(0xF11, "u");
+    g.span_ms = 3 * 86_400_000;
+    let logs = g.logs(2_000);
+    insert_all_new(&store, &tenant, &logs, 300).await;
+    store.shutdown().await.unwrap();
+    drop(store);
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("DROP TABLE request_log_rollups; UPDATE apitrail_schema SET version = 10;")
+        .await
+        .unwrap();
+    let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();
+    apitrail_store_tests::assert_stats_agree(&store, &tenant, &logs, "after the upgrade").await;
+    store.shutdown().await.unwrap();
+}
+
 /// A stored value that cannot be decoded, written behind the store's back, gets the answer
 /// every backend gives (`apitrail_store::stored`): an optional field reads as unknown, a
 /// required one fails the read.

@@ -755,7 +755,7 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
         "DROP TABLE request_log_values; ALTER TABLE destinations DROP COLUMN allow_private; \
          DROP INDEX audit_entries_by_request_id; DROP INDEX action_records_by_request_id; \
          DROP INDEX request_logs_by_tail; ALTER TABLE request_logs DROP COLUMN tail_pos; \
-         DROP TABLE tail_counters; PRAGMA user_version = 4;",
+         DROP TABLE tail_counters; DROP TABLE request_log_rollups; PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -778,6 +778,28 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
         );
         assert!(!listed.items.is_empty(), "{filter:?}");
     }
+    store.shutdown().await.unwrap();
+}
+
+/// A database from before the stats rollups (schema version 8) gets the rollups of its
+/// stored logs on upgrade, so stats over old records answer as over new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_fills_the_stats_rollups_of_stored_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), SqliteOptions::default());
+    let tenant = new_org(&store, "rollups-upgrade").await;
+    let mut g = LogGen::new(0xF11, "u");
+    g.span_ms = 3 * 86_400_000;
+    let logs = g.logs(2_000);
+    insert_all_new(&store, &tenant, &logs, 300).await;
+    store.shutdown().await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
+    conn.execute_batch("DROP TABLE request_log_rollups; PRAGMA user_version = 8;")
+        .unwrap();
+    drop(conn);
+    let store = open(dir.path(), SqliteOptions::default());
+    apitrail_store_tests::assert_stats_agree(&store, &tenant, &logs, "after the upgrade").await;
     store.shutdown().await.unwrap();
 }
 
