@@ -14,6 +14,17 @@ use crate::{Args, params, push};
 
 type Key = (i64, i16, i64, String, String, i32);
 
+/// Cell keys as column arrays, for `unnest`.
+#[derive(Default)]
+struct KeyColumns(
+    Vec<i64>,
+    Vec<i16>,
+    Vec<i64>,
+    Vec<String>,
+    Vec<String>,
+    Vec<i32>,
+);
+
 /// Adds the cells of `rows` to the stored ones of `slot` (inside the caller's transaction).
 pub(crate) async fn write(
     tx: &impl Sql,
@@ -34,14 +45,7 @@ pub(crate) async fn add(tx: &impl Sql, slot: i32, rollups: Rollups) -> Result<()
         return Ok(());
     }
     let cells = rollups.into_sorted();
-    let mut cols: (
-        Vec<i64>,
-        Vec<i16>,
-        Vec<i64>,
-        Vec<String>,
-        Vec<String>,
-        Vec<i32>,
-    ) = Default::default();
+    let mut cols = KeyColumns::default();
     for ((org, k), _) in &cells {
         cols.0.push(*org);
         cols.1.push(k.level.code());

@@ -266,6 +266,7 @@ fn open_connection(path: &Path, read_only: bool, cache_mib: u32) -> Result<Conne
     conn.pragma_update(None, "mmap_size", 1i64 << 34)
         .map_err(StoreError::backend)?;
     conn.set_prepared_statement_cache_capacity(128);
+    rollups::register_functions(&conn)?;
     Ok(conn)
 }
 

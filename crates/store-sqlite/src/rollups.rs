@@ -1,7 +1,7 @@
 //! Stats rollups: written with the request logs they count, read by `GET /v1/logs/stats`.
 
 use apitrail_model::LogFilter;
-use apitrail_store::logstats::{Cell, CellKey, Level, Rollups, Sketch};
+use apitrail_store::logstats::{CellKey, Level, Rollups, Sketch};
 use apitrail_store::{GroupBy, RollupRead, RollupRow, StatsRecord, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
@@ -10,20 +10,42 @@ use crate::backend;
 use crate::reader::Sql;
 use crate::schema::MigrateError;
 
+/// Registers `apitrail_sketch_merge(a, b)`: the encoded sum of two encoded sketches, so a
+/// cell is added to with one UPSERT (a malformed stored sketch fails the write).
+pub(crate) fn register_functions(conn: &Connection) -> Result<(), StoreError> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        "apitrail_sketch_merge",
+        2,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let mut sketch = Sketch::default();
+            for i in 0..2 {
+                let bytes = ctx
+                    .get_raw(i)
+                    .as_blob()
+                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+                sketch
+                    .merge_encoded(bytes)
+                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
+            }
+            Ok(sketch.encode())
+        },
+    )
+    .map_err(backend)
+}
+
 /// Adds `rollups` to the stored cells (inside the caller's transaction).
 pub(crate) fn write(conn: &Connection, rollups: Rollups) -> Result<(), StoreError> {
-    let mut read = conn
-        .prepare_cached(
-            "SELECT n, timed, max_ms, sketch FROM request_log_rollups WHERE org = ?1 \
-             AND level = ?2 AND bucket = ?3 AND route_pattern = ?4 AND method = ?5 \
-             AND status_code = ?6",
-        )
-        .map_err(backend)?;
     let mut upsert = conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO request_log_rollups (org, level, bucket, route_pattern, \
-             method, status_code, n, timed, max_ms, sketch) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO request_log_rollups (org, level, bucket, route_pattern, method, \
+             status_code, n, timed, max_ms, sketch) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (org, level, bucket, route_pattern, method, status_code) DO UPDATE \
+             SET n = n + excluded.n, timed = timed + excluded.timed, \
+                 max_ms = max(max_ms, excluded.max_ms), \
+                 sketch = apitrail_sketch_merge(sketch, excluded.sketch)",
         )
         .map_err(backend)?;
     for ((org, key), mut cell) in rollups.into_sorted() {
@@ -34,31 +56,6 @@ pub(crate) fn write(conn: &Connection, rollups: Rollups) -> Result<(), StoreErro
             method,
             status_code,
         } = key;
-        let mut rows = read
-            .query(params![
-                org,
-                level.code(),
-                bucket,
-                route_pattern,
-                method,
-                status_code
-            ])
-            .map_err(backend)?;
-        if let Some(row) = rows.next().map_err(backend)? {
-            let mut stored = Cell {
-                count: row.get::<_, i64>(0).map_err(backend)?.max(0) as u64,
-                timed: row.get::<_, i64>(1).map_err(backend)?.max(0) as u64,
-                max_ms: row.get(2).map_err(backend)?,
-                sketch: Sketch::default(),
-            };
-            let bytes: Vec<u8> = row.get(3).map_err(backend)?;
-            stored
-                .sketch
-                .merge_encoded(&bytes)
-                .map_err(StoreError::backend)?;
-            cell.merge(&stored);
-        }
-        drop(rows);
         upsert
             .execute(params![
                 org,

@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use apitrail_model::{LogFilter, RequestLog, Timestamp};
 
 /// The most buckets one answer has (per series).
-pub const MAX_BUCKETS: i64 = 1_440;
+pub const MAX_BUCKETS: i64 = 1_500;
 /// The most rows (rollup cells or records) one query reads.
 pub const MAX_ROWS: u32 = 1_000_000;
 /// The most series one answer has (`limit`), and the default.
@@ -397,6 +397,10 @@ impl Rollups {
     }
 }
 
+/// Pairs after which [`Sketch::compact`] folds (an HDR histogram of every duration has about
+/// 3,200 buckets).
+const COMPACT_AT: usize = 16_384;
+
 /// The quantiles every answer reports.
 const QUANTILES: [f64; 4] = [0.50, 0.90, 0.95, 0.99];
 
@@ -451,12 +455,22 @@ impl Sketch {
         Ok(())
     }
 
+    /// Folds the pairs once they are many, so that memory holds at most a few times the
+    /// histogram's non-empty buckets however many rows were merged.
+    pub fn compact(&mut self) {
+        if self.pairs.len() >= COMPACT_AT {
+            self.normalize();
+        }
+    }
+
     /// Sorts and folds equal values.
     pub fn normalize(&mut self) {
         if self.sorted {
             return;
         }
-        self.pairs.sort_unstable_by_key(|p| p.0);
+        // Stable sort: it merges the sorted runs that merged sketches are, rather than
+        // sorting from scratch.
+        self.pairs.sort_by_key(|p| p.0);
         let mut out: Vec<(u64, u64)> = Vec::with_capacity(self.pairs.len());
         for &(v, c) in &self.pairs {
             match out.last_mut() {
@@ -700,19 +714,17 @@ impl Assembler {
             row.status_code,
             None,
         );
-        let mut sketch = Sketch::default();
-        sketch.merge_encoded(&row.sketch)?;
-        let cell = Cell {
-            count: row.count,
-            timed: row.timed,
-            max_ms: row.max_ms,
-            sketch,
-        };
         let (total, bucket) = self.slot(group, row.bucket);
-        for acc in [total, bucket] {
-            acc.cell.merge(&cell);
+        // The total's durations are the buckets' merged at the end, once each bucket's
+        // are folded, so each stored pair is copied once here.
+        for acc in [total, &mut *bucket] {
+            acc.cell.count += row.count;
+            acc.cell.timed += row.timed;
+            acc.cell.max_ms = acc.cell.max_ms.max(row.max_ms);
             acc.errors(row.status_code, row.count);
         }
+        bucket.cell.sketch.merge_encoded(&row.sketch)?;
+        bucket.cell.sketch.compact();
         Ok(())
     }
 
@@ -726,10 +738,15 @@ impl Assembler {
             r.group.as_deref(),
         );
         let (total, bucket) = self.slot(group, r.created_at);
-        for acc in [total, bucket] {
-            acc.cell.add(r.duration_ms);
-            acc.errors(r.status_code, 1);
+        bucket.cell.add(r.duration_ms);
+        bucket.cell.sketch.compact();
+        bucket.errors(r.status_code, 1);
+        total.cell.count += 1;
+        if let Some(d) = r.duration_ms.filter(|d| *d >= 0) {
+            total.cell.timed += 1;
+            total.cell.max_ms = total.cell.max_ms.max(d);
         }
+        total.errors(r.status_code, 1);
     }
 
     /// The answer: the `limit` largest series, every bucket of the range in each.
@@ -743,19 +760,27 @@ impl Assembler {
         }
         let series = groups
             .into_iter()
-            .map(|(group, (mut total, mut buckets))| Series {
-                group,
-                total: total.figures(),
-                buckets: (0..q.buckets())
+            .map(|(group, (mut total, mut buckets))| {
+                let buckets = (0..q.buckets())
                     .map(|i| {
                         let start = q.from + i * q.interval.millis();
-                        let figures = buckets
-                            .get_mut(&start)
-                            .map(Acc::figures)
-                            .unwrap_or_default();
+                        let figures = match buckets.get_mut(&start) {
+                            Some(acc) => {
+                                let figures = acc.figures();
+                                total.cell.sketch.merge(&acc.cell.sketch);
+                                total.cell.sketch.compact();
+                                figures
+                            }
+                            None => Figures::default(),
+                        };
                         (start, figures)
                     })
-                    .collect(),
+                    .collect();
+                Series {
+                    group,
+                    total: total.figures(),
+                    buckets,
+                }
             })
             .collect();
         StatsAnswer {

@@ -36,7 +36,7 @@ pub struct StatsParams {
     #[param(format = DateTime)]
     from: Option<String>,
     /// End of the range, exclusive (RFC 3339 with offset), rounded up to a bucket start;
-    /// default now. At most 1,440 buckets from `from`.
+    /// default now. At most 1,500 buckets from `from`.
     #[param(format = DateTime)]
     to: Option<String>,
     /// Group the series by `route_pattern`, `method`, `status_code`, `status_class`,

@@ -169,6 +169,11 @@ def before_call(context, case, kwargs):
         return
     if isinstance(case.query, dict):
         _query(case.query)
+        # Stats bound the buckets of a range (1,500): a valid interval with two random
+        # instants is mostly a 400 by design, while the default range always fits.
+        if operation == "GET /v1/logs/stats":
+            case.query.pop("from", None)
+            case.query.pop("to", None)
     # A case-insensitive mapping, not a dict.
     if case.headers is not None:
         for name in [h for h in list(case.headers) if h.lower() == "last-event-id"]:
