@@ -5,27 +5,13 @@ use std::collections::HashMap;
 use apitrail_model::LogFilter;
 use apitrail_model::RequestLog;
 use apitrail_model::query::request_id_variants;
-use apitrail_store::logstats::{Cell, Level, Rollups, Sketch};
+use apitrail_store::logstats::{Bucket, Level, Part, Rollups};
 use apitrail_store::{GroupBy, RollupRead, RollupRow, StatsRecord, StoreError};
-use tokio_postgres::Row;
 
 use crate::reader::{Reader, Sql};
 use crate::{Args, params, push};
 
-type Key = (i64, i16, i64, String, String, i32);
-
-/// Cell keys as column arrays, for `unnest`.
-#[derive(Default)]
-struct KeyColumns(
-    Vec<i64>,
-    Vec<i16>,
-    Vec<i64>,
-    Vec<String>,
-    Vec<String>,
-    Vec<i32>,
-);
-
-/// Adds the cells of `rows` to the stored ones of `slot` (inside the caller's transaction).
+/// Adds the buckets of `rows` to the stored ones of `slot` (inside the caller's transaction).
 pub(crate) async fn write(
     tx: &impl Sql,
     slot: i32,
@@ -38,101 +24,58 @@ pub(crate) async fn write(
     add(tx, slot, rollups).await
 }
 
-/// Adds `rollups` to the stored cells of `slot`: the stored cells are locked and read in key
-/// order, merged here, and written back.
+/// Adds `rollups` to the stored buckets of `slot`: the stored rows are locked and read in
+/// key order, merged here, and written back with one statement.
 pub(crate) async fn add(tx: &impl Sql, slot: i32, rollups: Rollups) -> Result<(), StoreError> {
     if rollups.is_empty() {
         return Ok(());
     }
-    let cells = rollups.into_sorted();
-    let mut cols = KeyColumns::default();
-    for ((org, k), _) in &cells {
-        cols.0.push(*org);
-        cols.1.push(k.level.code());
-        cols.2.push(k.bucket);
-        cols.3.push(k.route_pattern.clone());
-        cols.4.push(k.method.clone());
-        cols.5.push(i32::from(k.status_code));
-    }
+    let buckets = rollups.into_sorted();
+    let orgs: Vec<i64> = buckets.iter().map(|b| b.0.0).collect();
+    let levels: Vec<i16> = buckets.iter().map(|b| b.0.1.code()).collect();
+    let starts: Vec<i64> = buckets.iter().map(|b| b.0.2).collect();
     let stored = tx
         .rows(
-            "SELECT r.org, r.level, r.bucket, r.route_pattern, r.method, r.status_code, \
-                    r.n, r.timed, r.max_ms, r.sketch \
+            "SELECT r.org, r.level, r.bucket, r.cells \
                FROM request_log_rollups r \
-               JOIN unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::text[], $5::text[], \
-                           $6::int[]) AS k (org, level, bucket, route_pattern, method, status_code) \
-                 ON r.org = k.org AND r.level = k.level AND r.bucket = k.bucket \
-                AND r.route_pattern = k.route_pattern AND r.method = k.method \
-                AND r.status_code = k.status_code AND r.slot = $7 \
-              ORDER BY 1, 2, 3, 4, 5, 6 \
+               JOIN unnest($1::bigint[], $2::smallint[], $3::bigint[]) AS k (org, level, bucket) \
+                 ON r.org = k.org AND r.level = k.level AND r.bucket = k.bucket AND r.slot = $4 \
+              ORDER BY 1, 2, 3 \
                 FOR UPDATE OF r",
-            &[&cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &slot],
+            &[&orgs, &levels, &starts, &slot],
         )
         .await?;
-    let mut old: HashMap<Key, Cell> = HashMap::with_capacity(stored.len());
+    let mut old: HashMap<(i64, i16, i64), Bucket> = HashMap::with_capacity(stored.len());
     for r in &stored {
-        let key: Key = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5));
-        old.insert(key, cell_of(r, 6)?);
+        let bucket = Bucket::decode(r.get::<_, &[u8]>(3)).map_err(StoreError::backend)?;
+        old.insert((r.get(0), r.get(1), r.get(2)), bucket);
     }
-    let (mut ns, mut timed, mut max, mut sketches) = (
-        Vec::with_capacity(cells.len()),
-        Vec::with_capacity(cells.len()),
-        Vec::with_capacity(cells.len()),
-        Vec::with_capacity(cells.len()),
+    let (mut sums, mut cells) = (
+        Vec::with_capacity(buckets.len()),
+        Vec::with_capacity(buckets.len()),
     );
-    for (i, ((org, k), mut cell)) in cells.into_iter().enumerate() {
-        let key: Key = (
-            org,
-            k.level.code(),
-            k.bucket,
-            cols.3[i].clone(),
-            cols.4[i].clone(),
-            cols.5[i],
-        );
-        if let Some(stored) = old.get(&key) {
-            cell.merge(stored);
+    for ((org, level, start), mut bucket) in buckets {
+        if let Some(stored) = old.get(&(org, level.code(), start)) {
+            bucket.merge(stored);
         }
-        ns.push(cell.count as i64);
-        timed.push(cell.timed as i64);
-        max.push(cell.max_ms);
-        sketches.push(cell.sketch.encode());
+        let encoded = bucket.encode();
+        sums.push(encoded.sums);
+        cells.push(encoded.cells);
     }
     tx.exec(
-        "INSERT INTO request_log_rollups (org, level, bucket, route_pattern, method, \
-            status_code, slot, n, timed, max_ms, sketch) \
-         SELECT org, level, bucket, route_pattern, method, status_code, $7, n, timed, max_ms, \
-                sketch \
-           FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $4::text[], $5::text[], \
-                       $6::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bytea[]) \
-                AS k (org, level, bucket, route_pattern, method, status_code, n, timed, max_ms, \
-                      sketch) \
-         ON CONFLICT (org, level, bucket, route_pattern, method, status_code, slot) \
-         DO UPDATE SET n = EXCLUDED.n, timed = EXCLUDED.timed, max_ms = EXCLUDED.max_ms, \
-                       sketch = EXCLUDED.sketch",
-        &[
-            &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &cols.5, &slot, &ns, &timed, &max,
-            &sketches,
-        ],
+        "INSERT INTO request_log_rollups (org, level, bucket, slot, sums, cells) \
+         SELECT org, level, bucket, $4, sums, cells \
+           FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $5::bytea[], $6::bytea[]) \
+                AS k (org, level, bucket, sums, cells) \
+         ON CONFLICT (org, level, bucket, slot) \
+         DO UPDATE SET sums = EXCLUDED.sums, cells = EXCLUDED.cells",
+        &[&orgs, &levels, &starts, &slot, &sums, &cells],
     )
     .await?;
     Ok(())
 }
 
-/// The cell in columns `at..at + 4` (n, timed, max_ms, sketch) of `r`.
-fn cell_of(r: &Row, at: usize) -> Result<Cell, StoreError> {
-    let mut sketch = Sketch::default();
-    sketch
-        .merge_encoded(r.get::<_, &[u8]>(at + 3))
-        .map_err(StoreError::backend)?;
-    Ok(Cell {
-        count: u64::try_from(r.get::<_, i64>(at)).unwrap_or(0),
-        timed: u64::try_from(r.get::<_, i64>(at + 1)).unwrap_or(0),
-        max_ms: r.get(at + 2),
-        sketch,
-    })
-}
-
-/// Removes every cell whose whole bucket lies before `before` (retention), for one org or all.
+/// Removes every bucket that lies wholly before `before` (retention), for one org or all.
 pub(crate) async fn expire(c: &impl Sql, org: Option<i64>, before: i64) -> Result<(), StoreError> {
     for level in Level::ALL {
         let edge = before - level.millis();
@@ -156,60 +99,41 @@ pub(crate) async fn expire(c: &impl Sql, org: Option<i64>, before: i64) -> Resul
     Ok(())
 }
 
-/// The cells `read` selects (every slot's).
+/// The buckets `read` selects (every slot's), in bucket order.
 pub(crate) async fn read(
     c: &Reader,
     org: i64,
     read: &RollupRead,
 ) -> Result<Vec<RollupRow>, StoreError> {
-    let mut args: Args = vec![Box::new(org)];
-    let level = push(&mut args, read.level.code());
-    let from = push(&mut args, read.from);
-    let to = push(&mut args, read.to);
-    let mut sql = format!(
-        "SELECT bucket, route_pattern, method, status_code, n, timed, max_ms, sketch \
-           FROM request_log_rollups \
-          WHERE org = $1 AND level = {level} AND bucket >= {from} AND bucket < {to}"
-    );
-    if let Some(m) = &read.method {
-        sql.push_str(&format!(" AND method = {}", push(&mut args, m.clone())));
-    }
-    if let Some(r) = &read.route_pattern {
-        sql.push_str(&format!(
-            " AND route_pattern = {}",
-            push(&mut args, r.clone())
-        ));
-    }
-    if let Some(s) = read.status_min {
-        sql.push_str(&format!(
-            " AND status_code >= {}",
-            push(&mut args, i32::from(s))
-        ));
-    }
-    if let Some(s) = read.status_max {
-        sql.push_str(&format!(
-            " AND status_code <= {}",
-            push(&mut args, i32::from(s))
-        ));
-    }
-    let limit = push(&mut args, i64::from(read.max_rows) + 1);
-    sql.push_str(&format!(" LIMIT {limit}"));
-    c.prepared(&sql, &params(&args))
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(RollupRow {
-                bucket: r.get(0),
-                route_pattern: r.get(1),
-                method: r.get(2),
-                status_code: u16::try_from(r.get::<_, i32>(3)).unwrap_or(0),
-                count: u64::try_from(r.get::<_, i64>(4)).unwrap_or(0),
-                timed: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
-                max_ms: r.get(6),
-                sketch: r.get(7),
-            })
-        })
-        .collect()
+    let sql = match read.part {
+        Part::Sums => {
+            "SELECT bucket, sums FROM request_log_rollups \
+              WHERE org = $1 AND level = $2 AND bucket >= $3 AND bucket < $4 \
+              ORDER BY bucket LIMIT $5"
+        }
+        Part::Cells => {
+            "SELECT bucket, cells FROM request_log_rollups \
+              WHERE org = $1 AND level = $2 AND bucket >= $3 AND bucket < $4 \
+              ORDER BY bucket LIMIT $5"
+        }
+    };
+    Ok(c.prepared(
+        sql,
+        &[
+            &org,
+            &read.level.code(),
+            &read.from,
+            &read.to,
+            &(i64::from(read.max_rows) + 1),
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| RollupRow {
+        bucket: r.get(0),
+        body: r.get(1),
+    })
+    .collect())
 }
 
 /// The records a stats query reads itself (filters or grouping beyond the rollups).

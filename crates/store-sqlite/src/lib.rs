@@ -266,7 +266,6 @@ fn open_connection(path: &Path, read_only: bool, cache_mib: u32) -> Result<Conne
     conn.pragma_update(None, "mmap_size", 1i64 << 34)
         .map_err(StoreError::backend)?;
     conn.set_prepared_statement_cache_capacity(128);
-    rollups::register_functions(&conn)?;
     Ok(conn)
 }
 
@@ -521,7 +520,18 @@ impl Store for SqliteStore {
     ) -> Result<InsertOutcome, StoreError> {
         let records = batches.iter().map(|b| b.logs.len()).sum();
         tracing::Span::current().record("records", records);
-        let (levels, rollups) = (Arc::clone(&self.levels), self.rollups);
+        let levels = Arc::clone(&self.levels);
+        // The batch's rollups are summed here, on the caller's thread, so the single writer
+        // thread only merges them into the stored buckets.
+        let rollups = self.rollups.then(|| {
+            let mut r = apitrail_store::logstats::Rollups::new();
+            for b in &batches {
+                for log in &b.logs {
+                    r.add(b.tenant.key(), log);
+                }
+            }
+            r
+        });
         self.writer
             .submit(records, move |conn| {
                 request_logs::insert(conn, &batches, &levels, rollups)

@@ -7,6 +7,7 @@ use apitrail_model::query::request_id_variants;
 use apitrail_model::{
     LogFilter, PageRequest, PageStart, Position, RequestLog, Sort, SortDir, SortKey, Timestamp,
 };
+use apitrail_store::logstats::Rollups;
 use apitrail_store::{InsertOutcome, LogBatch, Page, StoreError, ValueField, stored};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
@@ -43,7 +44,7 @@ pub(crate) fn insert(
     conn: &Connection,
     batches: &[LogBatch],
     levels: &Levels,
-    with_rollups: bool,
+    rollups: Option<Rollups>,
 ) -> Result<InsertOutcome, StoreError> {
     let mut st = conn.prepare_cached(INSERT).map_err(backend)?;
     let side = |key: SideKey, columns: &str, values: &str| {
@@ -71,7 +72,9 @@ pub(crate) fn insert(
     // The tail's positions: taken here, under the database's write lock, so they follow
     // commit order (a duplicate wastes one, which leaves a hole, never a reordering).
     let mut tail_pos = crate::tail::last_position(conn)?;
-    let mut rollups = apitrail_store::logstats::Rollups::new();
+    // Summed by the caller over every record; rebuilt from the stored ones only when some
+    // were duplicates (which must not count twice).
+    let mut accepted: Vec<(i64, &RequestLog)> = Vec::new();
     for batch in batches {
         let org = batch.tenant.key();
         for log in &batch.logs {
@@ -118,8 +121,8 @@ pub(crate) fn insert(
                 .map_err(backend)?;
             if n == 1 {
                 outcome.accepted += 1;
-                if with_rollups {
-                    rollups.add(org, log);
+                if rollups.is_some() {
+                    accepted.push((org, log));
                 }
                 let seq = conn.last_insert_rowid();
                 let id = log.id.as_bytes();
@@ -157,7 +160,18 @@ pub(crate) fn insert(
         }
     }
     crate::tail::set_last_position(conn, tail_pos)?;
-    crate::rollups::write(conn, rollups)?;
+    if let Some(all) = rollups {
+        let rollups = if outcome.duplicates == 0 {
+            all
+        } else {
+            let mut stored_only = Rollups::new();
+            for (org, log) in accepted {
+                stored_only.add(org, log);
+            }
+            stored_only
+        };
+        crate::rollups::write(conn, rollups)?;
+    }
     levels.added(SideKey::Duration, outcome.accepted);
     levels.added(SideKey::RequestId, with_request_id);
     Ok(outcome)

@@ -1,7 +1,7 @@
 //! Stats rollups: written with the request logs they count, read by `GET /v1/logs/stats`.
 
 use apitrail_model::LogFilter;
-use apitrail_store::logstats::{CellKey, Level, Rollups, Sketch};
+use apitrail_store::logstats::{Bucket, Encoded, Level, Part, Rollups};
 use apitrail_store::{GroupBy, RollupRead, RollupRow, StatsRecord, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
@@ -10,71 +10,39 @@ use crate::backend;
 use crate::reader::Sql;
 use crate::schema::MigrateError;
 
-/// Registers `apitrail_sketch_merge(a, b)`: the encoded sum of two encoded sketches, so a
-/// cell is added to with one UPSERT (a malformed stored sketch fails the write).
-pub(crate) fn register_functions(conn: &Connection) -> Result<(), StoreError> {
-    use rusqlite::functions::FunctionFlags;
-    conn.create_scalar_function(
-        "apitrail_sketch_merge",
-        2,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| {
-            let mut sketch = Sketch::default();
-            for i in 0..2 {
-                let bytes = ctx
-                    .get_raw(i)
-                    .as_blob()
-                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
-                sketch
-                    .merge_encoded(bytes)
-                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
-            }
-            Ok(sketch.encode())
-        },
-    )
-    .map_err(backend)
-}
-
-/// Adds `rollups` to the stored cells (inside the caller's transaction).
+/// Adds `rollups` to the stored buckets (inside the caller's transaction): each touched
+/// bucket is read, merged and written back, one row per org, level and bucket.
 pub(crate) fn write(conn: &Connection, rollups: Rollups) -> Result<(), StoreError> {
-    let mut upsert = conn
+    let mut read = conn
         .prepare_cached(
-            "INSERT INTO request_log_rollups (org, level, bucket, route_pattern, method, \
-             status_code, n, timed, max_ms, sketch) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-             ON CONFLICT (org, level, bucket, route_pattern, method, status_code) DO UPDATE \
-             SET n = n + excluded.n, timed = timed + excluded.timed, \
-                 max_ms = max(max_ms, excluded.max_ms), \
-                 sketch = apitrail_sketch_merge(sketch, excluded.sketch)",
+            "SELECT cells FROM request_log_rollups WHERE org = ?1 AND level = ?2 AND bucket = ?3",
         )
         .map_err(backend)?;
-    for ((org, key), mut cell) in rollups.into_sorted() {
-        let CellKey {
-            level,
-            bucket,
-            route_pattern,
-            method,
-            status_code,
-        } = key;
+    let mut upsert = conn
+        .prepare_cached(
+            "INSERT OR REPLACE INTO request_log_rollups (org, level, bucket, sums, cells) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(backend)?;
+    for ((org, level, start), mut bucket) in rollups.into_sorted() {
+        let mut rows = read
+            .query(params![org, level.code(), start])
+            .map_err(backend)?;
+        if let Some(row) = rows.next().map_err(backend)? {
+            let bytes = row.get_ref(0).and_then(|v| v.as_blob().map_err(Into::into));
+            let stored = Bucket::decode(bytes.map_err(backend)?).map_err(StoreError::backend)?;
+            bucket.merge(&stored);
+        }
+        drop(rows);
+        let Encoded { sums, cells } = bucket.encode();
         upsert
-            .execute(params![
-                org,
-                level.code(),
-                bucket,
-                route_pattern,
-                method,
-                status_code,
-                cell.count as i64,
-                cell.timed as i64,
-                cell.max_ms,
-                cell.sketch.encode(),
-            ])
+            .execute(params![org, level.code(), start, sums, cells])
             .map_err(backend)?;
     }
     Ok(())
 }
 
-/// Removes the org's cells whose whole bucket lies before `before` (retention).
+/// Removes the org's buckets that lie wholly before `before` (retention).
 pub(crate) fn expire(conn: &Connection, org: i64, before: i64) -> Result<(), StoreError> {
     for level in Level::ALL {
         conn.exec(
@@ -85,51 +53,36 @@ pub(crate) fn expire(conn: &Connection, org: i64, before: i64) -> Result<(), Sto
     Ok(())
 }
 
-/// The cells `read` selects.
+/// The buckets `read` selects, in bucket order.
 pub(crate) fn read(
     conn: &Connection,
     org: i64,
     read: &RollupRead,
 ) -> Result<Vec<RollupRow>, StoreError> {
-    let mut sql = String::from(
-        "SELECT bucket, route_pattern, method, status_code, n, timed, max_ms, sketch \
-         FROM request_log_rollups WHERE org = ?1 AND level = ?2 AND bucket >= ?3 AND bucket < ?4",
-    );
-    let mut args = vec![
-        Value::Integer(org),
-        Value::Integer(i64::from(read.level.code())),
-        Value::Integer(read.from),
-        Value::Integer(read.to),
-    ];
-    let mut cond = |c: &str, v: Value| {
-        args.push(v);
-        sql.push_str(&format!(" AND {c} ?{}", args.len()));
+    let column = match read.part {
+        Part::Sums => "sums",
+        Part::Cells => "cells",
     };
-    if let Some(m) = &read.method {
-        cond("method =", Value::Text(m.clone()));
-    }
-    if let Some(r) = &read.route_pattern {
-        cond("route_pattern =", Value::Text(r.clone()));
-    }
-    if let Some(s) = read.status_min {
-        cond("status_code >=", Value::Integer(i64::from(s)));
-    }
-    if let Some(s) = read.status_max {
-        cond("status_code <=", Value::Integer(i64::from(s)));
-    }
-    sql.push_str(&format!(" LIMIT {}", u64::from(read.max_rows) + 1));
-    conn.all(&sql, params_from_iter(args), |r| {
-        Ok(RollupRow {
-            bucket: r.get(0)?,
-            route_pattern: r.get(1)?,
-            method: r.get(2)?,
-            status_code: u16::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-            count: r.get::<_, i64>(4)?.max(0) as u64,
-            timed: r.get::<_, i64>(5)?.max(0) as u64,
-            max_ms: r.get(6)?,
-            sketch: r.get(7)?,
-        })
-    })
+    conn.all(
+        &format!(
+            "SELECT bucket, {column} FROM request_log_rollups \
+             WHERE org = ?1 AND level = ?2 AND bucket >= ?3 AND bucket < ?4 ORDER BY bucket \
+             LIMIT ?5"
+        ),
+        params![
+            org,
+            read.level.code(),
+            read.from,
+            read.to,
+            i64::from(read.max_rows) + 1
+        ],
+        |r| {
+            Ok(RollupRow {
+                bucket: r.get(0)?,
+                body: r.get(1)?,
+            })
+        },
+    )
 }
 
 /// The records a stats query reads itself (filters or grouping beyond the rollups).

@@ -433,8 +433,8 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
     /// added records (other processes' writes are found by polling).
     fn on_commit(&self, hook: CommitHook);
 
-    /// The org's rollup cells that `read` selects, in any order, at most `read.max_rows + 1`
-    /// (one more than the bound says it was passed).
+    /// The org's stored rollup buckets that `read` selects, in bucket order, at most
+    /// `read.max_rows + 1` (one more than the bound says it was passed).
     async fn read_rollups(
         &self,
         tenant: &Tenant,

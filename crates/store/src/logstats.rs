@@ -1,11 +1,14 @@
 //! Request-log statistics (`GET /v1/logs/stats`): the rollups kept at ingest, and the merge
 //! that answers a query from them or from the records themselves.
 //!
-//! **Rollups.** Every stored request log adds to three rollup cells, one per [`Level`]
-//! (minute, hour, day), keyed by org, bucket start, route pattern, method and status code
-//! (the bounded dimensions). A cell holds the exact count, how many of those had a duration,
-//! the exact largest duration, and a [`Sketch`] of the durations. Backends write the cells
-//! in the same transaction as the records.
+//! **Rollups.** Every stored request log adds to one rollup [`Bucket`] per [`Level`]
+//! (minute, hour, day) of its org: a bucket holds a [`Cell`] per route pattern, method and
+//! status code (the bounded dimensions) seen in it, each with the exact count, 4xx and 5xx
+//! counts, how many had a duration, the exact largest duration and a [`Sketch`] of the
+//! durations. A bucket is stored as one value ([`Bucket::encode`]) that also carries its
+//! total and its per-route, per-method and per-status sums, so a query without filters reads
+//! one small section per bucket. Backends write buckets in the same transaction as the
+//! records they count.
 //!
 //! **Sketch.** Durations are bucketed as an HDR histogram with two significant digits
 //! (the `hdrhistogram` crate's bucketing: every value maps to the highest value equivalent
@@ -14,20 +17,25 @@
 //! a quantile is the nearest-rank value over the merged buckets: within 1% of the exact
 //! nearest-rank value, as HDR's own `value_at_quantile` is.
 //!
-//! **Queries.** A query whose filters and grouping are all bounded dimensions reads rollup
-//! cells of the level that fits its interval; any other reads the matching records
+//! **Queries.** A query whose filters and grouping are all bounded dimensions reads the rollup
+//! buckets of the level that fits its interval; any other reads the matching records
 //! themselves. Either read is bounded ([`MAX_ROWS`]), and a query that would need more is
 //! refused with [`StatsError::TooLarge`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use apitrail_model::{LogFilter, RequestLog, Timestamp};
 
 /// The most buckets one answer has (per series).
 pub const MAX_BUCKETS: i64 = 1_500;
-/// The most rows (rollup cells or records) one query reads.
+/// The most rows (stored rollup buckets or records) one query reads.
 pub const MAX_ROWS: u32 = 1_000_000;
+/// The most cells one rollup bucket holds: the records of further (route pattern, method,
+/// status) combinations of that bucket count in the cell of their method and status
+/// without a route pattern, so a client sending endless route patterns cannot grow a
+/// bucket (nor the work of every write to it) without bound.
+pub const MAX_CELLS: usize = 10_000;
 /// The most series one answer has (`limit`), and the default.
 pub const MAX_SERIES: u32 = 100;
 /// The default `limit`.
@@ -255,6 +263,20 @@ impl StatsQuery {
             && self.group_by.is_none_or(GroupBy::in_rollups)
     }
 
+    /// Which stored value of each rollup bucket the query needs.
+    pub fn rollup_part(&self) -> Part {
+        let f = &self.filter;
+        if f.method.is_some()
+            || f.route_pattern.is_some()
+            || f.status_min.is_some()
+            || f.status_max.is_some()
+        {
+            Part::Cells
+        } else {
+            Part::Sums
+        }
+    }
+
     /// The filter with the query's range as its time window.
     pub fn ranged_filter(&self) -> LogFilter {
         LogFilter {
@@ -279,26 +301,15 @@ pub enum StatsError {
     Store(#[from] crate::StoreError),
 }
 
-/// A rollup cell's key (its org aside).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CellKey {
-    /// The level.
-    pub level: Level,
-    /// The bucket's start, ms since the epoch.
-    pub bucket: i64,
-    /// The route pattern; `""` for none.
-    pub route_pattern: String,
-    /// The method.
-    pub method: String,
-    /// The status code.
-    pub status_code: u16,
-}
-
-/// What a rollup cell holds.
+/// What a rollup cell (or a sum of cells) holds.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Cell {
     /// Records.
     pub count: u64,
+    /// Records with a 4xx status.
+    pub errors_4xx: u64,
+    /// Records with a 5xx status.
+    pub errors_5xx: u64,
     /// Records with a duration.
     pub timed: u64,
     /// The largest duration, `-1` when none had one.
@@ -317,8 +328,13 @@ impl Cell {
     }
 
     /// Adds one record's figures.
-    pub fn add(&mut self, duration_ms: Option<i64>) {
+    pub fn add(&mut self, status: u16, duration_ms: Option<i64>) {
         self.count += 1;
+        match status {
+            400..=499 => self.errors_4xx += 1,
+            500..=599 => self.errors_5xx += 1,
+            _ => {}
+        }
         if let Some(d) = duration_ms.filter(|d| *d >= 0) {
             self.timed += 1;
             self.max_ms = self.max_ms.max(d);
@@ -328,26 +344,256 @@ impl Cell {
 
     /// Adds another cell.
     pub fn merge(&mut self, other: &Cell) {
+        self.add_counts(other);
+        self.sketch.merge(&other.sketch);
+    }
+
+    fn add_counts(&mut self, other: &Cell) {
         self.count += other.count;
+        self.errors_4xx += other.errors_4xx;
+        self.errors_5xx += other.errors_5xx;
         self.timed += other.timed;
         self.max_ms = self.max_ms.max(other.max_ms);
-        self.sketch.merge(&other.sketch);
+    }
+
+    fn encode_into(&mut self, out: &mut Vec<u8>) {
+        for n in [self.count, self.errors_4xx, self.errors_5xx, self.timed] {
+            put_varint(out, n);
+        }
+        put_varint(out, u64::try_from(self.max_ms + 1).unwrap_or(0));
+        self.sketch.encode_into(out);
+    }
+
+    /// Decodes a cell's counts and adds its durations to `into` (a query's accumulator), so
+    /// no sketch is allocated per stored cell.
+    fn decode_into(r: &mut &[u8], into: &mut Sketch) -> Result<Cell, SketchError> {
+        let mut cell = Cell::new_empty();
+        cell.count = varint(r)?;
+        cell.errors_4xx = varint(r)?;
+        cell.errors_5xx = varint(r)?;
+        cell.timed = varint(r)?;
+        cell.max_ms = i64::try_from(varint(r)?).map_err(|_| SketchError("max overflows"))? - 1;
+        into.merge_from(r)?;
+        Ok(cell)
     }
 }
 
-/// The rollup cells a set of records adds to, per org.
+/// A cell's key within its bucket: route pattern (`""` for none), method, status code.
+pub type CellKey = (String, String, u16);
+
+/// One rollup bucket of one org and level: a cell per (route pattern, method, status).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bucket {
+    cells: BTreeMap<CellKey, Cell>,
+}
+
+/// The sections of an encoded [`Bucket`], in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    /// One cell: the whole bucket.
+    Total = 0,
+    /// A cell per route pattern (text key).
+    Routes = 1,
+    /// A cell per method (text key).
+    Methods = 2,
+    /// A cell per status code (number key).
+    Statuses = 3,
+    /// Every cell (route, method, status key).
+    Cells = 4,
+}
+
+/// The first byte of each encoded value of a bucket.
+const BUCKET_FORMAT: u8 = 1;
+
+/// A bucket as stored: its sums and its cells (see [`Bucket::encode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The total and the sums per route, method and status.
+    pub sums: Vec<u8>,
+    /// Every cell.
+    pub cells: Vec<u8>,
+}
+
+/// Which stored value of a bucket a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The sums: enough for a query without filters.
+    Sums,
+    /// Every cell: a query with a method, route or status filter.
+    Cells,
+}
+
+impl Bucket {
+    /// Adds one record.
+    pub fn add(&mut self, route: Option<&str>, method: &str, status: u16, duration: Option<i64>) {
+        self.cell(route.unwrap_or(""), method, status)
+            .add(status, duration);
+    }
+
+    /// The cell of a key, made when missing; past [`MAX_CELLS`] a new key's records go to
+    /// the cell of its method and status without a route pattern.
+    fn cell(&mut self, route: &str, method: &str, status: u16) -> &mut Cell {
+        let key = if self.cells.len() >= MAX_CELLS
+            && !self
+                .cells
+                .contains_key(&(route.to_owned(), method.to_owned(), status))
+        {
+            (String::new(), method.to_owned(), status)
+        } else {
+            (route.to_owned(), method.to_owned(), status)
+        };
+        self.cells.entry(key).or_insert_with(Cell::new_empty)
+    }
+
+    /// Adds another bucket's cells.
+    pub fn merge(&mut self, other: &Bucket) {
+        for ((route, method, status), cell) in &other.cells {
+            self.cell(route, method, *status).merge(cell);
+        }
+    }
+
+    /// Whether no record was added.
+    pub fn is_empty(&self) -> bool {
+        self.cells.is_empty()
+    }
+
+    /// The stored form, in two values so a query reads only the one it needs: `sums`, a
+    /// format byte then the sections total, per route, per method and per status, and
+    /// `cells`, a format byte then the section of every cell; each section is prefixed by its
+    /// length in bytes so a reader skips what it does not need. Numbers are LEB128 varints,
+    /// text is length-prefixed UTF-8.
+    pub fn encode(&mut self) -> Encoded {
+        let mut total = Cell::new_empty();
+        let mut routes: BTreeMap<&str, Cell> = BTreeMap::new();
+        let mut methods: BTreeMap<&str, Cell> = BTreeMap::new();
+        let mut statuses: BTreeMap<u16, Cell> = BTreeMap::new();
+        for ((route, method, status), cell) in &self.cells {
+            total.merge(cell);
+            routes
+                .entry(route)
+                .or_insert_with(Cell::new_empty)
+                .merge(cell);
+            methods
+                .entry(method)
+                .or_insert_with(Cell::new_empty)
+                .merge(cell);
+            statuses
+                .entry(*status)
+                .or_insert_with(Cell::new_empty)
+                .merge(cell);
+        }
+        let mut out = vec![BUCKET_FORMAT];
+        let mut section = Vec::new();
+        total.encode_into(&mut section);
+        put_section(&mut out, &mut section);
+        put_varint(&mut section, routes.len() as u64);
+        for (route, mut cell) in routes {
+            put_text(&mut section, route);
+            cell.encode_into(&mut section);
+        }
+        put_section(&mut out, &mut section);
+        put_varint(&mut section, methods.len() as u64);
+        for (method, mut cell) in methods {
+            put_text(&mut section, method);
+            cell.encode_into(&mut section);
+        }
+        put_section(&mut out, &mut section);
+        put_varint(&mut section, statuses.len() as u64);
+        for (status, mut cell) in statuses {
+            put_varint(&mut section, u64::from(status));
+            cell.encode_into(&mut section);
+        }
+        put_section(&mut out, &mut section);
+        let sums = out;
+        let mut out = vec![BUCKET_FORMAT];
+        put_varint(&mut section, self.cells.len() as u64);
+        for ((route, method, status), cell) in &mut self.cells {
+            put_text(&mut section, route);
+            put_text(&mut section, method);
+            put_varint(&mut section, u64::from(*status));
+            cell.encode_into(&mut section);
+        }
+        put_section(&mut out, &mut section);
+        Encoded { sums, cells: out }
+    }
+
+    /// A stored bucket from its `cells` value (the sums are recomputed when it is encoded
+    /// again).
+    pub fn decode(bytes: &[u8]) -> Result<Bucket, SketchError> {
+        let mut bucket = Bucket::default();
+        let mut r = section(bytes, Section::Cells)?;
+        for _ in 0..varint(&mut r)? {
+            let route = text(&mut r)?.to_owned();
+            let method = text(&mut r)?.to_owned();
+            let status = u16::try_from(varint(&mut r)?).map_err(|_| SketchError("status"))?;
+            let mut sketch = Sketch::default();
+            let mut cell = Cell::decode_into(&mut r, &mut sketch)?;
+            sketch.normalize();
+            cell.sketch = sketch;
+            bucket.cells.insert((route, method, status), cell);
+        }
+        Ok(bucket)
+    }
+}
+
+fn put_section(out: &mut Vec<u8>, section: &mut Vec<u8>) {
+    put_varint(out, section.len() as u64);
+    out.append(section);
+}
+
+fn put_text(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn text<'a>(r: &mut &'a [u8]) -> Result<&'a str, SketchError> {
+    let n = usize::try_from(varint(r)?).map_err(|_| SketchError("text length"))?;
+    if r.len() < n {
+        return Err(SketchError("truncated text"));
+    }
+    let (s, rest) = r.split_at(n);
+    *r = rest;
+    std::str::from_utf8(s).map_err(|_| SketchError("text is not UTF-8"))
+}
+
+/// The bytes of `which` in a bucket's stored value (`sums` for the sums, `cells` for
+/// [`Section::Cells`]).
+fn section(bytes: &[u8], which: Section) -> Result<&[u8], SketchError> {
+    let (&format, mut r) = bytes.split_first().ok_or(SketchError("empty bucket"))?;
+    if format != BUCKET_FORMAT {
+        return Err(SketchError("unknown bucket format"));
+    }
+    let index = match which {
+        Section::Cells => 0,
+        other => other as usize,
+    };
+    for i in 0..=index {
+        let n = usize::try_from(varint(&mut r)?).map_err(|_| SketchError("section length"))?;
+        if r.len() < n {
+            return Err(SketchError("truncated section"));
+        }
+        let (body, rest) = r.split_at(n);
+        if i == index {
+            return Ok(body);
+        }
+        r = rest;
+    }
+    Err(SketchError("missing section"))
+}
+
+/// The rollup buckets a set of records adds to.
 #[derive(Debug, Default)]
 pub struct Rollups {
-    cells: HashMap<(i64, CellKey), Cell>,
+    buckets: HashMap<(i64, Level, i64), Bucket>,
 }
 
 impl Rollups {
-    /// No cells.
+    /// No buckets.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds `log` of org `org` (the backend's org key) to its cell at every level.
+    /// Adds `log` of org `org` (the backend's org key) to its bucket at every level.
     pub fn add(&mut self, org: i64, log: &RequestLog) {
         self.add_parts(
             org,
@@ -370,30 +616,24 @@ impl Rollups {
         duration_ms: Option<i64>,
     ) {
         for level in Level::ALL {
-            let key = CellKey {
-                level,
-                bucket: level.bucket_of(created_at),
-                route_pattern: route_pattern.unwrap_or("").to_owned(),
-                method: method.to_owned(),
-                status_code,
-            };
-            self.cells
-                .entry((org, key))
-                .or_insert_with(Cell::new_empty)
-                .add(duration_ms);
+            self.buckets
+                .entry((org, level, level.bucket_of(created_at)))
+                .or_default()
+                .add(route_pattern, method, status_code, duration_ms);
         }
     }
 
     /// Whether no record was added.
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.buckets.is_empty()
     }
 
-    /// The cells in key order (org first), so writers lock rows in one order.
-    pub fn into_sorted(self) -> Vec<((i64, CellKey), Cell)> {
-        let mut cells: Vec<_> = self.cells.into_iter().collect();
-        cells.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        cells
+    /// The buckets as `((org, level, bucket start), bucket)`, in key order, so writers lock
+    /// rows in one order.
+    pub fn into_sorted(self) -> Vec<((i64, Level, i64), Bucket)> {
+        let mut buckets: Vec<_> = self.buckets.into_iter().collect();
+        buckets.sort_unstable_by_key(|b| b.0);
+        buckets
     }
 }
 
@@ -439,17 +679,23 @@ impl Sketch {
     /// Adds the counts of an encoded sketch.
     pub fn merge_encoded(&mut self, bytes: &[u8]) -> Result<(), SketchError> {
         let mut r = bytes;
-        let n = varint(&mut r)?;
+        self.merge_from(&mut r)?;
+        if !r.is_empty() {
+            return Err(SketchError("trailing bytes"));
+        }
+        Ok(())
+    }
+
+    /// Adds the counts of the encoded sketch at the start of `r`, and moves past it.
+    fn merge_from(&mut self, r: &mut &[u8]) -> Result<(), SketchError> {
+        let n = varint(r)?;
         let mut value = 0u64;
         for _ in 0..n {
             value = value
-                .checked_add(varint(&mut r)?)
+                .checked_add(varint(r)?)
                 .ok_or(SketchError("value overflows"))?;
-            let count = varint(&mut r)?;
+            let count = varint(r)?;
             self.pairs.push((value, count));
-        }
-        if !r.is_empty() {
-            return Err(SketchError("trailing bytes"));
         }
         self.sorted = self.pairs.is_empty();
         Ok(())
@@ -461,6 +707,12 @@ impl Sketch {
         if self.pairs.len() >= COMPACT_AT {
             self.normalize();
         }
+    }
+
+    /// Forgets every pair (keeping the allocation).
+    pub fn clear(&mut self) {
+        self.pairs.clear();
+        self.sorted = true;
     }
 
     /// Sorts and folds equal values.
@@ -485,16 +737,20 @@ impl Sketch {
     /// The stored form: a varint count of pairs, then each value's increase over the last
     /// and its count, as varints.
     pub fn encode(&mut self) -> Vec<u8> {
-        self.normalize();
         let mut out = Vec::with_capacity(2 + self.pairs.len() * 3);
-        put_varint(&mut out, self.pairs.len() as u64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    fn encode_into(&mut self, out: &mut Vec<u8>) {
+        self.normalize();
+        put_varint(out, self.pairs.len() as u64);
         let mut last = 0;
         for &(v, c) in &self.pairs {
-            put_varint(&mut out, v - last);
-            put_varint(&mut out, c);
+            put_varint(out, v - last);
+            put_varint(out, c);
             last = v;
         }
-        out
     }
 
     /// The nearest-rank values of `QUANTILES` (for `total` durations), each at most `max`.
@@ -543,25 +799,13 @@ fn varint(r: &mut &[u8]) -> Result<u64, SketchError> {
     Err(SketchError("varint too long"))
 }
 
-/// A stored rollup cell as a query reads it.
+/// A stored rollup bucket as a query reads it.
 #[derive(Debug, Clone)]
 pub struct RollupRow {
     /// The bucket's start.
     pub bucket: i64,
-    /// The route pattern, `""` for none.
-    pub route_pattern: String,
-    /// The method.
-    pub method: String,
-    /// The status code.
-    pub status_code: u16,
-    /// Records.
-    pub count: u64,
-    /// Records with a duration.
-    pub timed: u64,
-    /// The largest duration, `-1` for none.
-    pub max_ms: i64,
-    /// The encoded sketch.
-    pub sketch: Vec<u8>,
+    /// The bucket's stored value of the read's [`Part`].
+    pub body: Vec<u8>,
 }
 
 /// A record as a record-reading stats query reads it.
@@ -618,28 +862,16 @@ pub struct StatsAnswer {
     pub from_rollups: bool,
 }
 
-/// A cell being built: counts, errors and durations.
+/// A cell being built.
 #[derive(Debug, Clone)]
 struct Acc {
     cell: Cell,
-    errors_4xx: u64,
-    errors_5xx: u64,
 }
 
 impl Acc {
     fn new() -> Self {
         Self {
             cell: Cell::new_empty(),
-            errors_4xx: 0,
-            errors_5xx: 0,
-        }
-    }
-
-    fn errors(&mut self, status: u16, n: u64) {
-        match status {
-            400..=499 => self.errors_4xx += n,
-            500..=599 => self.errors_5xx += n,
-            _ => {}
         }
     }
 
@@ -647,15 +879,15 @@ impl Acc {
         let max = self.cell.max_ms;
         Figures {
             count: self.cell.count,
-            errors_4xx: self.errors_4xx,
-            errors_5xx: self.errors_5xx,
+            errors_4xx: self.cell.errors_4xx,
+            errors_5xx: self.cell.errors_5xx,
             quantiles: self.cell.sketch.quantiles(self.cell.timed, max),
             max_ms: (max >= 0).then_some(max),
         }
     }
 }
 
-/// Builds an answer from rollup cells or records, each added with its group.
+/// Builds an answer from rollup buckets or records.
 #[derive(Debug)]
 pub struct Assembler {
     query: StatsQuery,
@@ -705,26 +937,67 @@ impl Assembler {
         )
     }
 
-    /// Adds a rollup cell (already filtered by the store).
-    pub fn add_row(&mut self, row: &RollupRow) -> Result<(), SketchError> {
-        let group = group_of(
-            self.query.group_by,
-            Some(&row.route_pattern),
-            &row.method,
-            row.status_code,
-            None,
-        );
-        let (total, bucket) = self.slot(group, row.bucket);
-        // The total's durations are the buckets' merged at the end, once each bucket's
-        // are folded, so each stored pair is copied once here.
-        for acc in [total, &mut *bucket] {
-            acc.cell.count += row.count;
-            acc.cell.timed += row.timed;
-            acc.cell.max_ms = acc.cell.max_ms.max(row.max_ms);
-            acc.errors(row.status_code, row.count);
-        }
-        bucket.cell.sketch.merge_encoded(&row.sketch)?;
+    /// Adds one decoded cell's counts to its group's total and bucket (its durations went
+    /// to `sketch`, which joins the bucket's).
+    fn add_cell(&mut self, group: GroupValue, at: i64, cell: &Cell, sketch: &mut Sketch) {
+        let (total, bucket) = self.slot(group, at);
+        // The total's durations are the buckets' merged at the end, once each bucket's are
+        // folded, so each stored pair is copied once here.
+        total.cell.add_counts(cell);
+        bucket.cell.add_counts(cell);
+        bucket.cell.sketch.merge(sketch);
         bucket.cell.sketch.compact();
+        sketch.clear();
+    }
+
+    /// Adds a stored rollup bucket, reading only the section the query needs: the total,
+    /// one per-dimension sum, or (with a filter) every cell, filtered here.
+    pub fn add_row(&mut self, row: &RollupRow) -> Result<(), SketchError> {
+        let which = match (self.query.rollup_part(), self.query.group_by) {
+            (Part::Cells, _) => Section::Cells,
+            (Part::Sums, None) => Section::Total,
+            (Part::Sums, Some(GroupBy::RoutePattern)) => Section::Routes,
+            (Part::Sums, Some(GroupBy::Method)) => Section::Methods,
+            (Part::Sums, Some(_)) => Section::Statuses,
+        };
+        let mut r = section(&row.body, which)?;
+        let mut sketch = Sketch::default();
+        if which == Section::Total {
+            let cell = Cell::decode_into(&mut r, &mut sketch)?;
+            self.add_cell(GroupValue::Null, row.bucket, &cell, &mut sketch);
+            return Ok(());
+        }
+        for _ in 0..varint(&mut r)? {
+            let group = match which {
+                Section::Routes => group_of(self.query.group_by, Some(text(&mut r)?), "", 0, None),
+                Section::Methods => GroupValue::Text(text(&mut r)?.to_owned()),
+                Section::Statuses => {
+                    let status =
+                        u16::try_from(varint(&mut r)?).map_err(|_| SketchError("status"))?;
+                    group_of(self.query.group_by, None, "", status, None)
+                }
+                _ => {
+                    let route = text(&mut r)?;
+                    let method = text(&mut r)?;
+                    let status =
+                        u16::try_from(varint(&mut r)?).map_err(|_| SketchError("status"))?;
+                    let f = &self.query.filter;
+                    let keep = f.method.as_deref().is_none_or(|m| m == method)
+                        && f.route_pattern.as_deref().is_none_or(|p| p == route)
+                        && f.status_min.is_none_or(|s| status >= s)
+                        && f.status_max.is_none_or(|s| status <= s);
+                    if !keep {
+                        // Skip the cell: its counts, then its sketch.
+                        Cell::decode_into(&mut r, &mut sketch)?;
+                        sketch.clear();
+                        continue;
+                    }
+                    group_of(self.query.group_by, Some(route), method, status, None)
+                }
+            };
+            let cell = Cell::decode_into(&mut r, &mut sketch)?;
+            self.add_cell(group, row.bucket, &cell, &mut sketch);
+        }
         Ok(())
     }
 
@@ -737,16 +1010,10 @@ impl Assembler {
             r.status_code,
             r.group.as_deref(),
         );
-        let (total, bucket) = self.slot(group, r.created_at);
-        bucket.cell.add(r.duration_ms);
-        bucket.cell.sketch.compact();
-        bucket.errors(r.status_code, 1);
-        total.cell.count += 1;
-        if let Some(d) = r.duration_ms.filter(|d| *d >= 0) {
-            total.cell.timed += 1;
-            total.cell.max_ms = total.cell.max_ms.max(d);
-        }
-        total.errors(r.status_code, 1);
+        let mut cell = Cell::new_empty();
+        cell.add(r.status_code, r.duration_ms);
+        let mut sketch = std::mem::take(&mut cell.sketch);
+        self.add_cell(group, r.created_at, &cell, &mut sketch);
     }
 
     /// The answer: the `limit` largest series, every bucket of the range in each.
@@ -790,7 +1057,8 @@ impl Assembler {
     }
 }
 
-/// The part of a filter the rollups can apply: method, route pattern and status range.
+/// What a rollup read selects: one level's buckets of a range (the filters are applied to
+/// the buckets' cells by the [`Assembler`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollupRead {
     /// The level to read.
@@ -799,14 +1067,8 @@ pub struct RollupRead {
     pub from: i64,
     /// Last bucket start, exclusive.
     pub to: i64,
-    /// Uppercase method.
-    pub method: Option<String>,
-    /// Route pattern.
-    pub route_pattern: Option<String>,
-    /// Lowest status, inclusive.
-    pub status_min: Option<u16>,
-    /// Highest status, inclusive.
-    pub status_max: Option<u16>,
+    /// The stored value to read.
+    pub part: Part,
     /// Rows to read at most (one more tells the bound was passed).
     pub max_rows: u32,
 }
@@ -818,10 +1080,7 @@ impl RollupRead {
             level: query.interval.level(),
             from: query.from,
             to: query.to,
-            method: query.filter.method.clone(),
-            route_pattern: query.filter.route_pattern.clone(),
-            status_min: query.filter.status_min,
-            status_max: query.filter.status_max,
+            part: query.rollup_part(),
             max_rows: MAX_ROWS,
         }
     }
@@ -886,6 +1145,47 @@ mod tests {
                 .merge_encoded(&bytes[..bytes.len() - 1])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_bucket_round_trips_and_its_sections_hold_its_sums() {
+        let mut b = Bucket::default();
+        b.add(Some("/a"), "GET", 200, Some(5));
+        b.add(Some("/a"), "GET", 500, Some(300));
+        b.add(None, "POST", 404, None);
+        b.add(Some("/b"), "GET", 200, Some(7));
+        let Encoded { sums, cells } = b.encode();
+        assert_eq!(Bucket::decode(&cells).expect("decodes"), b);
+        let mut total = section(&sums, Section::Total).expect("total");
+        let mut sketch = Sketch::default();
+        let cell = Cell::decode_into(&mut total, &mut sketch).expect("cell");
+        assert_eq!(
+            (
+                cell.count,
+                cell.errors_4xx,
+                cell.errors_5xx,
+                cell.timed,
+                cell.max_ms
+            ),
+            (4, 1, 1, 3, 300)
+        );
+        sketch.normalize();
+        assert_eq!(sketch.pairs.len(), 3);
+        assert!(Bucket::decode(&cells[..cells.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn a_bucket_past_its_cell_bound_counts_new_routes_without_one() {
+        let mut b = Bucket::default();
+        for i in 0..MAX_CELLS + 5 {
+            b.add(Some(&format!("/r{i}")), "GET", 200, Some(1));
+        }
+        assert_eq!(b.cells.len(), MAX_CELLS + 1);
+        let spill = &b.cells[&(String::new(), "GET".to_owned(), 200)];
+        assert_eq!(spill.count, 5);
+        // A route already in the bucket keeps its own cell.
+        b.add(Some("/r0"), "GET", 200, Some(1));
+        assert_eq!(b.cells[&("/r0".to_owned(), "GET".to_owned(), 200)].count, 2);
     }
 
     #[test]
