@@ -644,14 +644,18 @@ const COMPACT_AT: usize = 16_384;
 /// The quantiles every answer reports.
 const QUANTILES: [f64; 4] = [0.50, 0.90, 0.95, 0.99];
 
-/// The HDR bucketing: two significant digits over every duration the store accepts.
+/// An empty HDR histogram of the stats' configuration: two significant digits over every
+/// duration the store accepts.
+fn empty_histogram() -> hdrhistogram::Histogram<u64> {
+    // Constant, valid bounds: this cannot fail.
+    hdrhistogram::Histogram::new_with_max(u64::from(u32::MAX), 2)
+        .expect("two significant digits up to u32::MAX is a valid HDR configuration")
+}
+
+/// The HDR bucketing (see [`empty_histogram`]).
 fn hdr() -> &'static hdrhistogram::Histogram<u64> {
     static HDR: OnceLock<hdrhistogram::Histogram<u64>> = OnceLock::new();
-    HDR.get_or_init(|| {
-        // Constant, valid bounds: this cannot fail.
-        hdrhistogram::Histogram::new_with_max(u64::from(u32::MAX), 2)
-            .expect("two significant digits up to u32::MAX is a valid HDR configuration")
-    })
+    HDR.get_or_init(empty_histogram)
 }
 
 /// Durations as the non-empty buckets of an HDR histogram: `(highest equivalent value,
@@ -1027,15 +1031,19 @@ impl Assembler {
         }
         let series = groups
             .into_iter()
-            .map(|(group, (mut total, mut buckets))| {
+            .map(|(group, (total, mut buckets))| {
+                // The total's durations: the buckets' folded pairs, recorded into one HDR
+                // histogram (dense, so adding is O(1) whatever the number of buckets).
+                let mut durations = empty_histogram();
                 let buckets = (0..q.buckets())
                     .map(|i| {
                         let start = q.from + i * q.interval.millis();
                         let figures = match buckets.get_mut(&start) {
                             Some(acc) => {
                                 let figures = acc.figures();
-                                total.cell.sketch.merge(&acc.cell.sketch);
-                                total.cell.sketch.compact();
+                                for &(v, c) in &acc.cell.sketch.pairs {
+                                    durations.saturating_record_n(v, c);
+                                }
                                 figures
                             }
                             None => Figures::default(),
@@ -1043,9 +1051,25 @@ impl Assembler {
                         (start, figures)
                     })
                     .collect();
+                let max = total.cell.max_ms;
+                let mut quantiles = [None; 4];
+                if total.cell.timed > 0 {
+                    for (q, v) in quantiles
+                        .iter_mut()
+                        .zip(durations.value_at_quantiles(QUANTILES))
+                    {
+                        *q = Some(i64::try_from(v).unwrap_or(i64::MAX).min(max));
+                    }
+                }
                 Series {
                     group,
-                    total: total.figures(),
+                    total: Figures {
+                        count: total.cell.count,
+                        errors_4xx: total.cell.errors_4xx,
+                        errors_5xx: total.cell.errors_5xx,
+                        quantiles,
+                        max_ms: (max >= 0).then_some(max),
+                    },
                     buckets,
                 }
             })
