@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use apitrail_model::LogFilter;
 use apitrail_model::RequestLog;
 use apitrail_model::query::request_id_variants;
-use apitrail_store::logstats::{Bucket, Level, Part, Rollups};
+use apitrail_store::logstats::{Bucket, Level, Rollups};
 use apitrail_store::{GroupBy, RollupRead, RollupRow, StatsRecord, StoreError};
 
 use crate::reader::{Reader, Sql};
@@ -50,26 +50,30 @@ pub(crate) async fn add(tx: &impl Sql, slot: i32, rollups: Rollups) -> Result<()
         let bucket = Bucket::decode(r.get::<_, &[u8]>(3)).map_err(StoreError::backend)?;
         old.insert((r.get(0), r.get(1), r.get(2)), bucket);
     }
-    let (mut sums, mut cells) = (
-        Vec::with_capacity(buckets.len()),
-        Vec::with_capacity(buckets.len()),
-    );
+    let mut values: [Vec<Vec<u8>>; 5] = Default::default();
     for ((org, level, start), mut bucket) in buckets {
         if let Some(stored) = old.get(&(org, level.code(), start)) {
             bucket.merge(stored);
         }
-        let encoded = bucket.encode();
-        sums.push(encoded.sums);
-        cells.push(encoded.cells);
+        for (column, value) in values.iter_mut().zip(bucket.encode().values) {
+            column.push(value);
+        }
     }
+    let [total, routes, methods, statuses, cells] = &values;
     tx.exec(
-        "INSERT INTO request_log_rollups (org, level, bucket, slot, sums, cells) \
-         SELECT org, level, bucket, $4, sums, cells \
-           FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $5::bytea[], $6::bytea[]) \
-                AS k (org, level, bucket, sums, cells) \
+        "INSERT INTO request_log_rollups (org, level, bucket, slot, total, routes, methods, \
+            statuses, cells) \
+         SELECT org, level, bucket, $4, total, routes, methods, statuses, cells \
+           FROM unnest($1::bigint[], $2::smallint[], $3::bigint[], $5::bytea[], $6::bytea[], \
+                       $7::bytea[], $8::bytea[], $9::bytea[]) \
+                AS k (org, level, bucket, total, routes, methods, statuses, cells) \
          ON CONFLICT (org, level, bucket, slot) \
-         DO UPDATE SET sums = EXCLUDED.sums, cells = EXCLUDED.cells",
-        &[&orgs, &levels, &starts, &slot, &sums, &cells],
+         DO UPDATE SET total = EXCLUDED.total, routes = EXCLUDED.routes, \
+                       methods = EXCLUDED.methods, statuses = EXCLUDED.statuses, \
+                       cells = EXCLUDED.cells",
+        &[
+            &orgs, &levels, &starts, &slot, total, routes, methods, statuses, cells,
+        ],
     )
     .await?;
     Ok(())
@@ -105,20 +109,14 @@ pub(crate) async fn read(
     org: i64,
     read: &RollupRead,
 ) -> Result<Vec<RollupRow>, StoreError> {
-    let sql = match read.part {
-        Part::Sums => {
-            "SELECT bucket, sums FROM request_log_rollups \
-              WHERE org = $1 AND level = $2 AND bucket >= $3 AND bucket < $4 \
-              ORDER BY bucket LIMIT $5"
-        }
-        Part::Cells => {
-            "SELECT bucket, cells FROM request_log_rollups \
-              WHERE org = $1 AND level = $2 AND bucket >= $3 AND bucket < $4 \
-              ORDER BY bucket LIMIT $5"
-        }
-    };
+    let sql = format!(
+        "SELECT bucket, {} FROM request_log_rollups \
+          WHERE org = $1 AND level = $2 AND bucket >= $3 AND bucket < $4 \
+          ORDER BY bucket LIMIT $5",
+        read.part.column()
+    );
     Ok(c.prepared(
-        sql,
+        &sql,
         &[
             &org,
             &read.level.code(),

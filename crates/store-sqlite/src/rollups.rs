@@ -1,7 +1,7 @@
 //! Stats rollups: written with the request logs they count, read by `GET /v1/logs/stats`.
 
 use apitrail_model::LogFilter;
-use apitrail_store::logstats::{Bucket, Encoded, Level, Part, Rollups};
+use apitrail_store::logstats::{Bucket, Encoded, Level, Rollups};
 use apitrail_store::{GroupBy, RollupRead, RollupRow, StatsRecord, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{Connection, params, params_from_iter};
@@ -20,8 +20,8 @@ pub(crate) fn write(conn: &Connection, rollups: Rollups) -> Result<(), StoreErro
         .map_err(backend)?;
     let mut upsert = conn
         .prepare_cached(
-            "INSERT OR REPLACE INTO request_log_rollups (org, level, bucket, sums, cells) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT OR REPLACE INTO request_log_rollups (org, level, bucket, total, routes, \
+             methods, statuses, cells) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(backend)?;
     for ((org, level, start), mut bucket) in rollups.into_sorted() {
@@ -34,9 +34,20 @@ pub(crate) fn write(conn: &Connection, rollups: Rollups) -> Result<(), StoreErro
             bucket.merge(&stored);
         }
         drop(rows);
-        let Encoded { sums, cells } = bucket.encode();
+        let Encoded {
+            values: [total, routes, methods, statuses, cells],
+        } = bucket.encode();
         upsert
-            .execute(params![org, level.code(), start, sums, cells])
+            .execute(params![
+                org,
+                level.code(),
+                start,
+                total,
+                routes,
+                methods,
+                statuses,
+                cells
+            ])
             .map_err(backend)?;
     }
     Ok(())
@@ -59,10 +70,7 @@ pub(crate) fn read(
     org: i64,
     read: &RollupRead,
 ) -> Result<Vec<RollupRow>, StoreError> {
-    let column = match read.part {
-        Part::Sums => "sums",
-        Part::Cells => "cells",
-    };
+    let column = read.part.column();
     conn.all(
         &format!(
             "SELECT bucket, {column} FROM request_log_rollups \

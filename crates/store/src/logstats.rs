@@ -263,7 +263,8 @@ impl StatsQuery {
             && self.group_by.is_none_or(GroupBy::in_rollups)
     }
 
-    /// Which stored value of each rollup bucket the query needs.
+    /// Which stored value of each rollup bucket the query needs: every cell with a filter,
+    /// else the total or the sums of its grouping.
     pub fn rollup_part(&self) -> Part {
         let f = &self.filter;
         if f.method.is_some()
@@ -271,9 +272,13 @@ impl StatsQuery {
             || f.status_min.is_some()
             || f.status_max.is_some()
         {
-            Part::Cells
-        } else {
-            Part::Sums
+            return Part::Cells;
+        }
+        match self.group_by {
+            None => Part::Total,
+            Some(GroupBy::RoutePattern) => Part::Routes,
+            Some(GroupBy::Method) => Part::Methods,
+            Some(_) => Part::Statuses,
         }
     }
 
@@ -387,40 +392,52 @@ pub struct Bucket {
     cells: BTreeMap<CellKey, Cell>,
 }
 
-/// The sections of an encoded [`Bucket`], in order.
+/// The stored values of a [`Bucket`], each read alone: a query reads only the one it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Section {
-    /// One cell: the whole bucket.
+pub enum Part {
+    /// One cell: the whole bucket (a query without filters or grouping).
     Total = 0,
     /// A cell per route pattern (text key).
     Routes = 1,
     /// A cell per method (text key).
     Methods = 2,
-    /// A cell per status code (number key).
+    /// A cell per status code (number key): groupings by status code or class.
     Statuses = 3,
-    /// Every cell (route, method, status key).
+    /// Every cell (route, method, status key): a query with a filter.
     Cells = 4,
+}
+
+impl Part {
+    /// Every part, in the order of [`Encoded::values`].
+    pub const ALL: [Part; 5] = [
+        Part::Total,
+        Part::Routes,
+        Part::Methods,
+        Part::Statuses,
+        Part::Cells,
+    ];
+
+    /// The column a backend keeps the part in.
+    pub fn column(self) -> &'static str {
+        match self {
+            Part::Total => "total",
+            Part::Routes => "routes",
+            Part::Methods => "methods",
+            Part::Statuses => "statuses",
+            Part::Cells => "cells",
+        }
+    }
 }
 
 /// The first byte of each encoded value of a bucket.
 const BUCKET_FORMAT: u8 = 1;
 
-/// A bucket as stored: its sums and its cells (see [`Bucket::encode`]).
+/// A bucket as stored: one value per [`Part`], in the order of [`Part::ALL`] (see
+/// [`Bucket::encode`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
-    /// The total and the sums per route, method and status.
-    pub sums: Vec<u8>,
-    /// Every cell.
-    pub cells: Vec<u8>,
-}
-
-/// Which stored value of a bucket a query reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// The sums: enough for a query without filters.
-    Sums,
-    /// Every cell: a query with a method, route or status filter.
-    Cells,
+    /// The values.
+    pub values: [Vec<u8>; 5],
 }
 
 impl Bucket {
@@ -457,11 +474,10 @@ impl Bucket {
         self.cells.is_empty()
     }
 
-    /// The stored form, in two values so a query reads only the one it needs: `sums`, a
-    /// format byte then the sections total, per route, per method and per status, and
-    /// `cells`, a format byte then the section of every cell; each section is prefixed by its
-    /// length in bytes so a reader skips what it does not need. Numbers are LEB128 varints,
-    /// text is length-prefixed UTF-8.
+    /// The stored form: one value per [`Part`], each a format byte then its entries: the
+    /// total's cell; per route, method or status a count then each key and cell; every cell
+    /// with its route, method and status. Numbers are LEB128 varints, text is
+    /// length-prefixed UTF-8.
     pub fn encode(&mut self) -> Encoded {
         let mut total = Cell::new_empty();
         let mut routes: BTreeMap<&str, Cell> = BTreeMap::new();
@@ -482,46 +498,42 @@ impl Bucket {
                 .or_insert_with(Cell::new_empty)
                 .merge(cell);
         }
-        let mut out = vec![BUCKET_FORMAT];
-        let mut section = Vec::new();
-        total.encode_into(&mut section);
-        put_section(&mut out, &mut section);
-        put_varint(&mut section, routes.len() as u64);
+        let mut values: [Vec<u8>; 5] = Default::default();
+        for v in &mut values {
+            v.push(BUCKET_FORMAT);
+        }
+        let [t, r, m, st, c] = &mut values;
+        total.encode_into(t);
+        put_varint(r, routes.len() as u64);
         for (route, mut cell) in routes {
-            put_text(&mut section, route);
-            cell.encode_into(&mut section);
+            put_text(r, route);
+            cell.encode_into(r);
         }
-        put_section(&mut out, &mut section);
-        put_varint(&mut section, methods.len() as u64);
+        put_varint(m, methods.len() as u64);
         for (method, mut cell) in methods {
-            put_text(&mut section, method);
-            cell.encode_into(&mut section);
+            put_text(m, method);
+            cell.encode_into(m);
         }
-        put_section(&mut out, &mut section);
-        put_varint(&mut section, statuses.len() as u64);
+        put_varint(st, statuses.len() as u64);
         for (status, mut cell) in statuses {
-            put_varint(&mut section, u64::from(status));
-            cell.encode_into(&mut section);
+            put_varint(st, u64::from(status));
+            cell.encode_into(st);
         }
-        put_section(&mut out, &mut section);
-        let sums = out;
-        let mut out = vec![BUCKET_FORMAT];
-        put_varint(&mut section, self.cells.len() as u64);
+        put_varint(c, self.cells.len() as u64);
         for ((route, method, status), cell) in &mut self.cells {
-            put_text(&mut section, route);
-            put_text(&mut section, method);
-            put_varint(&mut section, u64::from(*status));
-            cell.encode_into(&mut section);
+            put_text(c, route);
+            put_text(c, method);
+            put_varint(c, u64::from(*status));
+            cell.encode_into(c);
         }
-        put_section(&mut out, &mut section);
-        Encoded { sums, cells: out }
+        Encoded { values }
     }
 
     /// A stored bucket from its `cells` value (the sums are recomputed when it is encoded
     /// again).
     pub fn decode(bytes: &[u8]) -> Result<Bucket, SketchError> {
         let mut bucket = Bucket::default();
-        let mut r = section(bytes, Section::Cells)?;
+        let mut r = body(bytes)?;
         for _ in 0..varint(&mut r)? {
             let route = text(&mut r)?.to_owned();
             let method = text(&mut r)?.to_owned();
@@ -534,11 +546,6 @@ impl Bucket {
         }
         Ok(bucket)
     }
-}
-
-fn put_section(out: &mut Vec<u8>, section: &mut Vec<u8>) {
-    put_varint(out, section.len() as u64);
-    out.append(section);
 }
 
 fn put_text(out: &mut Vec<u8>, s: &str) {
@@ -556,29 +563,15 @@ fn text<'a>(r: &mut &'a [u8]) -> Result<&'a str, SketchError> {
     std::str::from_utf8(s).map_err(|_| SketchError("text is not UTF-8"))
 }
 
-/// The bytes of `which` in a bucket's stored value (`sums` for the sums, `cells` for
-/// [`Section::Cells`]).
-fn section(bytes: &[u8], which: Section) -> Result<&[u8], SketchError> {
-    let (&format, mut r) = bytes.split_first().ok_or(SketchError("empty bucket"))?;
+/// The entries of a bucket's stored value (past its format byte).
+fn body(bytes: &[u8]) -> Result<&[u8], SketchError> {
+    let (&format, r) = bytes
+        .split_first()
+        .ok_or(SketchError("empty bucket value"))?;
     if format != BUCKET_FORMAT {
         return Err(SketchError("unknown bucket format"));
     }
-    let index = match which {
-        Section::Cells => 0,
-        other => other as usize,
-    };
-    for i in 0..=index {
-        let n = usize::try_from(varint(&mut r)?).map_err(|_| SketchError("section length"))?;
-        if r.len() < n {
-            return Err(SketchError("truncated section"));
-        }
-        let (body, rest) = r.split_at(n);
-        if i == index {
-            return Ok(body);
-        }
-        r = rest;
-    }
-    Err(SketchError("missing section"))
+    Ok(r)
 }
 
 /// The rollup buckets a set of records adds to.
@@ -957,25 +950,19 @@ impl Assembler {
     /// Adds a stored rollup bucket, reading only the section the query needs: the total,
     /// one per-dimension sum, or (with a filter) every cell, filtered here.
     pub fn add_row(&mut self, row: &RollupRow) -> Result<(), SketchError> {
-        let which = match (self.query.rollup_part(), self.query.group_by) {
-            (Part::Cells, _) => Section::Cells,
-            (Part::Sums, None) => Section::Total,
-            (Part::Sums, Some(GroupBy::RoutePattern)) => Section::Routes,
-            (Part::Sums, Some(GroupBy::Method)) => Section::Methods,
-            (Part::Sums, Some(_)) => Section::Statuses,
-        };
-        let mut r = section(&row.body, which)?;
+        let which = self.query.rollup_part();
+        let mut r = body(&row.body)?;
         let mut sketch = Sketch::default();
-        if which == Section::Total {
+        if which == Part::Total {
             let cell = Cell::decode_into(&mut r, &mut sketch)?;
             self.add_cell(GroupValue::Null, row.bucket, &cell, &mut sketch);
             return Ok(());
         }
         for _ in 0..varint(&mut r)? {
             let group = match which {
-                Section::Routes => group_of(self.query.group_by, Some(text(&mut r)?), "", 0, None),
-                Section::Methods => GroupValue::Text(text(&mut r)?.to_owned()),
-                Section::Statuses => {
+                Part::Routes => group_of(self.query.group_by, Some(text(&mut r)?), "", 0, None),
+                Part::Methods => GroupValue::Text(text(&mut r)?.to_owned()),
+                Part::Statuses => {
                     let status =
                         u16::try_from(varint(&mut r)?).map_err(|_| SketchError("status"))?;
                     group_of(self.query.group_by, None, "", status, None)
@@ -1178,9 +1165,11 @@ mod tests {
         b.add(Some("/a"), "GET", 500, Some(300));
         b.add(None, "POST", 404, None);
         b.add(Some("/b"), "GET", 200, Some(7));
-        let Encoded { sums, cells } = b.encode();
+        let Encoded {
+            values: [total, .., cells],
+        } = b.encode();
         assert_eq!(Bucket::decode(&cells).expect("decodes"), b);
-        let mut total = section(&sums, Section::Total).expect("total");
+        let mut total = body(&total).expect("total");
         let mut sketch = Sketch::default();
         let cell = Cell::decode_into(&mut total, &mut sketch).expect("cell");
         assert_eq!(
