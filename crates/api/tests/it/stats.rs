@@ -268,122 +268,104 @@ async fn stats_equal_figures_computed_from_the_records() {
         )
         .await;
     let recs: Vec<Rec> = all.iter().map(rec).collect();
-    let any = |_: &Rec| true;
-
-    // Rollup path: every interval, every rollup grouping, the rollup filters; ranges that
-    // start before the data (empty buckets) and end inside it.
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("1h", HOUR),
-        (BASE_MS - 5 * HOUR, BASE_MS + 3 * DAY_MS),
-        None,
-        "",
-        any,
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("1d", DAY_MS),
-        (BASE_MS - DAY_MS, BASE_MS + 4 * DAY_MS),
-        Some("route_pattern"),
-        "",
-        any,
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("15m", 15 * MINUTE),
-        (BASE_MS + DAY_MS, BASE_MS + 2 * DAY_MS),
-        Some("status_code"),
-        "&limit=100",
-        any,
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("5m", 5 * MINUTE),
-        (BASE_MS + 6 * HOUR, BASE_MS + 12 * HOUR),
-        Some("method"),
-        "&method=get",
-        |r| r.json["method"] == "GET",
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("1m", MINUTE),
-        (BASE_MS + 30 * HOUR, BASE_MS + 32 * HOUR),
-        Some("status_class"),
-        "&status_min=400&status_max=499",
-        |r| (400..500).contains(&r.status),
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("1h", HOUR),
-        (BASE_MS, BASE_MS + DAY_MS),
-        Some("route_pattern"),
-        "&route_pattern=/v1/items/{id}&limit=1",
-        |r| r.json["route_pattern"] == "/v1/items/{id}",
-    )
-    .await;
-
-    // Record-reading path: the groupings and filters the rollups lack.
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("1h", HOUR),
-        (BASE_MS, BASE_MS + 3 * DAY_MS),
-        Some("user_id"),
-        "&limit=3",
-        any,
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("1d", DAY_MS),
-        (BASE_MS, BASE_MS + 3 * DAY_MS),
-        Some("api_key_id"),
-        "&auth_type=session",
-        |r| r.json["auth_type"] == "session",
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("15m", 15 * MINUTE),
-        (BASE_MS, BASE_MS + DAY_MS),
-        Some("origin"),
-        "",
-        any,
-    )
-    .await;
-    check(
-        &server,
-        &key.secret,
-        &recs,
-        ("1d", DAY_MS),
-        (BASE_MS, BASE_MS + 3 * DAY_MS),
-        Some("status_code"),
-        "&request_id=7&limit=100",
-        |r| r.json["request_id"] == "req_7",
-    )
-    .await;
+    fn any(_: &Rec) -> bool {
+        true
+    }
+    type Case = (
+        (&'static str, i64),
+        (i64, i64),
+        Option<&'static str>,
+        &'static str,
+        fn(&Rec) -> bool,
+    );
+    let cases: [Case; 10] = [
+        // Rollup path: every interval, every rollup grouping, the rollup filters; ranges
+        // that start before the data (empty buckets) and end inside it.
+        (
+            ("1h", HOUR),
+            (BASE_MS - 5 * HOUR, BASE_MS + 3 * DAY_MS),
+            None,
+            "",
+            any,
+        ),
+        (
+            ("1d", DAY_MS),
+            (BASE_MS - DAY_MS, BASE_MS + 4 * DAY_MS),
+            Some("route_pattern"),
+            "",
+            any,
+        ),
+        (
+            ("15m", 15 * MINUTE),
+            (BASE_MS + DAY_MS, BASE_MS + 2 * DAY_MS),
+            Some("status_code"),
+            "&limit=100",
+            any,
+        ),
+        (
+            ("5m", 5 * MINUTE),
+            (BASE_MS + 6 * HOUR, BASE_MS + 12 * HOUR),
+            Some("method"),
+            "&method=get",
+            |r| r.json["method"] == "GET",
+        ),
+        (
+            ("1m", MINUTE),
+            (BASE_MS + 30 * HOUR, BASE_MS + 32 * HOUR),
+            Some("status_class"),
+            "&status_min=400&status_max=499",
+            |r| (400..500).contains(&r.status),
+        ),
+        (
+            ("1h", HOUR),
+            (BASE_MS, BASE_MS + DAY_MS),
+            Some("route_pattern"),
+            "&route_pattern=/v1/items/{id}&limit=1",
+            |r| r.json["route_pattern"] == "/v1/items/{id}",
+        ),
+        // Record-reading path: the groupings and filters the rollups lack.
+        (
+            ("1h", HOUR),
+            (BASE_MS, BASE_MS + 3 * DAY_MS),
+            Some("user_id"),
+            "&limit=3",
+            any,
+        ),
+        (
+            ("1d", DAY_MS),
+            (BASE_MS, BASE_MS + 3 * DAY_MS),
+            Some("api_key_id"),
+            "&auth_type=session",
+            |r| r.json["auth_type"] == "session",
+        ),
+        (
+            ("15m", 15 * MINUTE),
+            (BASE_MS, BASE_MS + DAY_MS),
+            Some("origin"),
+            "",
+            any,
+        ),
+        (
+            ("1d", DAY_MS),
+            (BASE_MS, BASE_MS + 3 * DAY_MS),
+            Some("status_code"),
+            "&request_id=7&limit=100",
+            |r| r.json["request_id"] == "req_7",
+        ),
+    ];
+    for (interval, range, group_by, extra, keep) in cases {
+        check(
+            &server,
+            &key.secret,
+            &recs,
+            interval,
+            range,
+            group_by,
+            extra,
+            keep,
+        )
+        .await;
+    }
 
     // A range with nothing in it: one series of zero buckets with null percentiles.
     let body = check(
