@@ -170,7 +170,7 @@ pub(crate) fn insert(
             }
             stored_only
         };
-        crate::rollups::write(conn, rollups)?;
+        crate::rollups::stage(rollups);
     }
     levels.added(SideKey::Duration, outcome.accepted);
     levels.added(SideKey::RequestId, with_request_id);

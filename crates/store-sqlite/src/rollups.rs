@@ -1,5 +1,7 @@
 //! Stats rollups: written with the request logs they count, read by `GET /v1/logs/stats`.
 
+use std::cell::RefCell;
+
 use apitrail_model::LogFilter;
 use apitrail_store::logstats::{Bucket, Encoded, Level, Rollups};
 use apitrail_store::{GroupBy, RollupRead, RollupRow, StatsRecord, StoreError};
@@ -9,6 +11,51 @@ use rusqlite::{Connection, params, params_from_iter};
 use crate::backend;
 use crate::reader::Sql;
 use crate::schema::MigrateError;
+
+thread_local! {
+    /// On the writer thread: the rollups of the job being applied.
+    static STAGED: RefCell<Option<Rollups>> = const { RefCell::new(None) };
+    /// On the writer thread: the rollups of the group's jobs that succeeded so far.
+    static PENDING: RefCell<Option<Rollups>> = const { RefCell::new(None) };
+}
+
+/// Stages the rollups of the records the job being applied stored. The writer keeps them
+/// when the job's savepoint is released ([`job_finished`]) and writes the group's, summed,
+/// just before it commits ([`flush`]): a bucket that several calls of a group touch is
+/// rewritten once, and always in the transaction of the records it counts.
+pub(crate) fn stage(rollups: Rollups) {
+    STAGED.with(|s| match &mut *s.borrow_mut() {
+        Some(staged) => staged.merge(rollups),
+        empty => *empty = Some(rollups),
+    });
+}
+
+/// Keeps (`stored`) or drops the staged rollups of the job just applied.
+pub(crate) fn job_finished(stored: bool) {
+    let Some(staged) = STAGED.with(|s| s.borrow_mut().take()) else {
+        return;
+    };
+    if stored {
+        PENDING.with(|p| match &mut *p.borrow_mut() {
+            Some(pending) => pending.merge(staged),
+            empty => *empty = Some(staged),
+        });
+    }
+}
+
+/// Writes the group's rollups (inside its transaction, before COMMIT).
+pub(crate) fn flush(conn: &Connection) -> Result<(), StoreError> {
+    match PENDING.with(|p| p.borrow_mut().take()) {
+        Some(pending) => write(conn, pending),
+        None => Ok(()),
+    }
+}
+
+/// Forgets what a failed group staged.
+pub(crate) fn abandon() {
+    STAGED.with(|s| s.borrow_mut().take());
+    PENDING.with(|p| p.borrow_mut().take());
+}
 
 /// Adds `rollups` to the stored buckets (inside the caller's transaction): each touched
 /// bucket is read, merged and written back, one row per org, level and bucket.
@@ -139,7 +186,7 @@ pub(crate) fn backfill(conn: &Connection) -> Result<(), MigrateError> {
         let created: i64 = row.get(1)?;
         let day = Level::Day.bucket_of(created);
         if current.is_some_and(|c| c != (org, day)) {
-            flush(conn, &mut pending)?;
+            backfill_flush(conn, &mut pending)?;
         }
         current = Some((org, day));
         let route: Option<String> = row.get(2)?;
@@ -148,10 +195,10 @@ pub(crate) fn backfill(conn: &Connection) -> Result<(), MigrateError> {
         let duration = Some(row.get::<_, i64>(5)?).filter(|d| *d >= 0);
         pending.add_parts(org, created, route.as_deref(), &method, status, duration);
     }
-    flush(conn, &mut pending)
+    backfill_flush(conn, &mut pending)
 }
 
-fn flush(conn: &Connection, pending: &mut Rollups) -> Result<(), MigrateError> {
+fn backfill_flush(conn: &Connection, pending: &mut Rollups) -> Result<(), MigrateError> {
     let done = std::mem::take(pending);
     if done.is_empty() {
         return Ok(());

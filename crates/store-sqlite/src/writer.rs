@@ -375,17 +375,27 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> Result<(), Str
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(|e| format!("begin: {e}"))?;
     for job in group.iter_mut() {
+        let mut applied = false;
         let step = conn.execute_batch("SAVEPOINT job").and_then(|()| {
             if job.apply(conn) {
+                applied = true;
                 conn.execute_batch("RELEASE job")
             } else {
                 conn.execute_batch("ROLLBACK TO job; RELEASE job")
             }
         });
+        // The stats rollups a job staged count only if its records stay.
+        crate::rollups::job_finished(applied && step.is_ok());
         if let Err(e) = step {
+            crate::rollups::abandon();
             let _ = conn.execute_batch("ROLLBACK");
             return Err(format!("savepoint: {e}"));
         }
+    }
+    // The group's stats rollups, summed over its jobs: each touched bucket written once.
+    if let Err(e) = crate::rollups::flush(conn) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(format!("stats rollups: {e}"));
     }
     conn.execute_batch("COMMIT").map_err(|e| {
         let _ = conn.execute_batch("ROLLBACK");

@@ -621,6 +621,18 @@ impl Rollups {
         self.buckets.is_empty()
     }
 
+    /// Adds another set's buckets.
+    pub fn merge(&mut self, other: Rollups) {
+        for (key, bucket) in other.buckets {
+            match self.buckets.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().merge(&bucket),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(bucket);
+                }
+            }
+        }
+    }
+
     /// The buckets as `((org, level, bucket start), bucket)`, in key order, so writers lock
     /// rows in one order.
     pub fn into_sorted(self) -> Vec<((i64, Level, i64), Bucket)> {

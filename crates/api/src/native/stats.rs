@@ -286,7 +286,7 @@ mod tests {
     fn the_range_is_aligned_outward_and_bounded() {
         let q = parse("interval=15m").expect("defaults");
         assert_eq!(rfc3339(q.to), "2026-12-07T10:30:00.000Z");
-        assert_eq!(q.buckets(), 24 * 4 + 1);
+        assert_eq!(q.buckets(), 24 * 4, "the last 24 hours, aligned");
         let q = parse("interval=1d&from=2026-12-01T23:30:00%2B05:30&to=2026-12-03T00:00:00Z")
             .expect("offsets");
         assert_eq!(rfc3339(q.from), "2026-12-01T00:00:00.000Z");

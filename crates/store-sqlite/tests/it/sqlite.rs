@@ -235,6 +235,9 @@ async fn a_failing_call_stores_nothing_and_spares_the_rest_of_its_group() {
         &reference(&poisoned_b, &LogFilter::default(), Sort::NEWEST_FIRST),
         &"org b",
     );
+    // The stats rollups, summed per group, count exactly the records that stayed.
+    apitrail_store_tests::assert_stats_agree(&store, &a, &all_a, "org a").await;
+    apitrail_store_tests::assert_stats_agree(&store, &b, &poisoned_b, "org b").await;
     store.shutdown().await.unwrap();
 }
 
