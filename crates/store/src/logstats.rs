@@ -353,6 +353,18 @@ impl Cell {
         self.sketch.merge(&other.sketch);
     }
 
+    /// The answer's figures of this cell (folding its durations).
+    fn figures(&mut self) -> Figures {
+        let max = self.max_ms;
+        Figures {
+            count: self.count,
+            errors_4xx: self.errors_4xx,
+            errors_5xx: self.errors_5xx,
+            quantiles: self.sketch.quantiles(self.timed, max),
+            max_ms: (max >= 0).then_some(max),
+        }
+    }
+
     fn add_counts(&mut self, other: &Cell) {
         self.count += other.count;
         self.errors_4xx += other.errors_4xx;
@@ -871,36 +883,11 @@ pub struct StatsAnswer {
     pub from_rollups: bool,
 }
 
-/// A cell being built.
-#[derive(Debug, Clone)]
-struct Acc {
-    cell: Cell,
-}
-
-impl Acc {
-    fn new() -> Self {
-        Self {
-            cell: Cell::new_empty(),
-        }
-    }
-
-    fn figures(&mut self) -> Figures {
-        let max = self.cell.max_ms;
-        Figures {
-            count: self.cell.count,
-            errors_4xx: self.cell.errors_4xx,
-            errors_5xx: self.cell.errors_5xx,
-            quantiles: self.cell.sketch.quantiles(self.cell.timed, max),
-            max_ms: (max >= 0).then_some(max),
-        }
-    }
-}
-
 /// Builds an answer from rollup buckets or records.
 #[derive(Debug)]
 pub struct Assembler {
     query: StatsQuery,
-    groups: HashMap<GroupValue, (Acc, HashMap<i64, Acc>)>,
+    groups: HashMap<GroupValue, (Cell, HashMap<i64, Cell>)>,
 }
 
 /// The group of a row with these fields under `group_by`.
@@ -934,15 +921,17 @@ impl Assembler {
         }
     }
 
-    fn slot(&mut self, group: GroupValue, at: i64) -> (&mut Acc, &mut Acc) {
+    fn slot(&mut self, group: GroupValue, at: i64) -> (&mut Cell, &mut Cell) {
         let interval = self.query.interval;
         let (total, buckets) = self
             .groups
             .entry(group)
-            .or_insert_with(|| (Acc::new(), HashMap::new()));
+            .or_insert_with(|| (Cell::new_empty(), HashMap::new()));
         (
             total,
-            buckets.entry(interval.floor(at)).or_insert_with(Acc::new),
+            buckets
+                .entry(interval.floor(at))
+                .or_insert_with(Cell::new_empty),
         )
     }
 
@@ -952,10 +941,10 @@ impl Assembler {
         let (total, bucket) = self.slot(group, at);
         // The total's durations are the buckets' merged at the end, once each bucket's are
         // folded, so each stored pair is copied once here.
-        total.cell.add_counts(cell);
-        bucket.cell.add_counts(cell);
-        bucket.cell.sketch.merge(sketch);
-        bucket.cell.sketch.compact();
+        total.add_counts(cell);
+        bucket.add_counts(cell);
+        bucket.sketch.merge(sketch);
+        bucket.sketch.compact();
         sketch.clear();
     }
 
@@ -1023,10 +1012,10 @@ impl Assembler {
     pub fn finish(self, from_rollups: bool) -> StatsAnswer {
         let q = self.query;
         let mut groups: Vec<_> = self.groups.into_iter().collect();
-        groups.sort_by(|a, b| b.1.0.cell.count.cmp(&a.1.0.cell.count).then(a.0.cmp(&b.0)));
+        groups.sort_by(|a, b| b.1.0.count.cmp(&a.1.0.count).then(a.0.cmp(&b.0)));
         groups.truncate(q.limit as usize);
         if groups.is_empty() && q.group_by.is_none() {
-            groups.push((GroupValue::Null, (Acc::new(), HashMap::new())));
+            groups.push((GroupValue::Null, (Cell::new_empty(), HashMap::new())));
         }
         let series = groups
             .into_iter()
@@ -1040,7 +1029,7 @@ impl Assembler {
                         let figures = match buckets.get_mut(&start) {
                             Some(acc) => {
                                 let figures = acc.figures();
-                                for &(v, c) in &acc.cell.sketch.pairs {
+                                for &(v, c) in &acc.sketch.pairs {
                                     durations.saturating_record_n(v, c);
                                 }
                                 figures
@@ -1050,9 +1039,9 @@ impl Assembler {
                         (start, figures)
                     })
                     .collect();
-                let max = total.cell.max_ms;
+                let max = total.max_ms;
                 let mut quantiles = [None; 4];
-                if total.cell.timed > 0 {
+                if total.timed > 0 {
                     for (q, v) in quantiles
                         .iter_mut()
                         .zip(durations.value_at_quantiles(QUANTILES))
@@ -1063,9 +1052,9 @@ impl Assembler {
                 Series {
                     group,
                     total: Figures {
-                        count: total.cell.count,
-                        errors_4xx: total.cell.errors_4xx,
-                        errors_5xx: total.cell.errors_5xx,
+                        count: total.count,
+                        errors_4xx: total.errors_4xx,
+                        errors_5xx: total.errors_5xx,
                         quantiles,
                         max_ms: (max >= 0).then_some(max),
                     },
