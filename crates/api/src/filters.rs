@@ -36,6 +36,8 @@ pub fn logs(p: &Params) -> Result<LogFilter, ApiError> {
         route_pattern: p.text("route_pattern", rules::MAX_TEXT)?,
         request_id: p.text("request_id", rules::MAX_TEXT)?,
         auth_type: p.text("auth_type", rules::MAX_TEXT)?,
+        api_key_id: p.text("api_key_id", rules::MAX_TEXT)?,
+        user_id: p.text("user_id", rules::MAX_TEXT)?,
         status_min,
         status_max,
         from,

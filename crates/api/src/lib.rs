@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod caller;
 mod common;
+pub mod console;
 pub mod context;
 pub mod dialects;
 pub mod error;
@@ -49,7 +50,7 @@ pub use state::{ApiConfig, AppState};
 
 use crate::dialects::{actions as records, audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{actions, admin, export, ingest, stats, tail as tails, timeline};
+use crate::native::{actions, admin, export, ingest, me, stats, tail as tails, timeline};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
@@ -114,6 +115,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(actions::trigger_action))
         .routes(routes!(actions::signal_action))
         .routes(routes!(timeline::request_timeline))
+        .routes(routes!(me::whoami))
 }
 
 /// A dialect route's methods answering an unsupported method in the dialect's envelope
@@ -133,6 +135,7 @@ impl InEnvelope for UtoipaMethodRouter<AppState> {
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     router
+        .merge(console::router())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

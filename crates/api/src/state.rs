@@ -37,6 +37,8 @@ pub struct ApiConfig {
     pub dispatch_stats: Option<Arc<DispatchStats>>,
     /// Limits and timings of the live tails.
     pub tail: TailConfig,
+    /// Who may frame the web console (CSP `frame-ancestors`; none by default).
+    pub ui_frame_ancestors: crate::console::FrameAncestors,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +54,7 @@ impl Default for ApiConfig {
             serve: ServeConfig::default(),
             dispatch_stats: None,
             tail: TailConfig::default(),
+            ui_frame_ancestors: crate::console::FrameAncestors::default(),
         }
     }
 }

@@ -322,6 +322,10 @@ pub struct ServeArgs {
     /// its delivery is delivered again this long after it was leased.
     #[arg(long, env = "APITRAIL_ACTION_LEASE_SECS", default_value_t = 150, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub action_lease_secs: u64,
+    /// Origins that may embed the web console `/ui` in a frame (CSP `frame-ancestors`), e.g.
+    /// `https://app.example.com`; separated by spaces or commas. Default: none may.
+    #[arg(long, env = "APITRAIL_UI_FRAME_ANCESTORS", value_parser = apitrail_api::console::FrameAncestors::parse)]
+    pub ui_frame_ancestors: Option<apitrail_api::console::FrameAncestors>,
     /// Create a demo org and key, load a month of demo traffic, and print a curl line.
     #[arg(long, env = "APITRAIL_DEMO")]
     pub demo: bool,

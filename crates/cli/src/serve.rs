@@ -50,6 +50,7 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
         body_cap_bytes: args.body_cap_bytes,
         allow_private_destinations: args.allow_private_destinations,
         tail: args.tail.tail_config(),
+        ui_frame_ancestors: args.ui_frame_ancestors.clone().unwrap_or_default(),
         ..ApiConfig::default()
     };
     let dispatcher = Dispatcher::spawn(

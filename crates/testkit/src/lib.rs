@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -64,6 +66,8 @@ pub struct Options {
     pub serve: ServeConfig,
     /// Limits and timings of the live tails.
     pub tail: TailConfig,
+    /// Who may frame the web console.
+    pub ui_frame_ancestors: apitrail_api::console::FrameAncestors,
 }
 
 impl Default for Options {
@@ -77,6 +81,7 @@ impl Default for Options {
             allow_private_destinations: false,
             serve: ServeConfig::default(),
             tail: TailConfig::default(),
+            ui_frame_ancestors: Default::default(),
         }
     }
 }
@@ -208,6 +213,7 @@ impl TestServer {
             allow_private_destinations: options.allow_private_destinations,
             serve: options.serve,
             tail: options.tail,
+            ui_frame_ancestors: options.ui_frame_ancestors,
             ..ApiConfig::default()
         };
         let app = App::build(Arc::clone(&store), config, "127.0.0.1:0".parse().unwrap())

@@ -102,6 +102,12 @@ pub struct LogsQuery {
     /// Filter by auth type, e.g. api_key, jwt.
     #[param(max_length = 1024)]
     auth_type: Option<String>,
+    /// Filter by the id of the API key that made the call (apitrail's extension).
+    #[param(max_length = 1024)]
+    api_key_id: Option<String>,
+    /// Filter by the calling user's id (apitrail's extension).
+    #[param(max_length = 1024)]
+    user_id: Option<String>,
     /// Minimum HTTP status code, inclusive; not above `status_max`.
     #[param(minimum = 100, maximum = 599)]
     status_min: Option<u16>,

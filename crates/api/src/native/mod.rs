@@ -15,6 +15,7 @@ pub mod actions;
 pub mod admin;
 pub mod export;
 pub mod ingest;
+pub mod me;
 pub mod stats;
 pub mod tail;
 pub mod timeline;

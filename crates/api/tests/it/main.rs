@@ -17,6 +17,7 @@ mod audit_dialect;
 mod auth;
 mod backends;
 mod connections;
+mod console;
 mod export;
 mod ingest;
 mod ingest_bodies;

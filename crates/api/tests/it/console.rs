@@ -1,0 +1,685 @@
+//! The web console `/ui` in a real browser: headless Chromium over WebDriver
+//! (`apitrail_testkit::browser`) against the real server with seeded data. What the page shows
+//! is compared with what the API answers for the same filter. Screenshots of each page go to
+//! `$APITRAIL_SCREENSHOTS` (default: `<temp>/apitrail-console-screenshots`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use apitrail_testkit::browser::Browser;
+use apitrail_testkit::{TestKey, TestServer, expect};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::reference::{Rng, now_ms, utc};
+
+const PUBLIC_URL: &str = "https://93.184.216.34/hooks/in";
+
+pub(crate) fn shots_dir() -> PathBuf {
+    std::env::var_os("APITRAIL_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("apitrail-console-screenshots"))
+}
+
+/// One seeded request log, as the test remembers it.
+#[derive(Debug, Clone)]
+pub(crate) struct Seeded {
+    pub id: String,
+    pub method: &'static str,
+    pub route: &'static str,
+    pub status: u16,
+    pub user: &'static str,
+}
+
+/// Ingests `n` request logs spread over the last five hours: a few routes, methods, statuses,
+/// users and keys, some with bodies.
+pub(crate) async fn seed(server: &TestServer, key: &TestKey, n: usize) -> Vec<Seeded> {
+    let mut rng = Rng(17);
+    let now = now_ms();
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let route = rng.pick(&[
+            "/v1/things",
+            "/v1/things/{id}",
+            "/v1/users/{id}",
+            "/v1/search",
+        ]);
+        let method = rng.pick(&["GET", "GET", "GET", "POST", "DELETE"]);
+        let status = rng.pick(&[200u16, 200, 200, 201, 204, 400, 404, 429, 500, 503]);
+        let user = rng.pick(&["u_ada", "u_bob", "u_cy"]);
+        let id = rng.uuid();
+        let path = route.replace("{id}", &format!("{}", rng.below(1000)));
+        let mut rec = json!({
+            "id": id,
+            "method": method,
+            "path": path,
+            "route_pattern": route,
+            "status_code": status,
+            "created_at": utc(now - 60_000 - (i as i64) * 5 * 3_600_000 / n as i64),
+            "duration_ms": 3 + rng.below(400),
+            "auth_type": rng.pick(&["api_key", "session"]),
+            "user_id": user,
+            "api_key_id": rng.pick(&["key_live", "key_test"]),
+            "request_id": format!("req_console_{i}"),
+            "user_agent": "console-test/1.0",
+        });
+        if method == "POST" {
+            rec["request_body"] = json!({"name": format!("thing {i}"), "size": i});
+            rec["response_body"] = json!({"id": format!("thing_{i}"), "ok": status < 400});
+        }
+        batch.push(rec);
+        out.push(Seeded {
+            id,
+            method,
+            route,
+            status,
+            user,
+        });
+    }
+    server
+        .ingest(&key.secret, &Value::Array(batch), StatusCode::ACCEPTED)
+        .await;
+    out
+}
+
+async fn call(
+    server: &TestServer,
+    secret: &str,
+    method: Method,
+    path: &str,
+    body: &Value,
+    request_id: Option<&str>,
+    status: StatusCode,
+) -> Value {
+    let mut rb = server
+        .request(method, path)
+        .header("x-api-key", secret)
+        .json(body);
+    if let Some(rid) = request_id {
+        rb = rb.header("x-request-id", rid);
+    }
+    expect(rb.send().await.unwrap(), status).await
+}
+
+/// A destination, the definition `notify`, and one record triggered with `request_id`.
+pub(crate) async fn an_action(server: &TestServer, key: &TestKey, request_id: &str) -> String {
+    let s = key.secret.as_str();
+    let dest = call(
+        server,
+        s,
+        Method::POST,
+        "/v1/destinations",
+        &json!({"label": "hook", "config": {"url": PUBLIC_URL}}),
+        None,
+        StatusCode::CREATED,
+    )
+    .await;
+    call(
+        server,
+        s,
+        Method::POST,
+        "/v1/action-definitions",
+        &json!({"variant": "notify", "schema": true,
+                "destinations": [{"destination_id": dest["id"], "is_default": true}]}),
+        None,
+        StatusCode::CREATED,
+    )
+    .await;
+    let r = call(
+        server,
+        s,
+        Method::POST,
+        &format!("/v1/orgs/{}/actions", key.org_id),
+        &json!({"action": "notify", "input": {"user_id": "u_ada", "n": 1}}),
+        Some(request_id),
+        StatusCode::CREATED,
+    )
+    .await;
+    r["id"].as_str().unwrap().to_owned()
+}
+
+/// The ids of the rows of the table `css` shows.
+pub(crate) async fn row_ids(b: &Browser, css: &str) -> Vec<String> {
+    let v = b
+        .exec(
+            "return Array.from(document.querySelectorAll(arguments[0] + ' tbody tr')).map(r => r.dataset.id)",
+            json!([css]),
+        )
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+fn api_ids(page: &Value, field: &str) -> Vec<String> {
+    page[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} in {page}"))
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the table `css` shows exactly `want` (the page re-renders after each step).
+pub(crate) async fn wait_rows(b: &Browser, css: &str, want: &[String], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let have = row_ids(b, css).await;
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the table shows {} rows {:?}…, the API {} rows {:?}…",
+            have.len(),
+            have.iter().take(3).collect::<Vec<_>>(),
+            want.len(),
+            want.iter().take(3).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for a finished download whose name ends with `ext`, and returns its text.
+async fn downloaded(b: &Browser, ext: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(dir) = std::fs::read_dir(&b.downloads) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(ext) {
+                    let text = std::fs::read_to_string(e.path()).unwrap();
+                    std::fs::remove_file(e.path()).unwrap();
+                    return text;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no {ext} download appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Browser console messages that mean the page broke: script errors and CSP refusals.
+pub(crate) async fn assert_no_page_errors(b: &Browser) {
+    let bad: Vec<_> = b
+        .console()
+        .await
+        .into_iter()
+        .filter(|(level, msg)| {
+            level == "SEVERE"
+                && !msg.contains("Failed to load resource")
+                && !msg.contains("favicon")
+        })
+        .collect();
+    assert!(bad.is_empty(), "the page logged errors: {bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_filters_pages_opens_tails_charts_and_exports() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("4242").await;
+    let seeded = seed(&server, &key, 240).await;
+    let traced = &seeded[7];
+    let record_id = an_action(&server, &key, "req_console_7").await;
+    let shots = shots_dir();
+    let b = Browser::start().await;
+    let ui = format!("{}/ui", server.base);
+
+    // A wrong key gets a clear error, and nothing is kept.
+    b.goto(&ui).await;
+    let input = b.find("#signin-key").await;
+    b.type_into(&input, "atk_0000000000000000000000000000000000000000")
+        .await;
+    b.click_on("#signin-submit").await;
+    let msg = b.text_of("#signin-message").await;
+    assert!(
+        msg.contains("not accepted") && msg.contains("atk_"),
+        "the wrong-key message says what to do: {msg}"
+    );
+    let kept = b
+        .exec(
+            "return sessionStorage.getItem('apitrail.credential')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(kept, Value::Null, "a refused key is not kept");
+    b.screenshot(&shots.join("signin-error.png")).await;
+
+    // Signing in shows the newest request logs, as /v1/logs lists them.
+    let input = b.find("#signin-key").await;
+    b.type_into(&input, &key.secret).await;
+    b.click_on("#signin-submit").await;
+    b.find("#logs-table tbody tr").await;
+    assert!(
+        !b.url().await.contains(&key.secret),
+        "the key never reaches the address"
+    );
+    let first = server.logs(&key.secret, "limit=50").await;
+    wait_rows(&b, "#logs-table", &api_ids(&first, "data"), "first page").await;
+    assert_eq!(b.text_of("#org-name").await, "Org 4242");
+
+    // The charts draw the stats of the data: every record is in the last 24 hours.
+    b.wait_until(
+        "return document.querySelector('#chart-volume[data-drawn] canvas') && document.querySelector('#chart-latency[data-drawn] canvas')",
+        Duration::from_secs(10),
+    )
+    .await;
+    let count = |v: Value| v.as_str().unwrap().parse::<usize>().unwrap();
+    let figures = b
+        .exec(
+            "const d = document.getElementById('chart-volume').dataset; return [d.count, d.errors4xx, d.errors5xx]",
+            json!([]),
+        )
+        .await;
+    let in_class = |c: u16| seeded.iter().filter(|s| s.status / 100 == c).count();
+    assert_eq!(count(figures[0].clone()), seeded.len(), "volume total");
+    assert_eq!(count(figures[1].clone()), in_class(4), "4xx total");
+    assert_eq!(count(figures[2].clone()), in_class(5), "5xx total");
+    // The route breakdown: the per-route counts of the data.
+    b.find("#breakdown-table tbody tr").await;
+    let shown = b
+        .exec(
+            "return Array.from(document.querySelectorAll('#breakdown-table tbody tr')).map(r => [r.dataset.route, r.children[1].textContent])",
+            json!([]),
+        )
+        .await;
+    let mut want: BTreeMap<String, usize> = BTreeMap::new();
+    for s in &seeded {
+        *want.entry(s.route.to_owned()).or_default() += 1;
+    }
+    let have: BTreeMap<String, usize> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_str().unwrap().to_owned(), count(p[1].clone())))
+        .collect();
+    assert_eq!(have, want, "the breakdown by route");
+    b.screenshot(&shots.join("logs.png")).await;
+
+    // Filters: the table shows what /v1/logs answers for the same filter, and the address
+    // holds it.
+    b.set_value("#logs-filters-method", "GET").await;
+    let lo = b.find("#logs-filters-status_min").await;
+    b.type_into(&lo, "400").await;
+    let hi = b.find("#logs-filters-status_max").await;
+    b.type_into(&hi, "599").await;
+    b.click_on("#logs-filters-apply").await;
+    b.wait_until(
+        "return location.search.includes('method=GET') && location.search.includes('status_min=400')",
+        Duration::from_secs(5),
+    )
+    .await;
+    let filtered = server
+        .logs(
+            &key.secret,
+            "limit=50&method=GET&status_min=400&status_max=599",
+        )
+        .await;
+    let want_ids = api_ids(&filtered, "data");
+    assert!(!want_ids.is_empty());
+    wait_rows(&b, "#logs-table", &want_ids, "GET 4xx/5xx").await;
+    let expect_n = seeded
+        .iter()
+        .filter(|s| s.method == "GET" && s.status >= 400)
+        .count();
+    b.wait_until(
+        &format!("return document.getElementById('chart-volume').dataset.count === '{expect_n}'"),
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // Back returns to the unfiltered view; forward to the filtered one.
+    b.back().await;
+    wait_rows(&b, "#logs-table", &api_ids(&first, "data"), "after back").await;
+    b.forward().await;
+    wait_rows(&b, "#logs-table", &want_ids, "after forward").await;
+    b.click_on("#logs-filters-reset").await;
+    wait_rows(&b, "#logs-table", &api_ids(&first, "data"), "after reset").await;
+
+    // Keyset paging forward and back.
+    let cursor = first["pagination"]["next_cursor"].as_str().unwrap();
+    let second = server
+        .logs(&key.secret, &format!("limit=50&cursor={cursor}"))
+        .await;
+    b.click_on("#logs-pager-next").await;
+    wait_rows(&b, "#logs-table", &api_ids(&second, "data"), "page 2").await;
+    let cursor2 = second["pagination"]["next_cursor"].as_str().unwrap();
+    let third = server
+        .logs(&key.secret, &format!("limit=50&cursor={cursor2}"))
+        .await;
+    b.click_on("#logs-pager-next").await;
+    wait_rows(&b, "#logs-table", &api_ids(&third, "data"), "page 3").await;
+    b.click_on("#logs-pager-prev").await;
+    wait_rows(
+        &b,
+        "#logs-table",
+        &api_ids(&second, "data"),
+        "back to page 2",
+    )
+    .await;
+    b.click_on("#logs-pager-prev").await;
+    wait_rows(
+        &b,
+        "#logs-table",
+        &api_ids(&first, "data"),
+        "back to page 1",
+    )
+    .await;
+
+    // Sorting by duration, longest first.
+    b.click_on("#sort-duration_ms").await;
+    let by_duration = server
+        .logs(&key.secret, "limit=50&sort_by=duration_ms&sort_dir=desc")
+        .await;
+    wait_rows(
+        &b,
+        "#logs-table",
+        &api_ids(&by_duration, "data"),
+        "by duration",
+    )
+    .await;
+
+    // A request's detail (every field, bodies) and its timeline. The traced record is a
+    // POST or not; pick a POST for the bodies.
+    let post = seeded.iter().find(|s| s.method == "POST").unwrap();
+    b.goto(&format!("{ui}?page=logs&sel={}", post.id)).await;
+    let body = b.text_of("#request-body").await;
+    assert!(
+        body.contains("\"name\": \"thing "),
+        "the request body, pretty-printed: {body}"
+    );
+    assert_eq!(
+        b.text_of("#detail dd[data-field='user_id']").await,
+        post.user
+    );
+    b.screenshot(&shots.join("logs-detail.png")).await;
+    b.goto(&format!("{ui}?page=logs&sel={}", traced.id)).await;
+    b.click_on("#timeline-link").await;
+    b.find("#timeline").await;
+    assert_eq!(
+        row_ids(&b, "#timeline-logs").await,
+        vec![traced.id.clone()],
+        "the timeline's request log"
+    );
+    assert_eq!(
+        row_ids(&b, "#timeline-actions").await,
+        vec![record_id.clone()],
+        "the action record the request made"
+    );
+    assert!(
+        b.url()
+            .await
+            .contains("page=timeline&request_id=req_console_7")
+    );
+    b.screenshot(&shots.join("timeline.png")).await;
+
+    // Live tail: a record ingested now appears within 2 s.
+    b.goto(&format!("{ui}?page=logs")).await;
+    b.find("#logs-table tbody tr").await;
+    b.click_on("#tail-toggle").await;
+    b.wait_until(
+        "return document.getElementById('tail-status').dataset.state === 'live'",
+        Duration::from_secs(10),
+    )
+    .await;
+    let fresh = uuid::Uuid::now_v7().to_string();
+    server
+        .ingest(
+            &key.secret,
+            &json!([{"id": fresh, "method": "PUT", "path": "/v1/things/live", "status_code": 200,
+                      "created_at": utc(now_ms()), "duration_ms": 12}]),
+            StatusCode::ACCEPTED,
+        )
+        .await;
+    let ingested = Instant::now();
+    b.wait_for(
+        &format!("#logs-table tbody tr.new[data-id='{fresh}']"),
+        Duration::from_secs(2),
+    )
+    .await;
+    eprintln!("live tail row after {:?}", ingested.elapsed());
+    b.click_on("#tail-toggle").await;
+
+    // Export of the current filter: the downloaded CSV holds exactly the filtered rows.
+    b.goto(&format!("{ui}?page=logs&method=POST&range=all"))
+        .await;
+    b.find("#logs-table tbody tr").await;
+    b.click_on("#export-csv").await;
+    let csv_text = downloaded(&b, ".csv").await;
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    let id_col = headers.iter().position(|h| h == "id").unwrap();
+    let mut got: Vec<String> = reader
+        .records()
+        .map(|r| r.unwrap()[id_col].to_owned())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = seeded
+        .iter()
+        .filter(|s| s.method == "POST")
+        .map(|s| s.id.clone())
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "the CSV export of method=POST");
+    b.click_on("#export-ndjson").await;
+    let nd = downloaded(&b, ".ndjson").await;
+    assert_eq!(nd.lines().count(), want.len(), "the NDJSON export");
+
+    // The audit log: entries as /v1/audit-log lists them, the chain verified, details shown.
+    b.click_on("#tab-audit").await;
+    b.find("#audit-table tbody tr").await;
+    let audit = expect(
+        server
+            .get("/v1/audit-log?limit=50", &key.secret)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    wait_rows(&b, "#audit-table", &api_ids(&audit, "audit_log"), "audit").await;
+    b.wait_until(
+        "return document.getElementById('verify-status').textContent.startsWith('verified')",
+        Duration::from_secs(10),
+    )
+    .await;
+    let definition_entry = audit["audit_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource_type"] == "action_definition")
+        .expect("the definition's audit entry");
+    b.click_on(&format!(
+        "#audit-table tr[data-id='{}']",
+        definition_entry["id"].as_str().unwrap()
+    ))
+    .await;
+    let details = b.text_of("#audit-details").await;
+    assert!(
+        details.contains("\n  \""),
+        "details are pretty-printed JSON: {details}"
+    );
+    b.screenshot(&shots.join("audit.png")).await;
+
+    // Action records: the record, its state and events.
+    b.click_on("#tab-actions").await;
+    b.find("#actions-table tbody tr").await;
+    assert_eq!(row_ids(&b, "#actions-table").await, vec![record_id.clone()]);
+    b.click_on(&format!("#actions-table tr[data-id='{record_id}']"))
+        .await;
+    let events = b.find_all("#action-events tbody tr").await;
+    assert!(!events.is_empty(), "the record's events are listed");
+    assert!(b.text_of("#action-input").await.contains("u_ada"));
+    b.screenshot(&shots.join("actions.png")).await;
+
+    // Dark theme and phone width stay readable (screenshots), and the theme sticks.
+    b.goto(&format!("{ui}?page=logs")).await;
+    b.find("#logs-table tbody tr").await;
+    b.click_on("#theme").await;
+    b.find("#logs-table tbody tr").await;
+    let theme = b
+        .exec("return document.documentElement.dataset.theme", json!([]))
+        .await;
+    b.screenshot(&shots.join(format!("logs-{}.png", theme.as_str().unwrap())))
+        .await;
+    b.resize(390, 844).await;
+    b.goto(&format!("{ui}?page=logs")).await;
+    b.find("#logs-table tbody tr").await;
+    let overflow = b
+        .exec(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            json!([]),
+        )
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "no sideways scrolling of the page at phone width (the table scrolls in its box): {overflow}"
+    );
+    b.screenshot(&shots.join("logs-phone.png")).await;
+
+    // Keyboard: '/' focuses the first filter.
+    b.resize(1280, 900).await;
+    let body = b.find("body").await;
+    b.keys(&body, "/").await;
+    let focused = b.exec("return document.activeElement.id", json!([])).await;
+    assert_eq!(focused, "logs-filters-range");
+
+    assert_no_page_errors(&b).await;
+    // Signing out forgets the key.
+    b.click_on("#signout").await;
+    b.find("#signin-key").await;
+    let kept = b
+        .exec(
+            "return sessionStorage.getItem('apitrail.credential')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(kept, Value::Null);
+    eprintln!("console screenshots in {}", shots.display());
+    b.quit().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_a_strict_policy() {
+    let server = TestServer::start().await;
+    let resp = server.request(Method::GET, "/ui").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let csp = h("content-security-policy");
+    for part in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+        "form-action 'none'",
+    ] {
+        assert!(csp.contains(part), "CSP lacks {part}: {csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(h("x-frame-options"), "DENY");
+    assert_eq!(h("referrer-policy"), "no-referrer");
+    assert_eq!(h("cache-control"), "no-store");
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("/ui/assets/app.js"));
+
+    // Assets: gzip when asked, 304 when current, 404 for anything else.
+    let js = server
+        .request(Method::GET, "/ui/assets/app.js")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), StatusCode::OK);
+    assert_eq!(js.headers()["content-encoding"], "gzip");
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let etag = js.headers()["etag"].clone();
+    let again = server
+        .request(Method::GET, "/ui/assets/app.js")
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    for missing in [
+        "/ui/assets/nope.js",
+        "/ui/assets/index.html",
+        "/ui/assets/..%2Fapp.js",
+    ] {
+        let r = server.request(Method::GET, missing).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
+    server.stop().await;
+}
+
+/// The console's user and API key filters: `/v1/logs`, its stats and its export filter by
+/// `user_id` and `api_key_id` (apitrail's extension of the logs dialect's filters).
+#[tokio::test]
+async fn logs_stats_and_export_filter_by_user_and_api_key() {
+    let server = TestServer::start().await;
+    let key = server.org_with_key("4343").await;
+    let seeded = seed(&server, &key, 120).await;
+    let want: Vec<&Seeded> = seeded.iter().filter(|s| s.user == "u_bob").collect();
+    let page = server.logs(&key.secret, "limit=100&user_id=u_bob").await;
+    let mut have = api_ids(&page, "data");
+    have.sort();
+    let mut ids: Vec<String> = want.iter().map(|s| s.id.clone()).collect();
+    ids.sort();
+    assert_eq!(have, ids, "user_id filter");
+    let stats = expect(
+        server
+            .get(
+                "/v1/logs/stats?interval=1h&user_id=u_bob&api_key_id=nope",
+                &key.secret,
+            )
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(stats["series"][0]["total"]["count"], 0, "both filters hold");
+    let stats = expect(
+        server
+            .get("/v1/logs/stats?interval=1h&user_id=u_bob", &key.secret)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(stats["series"][0]["total"]["count"], want.len());
+    let export = server
+        .get(
+            "/v1/logs/export?format=ndjson&api_key_id=key_live",
+            &key.secret,
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let n = export
+        .lines()
+        .filter(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["api_key_id"], "key_live");
+            true
+        })
+        .count();
+    assert!(n > 0 && n < seeded.len(), "{n} of {}", seeded.len());
+    server.stop().await;
+}
