@@ -463,6 +463,8 @@
       tableBox.replaceChildren(page.data.length ? table : h('p', { class: 'empty', id: 'logs-empty',
         text: p.has('cursor') ? 'No more request logs on this page.' : 'No request logs match these filters. Widen the time range or clear some filters.' }),
       pager('logs-pager', Object.assign(nav, { label: page.data.length + ' shown' + (tailOn ? ' · newest first, live' : '') })));
+      // For the page-speed benchmark (console-bench): when the first page of logs is on screen.
+      performance.mark('apitrail:logs-table');
       if (tailOn) startTail(filters, table, tailStatus, p);
       if (p.get('sel')) renderLogDetail(detail, p.get('sel'), p, page.data.find((i) => i.id === p.get('sel')));
     }).catch((e) => { if (seq === renderSeq) tableBox.replaceChildren(errorBox(e, 'request logs')); });
@@ -502,6 +504,7 @@
     vol.dataset.errors5xx = String(series.total.errors_5xx);
     vol.dataset.interval = stats.interval;
     document.getElementById('chart-latency').dataset.p99 = String(series.total.p99_ms);
+    performance.mark('apitrail:charts');
   }
   function drawBreakdown(box, stats, p) {
     const rows = stats.series.filter((s) => s.total.count > 0);
