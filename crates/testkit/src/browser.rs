@@ -312,6 +312,17 @@ impl Browser {
         .await
     }
 
+    /// Runs `script` as an async function body whose last argument is the callback that
+    /// returns its result (e.g. after a `fetch`).
+    pub async fn exec_async(&self, script: &str, args: Value) -> Value {
+        self.must(
+            "POST",
+            "execute/async",
+            json!({"script": script, "args": args}),
+        )
+        .await
+    }
+
     /// Clicks `el`.
     pub async fn click(&self, el: &Element) {
         self.must("POST", &format!("element/{}/click", el.0), json!({}))

@@ -13,8 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::reference::{Rng, now_ms, utc};
-
-const PUBLIC_URL: &str = "https://93.184.216.34/hooks/in";
+use crate::timeline::call;
 
 pub(crate) fn shots_dir() -> PathBuf {
     std::env::var_os("APITRAIL_SCREENSHOTS")
@@ -84,60 +83,11 @@ pub(crate) async fn seed(server: &TestServer, key: &TestKey, n: usize) -> Vec<Se
     out
 }
 
-async fn call(
-    server: &TestServer,
-    secret: &str,
-    method: Method,
-    path: &str,
-    body: &Value,
-    request_id: Option<&str>,
-    status: StatusCode,
-) -> Value {
-    let mut rb = server
-        .request(method, path)
-        .header("x-api-key", secret)
-        .json(body);
-    if let Some(rid) = request_id {
-        rb = rb.header("x-request-id", rid);
-    }
-    expect(rb.send().await.unwrap(), status).await
-}
-
-/// A destination, the definition `notify`, and one record triggered with `request_id`.
+/// The definition `notify` and one record triggered with `request_id` (the timeline tests'
+/// fixtures).
 pub(crate) async fn an_action(server: &TestServer, key: &TestKey, request_id: &str) -> String {
-    let s = key.secret.as_str();
-    let dest = call(
-        server,
-        s,
-        Method::POST,
-        "/v1/destinations",
-        &json!({"label": "hook", "config": {"url": PUBLIC_URL}}),
-        None,
-        StatusCode::CREATED,
-    )
-    .await;
-    call(
-        server,
-        s,
-        Method::POST,
-        "/v1/action-definitions",
-        &json!({"variant": "notify", "schema": true,
-                "destinations": [{"destination_id": dest["id"], "is_default": true}]}),
-        None,
-        StatusCode::CREATED,
-    )
-    .await;
-    let r = call(
-        server,
-        s,
-        Method::POST,
-        &format!("/v1/orgs/{}/actions", key.org_id),
-        &json!({"action": "notify", "input": {"user_id": "u_ada", "n": 1}}),
-        Some(request_id),
-        StatusCode::CREATED,
-    )
-    .await;
-    r["id"].as_str().unwrap().to_owned()
+    crate::timeline::notify_definition(server, key).await;
+    crate::timeline::trigger(server, key, request_id).await
 }
 
 /// The ids of the rows of the table `css` shows.
@@ -515,7 +465,7 @@ async fn a_person_signs_in_filters_pages_opens_tails_charts_and_exports() {
         )
         .await;
     assert_eq!(kinds[0], "created", "the record's events, oldest first: {kinds}");
-    assert!(b.text_of("#action-input").await.contains("u_ada"));
+    assert!(b.text_of("#action-input").await.contains("\"n\": 1"));
     b.screenshot(&shots.join("actions.png")).await;
 
     // Dark theme and phone width stay readable (screenshots), and the theme sticks.
@@ -688,4 +638,230 @@ async fn logs_stats_and_export_filter_by_user_and_api_key() {
         .count();
     assert!(n > 0 && n < seeded.len(), "{n} of {}", seeded.len());
     server.stop().await;
+}
+
+/// A platform's page on another origin that embeds the console with a viewer link.
+async fn embedding_page(listener: tokio::net::TcpListener, src: String) {
+    let page = format!(
+        "<!doctype html><title>Acme customer portal</title><h1>Your API activity</h1>\
+         <iframe id=\"console\" src=\"{src}\" width=\"1200\" height=\"720\" style=\"border:1px solid #ccc\"></iframe>"
+    );
+    let app = axum::Router::new().route(
+        "/embed",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { axum::response::Html(page) }
+        }),
+    );
+    axum::serve(listener, app).await.unwrap();
+}
+
+async fn viewer_token(server: &TestServer, key: &TestKey, body: Value) -> Value {
+    call(
+        server,
+        &key.secret,
+        Method::POST,
+        "/v1/viewer-tokens",
+        &body,
+        None,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+/// What a fetch from inside the page gets with the page's own credential.
+async fn status_from_page(b: &Browser, method: &str, path: &str) -> u64 {
+    b.exec_async(
+        "const [method, path, done] = arguments;
+         fetch(path, {method, headers: {Authorization: 'Bearer ' + sessionStorage.getItem('apitrail.credential'),
+                                        'content-type': 'application/json'},
+                      body: method === 'GET' ? undefined : '[]'})
+           .then(r => done(r.status), e => done(String(e)));",
+        json!([method, path]),
+    )
+    .await
+    .as_u64()
+    .unwrap_or_else(|| panic!("{method} {path} did not answer"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_link_in_a_frame_on_another_origin_shows_only_its_org_kinds_and_filter() {
+    use apitrail_api::console::FrameAncestors;
+    use apitrail_testkit::Options;
+
+    let embed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let embed_port = embed.local_addr().unwrap().port();
+    let server = TestServer::start_with(Options {
+        ui_frame_ancestors: FrameAncestors::parse(&format!("http://127.0.0.1:{embed_port}"))
+            .unwrap(),
+        ..Options::default()
+    })
+    .await;
+    let key = server.org_with_key("5151").await;
+    let seeded = seed(&server, &key, 150).await;
+    // Another org with a user of the same name: never shown.
+    let other = server.org_with_key("6161").await;
+    let others = seed(&server, &other, 30).await;
+    let created = viewer_token(
+        &server,
+        &key,
+        json!({"ttl_seconds": 600, "kinds": ["request_logs"], "filter": {"user_id": "u_bob"}}),
+    )
+    .await;
+    let token = created["token"].as_str().unwrap().to_owned();
+    let src = format!("{}/ui?viewer_token={token}", server.base);
+    tokio::spawn(embedding_page(embed, src));
+
+    let b = Browser::start().await;
+    b.goto(&format!("http://127.0.0.1:{embed_port}/embed")).await;
+    let frame = b.find("#console").await;
+    b.enter_frame(&frame).await;
+    b.find("#logs-table tbody tr").await;
+    let address = b.exec("return location.href", json!([])).await;
+    assert!(
+        !address.as_str().unwrap().contains("viewer_token"),
+        "the token is taken out of the address: {address}"
+    );
+    // Only its org, only its user: what /v1/logs answers the org key for user_id=u_bob.
+    let want = server
+        .logs(&key.secret, "limit=50&user_id=u_bob")
+        .await;
+    wait_rows(&b, "#logs-table", &api_ids(&want, "data"), "the viewer's first page").await;
+    let bobs: Vec<&String> = seeded
+        .iter()
+        .filter(|s| s.user == "u_bob")
+        .map(|s| &s.id)
+        .collect();
+    for id in row_ids(&b, "#logs-table").await {
+        assert!(bobs.contains(&&id), "{id} is not one of the org's u_bob records");
+        assert!(!others.iter().any(|o| o.id == id), "{id} is another org's");
+    }
+    b.wait_until(
+        &format!(
+            "return document.getElementById('chart-volume').dataset.count === '{}'",
+            bobs.len()
+        ),
+        Duration::from_secs(10),
+    )
+    .await;
+    let badge = b.text_of("#viewer-badge").await;
+    assert!(badge.contains("user_id=u_bob"), "{badge}");
+    let hidden = b
+        .exec(
+            "return [document.getElementById('tab-audit').hidden, document.getElementById('tab-actions').hidden]",
+            json!([]),
+        )
+        .await;
+    assert_eq!(hidden, json!([true, true]), "only the kinds it may read");
+    // Asking for another user finds nothing, never that user's records.
+    let user = b.find("#logs-filters-user_id").await;
+    b.type_into(&user, "u_ada").await;
+    b.click_on("#logs-filters-apply").await;
+    b.find("#logs-empty").await;
+    // Write routes and other kinds are closed to it, whatever the page tries.
+    for (method, path) in [
+        ("POST", "/v1/ingest/requests"),
+        ("POST", "/v1/api-keys"),
+        ("POST", "/v1/viewer-tokens"),
+        ("GET", "/v1/audit-log"),
+        ("GET", "/v1/orgs/5151/actions/records"),
+    ] {
+        assert_eq!(status_from_page(&b, method, path).await, 403, "{method} {path}");
+    }
+    assert_eq!(status_from_page(&b, "GET", "/v1/logs").await, 200);
+    b.leave_frames().await;
+    b.screenshot(&shots_dir().join("viewer-embed.png")).await;
+
+    // Revoked: the next read is refused and the console says so.
+    b.enter_frame(&b.find("#console").await).await;
+    call(
+        &server,
+        &key.secret,
+        Method::DELETE,
+        &format!("/v1/viewer-tokens/{}", created["id"].as_str().unwrap()),
+        &Value::Null,
+        None,
+        StatusCode::NO_CONTENT,
+    )
+    .await;
+    b.click_on("#logs-filters-reset").await;
+    let msg = b.text_of("#signin-message").await;
+    assert!(msg.contains("refused"), "{msg}");
+    assert_eq!(status_from_page(&b, "GET", "/v1/logs").await, 401);
+    b.leave_frames().await;
+
+    // A page of an origin not allowed cannot frame it (localhost is another origin than
+    // 127.0.0.1).
+    b.goto(&format!("http://localhost:{embed_port}/embed")).await;
+    let frame = b.find("#console").await;
+    b.enter_frame(&frame).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        b.try_find("#view").await.is_none(),
+        "the console rendered inside a page of an origin --ui-frame-ancestors does not name"
+    );
+    b.leave_frames().await;
+
+    // Expiry: a link that expires while it is open stops working.
+    let (secret, expires) = short_lived_viewer(&server, "5151", 3_000).await;
+    b.goto(&format!("{}/ui?viewer_token={secret}", server.base))
+        .await;
+    b.find("#logs-table tbody tr").await;
+    assert!(
+        !b.exec("return document.getElementById('tab-audit').hidden", json!([]))
+            .await
+            .as_bool()
+            .unwrap(),
+        "this one may read the audit log"
+    );
+    let wait = expires - now_ms() + 200;
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+    b.click_on("#logs-filters-reset").await;
+    let msg = b.text_of("#signin-message").await;
+    assert!(msg.contains("expired"), "{msg}");
+    assert_no_page_errors(&b).await;
+    b.quit().await;
+    server.stop().await;
+}
+
+/// A viewer token of `org` for request logs and the audit log that expires `ms` from now
+/// (the API's shortest TTL is a minute, so it is made behind it); its secret and expiry.
+async fn short_lived_viewer(server: &TestServer, org: &str, ms: i64) -> (String, i64) {
+    use apitrail_model::{
+        AuditEntry, OrgId, Secret, Timestamp, ViewerFilter, ViewerKind, ViewerToken,
+        new_record_id,
+    };
+    let tenant = crate::http_support::tenant(server, org).await;
+    let now = Timestamp::now();
+    let token = ViewerToken {
+        id: new_record_id(),
+        org_id: OrgId::parse(org).unwrap(),
+        kinds: [ViewerKind::RequestLogs, ViewerKind::AuditLog]
+            .into_iter()
+            .collect(),
+        filter: ViewerFilter::default(),
+        created_at: now,
+        expires_at: now.add_millis(ms),
+        revoked_at: None,
+    };
+    let secret = Secret::generate_viewer();
+    let entry = AuditEntry {
+        id: new_record_id(),
+        user_id: None,
+        action: "create".into(),
+        resource_type: "viewer_token".into(),
+        resource_id: Some(token.id.to_string()),
+        details: None,
+        ip_address: None,
+        request_id: None,
+        created_at: now,
+    };
+    server
+        .store
+        .create_viewer_token(&tenant, &token, &secret.hash(), &entry, 1_000)
+        .await
+        .unwrap();
+    (secret.expose().to_owned(), token.expires_at.millis())
 }

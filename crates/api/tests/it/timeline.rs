@@ -29,7 +29,7 @@ async fn timeline(server: &TestServer, secret: &str, request_id: &str) -> Value 
 }
 
 /// A call authenticated with `secret`, sent with `X-Request-Id: request_id` when given.
-async fn call(
+pub(crate) async fn call(
     server: &TestServer,
     secret: &str,
     method: Method,
@@ -62,7 +62,7 @@ async fn ingest_audit(server: &TestServer, secret: &str, records: &Value) {
 }
 
 /// A destination and the definition `notify` (any input) of `key`'s org.
-async fn notify_definition(server: &TestServer, key: &TestKey) {
+pub(crate) async fn notify_definition(server: &TestServer, key: &TestKey) {
     let s = key.secret.as_str();
     let dest = call(
         server,
@@ -88,7 +88,7 @@ async fn notify_definition(server: &TestServer, key: &TestKey) {
 }
 
 /// Triggers `notify` with `X-Request-Id: request_id`; returns the record's id.
-async fn trigger(server: &TestServer, key: &TestKey, request_id: &str) -> String {
+pub(crate) async fn trigger(server: &TestServer, key: &TestKey, request_id: &str) -> String {
     let r = call(
         server,
         &key.secret,
