@@ -10,6 +10,7 @@
 //! - [`tail`]: the live tails of request logs and the audit log (Server-Sent Events).
 //! - [`timeline`]: `GET /v1/requests/{request_id}/timeline`, one request's records of every
 //!   kind, in the dialects' items.
+//! - [`viewer`]: viewer tokens (`/v1/viewer-tokens`) and `GET /v1/me`.
 
 pub mod actions;
 pub mod admin;
@@ -18,3 +19,4 @@ pub mod ingest;
 pub mod stats;
 pub mod tail;
 pub mod timeline;
+pub mod viewer;

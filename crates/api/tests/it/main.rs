@@ -31,4 +31,5 @@ mod smoke;
 mod stats;
 mod tail;
 mod timeline;
+mod viewer_tokens;
 mod zoo_dialect;
