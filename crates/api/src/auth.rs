@@ -379,6 +379,20 @@ mod tests {
     }
 
     #[test]
+    fn every_viewer_route_is_a_get_route_of_the_router() {
+        // A route renamed without this list would silently close to viewers; one listed that
+        // is not a GET route would be a mistake in the list.
+        let doc: serde_json::Value =
+            serde_json::from_str(&crate::openapi::document()).expect("the document is JSON");
+        for (route, _) in VIEWER_ROUTES {
+            assert!(
+                doc["paths"][route]["get"].is_object(),
+                "{route} is not a GET route"
+            );
+        }
+    }
+
+    #[test]
     fn two_different_credentials_are_ambiguous() {
         for pairs in [
             [("authorization", "Bearer k1"), ("x-api-key", "k2")],
