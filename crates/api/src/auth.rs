@@ -5,14 +5,19 @@
 //! separate credential that opens only the operator API and ingest; it is never an org key.
 //! Keys are looked up by the SHA-256 of the presented secret, so the secret itself is never
 //! stored, compared or logged.
+//!
+//! A viewer token (`atv_...`, SPEC §10) travels in the same carriers and authenticates as an
+//! org caller with a read-only identity; which routes it may call is decided here, once, by
+//! [`viewer_allows`] (a default-deny list of route templates), for every extractor of an org
+//! caller, so that no handler can forget it.
 
 use std::marker::PhantomData;
 
-use apitrail_model::{Scope, Secret};
-use axum::extract::FromRequestParts;
+use apitrail_model::{Scope, Secret, Timestamp, ViewerKind};
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::header::{AUTHORIZATION, COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::{HeaderMap, HeaderName, Method};
 
 use crate::caller::{AuthType, CallSlot, Caller, OrgCaller};
 use crate::error::{ApiError, Envelope, ErrorKind, Failure, Native};
@@ -102,6 +107,21 @@ impl AppState {
             ));
         }
         let secret = Secret::from_presented(&token);
+        if secret.is_viewer_token() {
+            return match self.store().authenticate_viewer(&secret.hash()).await? {
+                Some((tenant, viewer)) if viewer.is_live(Timestamp::now()) => {
+                    Ok(OrgCaller::viewer(tenant, viewer))
+                }
+                Some(_) => Err(ApiError::new(
+                    ErrorKind::Unauthorized,
+                    "this viewer token has expired",
+                )),
+                None => Err(ApiError::new(
+                    ErrorKind::Unauthorized,
+                    "invalid or revoked viewer token",
+                )),
+            };
+        }
         if !secret.is_well_formed() {
             return Err(ApiError::new(ErrorKind::Unauthorized, "invalid API key"));
         }
@@ -112,6 +132,7 @@ impl AppState {
                     tenant,
                     key,
                     auth_type,
+                    viewer: None,
                 })
             }
             None => Err(ApiError::new(
@@ -164,6 +185,81 @@ impl AppState {
     }
 }
 
+/// What a viewer token may call: `GET` (and `HEAD`) of these route templates, each for the
+/// token's kinds (`None`: any viewer token). Everything else is refused (403): writes,
+/// ingest, keys, actions configuration, viewer tokens themselves, the user-scoped zoo
+/// routes, and any route added later until it is listed here.
+const VIEWER_ROUTES: &[(&str, Option<ViewerKind>)] = &[
+    ("/v1/logs", Some(ViewerKind::RequestLogs)),
+    ("/v1/logs/stats", Some(ViewerKind::RequestLogs)),
+    ("/v1/logs/tail", Some(ViewerKind::RequestLogs)),
+    ("/v1/logs/export", Some(ViewerKind::RequestLogs)),
+    ("/org/api-calls", Some(ViewerKind::RequestLogs)),
+    ("/org/api-calls/{id}", Some(ViewerKind::RequestLogs)),
+    ("/v1/api-keys/requests", Some(ViewerKind::RequestLogs)),
+    ("/v1/audit-log", Some(ViewerKind::AuditLog)),
+    ("/audit-log", Some(ViewerKind::AuditLog)),
+    ("/v1/audit-log/tail", Some(ViewerKind::AuditLog)),
+    ("/v1/audit-log/export", Some(ViewerKind::AuditLog)),
+    ("/v1/audit-log/verify", Some(ViewerKind::AuditLog)),
+    (
+        "/v1/orgs/{org_id}/actions/records",
+        Some(ViewerKind::ActionRecords),
+    ),
+    // The timeline's parts of kinds the token lacks come back empty.
+    ("/v1/requests/{request_id}/timeline", None),
+    ("/v1/me", None),
+];
+
+/// Whether `caller` may call the route `template` with `method`: always for an API key
+/// (its scopes are checked by the handler), and for a viewer token only what
+/// [`VIEWER_ROUTES`] lists for its kinds.
+pub fn viewer_allows(caller: &OrgCaller, method: &Method, template: Option<&str>) -> bool {
+    let Some(viewer) = &caller.viewer else {
+        return true;
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    let Some(template) = template else {
+        return false;
+    };
+    VIEWER_ROUTES.iter().any(|(route, kind)| {
+        // A kind its filter cannot narrow is never read (creation refuses such a token; this
+        // holds even for one stored otherwise).
+        *route == template
+            && kind.is_none_or(|k| viewer.kinds.contains(k) && viewer.filter.applies_to(k))
+    })
+}
+
+/// Refuses (403) a viewer token on a route it may not call.
+fn authorize_viewer(parts: &Parts, caller: &OrgCaller) -> Result<(), ApiError> {
+    let template = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    if viewer_allows(caller, &parts.method, template) {
+        return Ok(());
+    }
+    let kinds = caller
+        .viewer
+        .as_ref()
+        .map(|v| {
+            v.kinds
+                .iter()
+                .map(ViewerKind::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    Err(ApiError::new(
+        ErrorKind::Forbidden,
+        format!(
+            "a viewer token can only read the list routes of its kinds ({kinds}), the request              timeline and /v1/me; use an API key for anything else"
+        ),
+    ))
+}
+
 /// Extracts an authenticated org caller; failures are written in dialect `D`'s envelope.
 /// Authentication comes before anything else about the request (401 before 400).
 #[derive(Debug)]
@@ -178,6 +274,7 @@ impl<D: Envelope> FromRequestParts<AppState> for Authed<D> {
     ) -> Result<Self, Self::Rejection> {
         let caller = state.authenticate_org(&parts.headers).await?;
         CallSlot::note(parts, &caller);
+        authorize_viewer(parts, &caller)?;
         Ok(Self(caller, PhantomData))
     }
 }
@@ -212,6 +309,7 @@ impl FromRequestParts<AppState> for IngestCaller {
         let caller = state.authenticate_any(&parts.headers).await?;
         if let Caller::Org(org) = &caller {
             CallSlot::note(parts, org);
+            authorize_viewer(parts, org)?;
             org.require(Scope::Write)?;
         }
         Ok(Self(caller))
@@ -278,6 +376,20 @@ mod tests {
             presented(&h).unwrap(),
             Some(("k1".to_owned(), Carrier::Header))
         );
+    }
+
+    #[test]
+    fn every_viewer_route_is_a_get_route_of_the_router() {
+        // A route renamed without this list would silently close to viewers; one listed that
+        // is not a GET route would be a mistake in the list.
+        let doc: serde_json::Value =
+            serde_json::from_str(&crate::openapi::document()).expect("the document is JSON");
+        for (route, _) in VIEWER_ROUTES {
+            assert!(
+                doc["paths"][route]["get"].is_object(),
+                "{route} is not a GET route"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,10 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use apitrail_model::{ApiKey, Scope, Secret, SecretHash, Tenant};
+use apitrail_model::{
+    ApiKey, AuditFilter, LogFilter, PrincipalType, Scope, Scopes, Secret, SecretHash, Tenant,
+    ViewerKind, ViewerToken,
+};
 use axum::http::request::Parts;
 
 use crate::error::{ApiError, ErrorKind};
@@ -18,6 +21,8 @@ pub enum AuthType {
     ApiKey,
     /// The session cookie.
     Session,
+    /// A viewer token, in any carrier.
+    ViewerToken,
 }
 
 impl AuthType {
@@ -26,6 +31,7 @@ impl AuthType {
         match self {
             AuthType::ApiKey => "api_key",
             AuthType::Session => "session",
+            AuthType::ViewerToken => "viewer_token",
         }
     }
 }
@@ -60,13 +66,66 @@ impl fmt::Debug for AdminToken {
 pub struct OrgCaller {
     /// The caller's org.
     pub tenant: Tenant,
-    /// The key used.
+    /// The key used; for a viewer token, a read-only identity made from it
+    /// ([`OrgCaller::viewer`]), so that the scope checks of handlers need no second path.
     pub key: ApiKey,
     /// How it was presented.
     pub auth_type: AuthType,
+    /// The viewer token used, if the caller is one: the kinds it reads and the filter
+    /// forced on its queries. `None` for an API key.
+    pub viewer: Option<ViewerToken>,
 }
 
 impl OrgCaller {
+    /// The caller of a viewer token: an identity with the `read` scope alone, under the
+    /// token's id, that names no principal.
+    pub fn viewer(tenant: Tenant, token: ViewerToken) -> Self {
+        let key = ApiKey {
+            id: token.id,
+            org_id: token.org_id.clone(),
+            name: "viewer token".into(),
+            scopes: [Scope::Read].into_iter().collect::<Scopes>(),
+            principal_type: PrincipalType::ServiceAccount,
+            principal_id: format!("viewer_token:{}", token.id),
+            user_id: None,
+            email: None,
+            service_account_id: None,
+            created_at: token.created_at,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        Self {
+            tenant,
+            key,
+            auth_type: AuthType::ViewerToken,
+            viewer: Some(token),
+        }
+    }
+
+    /// Whether the caller may read records of `kind` (an API key: always; its scopes are
+    /// checked apart).
+    pub fn reads(&self, kind: ViewerKind) -> bool {
+        self.viewer.as_ref().is_none_or(|v| v.kinds.contains(kind))
+    }
+
+    /// A request-log filter narrowed by the viewer token's forced filter (unchanged for an
+    /// API key). Every route that reads request logs passes its filter through here.
+    pub fn narrow_logs(&self, filter: LogFilter) -> LogFilter {
+        match &self.viewer {
+            Some(v) => v.filter.narrow_logs(filter),
+            None => filter,
+        }
+    }
+
+    /// An audit filter narrowed by the viewer token's forced filter (unchanged for an API
+    /// key). Every route that reads audit entries passes its filter through here.
+    pub fn narrow_audit(&self, filter: AuditFilter) -> AuditFilter {
+        match &self.viewer {
+            Some(v) => v.filter.narrow_audit(filter),
+            None => filter,
+        }
+    }
+
     /// Fails with 403 unless the key has `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.key.scopes.contains(scope) {

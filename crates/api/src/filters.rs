@@ -52,5 +52,6 @@ pub fn audit(p: &Params) -> Result<AuditFilter, ApiError> {
         resource_type: p.text("resource_type", rules::MAX_TEXT)?,
         resource_id: p.text("resource_id", rules::MAX_TEXT)?,
         action: p.text("action", rules::MAX_TEXT)?,
+        ..AuditFilter::default()
     })
 }

@@ -50,7 +50,7 @@ pub use state::{ApiConfig, AppState};
 
 use crate::dialects::{actions as records, audit, keys, logs, zoo};
 use crate::error::Envelope;
-use crate::native::{actions, admin, export, ingest, me, stats, tail as tails, timeline};
+use crate::native::{actions, admin, export, ingest, stats, tail as tails, timeline, viewer};
 
 /// Every route, written once: each handler's `#[utoipa::path]` gives its path and method, so
 /// this one list builds both the router and the OpenAPI document's paths.
@@ -115,7 +115,9 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(actions::trigger_action))
         .routes(routes!(actions::signal_action))
         .routes(routes!(timeline::request_timeline))
-        .routes(routes!(me::whoami))
+        .routes(routes!(viewer::create_viewer_token))
+        .routes(routes!(viewer::revoke_viewer_token))
+        .routes(routes!(viewer::me))
 }
 
 /// A dialect route's methods answering an unsupported method in the dialect's envelope

@@ -38,6 +38,8 @@ use crate::error::{self, NativeErrorBody};
         (name = "export", description = "Streamed exports of request logs and audit entries, without caps."),
         (name = "stats", description = "Request-log statistics: counts, error counts and latency percentiles per time bucket."),
         (name = "api-keys", description = "An org admin's own API keys."),
+        (name = "viewer-tokens", description = "Read-only, short-lived credentials (atv_...) that read only the list routes of their record kinds, with a filter forced on every query."),
+        (name = "me", description = "The caller's own org and credential: GET /v1/me."),
         (name = "operator", description = "Org and key management with the operator token."),
         (name = "operations", description = "Health, readiness, metrics, this document."),
     )
@@ -54,7 +56,7 @@ impl Modify for SecuritySchemes {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "X-API-Key",
-                "An org API key.",
+                "An org API key, or a viewer token (atv_...).",
             ))),
         );
         components.add_security_scheme(
@@ -62,7 +64,9 @@ impl Modify for SecuritySchemes {
             SecurityScheme::Http(
                 Http::builder()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An org API key as a bearer token."))
+                    .description(Some(
+                        "An org API key (or a viewer token) as a bearer token.",
+                    ))
                     .build(),
             ),
         );
@@ -70,14 +74,14 @@ impl Modify for SecuritySchemes {
             "arklow",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "x-arklow-auth",
-                "An org API key.",
+                "An org API key, or a viewer token (atv_...).",
             ))),
         );
         components.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 "better-auth.session_token",
-                "An org API key in the session cookie (recorded as auth_type session).",
+                "An org API key in the session cookie (recorded as auth_type session), or a viewer token.",
             ))),
         );
         components.add_security_scheme(
@@ -205,9 +209,16 @@ pub(crate) mod scope {
 impl<B: ToSchema, const SCOPE: u8> IntoResponses for OrgKeyErrors<B, SCOPE> {
     fn responses() -> BTreeMap<String, RefOr<Response>> {
         let forbidden = match SCOPE {
-            scope::READ => "The key lacks the read scope, or the operator token was sent",
-            scope::WRITE => "The key lacks the write scope, or the operator token was sent",
-            scope::ADMIN => "The key lacks the admin scope, or the operator token was sent",
+            scope::READ => {
+                "The key lacks the read scope, the operator token was sent, or a viewer token \
+                 that does not read this kind"
+            }
+            scope::WRITE => {
+                "The key lacks the write scope, or the operator token or a viewer token was sent"
+            }
+            scope::ADMIN => {
+                "The key lacks the admin scope, or the operator token or a viewer token was sent"
+            }
             _ => "",
         };
         let unauthorized = ("401", "Missing, unknown or revoked API key");
@@ -703,6 +714,21 @@ pub(crate) fn scopes() -> Schema {
             .min_items(Some(1))
             .build(),
         "The key's scopes: a non-empty set of read, write, admin (each independent: admin does not imply read).",
+    )
+}
+
+/// A viewer token's kinds.
+pub(crate) fn viewer_kinds() -> Schema {
+    described(
+        ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["request_logs", "audit_log", "action_records"])),
+            )
+            .min_items(Some(1))
+            .build(),
+        "The record kinds a viewer token reads: a non-empty set of request_logs, audit_log, action_records.",
     )
 }
 

@@ -100,6 +100,8 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         return response;
     }
     let key = &caller.key;
+    // A viewer token names no principal: its calls carry only its own id, as `api_key_id`.
+    let principal = caller.viewer.is_none();
     let log = RequestLog {
         id,
         request_id: Some(request_id.as_str().to_owned()),
@@ -120,8 +122,8 @@ pub async fn track(State(state): State<AppState>, mut req: Request, next: Next) 
         user_agent,
         origin,
         auth_type: Some(caller.auth_type.as_str().to_owned()),
-        principal_type: Some(key.principal_type.as_str().to_owned()),
-        principal_id: Some(key.principal_id.clone()),
+        principal_type: principal.then(|| key.principal_type.as_str().to_owned()),
+        principal_id: principal.then(|| key.principal_id.clone()),
         // A user principal is a user even when the key names no user id (and then it is the
         // user the zoo dialect's `/user/api-calls` lists the caller's calls under); a service
         // account is not.

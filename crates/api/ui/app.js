@@ -419,6 +419,12 @@
       h('button', { type: 'button', class: 'ghost', id: 'export-csv', onclick: download('/v1/logs/export', filters, 'request-logs', 'csv') }, 'Export CSV'),
       h('button', { type: 'button', class: 'ghost', id: 'export-ndjson', onclick: download('/v1/logs/export', filters, 'request-logs', 'ndjson') }, 'Export NDJSON'),
     ]);
+    // A viewer link's forced filter: shown, and not editable (the server forces it anyway).
+    if (isViewer()) {
+      for (const [k, v] of Object.entries(me.credential.filter || {})) {
+        if (v && inputs[k]) { inputs[k].value = v; inputs[k].disabled = true; inputs[k].title = 'Fixed by this viewer link'; }
+      }
+    }
     const custom = h('span', { class: 'custom-range', hidden: inputs.range.value !== 'custom' },
       h('label', { for: 'logs-from' }, 'From (UTC)', customFrom), ' ', h('label', { for: 'logs-to' }, 'To (UTC)', customTo));
     inputs.range.addEventListener('change', () => { custom.hidden = inputs.range.value !== 'custom'; });

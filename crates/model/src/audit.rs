@@ -39,6 +39,9 @@ pub struct AuditFilter {
     pub resource_id: Option<String>,
     /// Exact `action`.
     pub action: Option<String>,
+    /// Each value must equal the entry's acting `user_id` (an AND of equalities, so two
+    /// different values match nothing); set only by a viewer token's forced filter.
+    pub user_ids: Vec<String>,
 }
 
 impl AuditFilter {
@@ -52,6 +55,10 @@ impl AuditFilter {
                 .as_ref()
                 .is_none_or(|r| e.resource_id.as_ref() == Some(r))
             && self.action.as_ref().is_none_or(|a| *a == e.action)
+            && self
+                .user_ids
+                .iter()
+                .all(|u| e.user_id.as_deref() == Some(u.as_str()))
     }
 }
 

@@ -262,19 +262,29 @@ pub struct Secret(String);
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const SECRET_PREFIX: &str = "atk_";
+const VIEWER_PREFIX: &str = "atv_";
 const SECRET_BODY_LEN: usize = 40;
 
 impl Secret {
     /// A fresh secret: `atk_` and 40 base62 characters from the OS CSPRNG.
     pub fn generate() -> Self {
-        let mut out = String::with_capacity(SECRET_PREFIX.len() + SECRET_BODY_LEN);
-        out.push_str(SECRET_PREFIX);
+        Self::generate_with(SECRET_PREFIX)
+    }
+
+    /// A fresh viewer token (SPEC §10): `atv_` and 40 base62 characters from the OS CSPRNG.
+    pub fn generate_viewer() -> Self {
+        Self::generate_with(VIEWER_PREFIX)
+    }
+
+    fn generate_with(prefix: &str) -> Self {
+        let mut out = String::with_capacity(prefix.len() + SECRET_BODY_LEN);
+        out.push_str(prefix);
         let mut buf = [0u8; 64];
-        while out.len() < SECRET_PREFIX.len() + SECRET_BODY_LEN {
+        while out.len() < prefix.len() + SECRET_BODY_LEN {
             fill_random(&mut buf);
             // Rejection sampling keeps every character equally likely.
             for b in buf {
-                if b < 248 && out.len() < SECRET_PREFIX.len() + SECRET_BODY_LEN {
+                if b < 248 && out.len() < prefix.len() + SECRET_BODY_LEN {
                     out.push(BASE62[(b % 62) as usize] as char);
                 }
             }
@@ -294,9 +304,18 @@ impl Secret {
 
     /// Whether the secret has the shape of an apitrail key (so lookups of junk are skipped).
     pub fn is_well_formed(&self) -> bool {
-        self.0.len() == SECRET_PREFIX.len() + SECRET_BODY_LEN
-            && self.0.starts_with(SECRET_PREFIX)
-            && self.0[SECRET_PREFIX.len()..]
+        self.has_shape(SECRET_PREFIX)
+    }
+
+    /// Whether the secret has the shape of a viewer token (`atv_` and 40 base62 characters).
+    pub fn is_viewer_token(&self) -> bool {
+        self.has_shape(VIEWER_PREFIX)
+    }
+
+    fn has_shape(&self, prefix: &str) -> bool {
+        self.0.len() == prefix.len() + SECRET_BODY_LEN
+            && self.0.starts_with(prefix)
+            && self.0[prefix.len()..]
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric())
     }
@@ -348,6 +367,9 @@ mod tests {
         assert_eq!(s.hash(), Secret::from_presented(s.expose()).hash());
         assert!(!format!("{s:?}").contains(&s.expose()[4..]));
         assert!(!Secret::from_presented("atk_short").is_well_formed());
+        let v = Secret::generate_viewer();
+        assert!(v.expose().starts_with("atv_") && v.expose().len() == 44);
+        assert!(v.is_viewer_token() && !v.is_well_formed() && !s.is_viewer_token());
         assert!(!Secret::from_presented(&format!("atk_{}", "-".repeat(40))).is_well_formed());
         // SHA-256("abc"), from FIPS 180-2.
         assert_eq!(

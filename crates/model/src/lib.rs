@@ -16,6 +16,7 @@ pub mod request_log;
 pub mod time;
 pub mod transition;
 pub mod validate;
+pub mod viewer;
 pub mod webhook;
 
 pub use action::{
@@ -34,4 +35,7 @@ pub use request_log::RequestLog;
 pub use time::Timestamp;
 pub use transition::{ActionChange, EventKind, Occurrence, Refusal, Signal};
 pub use validate::FieldError;
+pub use viewer::{
+    NewViewerToken, NewViewerTokenInput, ViewerFilter, ViewerKind, ViewerKinds, ViewerToken,
+};
 pub use webhook::WebhookSecret;

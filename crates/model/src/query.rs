@@ -194,6 +194,15 @@ pub fn request_id_matches(want: &str, have: Option<&str>) -> bool {
 }
 
 impl LogFilter {
+    /// Makes the filter match no record: its status range becomes empty (no status code is
+    /// at least 600 and at most 99), which every store answers as it answers any range. An
+    /// AND of two different values for one field (a viewer token's forced filter and a
+    /// query's own, [`crate::viewer::ViewerFilter::narrow_logs`]) is this filter.
+    pub fn match_nothing(&mut self) {
+        self.status_min = Some(600);
+        self.status_max = Some(99);
+    }
+
     /// The reference semantics of the filter, which every store must agree with.
     pub fn matches(&self, log: &RequestLog) -> bool {
         fn eq(want: &Option<String>, have: &Option<String>) -> bool {

@@ -147,6 +147,10 @@ pub(crate) async fn list(
             sql.push_str(&format!(" AND {column} = {p}"));
         }
     }
+    for v in &filter.user_ids {
+        let p = push(&mut args, v.clone());
+        sql.push_str(&format!(" AND user_id = {p}"));
+    }
     if let Some(a) = after {
         let (t, id) = (
             push(&mut args, a.created_at.millis()),
@@ -221,6 +225,10 @@ pub(crate) async fn list_links(
             let p = push(&mut args, v.clone());
             sql.push_str(&format!(" AND {column} = {p}"));
         }
+    }
+    for v in &filter.user_ids {
+        let p = push(&mut args, v.clone());
+        sql.push_str(&format!(" AND user_id = {p}"));
     }
     if let Some(a) = after {
         let (t, id) = (

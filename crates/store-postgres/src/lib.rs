@@ -37,11 +37,11 @@ use std::time::Instant;
 
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
-    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, new_record_id,
+    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, ViewerToken, new_record_id,
 };
 use apitrail_store::{
     AuditBatch, CommitHook, Expired, GroupBy, InsertOutcome, LogBatch, Page, RollupRead, RollupRow,
-    StatsRecord, Store, StoreError, StoreStats, TailKind, TailPosition, TailStart,
+    StatsRecord, Store, StoreError, StoreStats, TailKind, TailPosition, TailStart, ViewerCreated,
 };
 use async_trait::async_trait;
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedRwLockReadGuard, RwLock, mpsc};
@@ -480,6 +480,83 @@ impl Store for PgStore {
         hash: &SecretHash,
     ) -> Result<Option<(Tenant, ApiKey)>, StoreError> {
         orgs::authenticate(&self.reader().await?.client, hash).await
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), token = %token.id)
+    )]
+    async fn create_viewer_token(
+        &self,
+        tenant: &Tenant,
+        token: &ViewerToken,
+        hash: &SecretHash,
+        audit: &AuditEntry,
+        max_live: u64,
+    ) -> Result<ViewerCreated, StoreError> {
+        let started = Instant::now();
+        let (_open, mut client) = self.writer().await?;
+        let tx = begin(&mut client).await?;
+        match orgs::insert_viewer(&tx, tenant.key(), token, hash, max_live).await? {
+            ViewerCreated::Created => {
+                self.commit_audited(tx, tenant, audit, started).await?;
+                Ok(ViewerCreated::Created)
+            }
+            // The pruning is kept: it is correct whatever else happens.
+            ViewerCreated::TooMany => {
+                commit(tx).await?;
+                self.committed(0, started);
+                Ok(ViewerCreated::TooMany)
+            }
+        }
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), token = %id)
+    )]
+    async fn revoke_viewer_token(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        at: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<Option<ViewerToken>, StoreError> {
+        let started = Instant::now();
+        let (_open, mut client) = self.writer().await?;
+        let tx = begin(&mut client).await?;
+        if orgs::revoke_viewer(&tx, tenant.key(), id, at).await? {
+            audit::append(
+                &tx,
+                tenant.key(),
+                tenant.org_id(),
+                std::slice::from_ref(audit),
+            )
+            .await?;
+        }
+        let token = orgs::get_viewer(&tx, tenant, id).await?;
+        commit(tx).await?;
+        self.committed(0, started);
+        Ok(token)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn authenticate_viewer(
+        &self,
+        hash: &SecretHash,
+    ) -> Result<Option<(Tenant, ViewerToken)>, StoreError> {
+        orgs::authenticate_viewer(&self.reader().await?.client, hash).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn count_live_viewer_tokens(
+        &self,
+        tenant: &Tenant,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        orgs::count_live_viewers(&self.reader().await?.client, tenant.key(), now).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(keys = used.len()))]

@@ -1,7 +1,10 @@
 //! Orgs and API keys.
 
-use apitrail_model::{ApiKey, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp};
-use apitrail_store::{Page, StoreError};
+use apitrail_model::{
+    ApiKey, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp, ViewerFilter,
+    ViewerKinds, ViewerToken,
+};
+use apitrail_store::{Page, StoreError, ViewerCreated};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -199,4 +202,149 @@ pub(crate) async fn touch_keys(c: &impl Sql, used: &[(Uuid, Timestamp)]) -> Resu
     )
     .await?;
     Ok(())
+}
+
+const VIEWER_COLUMNS: &str =
+    "v.id, v.kinds, v.user_id, v.api_key_id, v.created_at, v.expires_at, v.revoked_at";
+
+fn viewer_from_row(r: &Row, org_id: OrgId) -> Result<ViewerToken, StoreError> {
+    let kinds: i64 = r.get(1);
+    Ok(ViewerToken {
+        id: r.get(0),
+        org_id,
+        kinds: ViewerKinds::from_bits(
+            u8::try_from(kinds).map_err(|_| corrupt(format!("viewer kinds {kinds}")))?,
+        ),
+        filter: ViewerFilter {
+            user_id: r.get(2),
+            api_key_id: r.get(3),
+        },
+        created_at: ts(r.get(4))?,
+        expires_at: ts(r.get(5))?,
+        revoked_at: r.get::<_, Option<i64>>(6).map(ts).transpose()?,
+    })
+}
+
+/// Prunes the org's dead tokens, then stores `token` unless `max_live` are live. The org's
+/// row is locked (`FOR NO KEY UPDATE`, which key-sharing inserts of other tables do not
+/// wait for) so that concurrent creations of one org count one after the other.
+pub(crate) async fn insert_viewer(
+    tx: &impl Sql,
+    org: i64,
+    token: &ViewerToken,
+    hash: &SecretHash,
+    max_live: u64,
+) -> Result<ViewerCreated, StoreError> {
+    let now = token.created_at.millis();
+    tx.exec(
+        "SELECT 1 FROM orgs WHERE seq = $1 FOR NO KEY UPDATE",
+        &[&org],
+    )
+    .await?;
+    tx.exec(
+        "DELETE FROM viewer_tokens WHERE org = $1 AND (expires_at <= $2 OR revoked_at IS NOT NULL)",
+        &[&org, &now],
+    )
+    .await?;
+    let live: i64 = tx
+        .row(
+            "SELECT count(*) FROM viewer_tokens WHERE org = $1 AND expires_at > $2",
+            &[&org, &now],
+        )
+        .await?
+        .get(0);
+    if u64::try_from(live).unwrap_or(0) >= max_live {
+        return Ok(ViewerCreated::TooMany);
+    }
+    let inserted = tx
+        .exec(
+            "INSERT INTO viewer_tokens (org, id, secret_hash, kinds, user_id, api_key_id, \
+             created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+            &[
+                &org,
+                &token.id,
+                &hash.0.as_slice(),
+                &i64::from(token.kinds.bits()),
+                &token.filter.user_id,
+                &token.filter.api_key_id,
+                &now,
+                &token.expires_at.millis(),
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict(
+            "a viewer token with this id or secret",
+        ));
+    }
+    Ok(ViewerCreated::Created)
+}
+
+pub(crate) async fn get_viewer(
+    c: &impl Sql,
+    tenant: &Tenant,
+    id: Uuid,
+) -> Result<Option<ViewerToken>, StoreError> {
+    let row = c
+        .opt_row(
+            &format!("SELECT {VIEWER_COLUMNS} FROM viewer_tokens v WHERE v.org = $1 AND v.id = $2"),
+            &[&tenant.key(), &id],
+        )
+        .await?;
+    row.map(|r| viewer_from_row(&r, tenant.org_id().clone()))
+        .transpose()
+}
+
+/// Revokes the token if unrevoked; `true` when this call revoked it.
+pub(crate) async fn revoke_viewer(
+    tx: &impl Sql,
+    org: i64,
+    id: Uuid,
+    at: Timestamp,
+) -> Result<bool, StoreError> {
+    let changed = tx
+        .exec(
+            "UPDATE viewer_tokens SET revoked_at = $3 WHERE org = $1 AND id = $2 \
+             AND revoked_at IS NULL",
+            &[&org, &id, &at.millis()],
+        )
+        .await?;
+    Ok(changed > 0)
+}
+
+pub(crate) async fn authenticate_viewer(
+    c: &impl Sql,
+    hash: &SecretHash,
+) -> Result<Option<(Tenant, ViewerToken)>, StoreError> {
+    let row = c
+        .opt_row(
+            &format!(
+                "SELECT {VIEWER_COLUMNS}, o.seq, o.id FROM viewer_tokens v \
+                 JOIN orgs o ON o.seq = v.org WHERE v.secret_hash = $1 AND v.revoked_at IS NULL"
+            ),
+            &[&hash.0.as_slice()],
+        )
+        .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let org = org_id(r.get(8))?;
+    let token = viewer_from_row(&r, org.clone())?;
+    Ok(Some((Tenant::from_store(r.get(7), org), token)))
+}
+
+pub(crate) async fn count_live_viewers(
+    c: &impl Sql,
+    org: i64,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let n: i64 = c
+        .row(
+            "SELECT count(*) FROM viewer_tokens WHERE org = $1 AND expires_at > $2 \
+             AND revoked_at IS NULL",
+            &[&org, &now.millis()],
+        )
+        .await?
+        .get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
 }

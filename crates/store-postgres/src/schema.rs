@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_tail_positions.sql"),
     include_str!("../migrations/0010_request_id_indexes.sql"),
     include_str!("../migrations/0011_request_log_rollups.sql"),
+    include_str!("../migrations/0012_viewer_tokens.sql"),
 ];
 
 /// The version after which the stats rollups are filled from the logs already stored.

@@ -161,6 +161,10 @@ pub(crate) fn list(
             let _ = write!(sql, " AND {column} = ?{}", args.len());
         }
     }
+    for v in &filter.user_ids {
+        args.push(Value::Text(v.clone()));
+        let _ = write!(sql, " AND user_id = ?{}", args.len());
+    }
     if let Some(a) = after {
         args.push(Value::Integer(a.created_at.millis()));
         args.push(Value::Blob(a.id.as_bytes().to_vec()));
@@ -237,6 +241,10 @@ pub(crate) fn list_links(
             args.push(Value::Text(v.clone()));
             let _ = write!(sql, " AND {column} = ?{}", args.len());
         }
+    }
+    for v in &filter.user_ids {
+        args.push(Value::Text(v.clone()));
+        let _ = write!(sql, " AND user_id = ?{}", args.len());
     }
     if let Some(a) = after {
         args.push(Value::Integer(a.created_at.millis()));

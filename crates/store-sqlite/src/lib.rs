@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, LogFilter, Org, OrgId,
-    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
+    PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp, ViewerToken,
 };
 use apitrail_store::{
     AuditBatch, CommitHook, GroupBy, InsertOutcome, LogBatch, Page, RollupRead, RollupRow,
-    StatsRecord, Store, StoreError, StoreStats, TailKind, TailPosition, TailStart,
+    StatsRecord, Store, StoreError, StoreStats, TailKind, TailPosition, TailStart, ViewerCreated,
 };
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
@@ -499,6 +499,70 @@ impl Store for SqliteStore {
         let hash = *hash;
         self.readers
             .run(move |conn| orgs::authenticate(conn, &hash))
+            .await
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), token = %token.id)
+    )]
+    async fn create_viewer_token(
+        &self,
+        tenant: &Tenant,
+        token: &ViewerToken,
+        hash: &SecretHash,
+        audit: &AuditEntry,
+        max_live: u64,
+    ) -> Result<ViewerCreated, StoreError> {
+        let (org, token, hash, audit) = (tenant.key(), token.clone(), *hash, audit.clone());
+        self.writer
+            .submit(0, move |conn| {
+                orgs::insert_viewer(conn, org, &token, &hash, &audit, max_live)
+            })
+            .await
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(org = tenant.org_id().as_str(), token = %id)
+    )]
+    async fn revoke_viewer_token(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        at: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<Option<ViewerToken>, StoreError> {
+        let (tenant, audit) = (tenant.clone(), audit.clone());
+        self.writer
+            .submit(0, move |conn| {
+                orgs::revoke_viewer(conn, &tenant, id, at, &audit)
+            })
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn authenticate_viewer(
+        &self,
+        hash: &SecretHash,
+    ) -> Result<Option<(Tenant, ViewerToken)>, StoreError> {
+        let hash = *hash;
+        self.readers
+            .run(move |conn| orgs::authenticate_viewer(conn, &hash))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(org = tenant.org_id().as_str()))]
+    async fn count_live_viewer_tokens(
+        &self,
+        tenant: &Tenant,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let org = tenant.key();
+        self.readers
+            .run(move |conn| orgs::count_live_viewers(conn, org, now))
             .await
     }
 

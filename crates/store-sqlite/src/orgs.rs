@@ -2,8 +2,9 @@
 
 use apitrail_model::{
     ApiKey, AuditEntry, Org, OrgId, PrincipalType, Scopes, SecretHash, Tenant, Timestamp,
+    ViewerFilter, ViewerKinds, ViewerToken,
 };
-use apitrail_store::{Page, StoreError};
+use apitrail_store::{Page, StoreError, ViewerCreated};
 use rusqlite::{Connection, Row, params};
 use uuid::Uuid;
 
@@ -181,4 +182,128 @@ pub(crate) fn touch_keys(conn: &Connection, used: &[(Uuid, Timestamp)]) -> Resul
         )?;
     }
     Ok(())
+}
+
+const VIEWER_COLUMNS: &str =
+    "v.id, v.kinds, v.user_id, v.api_key_id, v.created_at, v.expires_at, v.revoked_at";
+
+fn viewer_from_row(row: &Row<'_>, org_id: OrgId) -> rusqlite::Result<ViewerToken> {
+    Ok(ViewerToken {
+        id: uuid_col(row, 0)?,
+        org_id,
+        kinds: ViewerKinds::from_bits(row.get(1)?),
+        filter: ViewerFilter {
+            user_id: row.get(2)?,
+            api_key_id: row.get(3)?,
+        },
+        created_at: ts(row.get(4)?)?,
+        expires_at: ts(row.get(5)?)?,
+        revoked_at: opt_ts(row, 6)?,
+    })
+}
+
+/// Prunes the org's dead tokens, then stores `token` unless `max_live` are live.
+pub(crate) fn insert_viewer(
+    conn: &Connection,
+    org: i64,
+    token: &ViewerToken,
+    hash: &SecretHash,
+    audit: &AuditEntry,
+    max_live: u64,
+) -> Result<ViewerCreated, StoreError> {
+    let now = token.created_at.millis();
+    conn.exec(
+        "DELETE FROM viewer_tokens WHERE org = ?1 AND (expires_at <= ?2 OR revoked_at IS NOT NULL)",
+        params![org, now],
+    )?;
+    let live: i64 = conn.one(
+        "SELECT count(*) FROM viewer_tokens WHERE org = ?1 AND expires_at > ?2",
+        params![org, now],
+        |r| r.get(0),
+    )?;
+    if u64::try_from(live).unwrap_or(0) >= max_live {
+        return Ok(ViewerCreated::TooMany);
+    }
+    let inserted = conn.exec(
+        "INSERT INTO viewer_tokens (id, org, secret_hash, kinds, user_id, api_key_id, \
+             created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        params![
+            token.id.as_bytes(),
+            org,
+            hash.0,
+            token.kinds.bits(),
+            token.filter.user_id,
+            token.filter.api_key_id,
+            now,
+            token.expires_at.millis(),
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::Conflict(
+            "a viewer token with this id or secret",
+        ));
+    }
+    crate::audit::insert_one(conn, org, audit)?;
+    Ok(ViewerCreated::Created)
+}
+
+pub(crate) fn get_viewer(
+    conn: &Connection,
+    tenant: &Tenant,
+    id: Uuid,
+) -> Result<Option<ViewerToken>, StoreError> {
+    conn.opt(
+        &format!("SELECT {VIEWER_COLUMNS} FROM viewer_tokens v WHERE v.org = ?1 AND v.id = ?2"),
+        params![tenant.key(), id.as_bytes()],
+        |r| viewer_from_row(r, tenant.org_id().clone()),
+    )
+}
+
+pub(crate) fn revoke_viewer(
+    conn: &Connection,
+    tenant: &Tenant,
+    id: Uuid,
+    at: Timestamp,
+    audit: &AuditEntry,
+) -> Result<Option<ViewerToken>, StoreError> {
+    let changed = conn.exec(
+        "UPDATE viewer_tokens SET revoked_at = ?3 WHERE org = ?1 AND id = ?2 AND revoked_at IS NULL",
+        params![tenant.key(), id.as_bytes(), at.millis()],
+    )?;
+    if changed > 0 {
+        crate::audit::insert_one(conn, tenant.key(), audit)?;
+    }
+    get_viewer(conn, tenant, id)
+}
+
+pub(crate) fn authenticate_viewer(
+    conn: &Connection,
+    hash: &SecretHash,
+) -> Result<Option<(Tenant, ViewerToken)>, StoreError> {
+    conn.opt(
+        &format!(
+            "SELECT {VIEWER_COLUMNS}, o.seq, o.id FROM viewer_tokens v JOIN orgs o ON o.seq = v.org \
+             WHERE v.secret_hash = ?1 AND v.revoked_at IS NULL"
+        ),
+        [hash.0],
+        |r| {
+            let org_id = org_id_col(r, 8)?;
+            let token = viewer_from_row(r, org_id.clone())?;
+            Ok((Tenant::from_store(r.get(7)?, org_id), token))
+        },
+    )
+}
+
+pub(crate) fn count_live_viewers(
+    conn: &Connection,
+    org: i64,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let n: i64 = conn.one(
+        "SELECT count(*) FROM viewer_tokens WHERE org = ?1 AND expires_at > ?2 \
+         AND revoked_at IS NULL",
+        params![org, now.millis()],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

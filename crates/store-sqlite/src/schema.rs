@@ -36,6 +36,7 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../migrations/0009_request_log_rollups.sql"),
         then: Some(crate::rollups::backfill),
     },
+    Migration::plain(include_str!("../migrations/0010_viewer_tokens.sql")),
 ];
 
 /// Errors while migrating.

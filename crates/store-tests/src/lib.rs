@@ -44,6 +44,7 @@ mod stats;
 pub mod support;
 mod tail;
 mod timeline;
+mod viewer;
 
 pub use actions::{
     action_credentials_and_destinations_round_trip,
@@ -82,6 +83,7 @@ pub use retention::{
 pub use stats::{assert_stats_agree, stats_rollups_agree_with_the_records};
 pub use tail::tails_read_each_record_once_in_order_under_concurrent_writers;
 pub use timeline::records_are_found_by_request_id;
+pub use viewer::{viewer_filters_narrow_every_read, viewer_tokens_authenticate_until_revoked};
 
 /// Expands to one `#[tokio::test]` per story of the suite, each running against a fresh store
 /// made by `$factory` (an expression whose `.await` yields something that dereferences to a
@@ -124,6 +126,8 @@ macro_rules! store_conformance {
             records_are_found_by_request_id,
             audit_links_walk_oldest_first,
             stats_rollups_agree_with_the_records,
+            viewer_tokens_authenticate_until_revoked,
+            viewer_filters_narrow_every_read,
         );
     };
     (@stories $factory:expr; $($story:ident),+ $(,)?) => {

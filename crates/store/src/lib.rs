@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use apitrail_model::{
     ApiKey, AuditAfter, AuditEntry, AuditFilter, ChainHead, ChainLink, ChainReport, ChainVerifier,
     LogFilter, Org, OrgId, PageRequest, RequestLog, SecretHash, Sort, Tenant, Timestamp,
+    ViewerToken,
 };
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -180,6 +181,15 @@ pub struct AuditBatch {
     pub entries: Vec<AuditEntry>,
 }
 
+/// What [`Store::create_viewer_token`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewerCreated {
+    /// The token was stored, with its audit entry.
+    Created,
+    /// The org already has the most live tokens it may have; nothing was stored.
+    TooMany,
+}
+
 /// Links read per store call while a chain is verified.
 const VERIFY_PAGE: u32 = 2_000;
 
@@ -243,6 +253,45 @@ pub trait Store: ActionStore + Send + Sync + fmt::Debug + 'static {
     /// Finds the live (unrevoked) key with this secret hash, and its org.
     async fn authenticate(&self, hash: &SecretHash)
     -> Result<Option<(Tenant, ApiKey)>, StoreError>;
+
+    /// Stores a new viewer token (by its hash only) and records `audit`, atomically, unless
+    /// the org already has `max_live` live tokens (unrevoked, expiring after the token's
+    /// `created_at`): then nothing is stored ([`ViewerCreated::TooMany`]). The org's expired
+    /// and revoked tokens are deleted in the same transaction, so an org never keeps more
+    /// rows than its live tokens plus those that died since its last creation.
+    async fn create_viewer_token(
+        &self,
+        tenant: &Tenant,
+        token: &ViewerToken,
+        hash: &SecretHash,
+        audit: &AuditEntry,
+        max_live: u64,
+    ) -> Result<ViewerCreated, StoreError>;
+
+    /// Revokes one of the org's viewer tokens at `at` and records `audit`, atomically.
+    /// Revoking a revoked token changes nothing and records nothing. `None` when the org has
+    /// no such token (or no longer keeps it).
+    async fn revoke_viewer_token(
+        &self,
+        tenant: &Tenant,
+        id: Uuid,
+        at: Timestamp,
+        audit: &AuditEntry,
+    ) -> Result<Option<ViewerToken>, StoreError>;
+
+    /// Finds the unrevoked viewer token with this secret hash, and its org; the caller checks
+    /// `expires_at` (so that it can say why a token stopped working).
+    async fn authenticate_viewer(
+        &self,
+        hash: &SecretHash,
+    ) -> Result<Option<(Tenant, ViewerToken)>, StoreError>;
+
+    /// How many of the org's viewer tokens are live at `now` (unrevoked, expiring later).
+    async fn count_live_viewer_tokens(
+        &self,
+        tenant: &Tenant,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
 
     /// Records when keys were last used (best effort, batched by the caller).
     async fn touch_api_keys(&self, used: Vec<(Uuid, Timestamp)>) -> Result<(), StoreError>;

@@ -182,9 +182,10 @@ pub async fn list_audit_log(
 ) -> Result<Json<AuditLogPage>, Failure<Native>> {
     caller.require(Scope::Read)?;
     let req = parse_query(&Params::parse(query.as_deref()))?;
+    let filter = caller.narrow_audit(req.filter);
     let page = state
         .store()
-        .list_audit_entries(&caller.tenant, &req.filter, req.after, req.limit)
+        .list_audit_entries(&caller.tenant, &filter, req.after, req.limit)
         .await?;
     let next_cursor = next_cursor(&page, cursor_after);
     let org = caller.tenant.org_id().as_str();

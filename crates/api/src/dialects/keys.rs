@@ -231,11 +231,12 @@ pub async fn list_key_requests(
 ) -> Result<Json<KeyRequestsPage>, Failure<Keys>> {
     caller.require(Scope::Read)?;
     let req = parse_query(&Params::parse(query.as_deref()))?;
+    let filter = caller.narrow_logs(req.filter);
     let page = state
         .store()
         .list_request_logs(
             &caller.tenant,
-            &req.filter,
+            &filter,
             Sort::NEWEST_FIRST,
             PageRequest {
                 limit: req.limit,

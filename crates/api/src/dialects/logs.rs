@@ -194,9 +194,10 @@ pub async fn list_logs(
 ) -> Result<Json<LogsPage>, Failure<Native>> {
     caller.require(Scope::Read)?;
     let req = parse_query(&Params::parse(query.as_deref()))?;
+    let filter = caller.narrow_logs(req.filter);
     let page = state
         .store()
-        .list_request_logs(&caller.tenant, &req.filter, req.sort, req.page)
+        .list_request_logs(&caller.tenant, &filter, req.sort, req.page)
         .await?;
     let pagination = Pagination::of(&page, |last| log_cursor(CursorKind::Logs, req.sort, last));
     Ok(Json(LogsPage {

@@ -298,6 +298,7 @@ async fn list(
     query: Option<&str>,
 ) -> Result<Json<ApiCallWithPriceResultsPage>, ApiError> {
     let req = parse_query(&Params::parse(query))?;
+    let filter = caller.narrow_logs(filter);
     let page = state
         .store()
         .list_request_logs(&caller.tenant, &filter, req.sort, req.page)
@@ -314,7 +315,8 @@ async fn list(
     }))
 }
 
-/// One of the caller's org's logs, if `keep` accepts it.
+/// One of the caller's org's logs, if `keep` accepts it (and a viewer token's forced filter:
+/// another user's call is as absent as another org's).
 async fn fetch(
     state: &AppState,
     caller: &OrgCaller,
@@ -328,6 +330,7 @@ async fn fetch(
         .get_request_log(&caller.tenant, id)
         .await?
         .filter(keep)
+        .filter(|log| caller.narrow_logs(LogFilter::default()).matches(log))
         .ok_or_else(|| not_found("API call"))?;
     Ok(Json(ApiCallWithPrice::new(
         log,

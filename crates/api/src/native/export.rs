@@ -210,7 +210,7 @@ pub async fn export_logs(
 ) -> Result<Response, Failure<Native>> {
     caller.require(Scope::Read)?;
     let p = Params::parse(query.as_deref());
-    let filter = filters::logs(&p)?;
+    let filter = caller.narrow_logs(filters::logs(&p)?);
     let format = format_param(&p)?;
     let export = Export::requests(
         state.shared_store(),
@@ -252,7 +252,7 @@ pub async fn export_audit_log(
 ) -> Result<Response, Failure<Native>> {
     caller.require(Scope::Read)?;
     let p = Params::parse(query.as_deref());
-    let filter = filters::audit(&p)?;
+    let filter = caller.narrow_audit(filters::audit(&p)?);
     let format = format_param(&p)?;
     let export = Export::audit(
         state.shared_store(),

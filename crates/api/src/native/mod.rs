@@ -10,12 +10,13 @@
 //! - [`tail`]: the live tails of request logs and the audit log (Server-Sent Events).
 //! - [`timeline`]: `GET /v1/requests/{request_id}/timeline`, one request's records of every
 //!   kind, in the dialects' items.
+//! - [`viewer`]: viewer tokens (`/v1/viewer-tokens`) and `GET /v1/me`.
 
 pub mod actions;
 pub mod admin;
 pub mod export;
 pub mod ingest;
-pub mod me;
 pub mod stats;
 pub mod tail;
 pub mod timeline;
+pub mod viewer;

@@ -235,7 +235,8 @@ pub async fn log_stats(
 ) -> Result<Json<Stats>, Failure<Native>> {
     caller.require(Scope::Read)?;
     let p = Params::parse(raw.as_deref());
-    let q = query(&p, Timestamp::now())?;
+    let mut q = query(&p, Timestamp::now())?;
+    q.filter = caller.narrow_logs(q.filter);
     let answer = match state.store().log_stats(&caller.tenant, &q).await {
         Ok(answer) => answer,
         Err(StatsError::TooLarge { max }) => {

@@ -144,7 +144,7 @@ pub async fn tail_logs(
 ) -> Result<Response, Failure<Native>> {
     caller.require(Scope::Read)?;
     let params = Params::parse(query.as_deref());
-    let filter = TailFilter::Logs(crate::filters::logs(&params)?);
+    let filter = TailFilter::Logs(caller.narrow_logs(crate::filters::logs(&params)?));
     open(
         &state,
         &caller.tenant,
@@ -186,7 +186,7 @@ pub async fn tail_audit_log(
 ) -> Result<Response, Failure<Native>> {
     caller.require(Scope::Read)?;
     let params = Params::parse(query.as_deref());
-    let filter = TailFilter::Audit(crate::filters::audit(&params)?);
+    let filter = TailFilter::Audit(caller.narrow_audit(crate::filters::audit(&params)?));
     open(
         &state,
         &caller.tenant,

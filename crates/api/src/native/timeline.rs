@@ -6,7 +6,10 @@
 //! this is the one route module that imports the dialects' item types.
 
 use apitrail_model::request_log::rules;
-use apitrail_model::{LogFilter, PageRequest, Scope, Sort, SortDir, SortKey};
+use apitrail_model::{
+    AuditFilter, LogFilter, PageRequest, Scope, Sort, SortDir, SortKey, ViewerKind,
+};
+use apitrail_store::Page;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -92,7 +95,8 @@ fn parse_request_id(path: Result<Path<String>, PathRejection>) -> Result<String,
 /// the `request_id` filter of `GET /v1/logs`. Each kind lists at most 1,000 records, oldest
 /// first; `truncated` says which had more. An id no record carries is not an error: request
 /// ids come from clients, so its absence is the answer (`200` with empty lists). Another
-/// organization's records never appear.
+/// organization's records never appear. A viewer token gets empty lists for the kinds it
+/// does not read, and its forced filter applies to each list.
 #[utoipa::path(
     get,
     path = "/v1/requests/{request_id}/timeline",
@@ -118,19 +122,46 @@ pub async fn request_timeline(
     let request_id = parse_request_id(path)?;
     let tenant = &caller.tenant;
     let store = state.store();
-    let filter = LogFilter {
+    let filter = caller.narrow_logs(LogFilter {
         request_id: Some(request_id.clone()),
         ..LogFilter::default()
-    };
+    });
     let oldest_first = Sort {
         key: SortKey::CreatedAt,
         dir: SortDir::Asc,
     };
+    // A viewer token reads only its kinds; the others are empty, never read.
     let (logs, audit, actions) = tokio::try_join!(
-        store.list_request_logs(tenant, &filter, oldest_first, PageRequest::first(MAX_ITEMS)),
-        store.audit_entries_by_request(tenant, &request_id, MAX_ITEMS),
-        store.action_records_by_request(tenant, &request_id, MAX_ITEMS),
+        async {
+            if !caller.reads(ViewerKind::RequestLogs) {
+                return Ok(Page::empty());
+            }
+            store
+                .list_request_logs(tenant, &filter, oldest_first, PageRequest::first(MAX_ITEMS))
+                .await
+        },
+        async {
+            if !caller.reads(ViewerKind::AuditLog) {
+                return Ok(Page::empty());
+            }
+            store
+                .audit_entries_by_request(tenant, &request_id, MAX_ITEMS)
+                .await
+        },
+        async {
+            if !caller.reads(ViewerKind::ActionRecords) {
+                return Ok(Page::empty());
+            }
+            store
+                .action_records_by_request(tenant, &request_id, MAX_ITEMS)
+                .await
+        },
     )?;
+    // The audit lookup by request id takes no filter: a viewer's forced filter is applied to
+    // what it found (a bounded read), with the reference semantics of the audit filter.
+    let forced = caller.narrow_audit(AuditFilter::default());
+    let mut audit = audit;
+    audit.items.retain(|e| forced.matches(e));
     let action_records = record_items(&state, tenant, &actions.items, true, false).await?;
     let org = tenant.org_id().as_str();
     Ok(Json(Timeline {

@@ -32,4 +32,5 @@ mod smoke;
 mod stats;
 mod tail;
 mod timeline;
+mod viewer_tokens;
 mod zoo_dialect;

@@ -156,8 +156,14 @@ fn document_states_statuses_formats_and_constraints() {
                 assert_eq!(formats, ["date-time"], "{name}.{field}");
             }
             if field == "id"
-                && !["OrgBody", "CreateOrg", "IngestLog", "IngestAuditEvent"]
-                    .contains(&name.as_str())
+                && ![
+                    "OrgBody",
+                    "MeOrg",
+                    "CreateOrg",
+                    "IngestLog",
+                    "IngestAuditEvent",
+                ]
+                .contains(&name.as_str())
             {
                 assert_eq!(formats, ["uuid"], "{name}.{field}");
             }

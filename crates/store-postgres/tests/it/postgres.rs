@@ -180,7 +180,10 @@ async fn an_upgrade_fills_the_stats_rollups_of_stored_logs() {
         .unwrap();
     tokio::spawn(conn);
     client
-        .batch_execute("DROP TABLE request_log_rollups; UPDATE apitrail_schema SET version = 10;")
+        .batch_execute(
+            "DROP TABLE request_log_rollups; DROP TABLE viewer_tokens; \
+             UPDATE apitrail_schema SET version = 10;",
+        )
         .await
         .unwrap();
     let store = PgStore::connect(&url, PgOptions::default()).await.unwrap();

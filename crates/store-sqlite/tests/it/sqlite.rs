@@ -758,7 +758,8 @@ async fn an_upgrade_notes_the_values_of_stored_logs() {
         "DROP TABLE request_log_values; ALTER TABLE destinations DROP COLUMN allow_private; \
          DROP INDEX audit_entries_by_request_id; DROP INDEX action_records_by_request_id; \
          DROP INDEX request_logs_by_tail; ALTER TABLE request_logs DROP COLUMN tail_pos; \
-         DROP TABLE tail_counters; DROP TABLE request_log_rollups; PRAGMA user_version = 4;",
+         DROP TABLE tail_counters; DROP TABLE request_log_rollups; DROP TABLE viewer_tokens; \
+         PRAGMA user_version = 4;",
     )
     .unwrap();
     drop(conn);
@@ -798,8 +799,10 @@ async fn an_upgrade_fills_the_stats_rollups_of_stored_logs() {
     store.shutdown().await.unwrap();
     drop(store);
     let conn = rusqlite::Connection::open(dir.path().join(apitrail_store_sqlite::DB_FILE)).unwrap();
-    conn.execute_batch("DROP TABLE request_log_rollups; PRAGMA user_version = 8;")
-        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE request_log_rollups; DROP TABLE viewer_tokens; PRAGMA user_version = 8;",
+    )
+    .unwrap();
     drop(conn);
     let store = open(dir.path(), SqliteOptions::default());
     apitrail_store_tests::assert_stats_agree(&store, &tenant, &logs, "after the upgrade").await;
