@@ -255,7 +255,7 @@ fn authorize_viewer(parts: &Parts, caller: &OrgCaller) -> Result<(), ApiError> {
     Err(ApiError::new(
         ErrorKind::Forbidden,
         format!(
-            "a viewer token can only read the list routes of its kinds ({kinds}), the request              timeline and /v1/me; use an API key for anything else"
+            "a viewer token can only read the list routes of its kinds ({kinds}), the request timeline and /v1/me; use an API key for anything else"
         ),
     ))
 }
