@@ -314,6 +314,17 @@ where
     }
 }
 
+/// Reads a field that may be left out but is never `null` (its schema does not allow null):
+/// an explicit `null` is the field's type error. Use with
+/// `#[serde(default, deserialize_with = ...)]`.
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// A struct read only from a JSON object. serde's derived `Deserialize` also reads a struct
 /// from an array of its fields in order (`["acme", "Acme"]`), which no documented body
 /// allows. The fields are still read through the caller's deserializer, so error paths stay.

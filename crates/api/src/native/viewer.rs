@@ -23,13 +23,12 @@ use crate::common::{audit_entry, json_body, not_found, path_uuid};
 use crate::error::{ApiError, ErrorKind, Failure, Native, NativeErrorBody};
 use crate::openapi::{JsonBodyErrors, OrgKeyErrors, scope};
 use crate::state::AppState;
-use crate::wire::{BodyBytes, Ids};
+use crate::wire::{BodyBytes, Ids, Object};
 
 type Result<T> = std::result::Result<T, Failure<Native>>;
 
 /// The filter a viewer token forces on every query it makes.
-#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct FilterBody {
     /// Only records of this user: request logs' `user_id` and audit entries' acting
     /// `user_id` (action records carry no user, so a token with this filter cannot read
@@ -40,6 +39,22 @@ pub struct FilterBody {
     /// records carry no key, so a token with this filter reads request logs only.
     /// 1-1,024 bytes.
     #[schema(required = true, min_length = 1, max_length = 1024)]
+    api_key_id: Option<String>,
+}
+
+/// The filter to force, as a creation asks for it: either field may be left out.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilterInput {
+    /// Only records of this user: request logs' `user_id` and audit entries' acting
+    /// `user_id` (action records carry no user, so a token with this filter cannot read
+    /// them). 1-1,024 bytes.
+    #[schema(min_length = 1, max_length = 1024)]
+    user_id: Option<String>,
+    /// Only request logs made with this API key (`api_key_id`); audit entries and action
+    /// records carry no key, so a token with this filter reads request logs only.
+    /// 1-1,024 bytes.
+    #[schema(min_length = 1, max_length = 1024)]
     api_key_id: Option<String>,
 }
 
@@ -58,15 +73,18 @@ impl From<&ViewerFilter> for FilterBody {
 pub struct CreateViewerToken {
     /// Lifetime in seconds, 60-86400 (24 h); 3600 when absent.
     #[schema(minimum = 60, maximum = 86400, default = 3600)]
+    #[serde(default, deserialize_with = "crate::wire::integer")]
     ttl_seconds: Option<i64>,
     /// What the token reads: a non-empty subset of `request_logs`, `audit_log`,
     /// `action_records`; all three when absent.
     #[schema(schema_with = crate::openapi::viewer_kinds)]
+    #[serde(default, deserialize_with = "crate::wire::present")]
     kinds: Option<Vec<String>>,
     /// The filter forced on every query; a kind whose records cannot carry it is refused
     /// (400 naming `filter`).
-    #[schema(nullable = false)]
-    filter: Option<FilterBody>,
+    #[schema(nullable = false, value_type = Option<FilterInput>)]
+    #[serde(default, deserialize_with = "crate::wire::present")]
+    filter: Option<Object<FilterInput>>,
 }
 
 /// A new viewer token, with its secret: shown this once and never again.
@@ -122,7 +140,7 @@ pub async fn create_viewer_token(
 ) -> Result<(StatusCode, Json<CreatedViewerToken>)> {
     caller.require(Scope::Admin)?;
     let req: CreateViewerToken = json_body(&body)?;
-    let filter = req.filter.unwrap_or_default();
+    let filter = req.filter.map(|f| f.0).unwrap_or_default();
     let new = NewViewerToken::try_from(NewViewerTokenInput {
         ttl_seconds: req.ttl_seconds,
         kinds: req.kinds,

@@ -309,6 +309,15 @@ async fn malformed_requests_are_400s_naming_the_field_and_only_admin_keys_create
             "email",
         ),
         (json!({"scopes": ["read"]}), "scopes"),
+        // serde would read a struct from an array of its fields; no documented body is one.
+        (
+            json!({"kinds": ["request_logs"], "filter": ["u1", null]}),
+            "filter",
+        ),
+        (json!({"ttl_seconds": 120.5}), "ttl_seconds"),
+        // Left out is the default; null is no value the document allows.
+        (json!({"kinds": null}), "kinds"),
+        (json!({"kinds": ["request_logs"], "filter": null}), "filter"),
     ] {
         let resp = s
             .request(Method::POST, "/v1/viewer-tokens")
@@ -325,6 +334,16 @@ async fn malformed_requests_are_400s_naming_the_field_and_only_admin_keys_create
         )
         .await;
     }
+    // A whole number written with a fraction is that number, as the JSON Schema `integer`
+    // says.
+    let v = create(
+        s,
+        &f.admin.secret,
+        json!({"ttl_seconds": 120.0, "kinds": ["request_logs"]}),
+        StatusCode::CREATED,
+    )
+    .await;
+    assert!(v["token"].as_str().unwrap().starts_with("atv_"));
     // The edges are accepted.
     for ttl in [60, 86_400] {
         create(

@@ -139,6 +139,21 @@ def _body(operation: str, body: object) -> None:
     elif operation in ("POST /v1/ingest/requests", "POST /v1/ingest/audit-events"):
         if isinstance(body, list):
             _records(body)
+    elif operation == "POST /v1/viewer-tokens":
+        # A forced filter cannot apply to action records (they carry no user or key), nor
+        # api_key_id to the audit log: such a token is refused by design.
+        if isinstance(body, dict) and isinstance(body.get("filter"), dict):
+            f = body["filter"]
+            kinds = body.get("kinds")
+            if any(f.get(k) is not None for k in ("user_id", "api_key_id")):
+                if not isinstance(kinds, list):
+                    body["kinds"] = ["request_logs"]
+                else:
+                    kinds[:] = [k for k in kinds if k != "action_records"]
+                    if f.get("api_key_id") is not None:
+                        kinds[:] = [k for k in kinds if k != "audit_log"]
+                    if not kinds:
+                        kinds.append("request_logs")
 
 
 # Calls that would delete, replace or revoke a fixture (whose id a stateful sequence can
