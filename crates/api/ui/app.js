@@ -644,9 +644,14 @@
         }
       } catch (e) {
         if (ctl.signal.aborted) return;
+        if (e.status && e.status < 500) {
+          // Refused (e.g. 429: too many tails open for this org): retrying would not help.
+          status.textContent = 'Live tail stopped: ' + e.message + '. Switch it off and on to try again.';
+          status.dataset.state = 'stopped';
+          return;
+        }
         status.textContent = 'Live tail interrupted (' + e.message + '); reconnecting…';
         status.dataset.state = 'retrying';
-        if (e.status && e.status < 500) return;
       }
       await new Promise((r) => setTimeout(r, 1500));
     }

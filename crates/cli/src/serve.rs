@@ -86,12 +86,12 @@ pub async fn run(store_args: StoreArgs, args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("--demo ({}): {e}", store_args.describe()))?;
         println!(
-            "Demo org {:?} holds {} request logs. Try your first authenticated call:\n\n  curl -H 'X-API-Key: {}' '{base}/v1/logs?limit=5'\n\nor open the web console at {base}/ui and sign in with that key.\n",
+            "Demo org {:?} holds {} request logs. Try your first authenticated call:\n\n  curl -H 'X-API-Key: {}' '{base}/v1/logs?limit=5'\n  console: {base}/ui (sign in with the same key)\n",
             demo.org_id, demo.logs, demo.secret
         );
     } else {
         println!(
-            "To make a first authenticated call, create an org and a key, then list its logs:\n\n  apitrail orgs create --id acme --name Acme\n  apitrail keys create --org acme --name first --scopes read,write\n  curl -H 'X-API-Key: <secret printed above>' '{base}/v1/logs'\n\nThe web console is at {base}/ui (sign in with that key).\n(or restart with --demo for an org full of sample traffic)\n"
+            "To make a first authenticated call, create an org and a key, then list its logs:\n\n  apitrail orgs create --id acme --name Acme\n  apitrail keys create --org acme --name first --scopes read,write\n  curl -H 'X-API-Key: <secret printed above>' '{base}/v1/logs'\n  console: {base}/ui (sign in with the same key)\n\n(or restart with --demo for an org full of sample traffic)\n"
         );
     }
     if let Some(days) = args.retention_days {

@@ -323,6 +323,12 @@ impl Browser {
         .await
     }
 
+    /// Moves the keyboard focus to `el`.
+    pub async fn focus(&self, el: &Element) {
+        self.exec("arguments[0].focus()", json!([{ ELEMENT: el.0 }]))
+            .await;
+    }
+
     /// Clicks `el`.
     pub async fn click(&self, el: &Element) {
         self.must("POST", &format!("element/{}/click", el.0), json!({}))

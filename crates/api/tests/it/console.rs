@@ -506,6 +506,32 @@ async fn a_person_signs_in_filters_pages_opens_tails_charts_and_exports() {
     b.keys(&body, "/").await;
     let focused = b.exec("return document.activeElement.id", json!([])).await;
     assert_eq!(focused, "logs-filters-range");
+    // Arrow keys move between rows and Enter opens the focused one.
+    let rows = row_ids(&b, "#logs-table").await;
+    let first_row = b.find("#logs-table tbody tr").await;
+    b.focus(&first_row).await;
+    b.keys(&first_row, "\u{E015}").await;
+    let second = b
+        .exec("return document.activeElement.dataset.id", json!([]))
+        .await;
+    assert_eq!(second, rows[1].as_str(), "ArrowDown moves to the next row");
+    let focused_row = b
+        .find(&format!("#logs-table tr[data-id='{}']", rows[1]))
+        .await;
+    b.keys(&focused_row, "\u{E007}").await;
+    b.wait_until(
+        &format!("return location.search.includes('sel={}')", rows[1]),
+        Duration::from_secs(5),
+    )
+    .await;
+    b.find("#detail dd[data-field='id']").await;
+    let body = b.find("body").await;
+    b.keys(&body, "\u{E00C}").await;
+    b.wait_until(
+        "return !location.search.includes('sel=')",
+        Duration::from_secs(5),
+    )
+    .await;
 
     assert_no_page_errors(&b).await;
     // Signing out forgets the key.

@@ -19,16 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apitrail_api::{AdminToken, ApiConfig, App};
-use apitrail_model::{OrgId, Timestamp};
-use apitrail_store::{LogBatch, Store};
+use apitrail_model::Timestamp;
+use apitrail_store::Store;
 use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
 use apitrail_testkit::browser::Browser;
-use apitrail_traffic::Traffic;
 use clap::Parser;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "bench-operator-token-0123456789";
-const DAY_MS: i64 = 86_400_000;
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
@@ -51,60 +49,6 @@ fn main() {
     runtime.block_on(run(args));
 }
 
-/// Writes `rows` logs of a month ending `now` into the org `bench` (created here), oldest
-/// first, straight through the store's ingest path.
-async fn fill(store: &Arc<dyn Store>, rows: usize, now: Timestamp) -> f64 {
-    let tenant = store
-        .create_org(
-            &apitrail_model::Org {
-                id: OrgId::parse("bench").unwrap(),
-                name: "Bench".into(),
-                created_at: now,
-            },
-            &apitrail_model::AuditEntry {
-                id: apitrail_model::new_record_id(),
-                user_id: None,
-                action: "create".into(),
-                resource_type: "org".into(),
-                resource_id: Some("bench".into()),
-                details: None,
-                ip_address: None,
-                request_id: None,
-                created_at: now,
-            },
-        )
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let mut traffic = Traffic::new(2024);
-    let batch = 1_000;
-    let batches = rows.div_ceil(batch).max(1);
-    let span = 30 * DAY_MS / batches as i64;
-    let mut left = rows;
-    let mut pending = Vec::new();
-    for i in 0..batches {
-        let n = left.min(batch);
-        left -= n;
-        let from = now.add_millis(-30 * DAY_MS + i as i64 * span);
-        let logs = traffic.spread(n, from, from.add_millis(span));
-        let (store, tenant) = (Arc::clone(store), tenant.clone());
-        pending.push(tokio::spawn(async move {
-            store
-                .insert_request_logs(vec![LogBatch::minted(tenant, logs)])
-                .await
-                .unwrap();
-        }));
-        // Four writes in flight, as four ingest clients would keep.
-        if pending.len() == 4 {
-            pending.remove(0).await.unwrap();
-        }
-    }
-    for p in pending {
-        p.await.unwrap();
-    }
-    rows as f64 / started.elapsed().as_secs_f64()
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
@@ -115,7 +59,8 @@ async fn run(args: Args) {
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap());
     let now = Timestamp::now();
-    let rate = fill(&store, args.rows, now).await;
+    let tenant = apitrail_bench::create_org(&store, "bench", now).await;
+    let rate = apitrail_bench::fill_month(&store, &tenant, args.rows, 1_000, 4, now).await;
     eprintln!("filled {} rows at {rate:.0} records/s", args.rows);
     let config = ApiConfig {
         admin_token: Some(AdminToken::new(TOKEN).unwrap()),

@@ -19,12 +19,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use apitrail_api::{AdminToken, ApiConfig, App};
-use apitrail_model::{OrgId, Timestamp};
+use apitrail_model::Timestamp;
 use apitrail_pgtest::PgServer;
-use apitrail_store::{LogBatch, Store};
+use apitrail_store::Store;
 use apitrail_store_postgres::{PgOptions, PgStore};
 use apitrail_store_sqlite::{SqliteOptions, SqliteStore};
-use apitrail_traffic::Traffic;
 use clap::Parser;
 use serde_json::{Value, json};
 
@@ -104,62 +103,8 @@ async fn fresh(postgres: bool, rollups: bool) -> (Arc<dyn Store>, tempfile::Temp
 /// Writes `rows` logs of a month ending `now` into `store`'s org `bench` (created here),
 /// oldest first; returns records/s.
 async fn fill(store: &Arc<dyn Store>, args: &Args, rows: usize, now: Timestamp) -> f64 {
-    let tenant = store
-        .create_org(
-            &apitrail_model::Org {
-                id: OrgId::parse("bench").unwrap(),
-                name: "Bench".into(),
-                created_at: now,
-            },
-            &apitrail_model::AuditEntry {
-                id: apitrail_model::new_record_id(),
-                user_id: None,
-                action: "create".into(),
-                resource_type: "org".into(),
-                resource_id: Some("bench".into()),
-                details: None,
-                ip_address: None,
-                request_id: None,
-                created_at: now,
-            },
-        )
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<apitrail_model::RequestLog>>(args.clients * 2);
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let started = Instant::now();
-    let writers: Vec<_> = (0..args.clients)
-        .map(|_| {
-            let (store, tenant, rx) = (Arc::clone(store), tenant.clone(), Arc::clone(&rx));
-            tokio::spawn(async move {
-                loop {
-                    let next = rx.lock().await.recv().await;
-                    let Some(logs) = next else { break };
-                    store
-                        .insert_request_logs(vec![LogBatch::minted(tenant.clone(), logs)])
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    let mut traffic = Traffic::new(2024);
-    let batches = rows.div_ceil(args.batch).max(1);
-    let span = 30 * DAY_MS / batches as i64;
-    let mut left = rows;
-    for i in 0..batches {
-        let n = left.min(args.batch);
-        left -= n;
-        let from = now.add_millis(-30 * DAY_MS + i as i64 * span);
-        tx.send(traffic.spread(n, from, from.add_millis(span)))
-            .await
-            .unwrap();
-    }
-    drop(tx);
-    for w in writers {
-        w.await.unwrap();
-    }
-    rows as f64 / started.elapsed().as_secs_f64()
+    let tenant = apitrail_bench::create_org(store, "bench", now).await;
+    apitrail_bench::fill_month(store, &tenant, rows, args.batch, args.clients, now).await
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

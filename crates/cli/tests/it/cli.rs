@@ -133,6 +133,12 @@ fn serve_demo_prints_a_call_that_works() {
         .unwrap()
         .to_owned();
     assert!(curl.contains(&format!("{base}/v1/logs")), "{text}");
+    // The console's address, beside the curl line, and it answers.
+    let console = banner
+        .iter()
+        .find(|l| l.contains("console:"))
+        .unwrap_or_else(|| panic!("no console line: {text}"));
+    assert!(console.contains(&format!("{base}/ui")), "{text}");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (first_page, total) = rt.block_on(async {
         let client = reqwest::Client::new();
@@ -146,6 +152,9 @@ fn serve_demo_prints_a_call_that_works() {
         let items = page["data"].as_array().unwrap();
         assert_eq!(items.len(), 100);
         assert!(page["pagination"]["has_more"].as_bool().unwrap());
+        let ui = client.get(format!("{base}/ui")).send().await.unwrap();
+        assert_eq!(ui.status(), StatusCode::OK);
+        assert!(ui.text().await.unwrap().contains("/ui/assets/app.js"));
         // Realistic traffic: several routes, methods and statuses, a month wide.
         let mut created = Vec::new();
         let mut walked = 0;
