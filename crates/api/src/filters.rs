@@ -4,9 +4,42 @@
 
 use apitrail_model::request_log::rules;
 use apitrail_model::{AuditFilter, LogFilter};
+use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::params::Params;
+
+/// The record filters of `GET /v1/logs`, shared by its export, tail and stats (documentation
+/// only: [`logs`] parses them). Each route documents its own time window beside them.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LogFilterParams {
+    /// Filter by HTTP method (case-insensitive), e.g. GET, POST.
+    #[param(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")]
+    method: Option<String>,
+    /// Filter by route pattern, e.g. /v1/events.
+    #[param(max_length = 1024)]
+    route_pattern: Option<String>,
+    /// Filter by request id, with or without the `req_` prefix.
+    #[param(max_length = 1024)]
+    request_id: Option<String>,
+    /// Filter by auth type, e.g. api_key, jwt.
+    #[param(max_length = 1024)]
+    auth_type: Option<String>,
+    /// Filter by the id of the API key that made the call (apitrail's extension).
+    #[param(max_length = 1024)]
+    api_key_id: Option<String>,
+    /// Filter by the calling user's id (apitrail's extension).
+    #[param(max_length = 1024)]
+    user_id: Option<String>,
+    /// Minimum HTTP status code, inclusive; not above `status_max`.
+    #[param(minimum = 100, maximum = 599)]
+    status_min: Option<u16>,
+    /// Maximum HTTP status code, inclusive.
+    #[param(minimum = 100, maximum = 599)]
+    status_max: Option<u16>,
+}
 
 /// The filters of `GET /v1/logs` (and of its export); each error names its parameter.
 pub fn logs(p: &Params) -> Result<LogFilter, ApiError> {

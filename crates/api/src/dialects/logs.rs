@@ -90,30 +90,6 @@ pub struct LogsQuery {
     /// Pagination cursor from a previous response's `pagination.next_cursor`; only valid with
     /// the same `sort_by` and `sort_dir`.
     cursor: Option<String>,
-    /// Filter by HTTP method (case-insensitive), e.g. GET, POST.
-    #[param(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")]
-    method: Option<String>,
-    /// Filter by route pattern, e.g. /v1/events.
-    #[param(max_length = 1024)]
-    route_pattern: Option<String>,
-    /// Filter by request id, with or without the `req_` prefix.
-    #[param(max_length = 1024)]
-    request_id: Option<String>,
-    /// Filter by auth type, e.g. api_key, jwt.
-    #[param(max_length = 1024)]
-    auth_type: Option<String>,
-    /// Filter by the id of the API key that made the call (apitrail's extension).
-    #[param(max_length = 1024)]
-    api_key_id: Option<String>,
-    /// Filter by the calling user's id (apitrail's extension).
-    #[param(max_length = 1024)]
-    user_id: Option<String>,
-    /// Minimum HTTP status code, inclusive; not above `status_max`.
-    #[param(minimum = 100, maximum = 599)]
-    status_min: Option<u16>,
-    /// Maximum HTTP status code, inclusive.
-    #[param(minimum = 100, maximum = 599)]
-    status_max: Option<u16>,
     /// Start of the time window, inclusive (RFC 3339 with offset); not after `to`.
     #[param(format = DateTime)]
     from: Option<String>,
@@ -179,7 +155,7 @@ pub fn parse_query(p: &Params) -> Result<LogsRequest, ApiError> {
     get,
     path = "/v1/logs",
     tag = "logs",
-    params(LogsQuery),
+    params(LogsQuery, crate::filters::LogFilterParams),
     responses(
         (status = 200, description = "Paginated request logs", body = LogsPage),
         (status = 400, description = "A parameter is malformed or out of range", body = NativeErrorBody),

@@ -46,30 +46,6 @@ pub struct StatsParams {
     /// The most series, largest first (1-100, default 10).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
-    /// Filter by HTTP method (case-insensitive), e.g. GET, POST.
-    #[param(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")]
-    method: Option<String>,
-    /// Filter by route pattern, e.g. /v1/events.
-    #[param(max_length = 1024)]
-    route_pattern: Option<String>,
-    /// Filter by request id, with or without the `req_` prefix.
-    #[param(max_length = 1024)]
-    request_id: Option<String>,
-    /// Filter by auth type, e.g. api_key, jwt.
-    #[param(max_length = 1024)]
-    auth_type: Option<String>,
-    /// Filter by the id of the API key that made the call (apitrail's extension).
-    #[param(max_length = 1024)]
-    api_key_id: Option<String>,
-    /// Filter by the calling user's id (apitrail's extension).
-    #[param(max_length = 1024)]
-    user_id: Option<String>,
-    /// Minimum HTTP status code, inclusive; not above `status_max`.
-    #[param(minimum = 100, maximum = 599)]
-    status_min: Option<u16>,
-    /// Maximum HTTP status code, inclusive.
-    #[param(minimum = 100, maximum = 599)]
-    status_max: Option<u16>,
 }
 
 /// Request-log statistics over a range.
@@ -220,7 +196,7 @@ fn query(p: &Params, now: Timestamp) -> Result<StatsQuery, ApiError> {
     get,
     path = "/v1/logs/stats",
     tag = "stats",
-    params(StatsParams),
+    params(StatsParams, crate::filters::LogFilterParams),
     responses(
         (status = 200, description = "The statistics", body = Stats),
         (status = 400, description = "A parameter is malformed or out of range, or the range is too large", body = NativeErrorBody),

@@ -41,30 +41,6 @@ use crate::tail::{Live, Record, Render, Slot, TailEvent, TailFilter, TailHub, re
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct LogsTailQuery {
-    /// Filter by HTTP method (case-insensitive), e.g. GET, POST.
-    #[param(pattern = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")]
-    method: Option<String>,
-    /// Filter by route pattern, e.g. /v1/events.
-    #[param(max_length = 1024)]
-    route_pattern: Option<String>,
-    /// Filter by request id, with or without the `req_` prefix.
-    #[param(max_length = 1024)]
-    request_id: Option<String>,
-    /// Filter by auth type, e.g. api_key, jwt.
-    #[param(max_length = 1024)]
-    auth_type: Option<String>,
-    /// Filter by the id of the API key that made the call (apitrail's extension).
-    #[param(max_length = 1024)]
-    api_key_id: Option<String>,
-    /// Filter by the calling user's id (apitrail's extension).
-    #[param(max_length = 1024)]
-    user_id: Option<String>,
-    /// Minimum HTTP status code, inclusive; not above `status_max`.
-    #[param(minimum = 100, maximum = 599)]
-    status_min: Option<u16>,
-    /// Maximum HTTP status code, inclusive.
-    #[param(minimum = 100, maximum = 599)]
-    status_max: Option<u16>,
     /// Only logs created at or after this time (RFC 3339 with offset); not after `to`.
     #[param(format = DateTime)]
     from: Option<String>,
@@ -126,6 +102,7 @@ pub struct AuditTailQuery {
     tag = "logs",
     params(
         LogsTailQuery,
+        crate::filters::LogFilterParams,
         ("Last-Event-ID" = Option<String>, Header, format = "uuid", description = "Resume right after this log id (as sent by an EventSource reconnecting)"),
     ),
     responses(
