@@ -665,16 +665,19 @@
     try {
       const t = await getJson('/v1/requests/' + encodeURIComponent(rid) + '/timeline');
       if (seq !== renderSeq) return;
-      const sec = (title, id, items, cols) => h('section', { id },
+      const sec = (title, id, items, cols, open) => h('section', { id },
         h('h2', { text: title + ' (' + items.length + ')' }),
         items.length ? h('div', { class: 'tablewrap' }, h('table', {},
           h('thead', {}, h('tr', {}, cols.map(([t]) => h('th', { text: t })))),
-          h('tbody', {}, items.map((it) => h('tr', { dataset: { id: it.id } }, cols.map(([, f]) => h('td', { class: 'mono', text: f(it) }))))))) :
+          h('tbody', {}, items.map((it) => h('tr', { dataset: { id: it.id }, tabindex: open ? 0 : null, onclick: open ? () => open(it) : null,
+            onkeydown: open ? (ev) => { if (ev.key === 'Enter') open(it); } : null },
+          cols.map(([, f]) => h('td', { class: 'mono', text: f(it) }))))))) :
           h('p', { class: 'empty', text: 'None.' }));
       view.replaceChildren(h('div', { class: 'timeline', id: 'timeline' },
         h('h1', { text: 'Timeline of ' + t.request_id }),
-        h('p', { class: 'hint', text: 'Every record of this org carrying this request id, oldest first.' + (t.truncated ? ' Some parts were cut at 1,000 records.' : '') }),
-        sec('Request logs', 'timeline-logs', t.request_logs, [['Time (UTC)', (r) => fmtTime(r.created_at)], ['Method', (r) => r.method], ['Path', (r) => r.path], ['Status', (r) => r.status_code], ['ms', (r) => r.duration_ms ?? '—']]),
+        h('p', { class: 'hint', text: 'Every record of this org carrying this request id, oldest first.' + (Object.values(t.truncated || {}).some(Boolean) ? ' Some parts were cut at 1,000 records.' : '') }),
+        sec('Request logs', 'timeline-logs', t.request_logs, [['Time (UTC)', (r) => fmtTime(r.created_at)], ['Method', (r) => r.method], ['Path', (r) => r.path], ['Status', (r) => r.status_code], ['ms', (r) => r.duration_ms ?? '—']],
+          can('request_logs') ? (r) => navigate(new URLSearchParams({ page: 'logs', range: 'all', request_id: r.request_id || t.request_id, sel: r.id, at: r.created_at })) : null),
         sec('Audit entries', 'timeline-audit', t.audit_log, [['Time (UTC)', (r) => fmtTime(r.created_at)], ['Action', (r) => r.action], ['Resource', (r) => r.resource_type + ' ' + (r.resource_id || '')], ['User', (r) => r.user_id || '']]),
         sec('Action records', 'timeline-actions', t.action_records, [['Id', (r) => r.id], ['Definition', (r) => r.action_definition_id], ['Status', (r) => (r.state && r.state.status) || (r.events.length ? r.events[r.events.length - 1].status : '')]])));
     } catch (e) {

@@ -365,7 +365,18 @@ async fn a_person_signs_in_filters_pages_opens_tails_charts_and_exports() {
             .await
             .contains("page=timeline&request_id=req_console_7")
     );
+    assert!(
+        !b.text_of("#timeline").await.contains("were cut"),
+        "nothing was truncated"
+    );
     b.screenshot(&shots.join("timeline.png")).await;
+    // A request log of the timeline opens in the logs page's detail.
+    b.click_on(&format!("#timeline-logs tr[data-id='{}']", traced.id))
+        .await;
+    assert_eq!(
+        b.text_of("#detail dd[data-field='request_id']").await,
+        "req_console_7"
+    );
 
     // Live tail: a record ingested now appears within 2 s.
     b.goto(&format!("{ui}?page=logs")).await;
